@@ -1,0 +1,37 @@
+"""onnxruntime runner. CUDA/TensorRT providers are used when the installed build offers them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.errors import ModelFileError
+
+_PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRunner:
+    def __init__(self, path: Path, threads: int = 1, use_accelerators: bool = True) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        available = ort.get_available_providers()
+        providers = [
+            p for p in _PREFERRED_PROVIDERS if p in available and (use_accelerators or p == "CPUExecutionProvider")
+        ]
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own untyped exceptions
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"cannot load ONNX model {path}: {first_line}") from error
+        model_input = self._session.get_inputs()[0]
+        self._input_name = model_input.name
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in model_input.shape)
+        self.providers: list[str] = self._session.get_providers()
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(None, {self._input_name: batch})
