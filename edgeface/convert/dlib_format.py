@@ -4,21 +4,28 @@
   bit 0x80 = negative), then the bytes;
 - bool: the ASCII character '1' or '0';
 - string: integer length, then the raw bytes;
-- float/double: mantissa (integer) then exponent (integer), value = mantissa * 2**exponent;
+- float/double: mantissa (integer) then exponent (integer), value = mantissa * 2**exponent, except
+  the exponents 32000/32001/32002 (float_details::is_inf/is_ninf/is_nan);
 - tensor: integer version (2), then n, k, nr, nc, then n*k*nr*nc little-endian float32;
-- matrix<float/double>: nr, nc (stored negated), then each element as a scalar float.
+- matrix<float/double> (any size, also matrix<float,0,1>): -nr, -nc, then the elements row-major,
+  each a scalar float. Files from dlib before 2012 store +nc, +nr instead (same elements); dlib
+  still reads both, and so does `read_float_matrix`;
+- std::vector<T>: integer length, then each element;
+- dlib::vector<T,2> (a point): x then y, each a scalar.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from edgeface.errors import ModelFileError
 
-# dlib's float_details marks non-finite values with these exponents.
-_EXP_INF = 32767
-_EXP_NINF = 32766
-_EXP_NAN = 32765
+# dlib's float_details marks non-finite values with these exponents (dlib/float_details.h).
+_EXP_INF = 32000
+_EXP_NINF = 32001
+_EXP_NAN = 32002
 
 
 class DlibReader:
@@ -66,7 +73,10 @@ class DlibReader:
             return float("-inf")
         if exponent == _EXP_NAN:
             return float("nan")
-        return float(mantissa) * 2.0**exponent
+        try:
+            return math.ldexp(float(mantissa), exponent)
+        except OverflowError:
+            raise ModelFileError(f"{self.name} is corrupted: float exponent {exponent} out of range at offset {self.pos}") from None
 
     def read_tensor(self) -> np.ndarray:
         version = self.read_int()
@@ -80,10 +90,35 @@ class DlibReader:
         return values.reshape(shape)
 
     def read_float_matrix(self) -> np.ndarray:
-        """A dlib::matrix<float|double> of dynamic size: -nr, -nc, then row-major scalar floats."""
-        rows = -self.read_int()
-        cols = -self.read_int()
+        """A dlib::matrix<float|double> (dynamic or fixed size) as a float64 (nr, nc) array."""
+        start = self.pos
+        rows = self.read_int()
+        cols = self.read_int()
         if rows < 0 or cols < 0:
-            raise ModelFileError(f"{self.name} is corrupted: bad matrix shape {rows}x{cols}")
+            rows, cols = -rows, -cols
+        else:
+            rows, cols = cols, rows  # dlib's old format: nc first, both positive
+        if rows < 0 or cols < 0:
+            raise ModelFileError(f"{self.name} is corrupted: bad matrix shape at offset {start}")
         values = [self.read_float() for _ in range(rows * cols)]
         return np.asarray(values, dtype=np.float64).reshape(rows, cols)
+
+    def read_float_column(self) -> np.ndarray:
+        """A dlib::matrix<float,0,1> (column vector) as a 1-D float64 array."""
+        start = self.pos
+        matrix = self.read_float_matrix()
+        if matrix.shape[1] != 1 and matrix.size:
+            raise ModelFileError(f"{self.name} is corrupted: expected a column vector at offset {start}, got {matrix.shape}")
+        return matrix.reshape(-1)
+
+    def read_length(self, limit: int) -> int:
+        """The length of a std::vector (or string); refuses negative or implausible lengths."""
+        start = self.pos
+        length = self.read_int()
+        if length < 0 or length > limit:
+            raise ModelFileError(f"{self.name} is corrupted: bad length {length} at offset {start}")
+        return length
+
+    def read_point2(self) -> tuple[float, float]:
+        """A dlib::vector<float|double,2>: x then y."""
+        return self.read_float(), self.read_float()

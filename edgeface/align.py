@@ -1,0 +1,181 @@
+"""Alignment: face landmarks -> dlib's 150x150 face chip, the input the embedder was trained on.
+
+dlib's chips (`get_face_chip_details(shape, 150, 0.25)` + `extract_image_chip`) put five landmarks
+(four eye corners, nose base) on a fixed template by a least-squares similarity transform, and
+sample with bilinear interpolation from an image pyramid level that is at most twice the chip's
+size. We reproduce that geometry exactly, including dlib's corner convention (the chip's first and
+last pixel map onto the corners of the extraction rectangle).
+
+Two ways to get the landmarks:
+- "shape_predictor": dlib's 5-point model, started from a box derived from the BlazeFace box;
+- "blazeface": BlazeFace's own eye centres, nose tip and mouth centre placed on a template that was
+  calibrated against dlib's chips (tools/calibrate_blazeface_template.py).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from edgeface.types import FaceDetections
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+
+AlignmentMethod = Literal["blazeface", "shape_predictor"]
+
+DLIB_TEMPLATE_UNIT = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
+"""dlib's 5-point mean face in [0, 1] (subject's left eye outer/inner, right eye outer/inner, nose base)."""
+
+DLIB_TEMPLATE = (CHIP_PADDING + DLIB_TEMPLATE_UNIT) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
+"""The same points in 150x150 chip pixels."""
+
+BLAZEFACE_TEMPLATE = np.array(
+    [
+        [50.2, 62.8],
+        [99.8, 62.8],
+        [75.0, 88.6],
+        [75.0, 110.1],
+    ]
+)
+"""Where BlazeFace's right eye, left eye, nose tip and mouth centre land on dlib's chip: the mean over
+LFW calibration faces (people outside every pair list) of the BlazeFace keypoints mapped into the chip
+that dlib's shape predictor gives (tools/calibrate_blazeface_template.py prints it)."""
+
+BLAZEFACE_POINTS = (0, 1, 2, 3)
+"""BlazeFace keypoints used for alignment; the ear points move too much with yaw to help."""
+
+DLIB_BOX_FROM_BLAZEFACE = np.array([0.0, 0.0, 1.0])
+"""(dx, dy, scale): dlib-detector-style square box from a BlazeFace box, as fractions of the BlazeFace
+box side: centre shifted by (dx, dy) * side, side multiplied by scale (fitted on LFW by
+tools/calibrate_blazeface_template.py)."""
+
+
+def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least-squares 2x3 similarity (rotation, uniform scale, translation) taking `source` points to
+    `target` points (Umeyama without reflection)."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
+    s, t = source - source_mean, target - target_mean
+    variance = (s**2).sum() / len(source)
+    covariance = t.T @ s / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    d = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[1, 1] = -1
+    rotation = u @ d @ vt
+    scale = np.trace(np.diag(singular) @ d) / variance if variance > 0 else 1.0
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = target_mean - scale * rotation @ source_mean
+    return matrix
+
+
+def dlib_chip_matrix(chip_points: np.ndarray, image_points: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+    """2x3 matrix taking chip pixel (col, row) to image (x, y), as dlib's chip_details + extract_image_chip
+    do it: the similarity gives the angle, scale and the image point of the chip centre; the chip's first
+    and last pixels then land on the corners of a rectangle `size * scale` wide around that point."""
+    fit = similarity_transform(chip_points, image_points)
+    scale = float(np.hypot(fit[0, 0], fit[1, 0]))
+    cos, sin = fit[0, 0] / scale, fit[1, 0] / scale
+    centre = fit @ np.array([size / 2, size / 2, 1.0])
+    step = scale * size / (size - 1)  # image pixels per chip pixel
+    linear = step * np.array([[cos, -sin], [sin, cos]])
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = linear
+    matrix[:, 2] = centre - linear @ np.array([(size - 1) / 2, (size - 1) / 2])
+    return matrix
+
+
+def extract_chip(image: np.ndarray, chip_to_image: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+    """Sample a size x size chip with bilinear interpolation, first halving the image (Gaussian pyramid)
+    while the face would still be more than twice the chip's size, as dlib does: warping a big face
+    straight down to 150 px aliases and moves the descriptor."""
+    matrix = np.array(chip_to_image, dtype=np.float64)
+    source = image
+    # Halve around the chip only: crop a margin-padded bounding box first so big frames stay cheap.
+    corners = matrix @ np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], float).T
+    step = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    levels = 0
+    while step / 2 ** (levels + 1) > 1.0:
+        levels += 1
+    if levels:
+        margin = 2 ** (levels + 1) + 2
+        x0 = max(int(np.floor(corners[0].min())) - margin, 0)
+        y0 = max(int(np.floor(corners[1].min())) - margin, 0)
+        x1 = min(int(np.ceil(corners[0].max())) + margin + 1, image.shape[1])
+        y1 = min(int(np.ceil(corners[1].max())) + margin + 1, image.shape[0])
+        if x1 > x0 and y1 > y0:
+            source = image[y0:y1, x0:x1]
+            matrix[:, 2] -= (x0, y0)
+            for _ in range(levels):
+                source = cv2.pyrDown(source)
+            matrix /= 2**levels
+    return cv2.warpAffine(
+        source, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )
+
+
+def dlib_boxes_from_blazeface(xyxy: np.ndarray) -> np.ndarray:
+    """Square (left, top, right, bottom) boxes like dlib's face detectors give, from BlazeFace boxes."""
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    side = np.sqrt((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]))
+    dx, dy, scale = DLIB_BOX_FROM_BLAZEFACE
+    cx = (xyxy[:, 0] + xyxy[:, 2]) / 2 + dx * side
+    cy = (xyxy[:, 1] + xyxy[:, 3]) / 2 + dy * side
+    half = scale * side / 2
+    return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+class Aligner:
+    """Turns detections into (n, 150, 150, 3) uint8 BGR chips."""
+
+    def __init__(self, method: AlignmentMethod = "shape_predictor", shape_predictor: object | None = None) -> None:
+        if method not in ("blazeface", "shape_predictor"):
+            raise ValueError(f"alignment method must be 'blazeface' or 'shape_predictor', got {method!r}")
+        self.method: AlignmentMethod = method
+        self._shape_predictor = shape_predictor
+        if method == "shape_predictor" and shape_predictor is None:
+            from edgeface.landmarks import ShapePredictor
+
+            self._shape_predictor = ShapePredictor()
+
+    def landmarks(self, image: np.ndarray, detections: FaceDetections) -> tuple[np.ndarray, np.ndarray]:
+        """(image points (n, k, 2), chip template (k, 2)) for the chosen method."""
+        if self.method == "blazeface":
+            return detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64), BLAZEFACE_TEMPLATE
+        boxes = dlib_boxes_from_blazeface(detections.xyxy)
+        return self._shape_predictor.predict(image, boxes).astype(np.float64), DLIB_TEMPLATE  # type: ignore[union-attr]
+
+    def chip_matrices(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray:
+        """(n, 2, 3) chip-to-image matrices."""
+        if len(detections) == 0:
+            return np.zeros((0, 2, 3))
+        points, template = self.landmarks(image, detections)
+        return np.stack([dlib_chip_matrix(template, face_points) for face_points in points])
+
+    def align(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray:
+        image = _as_bgr(image)
+        matrices = self.chip_matrices(image, detections)
+        chips = [extract_chip(image, matrix) for matrix in matrices]
+        return np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)

