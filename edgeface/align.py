@@ -40,14 +40,7 @@ DLIB_TEMPLATE_UNIT = np.array(
 DLIB_TEMPLATE = (CHIP_PADDING + DLIB_TEMPLATE_UNIT) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
 """The same points in 150x150 chip pixels."""
 
-BLAZEFACE_TEMPLATE = np.array(
-    [
-        [50.2, 62.8],
-        [99.8, 62.8],
-        [75.0, 88.6],
-        [75.0, 110.1],
-    ]
-)
+BLAZEFACE_TEMPLATE = np.array([[46.1, 46.2], [102.2, 46.7], [73.7, 77.9], [73.4, 107.7]])
 """Where BlazeFace's right eye, left eye, nose tip and mouth centre land on dlib's chip: the mean over
 LFW calibration faces (people outside every pair list) of the BlazeFace keypoints mapped into the chip
 that dlib's shape predictor gives (tools/calibrate_blazeface_template.py prints it)."""
@@ -55,10 +48,11 @@ that dlib's shape predictor gives (tools/calibrate_blazeface_template.py prints 
 BLAZEFACE_POINTS = (0, 1, 2, 3)
 """BlazeFace keypoints used for alignment; the ear points move too much with yaw to help."""
 
-DLIB_BOX_FROM_BLAZEFACE = np.array([0.0, 0.0, 1.0])
+DLIB_BOX_FROM_BLAZEFACE = np.array([-0.0346, -0.0605, 0.9918])
 """(dx, dy, scale): dlib-detector-style square box from a BlazeFace box, as fractions of the BlazeFace
-box side: centre shifted by (dx, dy) * side, side multiplied by scale (fitted on LFW by
-tools/calibrate_blazeface_template.py)."""
+box side: centre shifted by (dx, dy) * side, side multiplied by scale. Least-squares fit to dlib's HOG
+detector boxes on the 300 LFW calibration images; on held-out View 1 test images the mean IoU with
+dlib's box is 0.78 (0.74 unmapped) and the landmarks come 0.37 px from those dlib's own box gives."""
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -90,7 +84,8 @@ def dlib_chip_matrix(chip_points: np.ndarray, image_points: np.ndarray, size: in
     scale = float(np.hypot(fit[0, 0], fit[1, 0]))
     cos, sin = fit[0, 0] / scale, fit[1, 0] / scale
     centre = fit @ np.array([size / 2, size / 2, 1.0])
-    step = scale * size / (size - 1)  # image pixels per chip pixel
+    # dlib's centered_drect(centre, size * scale, ...) is one pixel narrower than it says.
+    step = (scale * size - 1) / (size - 1)  # image pixels per chip pixel
     linear = step * np.array([[cos, -sin], [sin, cos]])
     matrix = np.empty((2, 3))
     matrix[:, :2] = linear

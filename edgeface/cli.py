@@ -17,6 +17,13 @@ log = logging.getLogger("edgeface")
 Handler = Callable[[argparse.Namespace], int]
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
 
@@ -30,6 +37,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     analyzer = FaceAnalyzer.from_config(config.recognition, precision=args.precision)
     results = []
+    failed = 0
     for path in args.paths:
         record: dict[str, object] = {"path": path, "faces": [], "error": None}
         try:
@@ -45,12 +53,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             ]
         except ImageError as error:
             record["error"] = str(error)
+            failed += 1
         if args.jsonl:
             print(json.dumps(record), flush=True)
         else:
             results.append(record)
     if not args.jsonl:
         print(json.dumps(results, indent=1))
+    if failed:
+        # Every image still has its record; the status tells a script that some of them have an "error".
+        print(f"edgeface: error: {failed} of {len(args.paths)} images could not be read", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -104,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    embed = commands.add_parser("embed", help="detect faces in images and print their embeddings as JSON")
+    embed = commands.add_parser(
+        "embed", help="detect faces in images and print their embeddings as JSON",
+        description="One JSON record per PATH, in order: {path, faces: [{box, score, keypoints, embedding}], error}. "
+        "An unreadable image gets an error and the others are still done; the exit status is then 1.",
+    )
     embed.add_argument("paths", nargs="+", metavar="PATH")
     embed.add_argument("--precision", choices=["int8", "fp32"], help="embedder precision (config default: int8)")
     embed.add_argument("--jsonl", action="store_true", help="one JSON object per line, printed as each image is done")
@@ -124,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure speed")
     bench_kinds = bench.add_subparsers(dest="kind", required=True, metavar="WHAT")
     bench_models_parser = bench_kinds.add_parser("models", help="median latency of each model, 1 and 2 threads")
-    bench_models_parser.add_argument("--repeats", type=int, default=50, help="timed calls per figure")
+    bench_models_parser.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per figure")
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
 

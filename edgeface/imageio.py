@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,52 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     raise ImageError(f"unsupported image shape {image.shape}")
 
 
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""In entropy-coded JPEG data a 0xFF byte is followed by 0x00 (stuffing), RSTn or more 0xFF fill; any
+other byte after it is the next marker."""
+
+
+def jpeg_is_truncated(data: bytes) -> bool:
+    """True when a JPEG stream ends before its EOI marker (a partly copied or downloaded file).
+
+    OpenCV 4.x decodes such a file without error and fills the missing part with grey; the faces
+    found in it would be silently wrong. Walks the marker segments by their lengths (so thumbnails
+    inside APP segments and data appended after EOI do not matter). A stream that is not JPEG, or
+    whose structure it does not understand, is left for the decoder to judge (False).
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    size, i = len(data), 2
+    while True:
+        if i >= size:
+            return True
+        if data[i] != 0xFF:
+            return False
+        while i < size and data[i] == 0xFF:  # fill bytes before a marker
+            i += 1
+        if i >= size:
+            return True
+        marker = data[i]
+        i += 1
+        if marker == 0xD9:  # EOI
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            continue
+        if i + 2 > size:
+            return True
+        length = (data[i] << 8) | data[i + 1]
+        if length < 2:
+            return False
+        i += length
+        if i > size:
+            return True
+        if marker == 0xDA:  # SOS: skip the entropy-coded scan up to the next marker
+            found = _JPEG_SCAN_END.search(data, i)
+            if found is None:
+                return True
+            i = found.start()
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 BGR. Raises ImageError with a one-line reason on any failure."""
     import cv2
@@ -54,6 +101,8 @@ def read_image(path: str | Path) -> np.ndarray:
         image = None
     if image is None:
         raise ImageError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    if jpeg_is_truncated(data.tobytes()):
+        raise ImageError(f"{path}: not a readable image (truncated JPEG: the file ends before the image does)")
     if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
         raise ImageError(f"{path}: image too large ({image.shape[1]}x{image.shape[0]} pixels)")
     return to_bgr8(image)
