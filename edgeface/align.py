@@ -40,10 +40,13 @@ DLIB_TEMPLATE_UNIT = np.array(
 DLIB_TEMPLATE = (CHIP_PADDING + DLIB_TEMPLATE_UNIT) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
 """The same points in 150x150 chip pixels."""
 
-BLAZEFACE_TEMPLATE = np.array([[46.1, 46.2], [102.2, 46.7], [73.7, 77.9], [73.4, 107.7]])
-"""Where BlazeFace's right eye, left eye, nose tip and mouth centre land on dlib's chip: the mean over
-LFW calibration faces (people outside every pair list) of the BlazeFace keypoints mapped into the chip
-that dlib's shape predictor gives (tools/calibrate_blazeface_template.py prints it)."""
+BLAZEFACE_TEMPLATES: dict[str, np.ndarray] = {
+    "short": np.array([[46.1, 46.3], [102.4, 46.9], [73.8, 78.2], [73.5, 108.1]]),
+    "full": np.array([[46.6, 46.2], [101.6, 46.8], [74.1, 79.5], [74.0, 107.7]]),
+}
+"""Where each BlazeFace model's right eye, left eye, nose tip and mouth centre land on dlib's chip: the
+mean over 800 LFW faces of people in no pair list of the keypoints mapped into the chip that dlib's
+shape predictor gives (tools/calibrate_blazeface_template.py prints them)."""
 
 BLAZEFACE_POINTS = (0, 1, 2, 3)
 """BlazeFace keypoints used for alignment; the ear points move too much with yaw to help."""
@@ -145,10 +148,18 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
 class Aligner:
     """Turns detections into (n, 150, 150, 3) uint8 BGR chips."""
 
-    def __init__(self, method: AlignmentMethod = "shape_predictor", shape_predictor: object | None = None) -> None:
+    def __init__(
+        self,
+        method: AlignmentMethod = "blazeface",
+        detector_model: str = "short",
+        shape_predictor: object | None = None,
+    ) -> None:
         if method not in ("blazeface", "shape_predictor"):
             raise ValueError(f"alignment method must be 'blazeface' or 'shape_predictor', got {method!r}")
+        if detector_model not in BLAZEFACE_TEMPLATES:
+            raise ValueError(f"detector model must be one of {sorted(BLAZEFACE_TEMPLATES)}, got {detector_model!r}")
         self.method: AlignmentMethod = method
+        self.blazeface_template = BLAZEFACE_TEMPLATES[detector_model]
         self._shape_predictor = shape_predictor
         if method == "shape_predictor" and shape_predictor is None:
             from edgeface.landmarks import ShapePredictor
@@ -158,7 +169,7 @@ class Aligner:
     def landmarks(self, image: np.ndarray, detections: FaceDetections) -> tuple[np.ndarray, np.ndarray]:
         """(image points (n, k, 2), chip template (k, 2)) for the chosen method."""
         if self.method == "blazeface":
-            return detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64), BLAZEFACE_TEMPLATE
+            return detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64), self.blazeface_template
         boxes = dlib_boxes_from_blazeface(detections.xyxy)
         return self._shape_predictor.predict(image, boxes).astype(np.float64), DLIB_TEMPLATE  # type: ignore[union-attr]
 

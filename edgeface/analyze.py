@@ -42,7 +42,7 @@ class FaceAnalyzer:
 
         return cls(
             BlazeFaceDetector(model=config.detector.model, score_threshold=config.detector.min_score),
-            Aligner(method=config.alignment.method),
+            Aligner(method=config.alignment.method, detector_model=config.detector.model),
             Embedder(precision=precision or config.embedder.precision, threads=config.embedder.threads,
                      flip=config.embedder.flip),
         )

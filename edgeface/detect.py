@@ -18,15 +18,15 @@ Boxes come back clipped to the image; keypoints are not clipped (for a face cut 
 ear or eye may lie just outside, and alignment needs its true position).
 
 LFW-style crops (one face near the centre of a tight crop): `detect_central` returns the single most
-central face and, when the normal threshold finds none, falls back to the most central candidate
-above a lower score (`fallback_score_threshold`). See tools/lfw_detection_misses.py for the numbers.
+central face, accepting a lower score (`fallback_score_threshold`) for a face that covers the image
+centre. See tools/lfw_detection_misses.py for the numbers.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -91,7 +91,7 @@ def build_anchors(input_size_px: int, strides: tuple[int, ...], interpolated_sca
     return np.concatenate(centres, axis=0).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def anchors_for(model: str) -> np.ndarray:
     spec = SPECS[model]
     anchors = build_anchors(spec.input_size_px, spec.strides, spec.interpolated_scale_aspect_ratio)
@@ -135,10 +135,10 @@ def _check_image(image: np.ndarray) -> np.ndarray:
         raise ImageError(f"unsupported image shape {image.shape}: expected (h, w), (h, w, 1), (h, w, 3) or (h, w, 4)")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f"empty image {image.shape}")
+    # Guessing the range of float or 16-bit pixels would silently give wrong colours (0..255 floats
+    # read as 0..1 turn white), so only 8-bit images are accepted.
     if image.dtype != np.uint8:
-        from edgeface.imageio import to_bgr8
-
-        image = to_bgr8(image)
+        raise ImageError(f"image pixels must be uint8 (0..255), got {image.dtype}; convert with edgeface.imageio.to_bgr8")
     return image
 
 
@@ -315,24 +315,40 @@ class BlazeFaceDetector:
     def detect(self, image: np.ndarray, score_threshold: float | None = None) -> FaceDetections:
         """Faces in a uint8 BGR, BGRA or greyscale image, best score first, in source-image pixels."""
         threshold = self.score_threshold if score_threshold is None else score_threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
         return self._finish(self._candidates(image), threshold)
 
     def detect_central(self, image: np.ndarray) -> FaceDetections:
         """The single face nearest the image centre (0 or 1 detections), for crops that hold one face.
 
-        Uses the normal threshold first; when that finds nothing, the most central candidate scoring at
-        least `fallback_score_threshold` (one model run either way).
+        Faces whose box covers the image centre are preferred, and for those a score of
+        `fallback_score_threshold` is enough: in a face crop a weak central face is the subject, while
+        a strong off-centre one is a bystander. Without such a face, the most central face at the normal
+        threshold, else at the fallback threshold. One model run either way.
         """
         candidates = self._candidates(image)
-        faces = self._finish(candidates, self.score_threshold)
-        if not len(faces) and self.fallback_score_threshold < self.score_threshold:
-            logger.debug("no face at score %.2f, falling back to %.2f", self.score_threshold, self.fallback_score_threshold)
-            faces = self._finish(candidates, self.fallback_score_threshold)
-        if not len(faces):
-            return faces
-        return faces[int(np.argmin(_centre_distance(faces, image.shape[1], image.shape[0])))]
+        height, width = image.shape[:2]
+        strong = self._finish(candidates, self.score_threshold)
+        if len(central := _covering_centre(strong, width, height)):
+            return _most_central(central, width, height)
+        weak = strong
+        if self.fallback_score_threshold < self.score_threshold:
+            logger.debug("no central face at score %.2f, trying %.2f", self.score_threshold, self.fallback_score_threshold)
+            weak = self._finish(candidates, self.fallback_score_threshold)
+        for pool in (_covering_centre(weak, width, height), strong, weak):
+            if len(pool):
+                return _most_central(pool, width, height)
+        return strong
 
 
-def _centre_distance(faces: FaceDetections, width: int, height: int) -> np.ndarray:
+def _covering_centre(faces: FaceDetections, width: int, height: int) -> FaceDetections:
+    x, y = width / 2, height / 2
+    box = faces.xyxy
+    return faces[(box[:, 0] <= x) & (x <= box[:, 2]) & (box[:, 1] <= y) & (y <= box[:, 3])]
+
+
+def _most_central(faces: FaceDetections, width: int, height: int) -> FaceDetections:
     centres = (faces.xyxy[:, :2] + faces.xyxy[:, 2:]) / 2
-    return np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)
+    distance = np.hypot(centres[:, 0] - width / 2, centres[:, 1] - height / 2)
+    return faces[int(np.argmin(distance))]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from edgeface.errors import ModelFileError
@@ -61,7 +61,7 @@ def read_manifest(directory: Path | None = None) -> dict[str, ManifestEntry]:
             )
             for name, entry in raw["files"].items()
         }
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelFileError(f"model manifest {path} is missing or unreadable ({error}); reinstall edgeface") from error
 
 
@@ -73,12 +73,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-@lru_cache(maxsize=None)
-def _verified(path: Path, expected_sha256: str, size_bytes: int) -> Path:
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} is missing; reinstall edgeface or run `edgeface models build`")
-    actual_size = path.stat().st_size
-    if actual_size != size_bytes or sha256_of(path) != expected_sha256:
+@cache
+def _verified(path: Path, expected_sha256: str, size_bytes: int, stamp: tuple[int, int, int]) -> Path:
+    """Hashes once per (file identity, manifest entry); `stamp` (inode, size, mtime) makes a file that
+    was replaced or rewritten since its last check get checked again."""
+    try:
+        matches = stamp[1] == size_bytes and sha256_of(path) == expected_sha256
+    except OSError as error:
+        raise ModelFileError(f"cannot read model file {path}: {error.strerror or error}") from error
+    if not matches:
         raise ModelFileError(
             f"model file {path} is corrupted (sha256 does not match the manifest); "
             "reinstall edgeface or run `edgeface models build`"
@@ -92,4 +95,11 @@ def verified_model_path(name: str, directory: Path | None = None) -> Path:
     entry = read_manifest(directory).get(name)
     if entry is None:
         raise ModelFileError(f"model {name!r} is not in {directory / MANIFEST_NAME}; reinstall edgeface")
-    return _verified(directory / name, entry.sha256, entry.size_bytes)
+    path = directory / name
+    try:
+        status = path.stat()
+    except OSError:
+        status = None
+    if status is None or not path.is_file():
+        raise ModelFileError(f"model file {path} is missing; reinstall edgeface or run `edgeface models build`")
+    return _verified(path, entry.sha256, entry.size_bytes, (status.st_ino, status.st_size, status.st_mtime_ns))

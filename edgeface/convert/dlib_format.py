@@ -82,10 +82,11 @@ class DlibReader:
         version = self.read_int()
         if version != 2:
             raise ModelFileError(f"{self.name} is corrupted: tensor version {version} at offset {self.pos}, expected 2")
+        start = self.pos
         shape = tuple(self.read_int() for _ in range(4))
         if any(d < 0 for d in shape):
-            raise ModelFileError(f"{self.name} is corrupted: negative tensor shape {shape}")
-        count = int(np.prod(shape))
+            raise ModelFileError(f"{self.name} is corrupted: negative tensor shape {shape} at offset {start}")
+        count = math.prod(shape)  # exact: np.prod wraps around in int64 for corrupted shapes
         values = np.frombuffer(self._take(4 * count), dtype="<f4").astype(np.float32)
         return values.reshape(shape)
 
@@ -100,6 +101,11 @@ class DlibReader:
             rows, cols = cols, rows  # dlib's old format: nc first, both positive
         if rows < 0 or cols < 0:
             raise ModelFileError(f"{self.name} is corrupted: bad matrix shape at offset {start}")
+        if 2 * rows * cols > len(self.data) - self.pos:  # every scalar float takes at least 2 bytes
+            raise ModelFileError(
+                f"{self.name} is truncated or corrupted: {rows}x{cols} matrix at offset {start} "
+                f"does not fit in the remaining {len(self.data) - self.pos} bytes"
+            )
         values = [self.read_float() for _ in range(rows * cols)]
         return np.asarray(values, dtype=np.float64).reshape(rows, cols)
 

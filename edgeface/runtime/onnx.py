@@ -15,6 +15,8 @@ class OnnxRunner:
     def __init__(self, path: Path, threads: int = 1, use_accelerators: bool = True) -> None:
         import onnxruntime as ort
 
+        if threads < 1:  # onnxruntime takes 0 as "all cores"; refused, as LiteRTRunner does
+            raise ValueError(f"threads must be >= 1, got {threads}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
