@@ -1,5 +1,6 @@
 """The `edgeface` command. Exit codes: 0 success, 1 a problem the message explains (bad file,
-config, model, broker...), 2 wrong command-line usage, 130 interrupted."""
+config, model, broker...), 2 wrong command-line usage, 130 interrupted (`edgeface run` handles
+SIGINT/SIGTERM itself: it flushes, closes every open track and exits 0)."""
 
 from __future__ import annotations
 
@@ -145,8 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
 
-    from edgeface import mqtt_cli
+    from edgeface import gallery_cli, mqtt_cli, run_cli
+    from edgeface.eval_identify import register_eval
 
+    run_cli.register(commands)
+    run_cli.add_bench_pipeline(bench_kinds)
+    gallery_cli.register(commands)
+    register_eval(eval_kinds)
     mqtt_cli.register(commands)
 
     models = commands.add_parser("models", help="build or verify the shipped model files")

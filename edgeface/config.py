@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeface.errors import ConfigError
 
@@ -49,10 +49,92 @@ class RecognitionConfig(StrictModel):
     embedder: EmbedderConfig = EmbedderConfig()
 
 
+class TrackingConfig(StrictModel):
+    iou_min: float = Field(0.2, gt=0.0, le=1.0, description="Least IoU between a track's (predicted) box and a face for them to be associated")
+    track_max_missed_frames: int = Field(10, ge=0, le=1000, description="A track ends after this many consecutive frames without its face")
+    tie_iou_margin: float = Field(0.15, ge=0.0, le=1.0, description="Rival associations within this IoU of the best one are settled by embedding distance")
+    appearance_max_distance: float = Field(
+        0.6, gt=0.0, le=2.0,
+        description="Embedding distance above which the tracker refuses to continue a track with a face (identity-swap guard)",
+    )
+    confirm_iou_below: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="An association with IoU below this is confirmed by embedding distance (0 never, 1 always)",
+    )
+    scene_cut_min_diff: float = Field(
+        20.0, ge=0.0, le=255.0,
+        description="Mean absolute grey-level change of a 32x18 thumbnail between frames above which every track ends "
+        "(a cut in edited video); 0 disables",
+    )
+
+
+class QualityGateConfig(StrictModel):
+    min_face_px: float = Field(40.0, ge=0.0, le=4096.0, description="Shorter side of the face box, source pixels")
+    blur_min_var: float = Field(10.0, ge=0.0, le=10000.0, description="Least variance of the Laplacian of the 150 px grey chip")
+    max_yaw_deg: float = Field(40.0, gt=0.0, le=90.0, description="Largest head turn (from keypoints), degrees")
+    max_roll_deg: float = Field(35.0, gt=0.0, le=180.0, description="Largest head tilt (eye line), degrees")
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="Least detector score")
+
+
+class DecisionConfig(StrictModel):
+    min_good_faces: int = Field(3, ge=1, le=100, description="Good (gated) faces a name needs before a track is recognised")
+    min_good_faces_unknown: int = Field(
+        6, ge=1, le=200, description="Good faces before a track is declared unknown (a known person's first faces are often poor)"
+    )
+    max_faces_undecided: int = Field(
+        12, ge=1, le=500, description="Good faces after which a track without a clear winner is unknown (weak evidence)"
+    )
+    min_vote_share: float = Field(0.6, ge=0.5, le=1.0, description="Share of the quality-weighted vote the winner needs")
+    max_runner_up_ratio: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Runner-up name's weight, as a fraction of the winner's, above which it is a tie (unknown)"
+    )
+    unknown_best_faces: int = Field(5, ge=1, le=100, description="Best faces averaged into an unknown track's embedding for clustering")
+    recheck_window: int = Field(3, ge=1, le=50, description="Consecutive disagreeing re-checks that switch a decided track's person")
+    match_max_distance: float | None = Field(
+        None, gt=0.0, le=2.0, description="Gallery match threshold (euclidean, unit vectors); default: the gallery's measured one"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DecisionConfig:
+        if not self.min_good_faces <= self.min_good_faces_unknown <= self.max_faces_undecided:
+            raise ValueError("need min_good_faces <= min_good_faces_unknown <= max_faces_undecided")
+        return self
+
+
+class PipelineConfig(StrictModel):
+    camera: str = Field("cam0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                        description="Camera name in events")
+    embed_every_frames: int = Field(3, ge=1, le=1000, description="An undecided track's face is embedded at most every this many frames")
+    recheck_every_frames: int = Field(
+        30, ge=1, le=100000, description="A decided track's face is embedded again (re-check) every this many frames"
+    )
+    detect_tiles_x: int = Field(1, ge=1, le=8, description="Detect also on this many tile columns (1 with detect_tiles_y 1: whole frame only)")
+    detect_tiles_y: int = Field(1, ge=1, le=8, description="Tile rows (see detect_tiles_x)")
+    detect_tile_overlap_frac: float = Field(0.2, ge=0.0, lt=0.5, description="Overlap of neighbouring tiles, fraction of a tile")
+    detect_tiles_min_side_px: int = Field(1000, ge=0, le=100000, description="Frames with a long side up to this skip the tiles")
+    detect_work_long_side_px: int = Field(
+        960, ge=64, le=8192, description="With tiles, the frame is first downscaled so its long side is at most this"
+    )
+    quality: QualityGateConfig = QualityGateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    decision: DecisionConfig = DecisionConfig()
+
+
+class GalleryConfig(StrictModel):
+    match_max_distance: float = Field(
+        0.3896, gt=0.0, le=2.0,
+        description="A face matches an enrolled person when its embedding is closer than this (euclidean, unit "
+        "vectors). Measured: the distance at a false-accept rate of 0.1% on LFW View 1 pairsDevTrain.txt with "
+        "the default recognition settings (python tools/measure_match_threshold.py)",
+    )
+
+
 class Config(StrictModel):
     station_id: str = Field("edgeface", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                             description="Name of this station in events and MQTT topics")
     recognition: RecognitionConfig = RecognitionConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
 
 def _first_error(error: ValidationError) -> str:

@@ -17,3 +17,7 @@ class ImageError(EdgefaceError):
 
 class ConfigError(EdgefaceError):
     """The configuration is invalid."""
+
+
+class SourceError(EdgefaceError):
+    """A frame source (camera, stream URL, pipeline, video file, image folder) cannot be opened or was lost."""

@@ -1,0 +1,314 @@
+"""Per-track decisions: who is this track? A quality-weighted vote over the matches of its faces.
+
+`Decider` keeps, per open track, the good faces the pipeline embedded (their embedding, quality
+weight and gallery match) and turns them into events:
+
+- **vote**: every face votes for its match (an enrolled name, or "unknown" when the gallery had no
+  match under its threshold) with its quality weight. A name wins when it has at least
+  `min_good_faces` faces, at least `min_vote_share` of the total weight, and the runner-up name has
+  at most `max_runner_up_ratio` of its weight (otherwise it is a tie). "unknown" wins the same way
+  but only after `min_good_faces_unknown` faces (a known person's first faces are often the worst:
+  turning in, motion blur), or when the track has `max_faces_undecided` faces and still no clear
+  winner (weak evidence = unknown), or when it ends with at least `min_good_faces` faces and no
+  decision.
+- **events**: a decided track produces ONE `recognized` event (or one `unknown` event); nothing more
+  per frame. Every track gets a `track_ended` event when it ends, with its decision.
+- **re-check**: after a decision the pipeline keeps embedding a face now and then (`wants_embedding`
+  tells it when). A re-check that disagrees with the decision shortens the interval; when the last
+  `recheck_window` re-checks decide, by the same vote rules, for another outcome, the decision
+  switches and the new outcome gets its event (a track can switch people when boxes swap).
+- **unknown**: the track's best faces (`unknown_best_faces`, by weight) are averaged (mean of the
+  unit embeddings, renormalised) into one embedding, handed to the clustering hook (a callable, or
+  None while clustering does not exist), whose answer fills the cluster fields of the event.
+
+Pure logic: no models, no I/O, no clock (timestamps come with the calls).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+from edgeface.events import RecognizedEvent, TrackEndedEvent, UnknownEvent
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+"""The decision for a track that is nobody enrolled (also the value of `track_ended.decision`)."""
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One good face of a track: its embedding, quality weight and what the gallery said."""
+
+    embedding: np.ndarray
+    weight: float
+    name: str | None
+    """Matched name, None for no match under the threshold."""
+    distance: float
+    """Distance to the matched identity (to the nearest one when name is None)."""
+    frame_index: int
+
+
+@dataclass(frozen=True)
+class UnknownTrack:
+    """What clustering gets for one unknown track: one aggregated embedding, its quality and times."""
+
+    camera: str
+    track_id: int
+    embedding: np.ndarray
+    """Mean of the unit embeddings of the best faces, renormalised (128,)."""
+    quality: float
+    """Mean quality weight of those faces, 0..1."""
+    faces_used: int
+    started: datetime
+    seen: datetime
+
+
+@dataclass(frozen=True)
+class ClusterAssignment:
+    """The clustering hook's answer for an unknown track (the fields of the unknown event)."""
+
+    cluster_id: str
+    status: str
+    """"tentative" or "confirmed"."""
+    visit_count: int
+    first_seen: datetime
+    last_seen: datetime
+
+
+ClusterHook = Callable[[UnknownTrack], ClusterAssignment | None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A vote's result: decision is a name, UNKNOWN, or None (not enough evidence yet)."""
+
+    decision: str | None
+    confidence: float = 0.0
+    distance: float = 0.0
+    faces_used: int = 0
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """The thresholds of the vote; see the module docstring."""
+
+    min_good_faces: int = 3
+    min_good_faces_unknown: int = 6
+    max_faces_undecided: int = 12
+    min_vote_share: float = 0.6
+    max_runner_up_ratio: float = 0.5
+    unknown_best_faces: int = 5
+    max_votes_kept: int = 32
+    recheck_window: int = 3
+
+    def __post_init__(self) -> None:
+        if self.min_good_faces < 1:
+            raise ValueError(f"min_good_faces must be >= 1, got {self.min_good_faces}")
+        if self.min_good_faces_unknown < self.min_good_faces:
+            raise ValueError("min_good_faces_unknown must be >= min_good_faces")
+        if self.max_faces_undecided < self.min_good_faces_unknown:
+            raise ValueError("max_faces_undecided must be >= min_good_faces_unknown")
+        if not 0.5 <= self.min_vote_share <= 1.0:
+            raise ValueError(f"min_vote_share must be in [0.5, 1], got {self.min_vote_share}")
+        if not 0.0 <= self.max_runner_up_ratio < 1.0:
+            raise ValueError(f"max_runner_up_ratio must be in [0, 1), got {self.max_runner_up_ratio}")
+        if self.unknown_best_faces < 1 or self.recheck_window < 1:
+            raise ValueError("unknown_best_faces and recheck_window must be >= 1")
+        if self.max_votes_kept < self.max_faces_undecided:
+            raise ValueError("max_votes_kept must be >= max_faces_undecided")
+
+
+def vote(votes: Sequence[Vote], policy: DecisionPolicy, *, final: bool = False, min_faces: int | None = None) -> Outcome:
+    """The quality-weighted vote over `votes`. `final`: the track is over (or out of patience), so
+    weak evidence is decided as unknown instead of waiting. `min_faces` overrides min_good_faces
+    (re-check windows)."""
+    needed = policy.min_good_faces if min_faces is None else min_faces
+    if len(votes) < needed:
+        return Outcome(None)
+    total = float(sum(v.weight for v in votes))
+    if total <= 0:
+        return Outcome(None)
+    by_name: dict[str, float] = {}
+    for v in votes:
+        key = v.name if v.name is not None else UNKNOWN
+        by_name[key] = by_name.get(key, 0.0) + v.weight
+    ranked = sorted(((w, k) for k, w in by_name.items() if k != UNKNOWN), reverse=True)
+    unknown_votes = [v for v in votes if v.name is None]
+    if ranked:
+        weight, name = ranked[0]
+        runner_up = ranked[1][0] if len(ranked) > 1 else 0.0
+        mine = [v for v in votes if v.name == name]
+        if len(mine) >= needed and weight >= policy.min_vote_share * total and runner_up <= policy.max_runner_up_ratio * weight:
+            distance = float(np.average([v.distance for v in mine], weights=[v.weight for v in mine]))
+            return Outcome(name, weight / total, distance, len(mine))
+    unknown_needed = policy.min_good_faces_unknown if min_faces is None else min_faces
+    unknown_weight = by_name.get(UNKNOWN, 0.0)
+    clear_unknown = len(unknown_votes) >= unknown_needed and unknown_weight >= policy.min_vote_share * total
+    if clear_unknown or final or len(votes) >= policy.max_faces_undecided:
+        return Outcome(UNKNOWN, unknown_weight / total, 0.0, len(votes))
+    return Outcome(None)
+
+
+def aggregate_embedding(votes: Sequence[Vote], best: int) -> tuple[np.ndarray, float, int]:
+    """(unit mean embedding of the `best` highest-weight faces, their mean weight, how many)."""
+    chosen = sorted(votes, key=lambda v: v.weight, reverse=True)[:best]
+    stacked = np.stack([np.asarray(v.embedding, np.float64) for v in chosen])
+    stacked /= np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
+    mean = stacked.mean(axis=0)
+    mean /= max(float(np.linalg.norm(mean)), 1e-12)
+    return mean.astype(np.float32), float(np.mean([v.weight for v in chosen])), len(chosen)
+
+
+@dataclass
+class _TrackState:
+    track_id: int
+    started: datetime
+    last_seen: datetime
+    faces_seen: int = 0
+    votes: list[Vote] = field(default_factory=list)
+    decision: str | None = None
+    cluster_id: str | None = None
+    decided_frame: int | None = None
+    last_embedded_frame: int | None = None
+    rechecks: list[Vote] = field(default_factory=list)
+    suspicious: bool = False
+
+
+class Decider:
+    """Per-track decision state for one camera; `add_vote`/`end_track` return the events to publish."""
+
+    def __init__(
+        self,
+        station: str,
+        camera: str,
+        policy: DecisionPolicy | None = None,
+        *,
+        cluster_hook: ClusterHook | None = None,
+        embed_every_frames: int = 3,
+        recheck_every_frames: int = 30,
+    ) -> None:
+        if embed_every_frames < 1 or recheck_every_frames < 1:
+            raise ValueError("embed_every_frames and recheck_every_frames must be >= 1")
+        self.station = station
+        self.camera = camera
+        self.policy = policy or DecisionPolicy()
+        self.cluster_hook = cluster_hook
+        self.embed_every_frames = embed_every_frames
+        self.recheck_every_frames = recheck_every_frames
+        self._tracks: dict[int, _TrackState] = {}
+        self.switches = 0
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _state(self, track_id: int, ts: datetime) -> _TrackState:
+        state = self._tracks.get(track_id)
+        if state is None:
+            state = self._tracks[track_id] = _TrackState(track_id, ts, ts)
+        return state
+
+    def seen(self, track_id: int, ts: datetime) -> None:
+        """The track had a face on a frame at ts (embedded or not)."""
+        state = self._state(track_id, ts)
+        state.faces_seen += 1
+        state.last_seen = max(state.last_seen, ts)
+
+    def decision(self, track_id: int) -> str | None:
+        state = self._tracks.get(track_id)
+        return state.decision if state else None
+
+    def cluster_of(self, track_id: int) -> str | None:
+        state = self._tracks.get(track_id)
+        return state.cluster_id if state else None
+
+    def open_tracks(self) -> list[int]:
+        return sorted(self._tracks)
+
+    def wants_embedding(self, track_id: int, frame_index: int) -> bool:
+        """Embed this track's face on this frame? New tracks: yes; then every embed_every_frames
+        until decided; then every recheck_every_frames (embed_every_frames while a re-check disagrees)."""
+        state = self._tracks.get(track_id)
+        if state is None or state.last_embedded_frame is None:
+            return True
+        interval = self.embed_every_frames
+        if state.decision is not None and not state.suspicious:
+            interval = self.recheck_every_frames
+        return frame_index - state.last_embedded_frame >= interval
+
+    # -- votes -> events ----------------------------------------------------------------------
+
+    def add_vote(self, track_id: int, vote_: Vote, ts: datetime) -> list[RecognizedEvent | UnknownEvent]:
+        """Record one good, embedded and matched face of a track; returns the events it causes."""
+        state = self._state(track_id, ts)
+        state.last_embedded_frame = vote_.frame_index
+        state.votes.append(vote_)
+        if len(state.votes) > self.policy.max_votes_kept:  # keep the best faces, drop the weakest
+            state.votes.remove(min(state.votes, key=lambda v: v.weight))
+        if state.decision is None:
+            outcome = vote(state.votes, self.policy)
+            return self._decide(state, outcome, ts) if outcome.decision is not None else []
+        # Re-check of a decided track.
+        state.rechecks.append(vote_)
+        state.rechecks = state.rechecks[-self.policy.recheck_window:]
+        agrees = (vote_.name or UNKNOWN) == state.decision
+        state.suspicious = not agrees
+        if agrees:
+            return []
+        window = vote(state.rechecks, self.policy, min_faces=self.policy.recheck_window)
+        if window.decision is not None and window.decision != state.decision and (
+                window.decision != UNKNOWN or all(v.name is None for v in state.rechecks)):
+            log.info("track %d switches from %s to %s", track_id, state.decision, window.decision)
+            self.switches += 1
+            state.votes = list(state.rechecks)
+            state.rechecks = []
+            state.suspicious = False
+            return self._decide(state, vote(state.votes, self.policy, final=True, min_faces=1), ts)
+        return []
+
+    def _decide(self, state: _TrackState, outcome: Outcome, ts: datetime) -> list[RecognizedEvent | UnknownEvent]:
+        state.decision = outcome.decision
+        state.decided_frame = state.last_embedded_frame
+        state.rechecks = []
+        if outcome.decision is None:
+            return []
+        if outcome.decision != UNKNOWN:
+            state.cluster_id = None
+            return [RecognizedEvent(
+                ts=ts, station=self.station, camera=self.camera, track_id=state.track_id, name=outcome.decision,
+                confidence=min(max(outcome.confidence, 0.0), 1.0), distance=max(outcome.distance, 0.0),
+                faces_used=max(outcome.faces_used, 1),
+            )]
+        embedding, quality, used = aggregate_embedding(state.votes, self.policy.unknown_best_faces)
+        assignment = None
+        if self.cluster_hook is not None:
+            assignment = self.cluster_hook(UnknownTrack(self.camera, state.track_id, embedding, quality, used,
+                                                        state.started, state.last_seen))
+        state.cluster_id = assignment.cluster_id if assignment else None
+        cluster_fields = {}
+        if assignment is not None:
+            cluster_fields = {"cluster_id": assignment.cluster_id, "cluster_status": assignment.status,
+                              "visit_count": assignment.visit_count, "first_seen": assignment.first_seen,
+                              "last_seen": assignment.last_seen}
+        return [UnknownEvent(ts=ts, station=self.station, camera=self.camera, track_id=state.track_id,
+                             faces_used=used, **cluster_fields)]
+
+    def end_track(self, track_id: int, ended: datetime) -> list[RecognizedEvent | UnknownEvent | TrackEndedEvent]:
+        """Close a track: a last-chance decision when it has enough faces, then its track_ended."""
+        state = self._tracks.pop(track_id, None)
+        if state is None:
+            state = _TrackState(track_id, ended, ended)
+        events: list[RecognizedEvent | UnknownEvent | TrackEndedEvent] = []
+        if state.decision is None and len(state.votes) >= self.policy.min_good_faces:
+            events += self._decide(state, vote(state.votes, self.policy, final=True), ended)
+        ended = max(ended, state.last_seen)
+        events.append(TrackEndedEvent(
+            ts=ended, station=self.station, camera=self.camera, track_id=track_id, started=state.started, ended=ended,
+            duration_s=max((ended - state.started).total_seconds(), 0.0), faces_seen=state.faces_seen,
+            decision=state.decision, cluster_id=state.cluster_id if state.decision == UNKNOWN else None,
+        ))
+        return events

@@ -1,0 +1,308 @@
+"""Enrollment: photos -> checked templates -> the gallery, one transaction per person.
+
+Each person goes through two steps:
+- `Enroller.examine(name, files)` reads and analyses every photo and decides, per photo, "enrolled"
+  or a rejection with its reason (`Reason`); it writes nothing;
+- `Enroller.commit(plan)` stores the accepted templates in ONE transaction, so a crash (even kill -9)
+  leaves the person either fully enrolled or absent.
+
+`prepare_requests` checks everything a user can get wrong before any photo is analysed (names, paths,
+empty folders, names already enrolled, the same name twice): on a problem it raises EnrollmentError
+and nothing is written. Checks per photo, in order: readable; a face; one face (the largest is taken
+when it clearly dominates); detector score, size, pose, blur (`QualityGate.for_enrollment`); not a
+duplicate of a stored or earlier template; not closer to a different enrolled person than to NAME.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edgeface.errors import EdgefaceError, ImageError
+from edgeface.gallery import Gallery, GallerySnapshot, pairwise_distances, validate_name
+from edgeface.quality import QualityGate, QualityReason
+
+if TYPE_CHECKING:
+    from edgeface.analyze import FaceAnalyzer
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"})
+"""Files with these suffixes are the photos inside folders; a file named explicitly is always tried."""
+
+DOMINANT_FACE_AREA_RATIO = 2.25
+"""With several faces, the largest is enrolled only when its box area is at least this many times the
+next one's (its side 1.5 times longer): clearly the subject, not one of a group. Other detections
+below the enrollment gate's min_score do not count: they are mostly false positives (joe_biden/2.jpg
+rotated by 30-50 degrees gets a second "face" at score 0.52-0.56 on his shoulder)."""
+
+DUPLICATE_MAX_DISTANCE = 0.1
+"""A template this close to a stored one (or one earlier in the batch) is a duplicate: the same photo
+again, resized or re-encoded (obama-1080p vs barack_obama/1.jpg of ../shared/data/people: 0.077).
+Different photos of one person are farther: 300 LFW same-person pairs (pairsDevTrain) measured
+0.156 at the minimum, 0.30 median."""
+
+
+class EnrollmentError(EdgefaceError):
+    """The enrollment request is wrong (name, path, folder); nothing was written."""
+
+
+class Reason(str, Enum):
+    """Why a photo was not enrolled; the value is the name printed in reports."""
+
+    UNREADABLE = "unreadable"
+    NO_FACE = "no_face"
+    SEVERAL_FACES = "several_faces"
+    LOW_SCORE = "low_score"
+    TOO_SMALL = "too_small"
+    BLURRED = "blurred"
+    EXTREME_POSE = "extreme_pose"
+    DUPLICATE = "duplicate"
+    CLOSER_TO_OTHER = "closer_to_other"
+
+
+_QUALITY_REASONS = {
+    QualityReason.LOW_SCORE: Reason.LOW_SCORE,
+    QualityReason.TOO_SMALL: Reason.TOO_SMALL,
+    QualityReason.BLURRED: Reason.BLURRED,
+    QualityReason.EXTREME_YAW: Reason.EXTREME_POSE,
+    QualityReason.EXTREME_ROLL: Reason.EXTREME_POSE,
+}
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    path: Path
+    name: str
+    reason: Reason | None
+    """None: enrolled (or, before commit, accepted)."""
+    detail: str
+    quality: float | None = None
+    sha256: str | None = None
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The embedding of an accepted photo."""
+        if self.embedding is None:
+            raise ValueError(f"{self.path} was rejected and has no embedding")
+        return self.embedding
+
+
+@dataclass
+class PersonPlan:
+    name: str
+    outcomes: list[PhotoOutcome]
+
+    @property
+    def accepted(self) -> list[PhotoOutcome]:
+        return [o for o in self.outcomes if o.accepted]
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def image_files(path: Path) -> list[Path]:
+    """The photos a path stands for: itself when a file, else every image file below it (recursive,
+    sorted, hidden entries skipped). EnrollmentError when it is missing or a folder without photos."""
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise EnrollmentError(f"{path}: no such file or folder; nothing was written")
+    if not path.is_dir():
+        raise EnrollmentError(f"{path}: not a file or folder; nothing was written")
+    files = sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    if not files:
+        raise EnrollmentError(f"{path}: folder holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}); nothing was written")
+    return files
+
+
+def person_folders(root: Path) -> tuple[list[tuple[str, Path]], list[Path]]:
+    """([(folder name, folder)] one per person, [skipped folders]) for the sub-folders of root.
+    Folders whose name starts with '.' or '_' (such as `_group`) are not people and are skipped."""
+    if not root.is_dir():
+        raise EnrollmentError(f"{root}: not a folder; --from-folders takes a folder with one sub-folder per person")
+    children = sorted(child for child in root.iterdir() if child.is_dir())
+    people = [(child.name, child) for child in children if child.name[:1] not in "._"]
+    if not people:
+        raise EnrollmentError(f"{root}: no sub-folders (one per person, named after them); nothing was written")
+    return people, [child for child in children if child.name[:1] in "._"]
+
+
+def prepare_requests(requests: Sequence[tuple[str, Sequence[Path]]], enrolled: Mapping[str, int],
+                     add: bool = False) -> list[tuple[str, list[Path]]]:
+    """Validate (name, paths) requests before anything is analysed or written: valid names, each
+    name once, names in `enrolled` (name -> template count) only with `add`, every path a photo or a
+    folder with photos. Returns (NFC name, photo files)."""
+    prepared: list[tuple[str, list[Path]]] = []
+    seen: set[str] = set()
+    for raw_name, paths in requests:
+        name = validate_name(raw_name)
+        if name in seen:
+            raise EnrollmentError(f"{name!r} is requested twice; give each person once; nothing was written")
+        seen.add(name)
+        if name in enrolled and not add:
+            raise EnrollmentError(f"{name!r} is already enrolled ({enrolled[name]} templates); pass --add to add "
+                                  "photos to them, or choose another name; nothing was written")
+        if not paths:
+            raise EnrollmentError(f"no photos given for {name!r}; nothing was written")
+        files = [f for p in paths for f in image_files(Path(p))]
+        prepared.append((name, list(dict.fromkeys(files))))
+    return prepared
+
+
+# -- examine and commit ------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Enroller:
+    def __init__(
+        self,
+        analyzer: FaceAnalyzer,
+        gallery: Gallery,
+        gate: QualityGate | None = None,
+        dominant_face_area_ratio: float = DOMINANT_FACE_AREA_RATIO,
+        duplicate_max_distance: float = DUPLICATE_MAX_DISTANCE,
+    ) -> None:
+        self.analyzer = analyzer
+        self.gallery = gallery
+        self.gate = gate or QualityGate.for_enrollment()
+        self.dominant_face_area_ratio = dominant_face_area_ratio
+        self.duplicate_max_distance = duplicate_max_distance
+
+    def _face(self, path: Path, name: str) -> PhotoOutcome:
+        """Read, hash, analyse and quality-check one photo: accepted with its embedding, or rejected."""
+        from edgeface.imageio import read_image
+
+        try:
+            image = read_image(path)
+            digest = _sha256(path)
+        except (ImageError, OSError) as error:
+            return PhotoOutcome(path, name, Reason.UNREADABLE, str(error).removeprefix(f"{path}: "))
+        faces = self.analyzer.analyze(image)
+        if len(faces) == 0:
+            return PhotoOutcome(path, name, Reason.NO_FACE, "no face found", sha256=digest)
+        index = int(np.argmax(faces.detections.area))
+        areas = faces.detections.area
+        confident = faces.detections.score >= self.gate.min_score
+        others = areas[confident & (np.arange(len(faces)) != index)]
+        if len(others) and areas[index] < self.dominant_face_area_ratio * others.max():
+            return PhotoOutcome(path, name, Reason.SEVERAL_FACES,
+                                f"{len(others) + 1} faces of similar size; crop the photo to {name}", sha256=digest)
+        result = self.gate.assess(faces.detections[index], faces.chips[index:index + 1])[0]
+        m = result.measures
+        if result.reason is not None:
+            detail = {
+                QualityReason.LOW_SCORE: f"detector score {m.score:.2f} < {self.gate.min_score}",
+                QualityReason.TOO_SMALL: f"face {m.face_px:.0f} px < {self.gate.min_face_px:.0f} px",
+                QualityReason.BLURRED: f"sharpness {m.blur_var:.1f} < {self.gate.blur_min_var}",
+                QualityReason.EXTREME_YAW: f"head turned {abs(m.yaw_deg):.0f} deg > {self.gate.max_yaw_deg:.0f}",
+                QualityReason.EXTREME_ROLL: f"head tilted {abs(m.roll_deg):.0f} deg > {self.gate.max_roll_deg:.0f}",
+            }[result.reason]
+            return PhotoOutcome(path, name, _QUALITY_REASONS[result.reason], detail, sha256=digest)
+        return PhotoOutcome(path, name, None, "", result.weight, digest, faces.embeddings[index])
+
+    def examine(self, name: str, files: Sequence[Path],
+                on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:
+        """Decide every photo of one person; writes nothing. on_photo sees each rejection as it is
+        found (acceptances are only final after the cross-checks at the end)."""
+        name = validate_name(name)
+        snapshot = self.gallery.snapshot()
+        stored_hashes = self.gallery.source_hashes()
+        outcomes: list[PhotoOutcome] = []
+        for path in files:
+            outcome = self._face(path, name)
+            if outcome.accepted and outcome.sha256 in stored_hashes:
+                outcome = PhotoOutcome(path, name, Reason.DUPLICATE,
+                                       f"this file is already enrolled for {stored_hashes[outcome.sha256]}", sha256=outcome.sha256)
+            if outcome.accepted:
+                earlier = next((o for o in outcomes if o.accepted and o.sha256 == outcome.sha256), None)
+                if earlier is not None:
+                    outcome = PhotoOutcome(path, name, Reason.DUPLICATE, f"same file as {earlier.path}", sha256=outcome.sha256)
+            if outcome.accepted:
+                outcome = self._check_near_duplicate(outcome, snapshot, outcomes)
+            outcomes.append(outcome)
+            if on_photo is not None and not outcome.accepted:
+                on_photo(outcome)
+        outcomes = self._check_others(name, outcomes, snapshot)
+        if on_photo is not None:
+            for outcome in outcomes:
+                if outcome.accepted or outcome.reason is Reason.CLOSER_TO_OTHER:
+                    on_photo(outcome)
+        return PersonPlan(name, outcomes)
+
+    def _check_near_duplicate(self, outcome: PhotoOutcome, snapshot: GallerySnapshot, outcomes: list[PhotoOutcome]) -> PhotoOutcome:
+        vector = outcome.vector[None]
+        if len(snapshot.templates):
+            to_stored = pairwise_distances(vector, snapshot.templates)[0]
+            j = int(np.argmin(to_stored))
+            if to_stored[j] < self.duplicate_max_distance:
+                owner = snapshot.names[int(np.searchsorted(snapshot.ends, j, side="right"))]
+                return PhotoOutcome(outcome.path, outcome.name, Reason.DUPLICATE,
+                                    f"nearly identical ({to_stored[j]:.3f}) to a template of {owner}", sha256=outcome.sha256)
+        for earlier in outcomes:
+            if earlier.accepted:
+                distance = float(pairwise_distances(vector, earlier.vector[None])[0, 0])
+                if distance < self.duplicate_max_distance:
+                    return PhotoOutcome(outcome.path, outcome.name, Reason.DUPLICATE,
+                                        f"nearly identical ({distance:.3f}) to {earlier.path}", sha256=outcome.sha256)
+        return outcome
+
+    def _check_others(self, name: str, outcomes: list[PhotoOutcome], snapshot: GallerySnapshot) -> list[PhotoOutcome]:
+        """Reject accepted photos that are nearer a different enrolled person (below the match
+        threshold) than to NAME's own templates and NAME's other accepted photos."""
+        accepted = [o for o in outcomes if o.accepted]
+        if not accepted or not len(snapshot):
+            return outcomes
+        probes = np.stack([o.vector for o in accepted])
+        by_identity = snapshot.distances(probes, "min")
+        own = snapshot.names.index(name) if name in snapshot.names else None
+        to_self = by_identity[:, own].copy() if own is not None else np.full(len(accepted), np.inf, np.float32)
+        among = pairwise_distances(probes, probes)
+        np.fill_diagonal(among, np.inf)
+        if len(accepted) > 1:
+            to_self = np.minimum(to_self, among.min(axis=1))
+        if own is not None:
+            by_identity[:, own] = np.inf
+        rejected: dict[int, PhotoOutcome] = {}
+        for i, outcome in enumerate(accepted):
+            k = int(np.argmin(by_identity[i]))
+            other = float(by_identity[i, k])
+            if other < self.gallery.match_max_distance and other <= to_self[i]:
+                versus = f"than to {name} ({to_self[i]:.3f})" if np.isfinite(to_self[i]) else f"and {name} has no other photo"
+                rejected[id(outcome)] = PhotoOutcome(outcome.path, name, Reason.CLOSER_TO_OTHER,
+                                                     f"closer to {snapshot.names[k]} ({other:.3f}) {versus}",
+                                                     sha256=outcome.sha256)
+        return [rejected.get(id(o), o) for o in outcomes]
+
+    def commit(self, plan: PersonPlan, metadata: dict | None = None) -> list[int]:
+        """Store the plan's accepted templates in one transaction; [] (nothing written) when none."""
+        accepted = plan.accepted
+        if not accepted:
+            return []
+        return self.gallery.add_templates(plan.name, np.stack([o.vector for o in accepted]),
+                                          [o.quality or 0.0 for o in accepted], [o.sha256 for o in accepted],
+                                          metadata=metadata)
+
+    def enroll(self, name: str, files: Sequence[Path], on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:
+        plan = self.examine(name, files, on_photo)
+        self.commit(plan)
+        return plan

@@ -1,0 +1,343 @@
+"""The gallery commands of `edgeface`: enroll, gallery list|show|rename|remove|export|import|reject,
+identify. `register(subparsers)` adds them to the main parser (edgeface/cli.py).
+
+The gallery file is --gallery FILE, else $EDGEFACE_GALLERY, else ./gallery.db. Commands that only
+read refuse a path where no gallery exists instead of creating an empty one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+GALLERY_ENV = "EDGEFACE_GALLERY"
+DEFAULT_GALLERY = Path("gallery.db")
+
+
+def _default_gallery() -> Path:
+    return Path(os.environ.get(GALLERY_ENV) or DEFAULT_GALLERY)
+
+
+def _common(parser: argparse.ArgumentParser, config: bool = False) -> None:
+    parser.add_argument("--gallery", type=Path, default=None,
+                        help=f"gallery file (default: ${GALLERY_ENV}, else ./{DEFAULT_GALLERY})")
+    if config:
+        parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
+
+
+def _open(args: argparse.Namespace, create: bool = False):
+    from edgeface.gallery import Gallery
+
+    kwargs: dict[str, Any] = {}
+    if getattr(args, "max_distance", None) is not None:
+        kwargs["match_max_distance"] = args.max_distance
+    elif getattr(args, "config", None) is not None:
+        from edgeface.config import load_config
+
+        kwargs["match_max_distance"] = load_config(args.config).gallery.match_max_distance
+    return Gallery(args.gallery or _default_gallery(), create=create, **kwargs)
+
+
+def _analyzer(args: argparse.Namespace):
+    from edgeface.analyze import FaceAnalyzer
+    from edgeface.config import load_config
+
+    return FaceAnalyzer.from_config(load_config(args.config).recognition)
+
+
+# -- enroll ----------------------------------------------------------------------------------
+
+
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from edgeface.enroll import (
+        Enroller,
+        EnrollmentError,
+        PhotoOutcome,
+        person_folders,
+        prepare_requests,
+    )
+
+    if args.from_folders is not None:
+        if args.name is not None:
+            raise EnrollmentError("give either NAME PATH... or --from-folders DIR, not both")
+        people, skipped = person_folders(args.from_folders)
+        for folder in skipped:
+            print(f"skipped {folder}: folders starting with '.' or '_' are not people", file=sys.stderr)
+        requests = [(name, [folder]) for name, folder in people]
+    elif args.name is None or not args.paths:
+        raise EnrollmentError("give NAME and at least one photo or folder (or --from-folders DIR)")
+    else:
+        requests = [(args.name, args.paths)]
+    path = args.gallery or _default_gallery()
+    existed = path.exists()
+    enrolled: dict[str, int] = {}
+    if existed:
+        with _open(args) as gallery:
+            enrolled = {info.name: info.template_count for info in gallery.list_identities()}
+    prepared = prepare_requests(requests, enrolled, add=args.add)  # every user error before anything is written
+    analyzer = _analyzer(args)
+    written = 0
+    failed: list[str] = []
+    with _open(args, create=True) as gallery:
+        enroller = Enroller(analyzer, gallery)
+        bar = tqdm(total=sum(len(files) for _, files in prepared), unit="photo", file=sys.stderr,
+                   disable=args.jsonl or not sys.stderr.isatty())
+
+        def report(outcome: PhotoOutcome) -> None:
+            if args.jsonl:
+                print(json.dumps({"name": outcome.name, "path": str(outcome.path), "enrolled": outcome.accepted,
+                                  "reason": outcome.reason.value if outcome.reason else None,
+                                  "detail": outcome.detail or None,
+                                  "quality": None if outcome.quality is None else round(outcome.quality, 3)},
+                                 ensure_ascii=False), flush=True)
+            elif outcome.accepted:
+                bar.write(f"enrolled  {outcome.name}  {outcome.path}  (quality {outcome.quality:.2f})", file=sys.stdout)
+            else:
+                reason = outcome.reason.value if outcome.reason else "?"
+                bar.write(f"rejected  {outcome.name}  {outcome.path}  {reason}: {outcome.detail}",
+                          file=sys.stdout)
+            bar.update(1)
+
+        for name, files in prepared:
+            plan = enroller.examine(name, files, report)
+            if enroller.commit(plan):
+                written += 1
+                print(f"{name}: {len(plan.accepted)} of {len(plan.outcomes)} photos enrolled", file=sys.stderr)
+            else:
+                failed.append(name)
+                print(f"{name}: no usable photo, not enrolled", file=sys.stderr)
+        bar.close()
+    if not existed and not written:
+        _remove_gallery_file(path)
+    return 1 if failed else 0
+
+
+def _remove_gallery_file(path: Path) -> None:
+    """Leave no empty gallery behind when a command that created it wrote nothing."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+# -- gallery management ----------------------------------------------------------------------
+
+
+def _info_dict(info, templates: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": info.name, "created": info.created, "metadata": info.metadata,
+                           "templates": info.template_count, "negatives": info.negative_count}
+    if templates:
+        out["templates"] = [{"id": t.id, "quality": round(t.quality, 3), "source_sha256": t.source_sha256,
+                             "created": t.created, "model_id": t.model_id} for t in info.templates]
+    return out
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        identities = gallery.list_identities()
+    if args.json:
+        print(json.dumps([_info_dict(i) for i in identities], ensure_ascii=False))
+    else:
+        for info in identities:
+            print(f"{info.name}\t{info.template_count} templates\t{info.negative_count} negatives\tsince {info.created}")
+        print(f"{len(identities)} identities", file=sys.stderr)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        info = gallery.show(args.name)
+    if args.json:
+        print(json.dumps(_info_dict(info, templates=True), ensure_ascii=False))
+        return 0
+    print(f"{info.name}: {info.template_count} templates, {info.negative_count} negatives, since {info.created}")
+    if info.metadata:
+        print(f"metadata: {json.dumps(info.metadata, ensure_ascii=False)}")
+    for t in info.templates:
+        print(f"  template {t.id}\tquality {t.quality:.2f}\t{t.model_id}\t{t.created}\tsource sha256 {t.source_sha256 or '-'}")
+    return 0
+
+
+def _cmd_rename(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        gallery.rename(args.old, args.new)
+    print(f"renamed {args.old} to {args.new}", file=sys.stderr)
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        gallery.remove(args.name)
+    print(f"removed {args.name}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as gallery:
+        identities, templates = gallery.export_to(args.file)
+    print(f"exported {identities} identities, {templates} templates to {args.file}", file=sys.stderr)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    path = args.gallery or _default_gallery()
+    existed = path.exists()
+    try:
+        with _open(args, create=True) as gallery:
+            report = gallery.import_from(args.file)
+    except Exception:
+        if not existed:
+            _remove_gallery_file(path)
+        raise
+    print(f"imported {report.identities_created} new and {report.identities_merged} existing identities: "
+          f"{report.templates_added} templates added, {report.templates_skipped} already present, "
+          f"{report.negatives_added} negatives", file=sys.stderr)
+    return 0
+
+
+def _cmd_reject(args: argparse.Namespace) -> int:
+    from edgeface.errors import EdgefaceError
+    from edgeface.imageio import read_image
+
+    analyzer = _analyzer(args)
+    with _open(args) as gallery:
+        gallery.show(args.name)  # an unknown name fails before the photo is analysed
+        faces = analyzer.analyze(read_image(args.photo))
+        if len(faces) == 0:
+            raise EdgefaceError(f"{args.photo}: no face found; nothing was changed")
+        matches = gallery.match(faces.embeddings, max_distance=2.0)
+        candidates = [i for i, m in enumerate(matches) if m.name == args.name]
+        if len(faces) > 1 and not candidates:
+            raise EdgefaceError(f"{args.photo}: {len(faces)} faces and none is nearest {args.name}; crop the photo")
+        index = min(candidates or [0], key=lambda i: matches[i].distance)
+        removed = gallery.reject_match(args.name, faces.embeddings[index])
+    print(f"noted: the face in {args.photo} is not {args.name}"
+          + (f"; removed their template {removed}, which alone matched it" if removed else ""), file=sys.stderr)
+    return 0
+
+
+# -- identify --------------------------------------------------------------------------------
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
+    from edgeface.errors import ImageError
+    from edgeface.imageio import read_image
+
+    analyzer = _analyzer(args)
+    errors = 0
+    with _open(args) as gallery:
+        for path in args.paths:
+            record: dict[str, Any] = {"path": str(path), "faces": [], "error": None}
+            try:
+                faces = analyzer.analyze(read_image(path))
+            except ImageError as error:
+                record["error"] = str(error)
+                errors += 1
+            else:
+                for i, match in enumerate(gallery.match(faces.embeddings)):
+                    record["faces"].append({
+                        "box": [round(float(v), 1) for v in faces.detections.xyxy[i]],
+                        "name": match.name or "unknown",
+                        "distance": round(match.distance, 4) if match.distance != float("inf") else None,
+                        "nearest": match.nearest_name,
+                    })
+            if args.jsonl:
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            elif record["error"]:
+                print(f"edgeface: {record['error']}", file=sys.stderr)
+            elif not record["faces"]:
+                print(f"{path}\tno face")
+            else:
+                for face in record["faces"]:
+                    distance = "-" if face["distance"] is None else f"{face['distance']:.3f}"
+                    box = ",".join(f"{v:.0f}" for v in face["box"])
+                    print(f"{path}\t{face['name']}\t{distance}\tbox {box}")
+    return 1 if errors else 0
+
+
+# -- registration ----------------------------------------------------------------------------
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `enroll`, `gallery ...` and `identify` to the `edgeface` command's sub-parsers."""
+    enroll = subparsers.add_parser(
+        "enroll", help="add people to the gallery from photos; every photo is reported enrolled or rejected",
+        description="edgeface enroll NAME PATH... | edgeface enroll --from-folders DIR")
+    enroll.add_argument("name", nargs="?", metavar="NAME", help="the person's name")
+    enroll.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="photos or folders (recursive)")
+    enroll.add_argument("--from-folders", type=Path, metavar="DIR",
+                        help="one sub-folder per person, named after them (folders starting with _ are skipped)")
+    enroll.add_argument("--add", action="store_true", help="add photos to people already enrolled")
+    enroll.add_argument("--jsonl", action="store_true", help="one JSON object per photo")
+    _common(enroll, config=True)
+    enroll.set_defaults(handler=_cmd_enroll)
+
+    gallery = subparsers.add_parser("gallery", help="list, show, rename, remove, export, import people")
+    actions = gallery.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every identity with its number of templates")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_cmd_list)
+    show = actions.add_parser("show", help="one identity and its templates")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_cmd_show)
+    rename = actions.add_parser("rename", help="rename an identity")
+    rename.add_argument("old", metavar="OLD")
+    rename.add_argument("new", metavar="NEW")
+    rename.set_defaults(handler=_cmd_rename)
+    remove = actions.add_parser("remove", help="delete an identity with its templates")
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(handler=_cmd_remove)
+    export = actions.add_parser("export", help="write embeddings and metadata (never photos) to a JSON file")
+    export.add_argument("file", type=Path, metavar="FILE")
+    export.set_defaults(handler=_cmd_export)
+    importing = actions.add_parser("import", help="add identities from an export file (same model only)")
+    importing.add_argument("file", type=Path, metavar="FILE")
+    importing.set_defaults(handler=_cmd_import)
+    reject = actions.add_parser("reject", help="the face in PHOTO is not NAME: stop that mistake recurring")
+    reject.add_argument("name", metavar="NAME")
+    reject.add_argument("photo", type=Path, metavar="PHOTO")
+    reject.set_defaults(handler=_cmd_reject)
+    for parser, config in ((listing, False), (show, False), (rename, False), (remove, False), (export, False),
+                           (importing, False), (reject, True)):
+        _common(parser, config=config)
+
+    identify = subparsers.add_parser("identify", help="name every face in photos, or 'unknown', with the distance")
+    identify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    identify.add_argument("--jsonl", action="store_true", help="one JSON object per photo")
+    identify.add_argument("--max-distance", type=float,
+                          help="match threshold (default: measured at FAR 0.1%% on LFW, see edgeface/gallery.py)")
+    _common(identify, config=True)
+    identify.set_defaults(handler=_cmd_identify)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m edgeface.gallery_cli ...`) with the same exit codes and one-line
+    errors as `edgeface`, for tests and for use before the commands are wired into edgeface/cli.py."""
+    import logging
+
+    from edgeface.errors import EdgefaceError
+
+    parser = argparse.ArgumentParser(prog="edgeface")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args)
+    except EdgefaceError as error:
+        print(f"edgeface: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Face tracking across frames: IoU first, embedding distance to break ties.
+
+One `Tracker` follows the faces of one camera. `update(detections, ts)` assigns every detection of
+a frame to a track (an existing one or a new one) and returns a `TrackUpdate` with one track id per
+detection (same order as the detections) and the tracks that ended on this frame.
+
+Association is greedy on IoU, best pair first, against each track's last box moved by its recent
+velocity (a face walking across the frame keeps overlapping its prediction). A pair is *ambiguous*
+when a rival pair of the same track or of the same detection has an IoU within `tie_iou_margin` of
+it (two faces crossing, a face next to where another was a moment ago). Ambiguities are settled by
+embedding distance when the caller passes `embed`, a callable that returns unit embeddings for the
+detection indices it is given (the pipeline aligns and embeds those faces on demand and reuses the
+result); the track side uses the embeddings fed back through `observe`. A pair whose embedding
+distance is above `appearance_max_distance` is refused even when the boxes overlap, so a new face
+in an old face's place starts a new track rather than inheriting its identity; a weak overlap (IoU
+below `confirm_iou_below`) of a track that has a reference embedding is always checked this way.
+
+A track that gets no detection for more than `max_missed_frames` consecutive frames ends. `end_all`
+ends every open track (scene cut, shutdown).
+
+The tracker never mutates its inputs; its own state changes only through `update`, `observe` and
+`end_all`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from edgeface.types import FaceDetections
+
+EmbedFn = Callable[[Sequence[int]], np.ndarray]
+"""Given detection indices, returns their (k, d) unit embeddings (rows in the same order)."""
+
+DEFAULT_IOU_MIN = 0.2
+DEFAULT_MAX_MISSED_FRAMES = 10
+DEFAULT_TIE_IOU_MARGIN = 0.15
+DEFAULT_APPEARANCE_MAX_DISTANCE = 0.6
+"""Euclidean distance between unit embeddings above which two faces are not the same person for the
+tracker. Deliberately loose (the gallery's same-person threshold is ~0.38; different people in LFW
+are ~0.75 apart on average): it only has to catch a swap, never split a person."""
+DEFAULT_CONFIRM_IOU_BELOW = 0.5
+"""An association with IoU below this (a weak overlap: a fast face, or another face next to where one
+was) is confirmed by embedding distance when the track has a reference embedding."""
+VELOCITY_SMOOTHING = 0.5
+"""Weight of the newest box motion in the velocity estimate (exponential smoothing)."""
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU (len(a), len(b)) between xyxy boxes."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class Track:
+    """One face followed over time. Immutable snapshot; the tracker replaces it on every change."""
+
+    id: int
+    started_ts: float
+    last_ts: float
+    first_frame: int
+    last_frame: int
+    box: np.ndarray
+    """Last matched box, xyxy (4,) float64."""
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    """Smoothed box motion per frame (4,)."""
+    hits: int = 1
+    """Frames with a detection."""
+    missed: int = 0
+    """Consecutive frames without a detection."""
+    embedding: np.ndarray | None = None
+    """Reference embedding (unit), from `observe`; None until the track's face was embedded."""
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.last_ts - self.started_ts, 0.0)
+
+    def predicted_box(self, frames_ahead: int = 1) -> np.ndarray:
+        return self.box + self.velocity * frames_ahead
+
+
+@dataclass(frozen=True)
+class TrackUpdate:
+    """What one frame did: `track_ids[i]` is the track of detection i; `new` are the ids started on
+    this frame; `ended` the tracks that ended (their last state); `embeddings` the embeddings the
+    tracker asked for while settling ties (detection index -> unit vector), for the caller to reuse."""
+
+    track_ids: np.ndarray
+    new: frozenset[int]
+    ended: tuple[Track, ...]
+    embeddings: dict[int, np.ndarray]
+    ambiguous: int = 0
+    """Detections whose assignment needed a tie-break."""
+
+
+class Tracker:
+    def __init__(
+        self,
+        *,
+        iou_min: float = DEFAULT_IOU_MIN,
+        max_missed_frames: int = DEFAULT_MAX_MISSED_FRAMES,
+        tie_iou_margin: float = DEFAULT_TIE_IOU_MARGIN,
+        appearance_max_distance: float = DEFAULT_APPEARANCE_MAX_DISTANCE,
+        confirm_iou_below: float = DEFAULT_CONFIRM_IOU_BELOW,
+        first_id: int = 1,
+    ) -> None:
+        if not 0.0 < iou_min <= 1.0:
+            raise ValueError(f"iou_min must be in (0, 1], got {iou_min}")
+        if max_missed_frames < 0:
+            raise ValueError(f"max_missed_frames must be >= 0, got {max_missed_frames}")
+        if not 0.0 <= tie_iou_margin <= 1.0:
+            raise ValueError(f"tie_iou_margin must be in [0, 1], got {tie_iou_margin}")
+        if not 0.0 < appearance_max_distance <= 2.0:
+            raise ValueError(f"appearance_max_distance must be in (0, 2], got {appearance_max_distance}")
+        if not 0.0 <= confirm_iou_below <= 1.0:
+            raise ValueError(f"confirm_iou_below must be in [0, 1], got {confirm_iou_below}")
+        if first_id < 0:
+            raise ValueError(f"first_id must be >= 0, got {first_id}")
+        self.iou_min = iou_min
+        self.max_missed_frames = max_missed_frames
+        self.tie_iou_margin = tie_iou_margin
+        self.appearance_max_distance = appearance_max_distance
+        self.confirm_iou_below = confirm_iou_below
+        self._next_id = first_id
+        self._tracks: dict[int, Track] = {}
+
+    @property
+    def tracks(self) -> dict[int, Track]:
+        """Open tracks by id (a copy)."""
+        return dict(self._tracks)
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def observe(self, track_id: int, embedding: np.ndarray) -> None:
+        """Feed back an embedding of the track's current face; it becomes the track's reference
+        (a running mean of unit vectors, renormalised) used to settle later ties."""
+        track = self._tracks.get(track_id)
+        if track is None:
+            raise KeyError(f"no open track {track_id}")
+        vector = np.asarray(embedding, dtype=np.float64).reshape(-1)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        if track.embedding is not None:
+            vector = track.embedding + vector
+            vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        self._tracks[track_id] = replace(track, embedding=vector)
+
+    def end_all(self) -> tuple[Track, ...]:
+        """End every open track (scene cut, shutdown) and return them, oldest first."""
+        ended = tuple(sorted(self._tracks.values(), key=lambda t: t.id))
+        self._tracks.clear()
+        return ended
+
+    def update(self, detections: FaceDetections, ts: float, frame_index: int, embed: EmbedFn | None = None) -> TrackUpdate:
+        tracks = sorted(self._tracks.values(), key=lambda t: t.id)
+        n = len(detections)
+        boxes = np.asarray(detections.xyxy, dtype=np.float64)
+        predicted = np.array([t.predicted_box(frame_index - t.last_frame) for t in tracks]).reshape(-1, 4)
+        iou = iou_matrix(predicted, boxes)
+        if len(tracks):  # the plain last box counts too (a face that stopped moving)
+            iou = np.maximum(iou, iou_matrix(np.array([t.box for t in tracks]).reshape(-1, 4), boxes))
+        det_embeddings: dict[int, np.ndarray] = {}
+
+        def embedding_of(indices: Sequence[int]) -> None:
+            wanted = [i for i in indices if i not in det_embeddings]
+            if embed is None or not wanted:
+                return
+            vectors = np.asarray(embed(wanted), dtype=np.float64)
+            if vectors.shape[0] != len(wanted):
+                raise ValueError(f"embed returned {vectors.shape[0]} rows for {len(wanted)} faces")
+            for i, v in zip(wanted, vectors):
+                det_embeddings[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+
+        def distance(t: int, d: int) -> float | None:
+            ref = tracks[t].embedding
+            if ref is None or d not in det_embeddings:
+                return None
+            return float(np.linalg.norm(ref - det_embeddings[d]))
+
+        assignment = np.full(n, -1, dtype=np.int64)  # detection -> index into tracks
+        free_t = np.ones(len(tracks), bool)
+        free_d = np.ones(n, bool)
+        ambiguous = 0
+        candidates = sorted(((float(iou[t, d]), t, d) for t, d in zip(*np.nonzero(iou >= self.iou_min))), reverse=True)
+        refused: set[tuple[int, int]] = set()
+        while True:
+            open_pairs = [(v, t, d) for v, t, d in candidates if free_t[t] and free_d[d] and (t, d) not in refused]
+            if not open_pairs:
+                break
+            best, t, d = open_pairs[0]
+            rivals = [(v, t2, d2) for v, t2, d2 in open_pairs if (t2 == t or d2 == d) and v >= best - self.tie_iou_margin]
+            if len(rivals) > 1:
+                ambiguous += 1
+                # Settle by appearance when both sides have an embedding; pairs without one keep IoU order.
+                embedding_of(sorted({d2 for _, _, d2 in rivals}))
+                scored = [(distance(t2, d2), -v, t2, d2) for v, t2, d2 in rivals]
+                known = [s for s in scored if s[0] is not None]
+                if known:
+                    _, _, t, d = min(known)
+            if float(iou[t, d]) < self.confirm_iou_below and tracks[t].embedding is not None:
+                embedding_of([d])  # a weak overlap must also look like the same face
+            gap = distance(t, d)
+            if gap is not None and gap > self.appearance_max_distance:
+                refused.add((t, d))
+                continue
+            assignment[d] = t
+            free_t[t] = False
+            free_d[d] = False
+
+        # Commit: matched tracks move, unmatched ones age, unmatched detections start tracks.
+        track_ids = np.empty(n, dtype=np.int64)
+        new: set[int] = set()
+        for d in range(n):
+            t = int(assignment[d])
+            if t >= 0:
+                old = tracks[t]
+                steps = max(frame_index - old.last_frame, 1)
+                motion = (boxes[d] - old.box) / steps
+                velocity = VELOCITY_SMOOTHING * motion + (1 - VELOCITY_SMOOTHING) * old.velocity
+                self._tracks[old.id] = replace(
+                    old, box=boxes[d].copy(), velocity=velocity, last_ts=ts, last_frame=frame_index,
+                    hits=old.hits + 1, missed=0,
+                )
+                track_ids[d] = old.id
+            else:
+                track_id = self._next_id
+                self._next_id += 1
+                self._tracks[track_id] = Track(track_id, ts, ts, frame_index, frame_index, boxes[d].copy())
+                track_ids[d] = track_id
+                new.add(track_id)
+        ended: list[Track] = []
+        for t, old in enumerate(tracks):
+            if free_t[t]:
+                missed = old.missed + 1
+                if missed > self.max_missed_frames:
+                    ended.append(self._tracks.pop(old.id))
+                else:
+                    self._tracks[old.id] = replace(old, missed=missed)
+        return TrackUpdate(track_ids, frozenset(new), tuple(ended), {k: v.astype(np.float32) for k, v in det_embeddings.items()},
+                           ambiguous)

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from edgeface.decide import (
+    UNKNOWN,
+    ClusterAssignment,
+    Decider,
+    DecisionPolicy,
+    UnknownTrack,
+    Vote,
+    aggregate_embedding,
+    vote,
+)
+from edgeface.events import parse_event
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=128)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def v(name: str | None, weight: float = 1.0, frame: int = 0, seed: int = 0, distance: float = 0.3) -> Vote:
+    return Vote(unit(seed), weight, name, distance if name else 0.5, frame)
+
+
+def feed(decider: Decider, track_id: int, votes: list[Vote]) -> list:
+    events = []
+    for i, x in enumerate(votes):
+        ts = T0 + timedelta(seconds=i)
+        decider.seen(track_id, ts)
+        events += decider.add_vote(track_id, x, ts)
+    return events
+
+
+def roundtrip(events: list) -> None:
+    for e in events:
+        assert parse_event(e.to_json()) == e
+
+
+def test_a_clear_name_is_recognised_once_after_min_good_faces() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=3))
+    events = feed(decider, 7, [v("ada", frame=i) for i in range(2)])
+    assert events == [] and decider.decision(7) is None
+    events = feed(decider, 7, [v("ada", frame=2)])
+    assert [e.type for e in events] == ["recognized"] and events[0].name == "ada" and events[0].faces_used == 3
+    assert events[0].confidence == pytest.approx(1.0) and events[0].distance == pytest.approx(0.3)
+    assert feed(decider, 7, [v("ada", frame=i) for i in range(3, 20)]) == []  # one per track, not per frame
+    ended = decider.end_track(7, T0 + timedelta(seconds=30))
+    assert [e.type for e in ended] == ["track_ended"] and ended[0].decision == "ada" and ended[0].faces_seen == 20
+    roundtrip(events + ended)
+
+
+def test_quality_weights_decide_the_vote() -> None:
+    policy = DecisionPolicy(min_good_faces=2, min_vote_share=0.6, max_runner_up_ratio=0.5)
+    strong = [v("ada", 0.9), v("ada", 0.9), v("bob", 0.1), v("bob", 0.1)]
+    assert vote(strong, policy).decision == "ada"
+    flipped = [v("ada", 0.1), v("ada", 0.1), v("bob", 0.9), v("bob", 0.9)]
+    assert vote(flipped, policy).decision == "bob"
+
+
+def test_a_tie_is_unknown_never_a_coin_toss() -> None:
+    policy = DecisionPolicy(min_good_faces=2)
+    tie = [v("ada"), v("bob"), v("ada"), v("bob")]
+    assert vote(tie, policy).decision is None  # not decided yet while the track lasts
+    assert vote(tie, policy, final=True).decision == UNKNOWN
+
+
+def test_weak_evidence_becomes_unknown_after_max_faces() -> None:
+    policy = DecisionPolicy(min_good_faces=3, min_good_faces_unknown=6, max_faces_undecided=8, min_vote_share=0.6)
+    weak = [v("ada") if i % 2 else v(None) for i in range(7)]  # ada 3/7, unknown 4/7: neither clear
+    assert vote(weak, policy).decision is None
+    assert vote(weak + [v("ada")], policy).decision == UNKNOWN
+
+
+def test_unknown_needs_more_faces_than_a_name() -> None:
+    policy = DecisionPolicy(min_good_faces=3, min_good_faces_unknown=6)
+    assert vote([v(None)] * 5, policy).decision is None
+    assert vote([v(None)] * 6, policy).decision == UNKNOWN
+
+
+def test_unknown_track_goes_to_clustering_with_one_aggregated_embedding() -> None:
+    seen: list[UnknownTrack] = []
+
+    def hook(track: UnknownTrack) -> ClusterAssignment:
+        seen.append(track)
+        return ClusterAssignment("unknown-4", "tentative", 1, T0, T0 + timedelta(seconds=5))
+
+    policy = DecisionPolicy(min_good_faces=2, min_good_faces_unknown=3, max_faces_undecided=4, unknown_best_faces=2)
+    decider = Decider("hall", "door", policy, cluster_hook=hook)
+    votes = [v(None, 0.9, seed=1), v(None, 0.2, seed=2), v(None, 0.8, seed=3)]
+    events = feed(decider, 3, votes)
+    assert [e.type for e in events] == ["unknown"] and events[0].cluster_id == "unknown-4"
+    assert len(seen) == 1 and seen[0].faces_used == 2 and seen[0].track_id == 3 and seen[0].camera == "door"
+    expected = unit(1) + unit(3)  # the two best faces (weights 0.9 and 0.8), not the 0.2 one
+    np.testing.assert_allclose(seen[0].embedding, expected / np.linalg.norm(expected), atol=1e-6)
+    assert seen[0].quality == pytest.approx(0.85)
+    ended = decider.end_track(3, T0 + timedelta(seconds=9))
+    assert ended[-1].decision == UNKNOWN and ended[-1].cluster_id == "unknown-4"
+    roundtrip(events + ended)
+
+
+def test_without_clustering_an_unknown_event_has_no_cluster() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=1, min_good_faces_unknown=2, max_faces_undecided=2))
+    events = feed(decider, 1, [v(None), v(None)])
+    assert [e.type for e in events] == ["unknown"] and events[0].cluster_id is None
+
+
+def test_aggregate_embedding_normalises_each_face_first() -> None:
+    a, b = unit(1), unit(2)
+    votes = [Vote(a * 10, 1.0, None, 0.5, 0), Vote(b, 1.0, None, 0.5, 1)]
+    mean, quality, used = aggregate_embedding(votes, 5)
+    np.testing.assert_allclose(mean, (a + b) / np.linalg.norm(a + b), atol=1e-6)
+    assert used == 2 and quality == 1.0
+
+
+def test_recheck_can_switch_the_person() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=3, recheck_window=3), recheck_every_frames=30,
+                      embed_every_frames=3)
+    first = feed(decider, 5, [v("ada", frame=f) for f in (0, 3, 6)])
+    assert [e.name for e in first] == ["ada"]
+    assert not decider.wants_embedding(5, 20) and decider.wants_embedding(5, 36)  # decided: re-check every 30
+    assert feed(decider, 5, [v("bob", frame=36)]) == []
+    assert decider.wants_embedding(5, 39)  # a disagreeing re-check comes back sooner
+    assert feed(decider, 5, [v("ada", frame=39)]) == []  # agreement resets the suspicion
+    assert not decider.wants_embedding(5, 42)
+    events = feed(decider, 5, [v("bob", frame=f) for f in (69, 72, 75)])
+    assert [(e.type, e.name) for e in events] == [("recognized", "bob")]
+    assert decider.decision(5) == "bob" and decider.switches == 1
+
+
+def test_track_without_enough_faces_ends_undecided_and_last_chance_decision() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=3, min_good_faces_unknown=6))
+    decider.seen(1, T0)
+    assert [(e.type, e.decision) for e in decider.end_track(1, T0)] == [("track_ended", None)]
+    feed(decider, 2, [v(None), v(None), v("ada")])
+    events = decider.end_track(2, T0 + timedelta(seconds=3))
+    assert [e.type for e in events] == ["unknown", "track_ended"] and events[-1].decision == UNKNOWN
+    assert events[-1].duration_s == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"min_good_faces": 0}, {"min_good_faces": 5, "min_good_faces_unknown": 4},
+                                    {"min_vote_share": 0.4}, {"max_runner_up_ratio": 1.0}])
+def test_bad_policy_is_refused(kwargs) -> None:
+    with pytest.raises(ValueError):
+        DecisionPolicy(**kwargs)

@@ -1,0 +1,201 @@
+"""`run`, `annotate` and `bench pipeline` as a user runs them: real processes, real video, real gallery."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from edgeface.events import parse_event
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HAMILTON = DATA / "video" / "hamilton_clip.mp4"
+PEOPLE = DATA / "people"
+needs_data = pytest.mark.skipif(not (HAMILTON.is_file() and PEOPLE.is_dir()), reason="../shared/data is absent")
+needs_sources = pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[1] / "edgeface" / "sources.py").is_file(), reason="edgeface.sources is missing")
+
+
+def edgeface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeface.run_cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def gallery_file(tmp_path_factory) -> Path:
+    if not PEOPLE.is_dir():
+        pytest.skip("../shared/data is absent")
+    from edgeface.analyze import FaceAnalyzer
+    from edgeface.config import Config
+    from edgeface.enroll import Enroller, image_files, person_folders
+    from edgeface.gallery import Gallery
+
+    path = tmp_path_factory.mktemp("gallery") / "gallery.db"
+    gallery = Gallery(path)
+    enroller = Enroller(FaceAnalyzer.from_config(Config().recognition), gallery)
+    for name, folder in person_folders(PEOPLE)[0]:
+        enroller.enroll(name, image_files(folder))
+    return path
+
+
+def events_of(stdout: str) -> list:
+    return [parse_event(line) for line in stdout.splitlines() if line.strip()]
+
+
+@needs_data
+@needs_sources
+def test_run_on_a_file_prints_events_and_closes_every_track(gallery_file: Path) -> None:
+    done = edgeface("run", "--source", str(HAMILTON), "--every-frame", "--gallery", str(gallery_file),
+                    "--station-id", "hall")
+    assert done.returncode == 0, done.stderr
+    events = events_of(done.stdout)
+    assert [e.name for e in events if e.type == "recognized"] == ["lin_manuel_miranda"]
+    assert all(e.station == "hall" for e in events)
+    tracks = {e.track_id for e in events}
+    assert tracks == {e.track_id for e in events if e.type == "track_ended"}
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--source", "/nonexistent/video.mp4"], "nonexistent"),
+    (["--source", str(HAMILTON), "--gallery", "/nonexistent/gallery.db"], "no gallery"),
+    (["--source", str(HAMILTON), "--station-id", "bad id!"], "station-id"),
+])
+def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, args: list[str], words: str) -> None:
+    done = edgeface("run", *args)
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and words in errors[0] and "Traceback" not in done.stderr
+
+
+def test_bad_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("pipeline:\n  embed_every_frames: 0\n")
+    done = edgeface("run", "--source", "0", "--config", str(config))
+    assert done.returncode == 1 and "embed_every_frames" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert edgeface("run").returncode == 2
+    assert edgeface("run", "--source", "x", "--sink", "kafka").returncode == 2
+
+
+class _VideoMjpeg:
+    """A real MJPEG-over-HTTP server on loopback that plays a video's frames in a loop (an IP camera)."""
+
+    def __init__(self, video: Path, first: int, last: int, fps: float = 30.0) -> None:
+        import cv2
+
+        capture = cv2.VideoCapture(str(video))
+        self.jpegs = []
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if first <= index < last:
+                self.jpegs.append(cv2.imencode(".jpg", frame)[1].tobytes())
+            index += 1
+        capture.release()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                i = 0
+                try:
+                    while not server.stopped.is_set():
+                        jpeg = server.jpegs[i % len(server.jpegs)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        i += 1
+                        time.sleep(1 / fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.stopped = threading.Event()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@needs_data
+@needs_sources
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_a_live_run_cleanly_with_track_ended(gallery_file: Path, sig: signal.Signals) -> None:
+    camera = _VideoMjpeg(HAMILTON, 90, 200)  # Miranda's close shot, looped
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "edgeface.run_cli", "run", "--source", camera.url,
+                                    "--gallery", str(gallery_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if '"recognized"' in line:
+                break
+        assert any('"recognized"' in line for line in lines), process.stderr.read() if process.poll() is not None else lines
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=60)
+    finally:
+        camera.close()
+    assert process.returncode == 0, err
+    events = events_of("".join(lines) + out)
+    recognized = next(e for e in events if e.type == "recognized")
+    ended = [e for e in events if e.type == "track_ended"]
+    assert recognized.track_id in {e.track_id for e in ended}  # the open track was closed by the final flush
+    assert {e.track_id for e in events} == {e.track_id for e in ended}
+    assert "Traceback" not in err
+
+
+@needs_data
+@needs_sources
+def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    out = tmp_path / "out.mp4"
+    done = edgeface("annotate", str(HAMILTON), "-o", str(out), "--gallery", str(gallery_file))
+    assert done.returncode == 0, done.stderr
+    assert any(e.type == "recognized" for e in events_of(done.stdout))
+    annotated, original = cv2.VideoCapture(str(out)), cv2.VideoCapture(str(HAMILTON))
+    count, changed = 0, 0
+    while True:
+        ok, a = annotated.read()
+        ok2, b = original.read()
+        if not ok or not ok2:
+            break
+        count += 1
+        # The green "known" label colour appears only where a name was drawn.
+        changed += int(np.any(np.all(np.abs(a.astype(int) - (60, 200, 60)) < 40, axis=2).sum() > 200))
+    assert count == 275 and changed > 60
+
+
+@needs_data
+@needs_sources
+def test_bench_pipeline_json_last_line() -> None:
+    done = edgeface("bench", "pipeline", "--source", str(HAMILTON), "--json")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["fps"] > 0 and figures["peak_rss_mb"] > 0 and figures["model_floor_ratio"] >= 1.0
+    assert figures["best_run"]["frames"] == 275
