@@ -8,10 +8,11 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from edgeface.errors import EdgefaceError
+from edgeface.report import print_figures
 
 log = logging.getLogger("edgeface")
 
@@ -78,22 +79,14 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
         args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
         progress=not args.json,
     )
-    for line in report.summary_lines():
-        print(line, file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    return 0
+    return print_figures(report.summary_lines(), report.as_dict(), args.json)
 
 
 def _cmd_bench_models(args: argparse.Namespace) -> int:
     from edgeface.bench import bench_models
 
     figures = bench_models(repeats=args.repeats)
-    for line in figures.table_lines():
-        print(line, file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(figures.as_dict()))
-    return 0
+    return print_figures(figures.table_lines(), figures.as_dict(), args.json)
 
 
 def _cmd_models_build(args: argparse.Namespace) -> int:
@@ -146,14 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
 
-    from edgeface import gallery_cli, mqtt_cli, run_cli
+    from edgeface import clusters_cli, doctor_cli, gallery_cli, mqtt_cli, run_cli
     from edgeface.eval_identify import register_eval
 
     run_cli.register(commands)
     run_cli.add_bench_pipeline(bench_kinds)
     gallery_cli.register(commands)
+    clusters_cli.register(commands)
+    clusters_cli.add_eval_cluster(eval_kinds)
     register_eval(eval_kinds)
     mqtt_cli.register(commands)
+    doctor_cli.register(commands)
 
     models = commands.add_parser("models", help="build or verify the shipped model files")
     model_actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")

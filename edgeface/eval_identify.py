@@ -29,6 +29,7 @@ import numpy as np
 from edgeface.enroll import IMAGE_SUFFIXES
 from edgeface.errors import EdgefaceError
 from edgeface.gallery import EMBEDDING_DIM, GallerySnapshot, MatchStrategy
+from edgeface.report import print_figures
 
 FARS = (0.01, 0.001)
 STATION_PEOPLE = 50
@@ -234,11 +235,7 @@ def _run(args: argparse.Namespace) -> int:
                                      strategy=args.strategy, progress=not args.json, cache=args.cache,
                                      cache_key=json.dumps(settings, sort_keys=True))
     report.settings.update(settings)
-    for line in report.lines():
-        print(line, file=sys.stderr if args.json else sys.stdout)
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    return 0
+    return print_figures(report.lines(), report.as_dict(), args.json)
 
 
 def register_eval(eval_kinds: argparse._SubParsersAction) -> None:

@@ -45,13 +45,13 @@ DEFAULT_MODEL_ID = "dlib_resnet_v1"
 builds agree to ~0.07 and share it). Templates of another model id are never compared with it."""
 
 DEFAULT_MATCH_MAX_DISTANCE = GalleryConfig().match_max_distance
-"""The config's `gallery.match_max_distance` default. Accept a match when distance < this. Measured, not guessed: the distance at a false-accept rate of
-0.1% on LFW View 1 `pairsDevTrain.txt` (1 of 1,100 different-person pairs accepted; TAR 0.942 there)
-with the default pipeline of 2026-11-23 (`Config().recognition`: BlazeFace short, blazeface
-alignment, INT8 embedder, no flip; the face nearest the image centre), printed by
-`python tools/measure_match_threshold.py` (FAR 1%: 0.4228, TAR 0.984; with shape_predictor alignment
-the same run gave 0.3836 at FAR 0.1%). 1,100 impostor pairs make the 0.1% point coarse (it rests on
-the 2nd-nearest impostor pair); re-measure whenever the pipeline's defaults change.
+"""The config's `gallery.match_max_distance` default (0.3776). Accept a match when distance < this.
+Measured, not guessed: the distance at a false-accept rate of 0.1% on LFW View 1 `pairsDevTrain.txt`
+(1 of 1,100 different-person pairs accepted; TAR 0.943 there) with the default pipeline of 2026-11-23
+(`Config().recognition`: BlazeFace short, blazeface alignment, INT8 embedder, flip on; the face nearest
+the image centre), printed by `python tools/measure_match_threshold.py` (FAR 1%: 0.4201, TAR 0.990;
+without flip the same run gave 0.3896). 1,100 impostor pairs make the 0.1% point coarse; re-measure
+whenever the pipeline's defaults change.
 
 This is a per-comparison rate: a stranger is compared with every identity, so the share of strangers
 matched to someone grows with the gallery (LFW, one template per person, shape_predictor alignment:

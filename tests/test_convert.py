@@ -28,7 +28,7 @@ from edgeface.runtime.onnx import OnnxRunner
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 SHIPPED = json.loads((MODELS / MANIFEST_NAME).read_text())["files"]
-LFW = Path("/work/shared/data/lfw")
+LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
 FP32_DOC = "dlib face-recognition ResNet v1, FP32"  # what `edgeface models build` passes as doc
 
 
@@ -147,7 +147,7 @@ def test_models_build_reproduces_every_shipped_file(tmp_path: Path) -> None:
     Opt-in because of its run time; the parts above cover the FP32 and landmark converters."""
     wheels = _wheel_dir()
     if wheels is None or not (LFW / "images").is_dir():
-        pytest.skip("needs /tmp/wheels (or $EDGEFACE_WHEELS) with both packages and LFW in /work/shared/data/lfw")
+        pytest.skip("needs /tmp/wheels (or $EDGEFACE_WHEELS) with both packages and LFW in ../shared/data/lfw")
     out = tmp_path / "models"
     env = {k: v for k, v in os.environ.items() if k != MODELS_DIR_ENV}
     result = subprocess.run(
