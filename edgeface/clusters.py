@@ -74,15 +74,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ASSIGN_MAX_DISTANCE = 0.35  # the config's clusters.assign_max_distance default
+DEFAULT_ASSIGN_MAX_DISTANCE = 0.33  # the config's clusters.assign_max_distance default
 """Root-mean-squared euclidean distance (unit vectors) from a face to a cluster's members below which
 it joins the cluster; also the cluster-to-cluster merge threshold. Measured, not guessed, with
 `edgeface eval cluster` on LFW (people with >= 4 images capped at 30 + all 4,069 one-image people as
-distractors; default pipeline of 2026-11-23: BlazeFace short, blazeface alignment, INT8, no flip).
-Chosen on the people with an even index (sorted names), 2 seeds: online BCubed F 0.911 / 0.930 /
-0.939 / 0.933 / 0.920 at 0.33 / 0.34 / 0.35 / 0.36 / 0.37; checked on the odd half: best also at 0.35
-(0.933; offline average-linkage upper bound 0.936). On everything (3 seeds): online 0.922, offline
-0.927 at its best cut 0.350. With shape_predictor alignment the optimum is 0.35 too (0.927 vs 0.932)."""
+distractors, 3 seeds). Default pipeline with flip on (2026-11-23): online BCubed F 0.933 / 0.924 /
+0.869 at 0.33 / 0.35 / 0.37 (offline average-linkage upper bound 0.939, best cut 0.338), and 16 / 45
+/ 122 spurious confirmed clusters at N = 3. Without flip the optimum was 0.35 (chosen on the people
+with an even index, confirmed on the odd half: online 0.922 vs offline 0.927)."""
 
 DEFAULT_MIN_OBSERVATIONS = 3
 """A cluster is tentative until it has this many observations (from >= min_tracks tracks). Measured
@@ -810,6 +809,14 @@ class ClusterStore:
             self._write(db, set(), {state.number}, [])
             self._history(db, state.number, "forgotten")
         return state.id
+
+    def forget_person(self, name: str) -> int:
+        """Erase `name` from the clusters' history (clusters named after the person become plain
+        forgotten ids); returns how many clusters mentioned them. Their exemplars already left with
+        the naming; the person's templates are the gallery's to delete."""
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE cluster_history SET fate = 'forgotten', name = NULL WHERE name = ?", (name,))
+            return cursor.rowcount
 
     def crops(self, cluster_id: str, limit: int) -> list[bytes]:
         """Stored JPEG face crops of a cluster, best quality first (empty when crops are off)."""

@@ -11,6 +11,7 @@ Verbs and payloads (``request_id`` is optional everywhere; an empty payload mean
     enroll        {"name": str, "image": base64 JPEG/PNG}  or  {"name": str, "cluster_id": "unknown-17"}
     name_cluster  {"cluster_id": "unknown-17", "name": str}
     forget        {"name": str}
+    reject        {"track_id": int, "name": str}    negative feedback: "track 42 was not NAME"
     reload        {}
     status        {}
 
@@ -154,6 +155,13 @@ class ForgetCommand(CommandBase):
     name: PersonName
 
 
+class RejectCommand(CommandBase):
+    """Negative feedback: a recent track was wrongly recognised as NAME."""
+
+    track_id: int = Field(ge=0, description="Track id from the recognized event")
+    name: PersonName = Field(description="The name the track was wrongly given")
+
+
 class ReloadCommand(CommandBase):
     """Reload the gallery (and whatever else the station can reload without restarting)."""
 
@@ -166,6 +174,7 @@ COMMAND_MODELS: dict[str, type[CommandBase]] = {
     "enroll": EnrollCommand,
     "name_cluster": NameClusterCommand,
     "forget": ForgetCommand,
+    "reject": RejectCommand,
     "reload": ReloadCommand,
     "status": StatusCommand,
 }

@@ -20,6 +20,10 @@ weight and gallery match) and turns them into events:
 - **unknown**: the track's best faces (`unknown_best_faces`, by weight) are averaged (mean of the
   unit embeddings, renormalised) into one embedding, handed to the clustering hook (a callable, or
   None while clustering does not exist), whose answer fills the cluster fields of the event.
+- **recent tracks**: the last `recent_tracks` decided tracks keep, per name they were decided as,
+  the aggregated embedding of the faces that voted for it (and of the best faces for "unknown"), so
+  that "track 42 was not NAME" (negative feedback, `Gallery.reject_match`) can be acted on after the
+  event went out. Bounded; thread-safe (`recent` is read from the command thread).
 
 Pure logic: no models, no I/O, no clock (timestamps come with the calls).
 """
@@ -27,6 +31,8 @@ Pure logic: no models, no I/O, no clock (timestamps come with the calls).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -165,6 +171,19 @@ def aggregate_embedding(votes: Sequence[Vote], best: int) -> tuple[np.ndarray, f
     return mean.astype(np.float32), float(np.mean([v.weight for v in chosen])), len(chosen)
 
 
+@dataclass(frozen=True)
+class RecentTrack:
+    """A decided track as remembered for negative feedback."""
+
+    camera: str
+    track_id: int
+    decision: str
+    """The latest decision: a name or "unknown"."""
+    embeddings: dict[str, np.ndarray]
+    """Per decision the track had, the unit aggregate (128,) of the faces behind it."""
+    decided: datetime
+
+
 @dataclass
 class _TrackState:
     track_id: int
@@ -192,9 +211,15 @@ class Decider:
         cluster_hook: ClusterHook | None = None,
         embed_every_frames: int = 3,
         recheck_every_frames: int = 30,
+        recent_tracks: int = 100,
     ) -> None:
         if embed_every_frames < 1 or recheck_every_frames < 1:
             raise ValueError("embed_every_frames and recheck_every_frames must be >= 1")
+        if recent_tracks < 0:
+            raise ValueError("recent_tracks must be >= 0")
+        self.recent_tracks = recent_tracks
+        self._recent: OrderedDict[int, RecentTrack] = OrderedDict()
+        self._recent_lock = threading.Lock()
         self.station = station
         self.camera = camera
         self.policy = policy or DecisionPolicy()
@@ -240,6 +265,42 @@ class Decider:
             interval = self.recheck_every_frames
         return frame_index - state.last_embedded_frame >= interval
 
+    def recent(self, track_id: int) -> RecentTrack | None:
+        """The remembered decided track (open or ended), or None when unknown or forgotten. Thread-safe."""
+        with self._recent_lock:
+            return self._recent.get(track_id)
+
+    def recent_track_ids(self) -> list[int]:
+        """Remembered decided tracks, oldest decision first. Thread-safe."""
+        with self._recent_lock:
+            return list(self._recent)
+
+    def forget_name(self, name: str) -> int:
+        """Drop what the recent-track memory holds about NAME (a forgotten person); returns how many
+        tracks it touched. Thread-safe."""
+        touched = 0
+        with self._recent_lock:
+            for track_id, recent in list(self._recent.items()):
+                if name in recent.embeddings:
+                    touched += 1
+                    rest = {k: v for k, v in recent.embeddings.items() if k != name}
+                    if rest:
+                        self._recent[track_id] = RecentTrack(recent.camera, track_id, recent.decision, rest, recent.decided)
+                    else:
+                        del self._recent[track_id]
+        return touched
+
+    def _remember(self, state: _TrackState, decision: str, embedding: np.ndarray, ts: datetime) -> None:
+        if self.recent_tracks == 0:
+            return
+        with self._recent_lock:
+            old = self._recent.pop(state.track_id, None)
+            embeddings = dict(old.embeddings) if old is not None else {}
+            embeddings[decision] = np.array(embedding, np.float32)
+            self._recent[state.track_id] = RecentTrack(self.camera, state.track_id, decision, embeddings, ts)
+            while len(self._recent) > self.recent_tracks:
+                self._recent.popitem(last=False)
+
     # -- votes -> events ----------------------------------------------------------------------
 
     def add_vote(self, track_id: int, vote_: Vote, ts: datetime) -> list[RecognizedEvent | UnknownEvent]:
@@ -258,6 +319,9 @@ class Decider:
         agrees = (vote_.name or UNKNOWN) == state.decision
         state.suspicious = not agrees
         if agrees:
+            if state.decision != UNKNOWN:  # the remembered embedding follows the faces that keep matching
+                mine = [v for v in state.votes if v.name == state.decision]
+                self._remember(state, state.decision, aggregate_embedding(mine, self.policy.unknown_best_faces)[0], ts)
             return []
         window = vote(state.rechecks, self.policy, min_faces=self.policy.recheck_window)
         if window.decision is not None and window.decision != state.decision and (
@@ -278,12 +342,15 @@ class Decider:
             return []
         if outcome.decision != UNKNOWN:
             state.cluster_id = None
+            mine = [v for v in state.votes if v.name == outcome.decision]
+            self._remember(state, outcome.decision, aggregate_embedding(mine or state.votes, self.policy.unknown_best_faces)[0], ts)
             return [RecognizedEvent(
                 ts=ts, station=self.station, camera=self.camera, track_id=state.track_id, name=outcome.decision,
                 confidence=min(max(outcome.confidence, 0.0), 1.0), distance=max(outcome.distance, 0.0),
                 faces_used=max(outcome.faces_used, 1),
             )]
         embedding, quality, used = aggregate_embedding(state.votes, self.policy.unknown_best_faces)
+        self._remember(state, UNKNOWN, embedding, ts)
         assignment = None
         if self.cluster_hook is not None:
             assignment = self.cluster_hook(UnknownTrack(self.camera, state.track_id, embedding, quality, used,

@@ -25,6 +25,8 @@ centre. See tools/lfw_detection_misses.py for the numbers.
 from __future__ import annotations
 
 import logging
+import math
+from array import array
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -120,6 +122,14 @@ class Letterbox:
             size_px, source_w, source_h, resized_w, resized_h, (size_px - resized_w) // 2, (size_px - resized_h) // 2
         )
 
+    def flat_mapping(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pad, scale), each (16,) float32, for rows laid out x1, y1, x2, y2, then six keypoint x, y:
+        source = (norm * size_px - pad) * scale, the same arithmetic as `to_source`, for all columns at once."""
+        pad = np.tile(np.array([self.pad_x, self.pad_y], np.float32), _NUM_COORDS // 2)
+        scale = np.tile(np.array([self.source_w / self.resized_w, self.source_h / self.resized_h], np.float32),
+                        _NUM_COORDS // 2)
+        return pad, scale
+
     def to_source(self, xy_norm: np.ndarray) -> np.ndarray:
         """Points (..., 2) in [0, 1] model-input coordinates -> source-image pixels (continuous, 0..w)."""
         out = np.empty_like(xy_norm, dtype=np.float32)
@@ -142,26 +152,88 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def letterbox_tensor(image: np.ndarray, size_px: int) -> tuple[np.ndarray, Letterbox]:
-    """uint8 grey/BGR/BGRA (h, w[, c]) -> float32 (1, size, size, 3) RGB in [-1, 1], plus the placement."""
+ResizeMode = Literal["area", "fast"]
+
+ALIAS_GUARD_MIN_FACTOR = 8.0
+"""Shrink factor from which the "fast" resize pre-filters (see `_downscale`)."""
+
+
+def _downscale(image: np.ndarray, width: int, height: int, mode: ResizeMode = "area") -> np.ndarray:
+    """Resize to (width, height) for the model.
+
+    "area": INTER_AREA when shrinking (INTER_LINEAR when enlarging): the reference, used for photos
+    (enrollment, identify, evaluations), whose thresholds were measured with it.
+
+    "fast", for video frames, by how much the image shrinks:
+    - less than 2x: INTER_AREA, as "area" (cheap on a small image);
+    - 2x to ALIAS_GUARD_MIN_FACTOR (a 640x360 or 1280x720 frame): bilinear (INTER_LINEAR), as MediaPipe's
+      own CPU image-to-tensor converter does (it warps with INTER_LINEAR, no anti-aliasing); it reads
+      only the rows it samples: ~0.07 ms for 640x360 -> 128x72 where INTER_AREA takes ~0.3 ms, a fifth
+      of the model run;
+    - ALIAS_GUARD_MIN_FACTOR or more (1080p or 4K to 192 px), where plain bilinear sampling aliases
+      badly: bilinear to twice the target size, then INTER_AREA halving (a 2x2 average, OpenCV's fast
+      path): ~0.7 ms for 1920x1080 -> 192x108 instead of ~3 ms.
+    On the annotated photos "fast" finds the same faces as "area"; boxes move by about 1-3% of the face
+    width (numbers in the report of issue 3).
+    """
     import cv2
 
-    image = _check_image(image)
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
     h, w = image.shape[:2]
-    box = Letterbox.fit(w, h, size_px)
-    interpolation = cv2.INTER_AREA if box.resized_w < w else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (box.resized_w, box.resized_h), interpolation=interpolation)
-    if resized.ndim == 2:
-        rgb = np.repeat(resized[:, :, None], 3, axis=2)
-    else:
-        rgb = resized[:, :, 2::-1]  # BGR(A) -> RGB, alpha dropped
-    canvas = np.zeros((1, size_px, size_px, 3), np.float32)
-    region = canvas[0, box.pad_y : box.pad_y + box.resized_h, box.pad_x : box.pad_x + box.resized_w]
-    np.multiply(rgb, 1.0 / 127.5, out=region, casting="unsafe")
-    canvas -= 1.0  # black padding becomes -1, like a black border in MediaPipe's letterbox
-    return canvas, box
+    if width >= w and height >= h:
+        return image if (width, height) == (w, h) else cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    factor = max(w / width, h / height)
+    if mode == "area" or factor < 2.0:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    if factor >= ALIAS_GUARD_MIN_FACTOR:
+        image = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class Letterboxer:
+    """Letterboxes images into one preallocated float32 model input (1, size, size, 3), RGB in [-1, 1].
+
+    The padding (-1, black) is written only when the placement changes, i.e. when the source size
+    changes, so for a video only the image region is rewritten per frame. The returned tensor is
+    overwritten by the next call: hand it to the runner (which copies it) before letterboxing again.
+    """
+
+    def __init__(self, size_px: int, resize: ResizeMode = "area") -> None:
+        if resize not in ("area", "fast"):
+            raise ValueError(f"resize must be 'area' or 'fast', got {resize!r}")
+        self.size_px = size_px
+        self.resize: ResizeMode = resize
+        self._tensor = np.full((1, size_px, size_px, 3), -1.0, np.float32)
+        self._box: Letterbox | None = None
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        import cv2
+
+        image = _check_image(image)
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        h, w = image.shape[:2]
+        box = self._box
+        if box is None or box.source_w != w or box.source_h != h:
+            box = self._box = Letterbox.fit(w, h, self.size_px)
+            self._tensor.fill(-1.0)  # black padding, like a black border in MediaPipe's letterbox
+        small = _downscale(image, box.resized_w, box.resized_h, self.resize)
+        if small.ndim == 2:
+            rgb = cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
+        else:
+            rgb = cv2.cvtColor(small, cv2.COLOR_BGRA2RGB if small.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        region = self._tensor[0, box.pad_y : box.pad_y + box.resized_h, box.pad_x : box.pad_x + box.resized_w]
+        # pixel / 127.5 - 1, written straight into the preallocated tensor (no temporary)
+        np.multiply(rgb, 1.0 / 127.5, out=region, casting="unsafe")
+        region -= 1.0
+        return self._tensor, box
+
+
+def letterbox_tensor(image: np.ndarray, size_px: int) -> tuple[np.ndarray, Letterbox]:
+    """uint8 grey/BGR/BGRA (h, w[, c]) -> float32 (1, size, size, 3) RGB in [-1, 1], plus the placement.
+    (A new array per call; `Letterboxer` reuses one.)"""
+    tensor, box = Letterboxer(size_px)(image)
+    return tensor, box
 
 
 def decode(
@@ -173,19 +245,46 @@ def decode(
     raw_scores: (n,) logits.
     """
     raw_boxes = raw_boxes.reshape(-1, _NUM_COORDS).astype(np.float32, copy=False)
-    raw_scores = raw_scores.reshape(-1).astype(np.float32, copy=False)
+    raw_scores = raw_scores.reshape(-1)
     if len(raw_boxes) != len(anchors) or len(raw_scores) != len(anchors):
         raise ValueError(
             f"model produced {len(raw_boxes)} boxes and {len(raw_scores)} scores for {len(anchors)} anchors"
         )
-    values = raw_boxes / np.float32(input_size_px)
-    centre = values[:, 0:2] + anchors
-    half = values[:, 2:4] * 0.5
-    xyxy = np.concatenate([centre - half, centre + half], axis=1)
-    kps = values[:, 4:].reshape(-1, NUM_KEYPOINTS, 2) + anchors[:, None, :]
-    logits = np.clip(raw_scores.astype(np.float64), -SCORE_CLIP, SCORE_CLIP)
-    scores = 1.0 / (1.0 + np.exp(-logits))
-    return xyxy, kps, scores.astype(np.float32)
+    xyxy, kps = _decode_boxes(raw_boxes, anchors, input_size_px)
+    return xyxy, kps, scores_from_logits(raw_scores)
+
+
+def scores_from_logits(raw_scores: np.ndarray) -> np.ndarray:
+    """Logits -> float32 scores: clipped to +-SCORE_CLIP, sigmoid computed in float64."""
+    logits = np.clip(raw_scores.reshape(-1).astype(np.float64), -SCORE_CLIP, SCORE_CLIP)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+@cache
+def _logit_floor(score: float) -> float:
+    """A logit below which the score is surely < `score` (a little below the exact inverse sigmoid, so
+    float rounding never drops an anchor whose score reaches it; the exact test follows)."""
+    if score <= 0.0:
+        return -np.inf
+    score = min(score, 1.0 - 1e-7)
+    return float(np.log(score / (1.0 - score))) - 1e-3
+
+
+def _decode_boxes(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    flat = _decode_flat(raw_boxes, anchors, input_size_px)
+    return flat[:, :4], flat[:, 4:].reshape(-1, NUM_KEYPOINTS, 2)
+
+
+def _decode_flat(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int) -> np.ndarray:
+    """(n, 16) raw -> (n, 16) x1, y1, x2, y2, then six keypoint x, y, in [0, 1] of the model input."""
+    flat = raw_boxes / np.float32(input_size_px)
+    anchors = anchors.astype(np.float32, copy=False)
+    flat[:, 4:] += np.tile(anchors, (1, NUM_KEYPOINTS))
+    centre = flat[:, 0:2] + anchors
+    half = flat[:, 2:4] * 0.5
+    flat[:, 0:2] = centre - half
+    flat[:, 2:4] = centre + half
+    return flat
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -201,6 +300,18 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def _pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """IoU (n, n) among xyxy boxes (n, 4), computed as `box_iou` does row by row."""
+    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)  # as np.clip(.., 0, None), without its overhead
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = areas[:, None] + areas[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 def weighted_nms(
     xyxy: np.ndarray, kps: np.ndarray, scores: np.ndarray, iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,50 +321,134 @@ def weighted_nms(
     (itself included) is removed and contributes to a score-weighted mean of boxes and keypoints.
     The merged detection keeps the best box's score.
     """
+    n = len(scores)
+    flat = np.concatenate([np.asarray(xyxy, np.float32).reshape(n, 4),
+                           np.asarray(kps, np.float32).reshape(n, _NUM_COORDS - 4)], axis=1)
+    merged, merged_scores = _weighted_nms_flat(flat, np.asarray(scores, np.float32), iou_threshold)
+    return merged[:, :4], merged[:, 4:].reshape(-1, NUM_KEYPOINTS, 2), merged_scores
+
+
+def _weighted_nms_flat(flat: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """`weighted_nms` on rows x1, y1, x2, y2, keypoints...; the IoUs of all pairs are computed at once (the
+    candidates are the few anchors above the score threshold), so each output costs one row lookup."""
+    n = len(scores)
+    if n <= 1:
+        return flat.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
     order = np.argsort(-scores, kind="stable")
-    xyxy, kps, scores = xyxy[order], kps[order], scores[order]
-    remaining = np.arange(len(scores))
-    out_boxes: list[np.ndarray] = []
-    out_kps: list[np.ndarray] = []
+    flat, scores = flat[order], scores[order]
+    overlap = _pairwise_iou(flat[:, :4]) > iou_threshold
+    np.fill_diagonal(overlap, True)
+    remaining = np.ones(n, bool)
+    out_flat: list[np.ndarray] = []
     out_scores: list[float] = []
-    while len(remaining):
-        best = remaining[0]
-        overlaps = box_iou(xyxy[best], xyxy[remaining]) > iou_threshold
-        overlaps[0] = True
-        members = remaining[overlaps]
+    best = 0
+    while best < n:
+        members = overlap[best] & remaining
+        remaining &= ~members
         weights = scores[members]
         total = float(weights.sum())
-        if total > 0:
-            out_boxes.append((xyxy[members] * weights[:, None]).sum(axis=0) / total)
-            out_kps.append((kps[members] * weights[:, None, None]).sum(axis=0) / total)
-        else:
-            out_boxes.append(xyxy[best])
-            out_kps.append(kps[best])
+        out_flat.append(weights @ flat[members] / total if total > 0 else flat[best])
         out_scores.append(float(scores[best]))
-        remaining = remaining[~overlaps]
-    if not out_scores:
-        return np.zeros((0, 4), np.float32), np.zeros((0, NUM_KEYPOINTS, 2), np.float32), np.zeros((0,), np.float32)
-    return (
-        np.stack(out_boxes).astype(np.float32),
-        np.stack(out_kps).astype(np.float32),
-        np.asarray(out_scores, np.float32),
-    )
+        rest = np.flatnonzero(remaining[best:])
+        best = best + int(rest[0]) if len(rest) else n
+    return np.asarray(out_flat, np.float32), np.asarray(out_scores, np.float32)
+
+
+_SMALL_NMS = 32
+"""Up to this many candidates, thresholding, NMS and the mapping to source pixels run on Python floats:
+a handful of boxes costs fewer microseconds that way than dozens of small numpy calls (which, right after
+a model run, pay for cold caches too). The numpy path gives the same detections (float32 vs float64
+rounding only, far below a pixel)."""
+
+
+def _iou_row(a: list[float], b: list[float]) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, iw) * max(0.0, ih)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _finish_small(rows: list[list[float]], scores: list[float], box: Letterbox, score_threshold: float,
+                  iou_threshold: float) -> FaceDetections:
+    """`weighted_nms` + mapping to source pixels + clipping, on rows x1, y1, x2, y2, keypoints... (see _SMALL_NMS)."""
+    order = sorted((i for i, (r, sc) in enumerate(zip(rows, scores))
+                    if sc >= score_threshold and r[2] >= r[0] and r[3] >= r[1]), key=lambda i: -scores[i])
+    merged: list[tuple[list[float], float]] = []
+    while order:
+        best = rows[order[0]]
+        members = [i for i in order if i == order[0] or _iou_row(best, rows[i]) > iou_threshold]
+        total = sum(scores[i] for i in members)
+        if total > 0 and len(members) > 1:
+            row = [sum(scores[i] * rows[i][k] for i in members) / total for k in range(_NUM_COORDS)]
+        else:
+            row = best
+        merged.append((row, scores[order[0]]))
+        taken = set(members)
+        order = [i for i in order if i not in taken]
+    if not merged:
+        return FaceDetections()
+    size = box.size_px
+    sx, sy = box.source_w / box.resized_w, box.source_h / box.resized_h
+    out_rows: list[list[float]] = []
+    out_scores: list[float] = []
+    for row, score in merged:
+        mapped = [(v * size - (box.pad_x if k % 2 == 0 else box.pad_y)) * (sx if k % 2 == 0 else sy)
+                  for k, v in enumerate(row)]
+        x1, y1, x2, y2 = (min(max(mapped[0], 0.0), box.source_w), min(max(mapped[1], 0.0), box.source_h),
+                          min(max(mapped[2], 0.0), box.source_w), min(max(mapped[3], 0.0), box.source_h))
+        if x2 > x1 and y2 > y1:  # boxes clipped to the image, keypoints not
+            out_rows.append([x1, y1, x2, y2, *mapped[4:]])
+            out_scores.append(score)
+    if not out_rows:
+        return FaceDetections()
+    return FaceDetections(np.array([r[:4] for r in out_rows], np.float32), np.array(out_scores, np.float32),
+                          np.array([r[4:] for r in out_rows], np.float32).reshape(-1, NUM_KEYPOINTS, 2))
 
 
 @dataclass(frozen=True)
 class _Candidates:
-    """All anchors' decoded boxes for one image, before thresholding (kept so a fallback needs no second run)."""
+    """The decoded boxes of the anchors scoring at least the lowest threshold that will be asked for (kept
+    so that a fallback threshold needs no second model run)."""
 
-    xyxy: np.ndarray
-    kps: np.ndarray
-    scores: np.ndarray
+    flat: np.ndarray | list[list[float]]
+    """(n, 16): x1, y1, x2, y2, then six keypoint x, y, in [0, 1] of the model input; Python lists of
+    floats when there are at most _SMALL_NMS of them."""
+    scores: np.ndarray | list[float]
     letterbox: Letterbox
+
+
+def _candidates_small(raw_rows: list[list[float]], logits: list[float], anchors: list[tuple[float, float]],
+                      min_score: float, size: float, box: Letterbox) -> _Candidates:
+    """`scores_from_logits` + `_decode_flat` on Python floats for a few anchors (see _SMALL_NMS)."""
+    scores64 = [1.0 / (1.0 + math.exp(-min(max(v, -SCORE_CLIP), SCORE_CLIP))) for v in logits]
+    scores32 = array("f", scores64).tolist()  # rounded to float32, as the numpy path's scores
+    rows: list[list[float]] = []
+    scores: list[float] = []
+    for raw, score, (ax, ay) in zip(raw_rows, scores32, anchors):
+        if score < min_score:
+            continue
+        v = [c / size for c in raw]
+        cx, cy, hw, hh = v[0] + ax, v[1] + ay, v[2] * 0.5, v[3] * 0.5
+        row = [cx - hw, cy - hh, cx + hw, cy + hh]
+        for k in range(4, _NUM_COORDS, 2):
+            row.append(v[k] + ax)
+            row.append(v[k + 1] + ay)
+        rows.append(row)
+        scores.append(score)
+    return _Candidates(rows, scores, box)
 
 
 class BlazeFaceDetector:
     """Finds faces with MediaPipe's BlazeFace. `detect` works on any image size; it sees the whole image at
     the model's input size, so faces much smaller than ~1/10 (short) or ~1/20 (full) of the long side
-    are missed: downscaling or tiling big frames is the caller's job."""
+    are missed: downscaling or tiling big frames is the caller's job.
+
+    `resize` is how the image is shrunk to the model input: "area" (INTER_AREA, the reference, for photos)
+    or "fast" (bilinear as MediaPipe does, for video frames; see `_downscale`).
+
+    It reuses one preallocated model input between calls, so one detector serves one thread at a time
+    (as the model runner does anyway)."""
 
     def __init__(
         self,
@@ -263,6 +458,7 @@ class BlazeFaceDetector:
         threads: int = 1,
         runner: Runner | None = None,
         fallback_score_threshold: float = 0.3,
+        resize: ResizeMode = "area",
     ) -> None:
         if model not in SPECS:
             raise ValueError(f"model must be one of {sorted(SPECS)}, got {model!r}")
@@ -288,28 +484,56 @@ class BlazeFaceDetector:
             raise ValueError(f"{model}-range BlazeFace expects input (1, {size}, {size}, 3), runner has {runner.input_shape}")
         self._runner = runner
         self.anchors = anchors_for(model)
+        self._anchor_list: list[tuple[float, float]] = [(float(x), float(y)) for x, y in self.anchors.tolist()]
+        self._letterbox = Letterboxer(size, resize)
+        self._output_slots: tuple[int, int] | None = None
 
-    def _candidates(self, image: np.ndarray) -> _Candidates:
-        tensor, box = letterbox_tensor(image, self.spec.input_size_px)
+    def _candidates(self, image: np.ndarray, min_score: float) -> _Candidates:
+        """Run the model; decode only the anchors whose score (sigmoid of the clipped logit) is >= min_score."""
+        tensor, box = self._letterbox(image)
         outputs = self._runner.run(tensor)
-        raw_boxes = next((o for o in outputs if o.shape[-1] == _NUM_COORDS), None)
-        raw_scores = next((o for o in outputs if o.shape[-1] == 1), None)
-        if raw_boxes is None or raw_scores is None:
-            raise ValueError(f"unexpected BlazeFace outputs {[o.shape for o in outputs]}")
-        xyxy, kps, scores = decode(raw_boxes, raw_scores, self.anchors, self.spec.input_size_px)
-        return _Candidates(xyxy, kps, scores, box)
+        if self._output_slots is None:
+            boxes_at = next((i for i, o in enumerate(outputs) if o.shape[-1] == _NUM_COORDS), None)
+            scores_at = next((i for i, o in enumerate(outputs) if o.shape[-1] == 1), None)
+            if boxes_at is None or scores_at is None:
+                raise ValueError(f"unexpected BlazeFace outputs {[o.shape for o in outputs]}")
+            self._output_slots = (boxes_at, scores_at)
+        raw_boxes = outputs[self._output_slots[0]].reshape(-1, _NUM_COORDS)
+        raw_scores = outputs[self._output_slots[1]].reshape(-1)
+        if len(raw_boxes) != len(self.anchors) or len(raw_scores) != len(self.anchors):
+            raise ValueError(
+                f"model produced {len(raw_boxes)} boxes and {len(raw_scores)} scores for {len(self.anchors)} anchors"
+            )
+        # Only anchors whose logit is near or above the threshold's get a sigmoid, a box and keypoints.
+        maybe = np.flatnonzero(raw_scores >= _logit_floor(min_score))
+        if len(maybe) <= _SMALL_NMS:
+            return _candidates_small(raw_boxes[maybe].tolist(), raw_scores[maybe].tolist(),
+                                     [self._anchor_list[i] for i in maybe.tolist()], min_score,
+                                     float(self.spec.input_size_px), box)
+        scores = scores_from_logits(raw_scores[maybe])
+        keep = scores >= min_score
+        selected, scores = maybe[keep], scores[keep]
+        flat = _decode_flat(raw_boxes[selected].astype(np.float32, copy=False), self.anchors[selected],
+                            self.spec.input_size_px)
+        return _Candidates(flat, scores, box)
 
     def _finish(self, candidates: _Candidates, score_threshold: float) -> FaceDetections:
-        keep = (candidates.scores >= score_threshold) & np.all(candidates.xyxy[:, 2:] >= candidates.xyxy[:, :2], axis=1)
-        xyxy, kps, scores = weighted_nms(
-            candidates.xyxy[keep], candidates.kps[keep], candidates.scores[keep], self.nms_iou_threshold
-        )
+        flat, scores = candidates.flat, candidates.scores
+        if isinstance(flat, list) or isinstance(scores, list):
+            return _finish_small(list(flat), list(scores), candidates.letterbox, score_threshold, self.nms_iou_threshold)
+        keep = (scores >= score_threshold) & (flat[:, 2] >= flat[:, 0]) & (flat[:, 3] >= flat[:, 1])
+        if not keep.all():
+            flat, scores = flat[keep], scores[keep]
+        if not len(scores):
+            return FaceDetections()
+        flat, scores = _weighted_nms_flat(flat, scores, self.nms_iou_threshold)
         box = candidates.letterbox
-        xyxy = box.to_source(xyxy.reshape(-1, 2, 2)).reshape(-1, 4)
-        kps = box.to_source(kps)
-        np.clip(xyxy[:, 0::2], 0, box.source_w, out=xyxy[:, 0::2])
-        np.clip(xyxy[:, 1::2], 0, box.source_h, out=xyxy[:, 1::2])
+        pad, scale = box.flat_mapping()
+        flat = (flat * np.float32(box.size_px) - pad) * scale
+        limit = np.array([box.source_w, box.source_h] * 2, np.float32)
+        xyxy = np.minimum(np.maximum(flat[:, :4], 0), limit)  # boxes clipped to the image, keypoints not
         visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        kps = flat[:, 4:].reshape(-1, NUM_KEYPOINTS, 2)
         return FaceDetections(xyxy[visible], scores[visible], kps[visible])
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None) -> FaceDetections:
@@ -317,7 +541,7 @@ class BlazeFaceDetector:
         threshold = self.score_threshold if score_threshold is None else score_threshold
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {threshold}")
-        return self._finish(self._candidates(image), threshold)
+        return self._finish(self._candidates(image, threshold), threshold)
 
     def detect_central(self, image: np.ndarray) -> FaceDetections:
         """The single face nearest the image centre (0 or 1 detections), for crops that hold one face.
@@ -327,7 +551,7 @@ class BlazeFaceDetector:
         a strong off-centre one is a bystander. Without such a face, the most central face at the normal
         threshold, else at the fallback threshold. One model run either way.
         """
-        candidates = self._candidates(image)
+        candidates = self._candidates(image, min(self.score_threshold, self.fallback_score_threshold))
         height, width = image.shape[:2]
         strong = self._finish(candidates, self.score_threshold)
         if len(central := _covering_centre(strong, width, height)):

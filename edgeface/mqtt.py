@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -50,9 +50,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BaseModel, ConfigDict, Field
 
 from edgeface.commands import CommandReply, CommandRouter
+from edgeface.config import MqttConfig
 from edgeface.errors import ConfigError, EdgefaceError
 from edgeface.events import Event, Stats, Topics, check_prefix
 from edgeface.outbox import Outbox
@@ -64,37 +64,6 @@ PASSWORD_CREDENTIAL = "mqtt_password"
 
 _UNSUPPORTED_PROTOCOL = (1, 0x84)
 """CONNACK codes meaning "I don't speak this protocol version" (3.1.1 code 1, MQTT 5 code 0x84)."""
-
-
-class MqttConfig(BaseModel):
-    """How to reach the broker. Pure data: files and environment are read by :class:`MqttPublisher`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] (1883) or mqtts://host[:port] (8883, TLS)")
-    topic_prefix: str | None = Field(None, description="Topic prefix ending in '/'; default edgeface/<station_id>/")
-    client_id: str | None = Field(None, max_length=128, description="MQTT client id; default edgeface-<station_id>")
-    username: str | None = Field(None, max_length=256, description="Username (also allowed in the URL: mqtt://user@host)")
-    password_env: str = Field("EDGEFACE_MQTT_PASSWORD", description="Environment variable holding the password")
-    password_file: Path | None = Field(None, description="File holding the password (first line)")
-    ca_file: Path | None = Field(None, description="CA bundle to verify the broker (turns TLS on)")
-    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS")
-    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS")
-    tls_insecure: bool = Field(False, description="Skip the broker host name check (self-signed test setups only)")
-    protocol: Literal["auto", "5", "3.1.1"] = Field("auto", description="MQTT version; auto = 5, falling back to 3.1.1")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval, seconds")
-    reconnect_min_s: float = Field(1.0, gt=0, le=60, description="First reconnect delay; doubles per failed attempt")
-    reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay")
-    outbox_path: Path | None = Field(
-        None, description="Outbox SQLite file; default $STATE_DIRECTORY or ~/.local/state/edgeface/outbox-<station>.sqlite"
-    )
-    outbox_max_rows: int = Field(100_000, ge=10, le=10_000_000, description="Outbox bound; the oldest events are dropped beyond it")
-    outbox_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="FULL survives power loss; NORMAL survives crashes only (faster)"
-    )
-    max_inflight: int = Field(20, ge=1, le=1000, description="Messages handed to the broker without a PUBACK yet")
-    flush_timeout_s: float = Field(5.0, ge=0, le=600, description="On close, how long to wait for the outbox to drain")
-    command_queue: int = Field(16, ge=1, le=1000, description="Commands waiting for the worker; more are answered 'busy'")
 
 
 @dataclass(frozen=True)

@@ -70,23 +70,48 @@ def _gallery(path: Path | None, required: bool) -> Any:
     return None
 
 
-def _open_source(spec: str, every_frame: bool) -> Any:
+def _open_source(spec: str, every_frame: bool, config: Any = None) -> Any:
+    """open_source with the config's `pipeline.source` options (frame-rate cap, ROI, retries, backoff, timeouts)."""
     from edgeface.sources import open_source
 
-    return open_source(int(spec) if spec.isdigit() else spec, every_frame=every_frame)
+    options: dict[str, Any] = {}
+    if config is not None:
+        options = config.pipeline.source.model_dump()
+    return open_source(int(spec) if spec.isdigit() else spec, every_frame=every_frame, **options)
 
 
-def _sink(args: argparse.Namespace, config: Any) -> Any:
+def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
+    """jsonl on stdout, or MQTT (--sink mqtt, or a broker in the config or --mqtt-url without --sink):
+    the publisher with the station's commands, Home Assistant discovery and stats (edgeface.station)."""
+    from edgeface.errors import ConfigError
     from edgeface.sinks import JsonlSink
 
-    if args.sink == "jsonl":
+    mqtt_url = getattr(args, "mqtt_url", None)
+    kind = args.sink or ("mqtt" if getattr(config, "mqtt", None) is not None or mqtt_url else "jsonl")
+    if kind == "jsonl":
+        if mqtt_url:
+            raise ConfigError("--mqtt-url needs --sink mqtt (or no --sink)")
         return JsonlSink(sys.stdout)
+    from edgeface.commands import CommandRouter
     from edgeface.mqtt import MqttConfig, MqttPublisher
+    from edgeface.station import Station, resolve_command_secret
 
     mqtt_config = getattr(config, "mqtt", None) or MqttConfig()
-    if args.mqtt_url:
-        mqtt_config = mqtt_config.model_copy(update={"url": args.mqtt_url})
-    return MqttPublisher(mqtt_config, config.station_id).start()
+    if mqtt_url:
+        mqtt_config = mqtt_config.model_copy(update={"url": mqtt_url})
+    config = config.model_copy(update={"mqtt": mqtt_config})
+    station = Station(config, gallery=gallery)
+    router = station.register(CommandRouter(secret=resolve_command_secret(mqtt_config))) if mqtt_config.commands else None
+    publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
+    station.attach(publisher)
+    publisher.start()
+    try:
+        station.start()
+    except BaseException:
+        station.close()
+        publisher.close(flush_timeout_s=0)
+        raise
+    return station.sink
 
 
 class _StopOnSignals:
@@ -117,25 +142,45 @@ class _StopOnSignals:
             self.closer.join()
 
 
+def _cluster_hook(config: Any, gallery: Any, sink: Any) -> Any:
+    """Unknown tracks are clustered in the gallery's file; without a gallery they stay plain unknowns."""
+    if gallery is None:
+        return None
+    from edgeface.clusters import ClusterStore, StoreClusterHook
+
+    store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
+    return StoreClusterHook(store, sink)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgeface.pipeline import build_pipeline
+    from edgeface.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
     gallery = _gallery(args.gallery, required=False)
-    source = _open_source(args.source, args.every_frame)
+    source = _open_source(args.source, args.every_frame, config)
     stop = threading.Event()
     sink = None
+    notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
     try:
-        sink = _sink(args, config)
-        pipeline = build_pipeline(config, sink=sink, matcher=gallery)
+        sink = _sink(args, config, gallery)
+        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
+        if hasattr(sink, "station"):  # MQTT: commands and stats need the running pipeline
+            sink.station.attach_pipeline(pipeline, source)
+        # The watchdog is fed per processed frame only: a hung camera or model makes systemd restart us.
+        feeder = WatchdogFeeder(notifier)
+        notifier.ready(f"models loaded, reading {getattr(source, 'description', args.source)}")
+        feeder.start()
         with _StopOnSignals(stop, source):
-            stats = pipeline.run(source, stop)
+            stats = pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
         log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
                  stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
     finally:
+        notifier.stopping("closing tracks and flushing events")
         source.close()
         if sink is not None:
             sink.close()
+        notifier.close()
     return EXIT_OK
 
 
@@ -183,7 +228,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         raise EdgefaceError(f"output {args.output} must end in .mp4, .avi or .mkv")
     if not args.output.parent.is_dir():
         raise EdgefaceError(f"output folder {args.output.parent} does not exist")
-    source = _open_source(str(args.video), every_frame=True)
+    source = _open_source(str(args.video), every_frame=True, config=config)
     writer = None
     sink = JsonlSink(sys.stdout)
     try:
@@ -244,7 +289,7 @@ def bench_once(config: Any, source_spec: str, gallery: Any, threads: int) -> dic
                                       threads=threads))
     sink = _CountingSink()
     pipeline = build_pipeline(config, sink=sink, matcher=gallery, detector_runner=runner, threads=threads)
-    source = _open_source(source_spec, every_frame=True)
+    source = _open_source(source_spec, every_frame=True, config=config)
     decode_s = 0.0
     started = time.perf_counter()
     try:
@@ -344,8 +389,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image folder")
     run.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
     run.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db if it exists)")
-    run.add_argument("--sink", choices=("jsonl", "mqtt"), default="jsonl", help="where events go (default: jsonl on stdout)")
-    run.add_argument("--mqtt-url", metavar="URL", help="mqtt://host[:port] or mqtts://... (with --sink mqtt)")
+    run.add_argument("--sink", choices=("jsonl", "mqtt"), default=None,
+                     help="where events go (default: mqtt when the config has an mqtt section or --mqtt-url is "
+                     "given, else jsonl on stdout)")
+    run.add_argument("--mqtt-url", metavar="URL", help="mqtt://host[:port] or mqtts://... (overrides mqtt.url of the config)")
     run.add_argument("--station-id", metavar="ID", help="station id in events and topics (overrides the config)")
     run.add_argument("--every-frame", action="store_true", help="files and folders: process every frame in order")
     run.set_defaults(handler=_cmd_run)

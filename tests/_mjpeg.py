@@ -2,6 +2,7 @@
 
 Each frame carries its own number: `FRAME_BITS` black/white blocks along the top edge (MSB first),
 big enough to survive JPEG compression, so a test can read back which frame it got (`frame_number`).
+Or it plays given frames (a real video's) in a loop, like an IP camera looking at a scene.
 The server runs in a background thread on loopback; `stop()` closes the listening socket and every
 open stream (the client sees the connection drop), and a new server can be started on the same port.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -54,11 +56,12 @@ class MjpegServer:
 
     The frame counter is shared by all clients and keeps counting across stop()/start(), so the
     numbers a client sees tell how far the stream has advanced. `mode="hang"` accepts connections
-    and reads the request but never answers (a camera that has locked up).
+    and reads the request but never answers (a camera that has locked up). With `frames` (BGR images),
+    those are served in a loop instead of numbered frames (frame k is frames[k % len(frames)]).
     """
 
     def __init__(self, port: int | None = None, fps: float = 30.0, size: tuple[int, int] = (320, 240),
-                 mode: str = "stream") -> None:
+                 mode: str = "stream", frames: Sequence[np.ndarray] | None = None) -> None:
         self.port = port if port is not None else free_port()
         self.fps = fps
         self.size = size
@@ -72,6 +75,11 @@ class MjpegServer:
         self._clients: set[socket.socket] = set()
         self._ticker: threading.Thread | None = None
         self._jpeg = b""
+        self._loop: list[bytes] = []
+        if frames is not None:
+            import cv2
+
+            self._loop = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames]
 
     @property
     def url(self) -> str:
@@ -86,10 +94,14 @@ class MjpegServer:
             with self._lock:
                 number = self.counter
                 self.counter += 1
-            ok, buf = cv2.imencode(".jpg", make_frame(number, *self.size), [cv2.IMWRITE_JPEG_QUALITY, 90])
-            assert ok
+            if self._loop:
+                jpeg = self._loop[number % len(self._loop)]
+            else:
+                ok, buf = cv2.imencode(".jpg", make_frame(number, *self.size), [cv2.IMWRITE_JPEG_QUALITY, 90])
+                assert ok
+                jpeg = buf.tobytes()
             with self._lock:
-                self._jpeg = buf.tobytes()
+                self._jpeg = jpeg
                 self._fresh.notify_all()
             next_t += period
             self._stop.wait(max(0.0, next_t - time.monotonic()))

@@ -277,6 +277,11 @@ def test_naming_moves_the_cluster_into_the_gallery(tmp_path: Path) -> None:
         assert [c.id for c in store.list_clusters()] == ["unknown-2"]
         with pytest.raises(ClusterError, match="was named 'Serena'"):
             store.name("unknown-1", "Serena")
+        assert store.forget_person("Serena") == 1  # forgetting her erases her name from the history too
+        assert store.forget_person("Serena") == 0
+        with pytest.raises(ClusterError) as gone:
+            store.name("unknown-1", "Serena")
+        assert "Serena" not in str(gone.value)
     with Gallery(tmp_path / "gallery.db") as gallery:
         assert gallery.show("Serena").template_count == 4
         assert [m.name for m in gallery.match(np.stack([f.embedding for f in serena[4:]]))] == ["Serena"] * 4

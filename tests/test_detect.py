@@ -420,3 +420,67 @@ def test_no_litert_runtime_is_a_one_line_model_file_error(monkeypatch: pytest.Mo
     assert "\n" not in str(error.value)
     with pytest.raises(ModelFileError):
         BlazeFaceDetector("short")
+
+
+# --- the two post-processing paths -----------------------------------------------------------------
+
+
+def test_python_and_numpy_post_processing_give_the_same_faces(
+    detector: BlazeFaceDetector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few candidates are decoded and merged on Python floats, many with numpy: same detections."""
+    import edgeface.detect as detect_module
+
+    images = [read_image(_data_file(DETECTION / name)) for name in ("2008_002506.jpg", "bald_guys.jpg")]
+    images.append(read_image(_data_file(LFW_IMAGE)))
+    small = [(detector.detect(im), detector.detect_central(im)) for im in images]
+    monkeypatch.setattr(detect_module, "_SMALL_NMS", -1)  # every image through the numpy path
+    for image, (faces, central) in zip(images, small):
+        numpy_faces = detector.detect(image)
+        assert len(faces) == len(numpy_faces) >= 1
+        np.testing.assert_allclose(faces.xyxy, numpy_faces.xyxy, atol=1e-3)
+        np.testing.assert_allclose(faces.kps, numpy_faces.kps, atol=1e-3)
+        np.testing.assert_array_equal(faces.score, numpy_faces.score)
+        np.testing.assert_allclose(central.xyxy, detector.detect_central(image).xyxy, atol=1e-3)
+
+
+def test_letterbox_reuses_its_buffer_and_repads_when_the_size_changes() -> None:
+    from edgeface.detect import Letterboxer
+
+    letterbox = Letterboxer(128)
+    wide = np.full((72, 128, 3), 255, np.uint8)
+    tensor, box = letterbox(wide)
+    assert (box.pad_x, box.pad_y) == (0, 28)
+    assert np.all(tensor[0, :28] == -1) and np.all(tensor[0, 28:100] == 1)
+    tall = np.full((128, 64, 3), 255, np.uint8)
+    tensor2, box2 = letterbox(tall)
+    assert tensor2 is tensor  # one preallocated input
+    assert (box2.pad_x, box2.pad_y) == (32, 0)
+    assert np.all(tensor2[0, :, :32] == -1) and np.all(tensor2[0, :, 32:96] == 1) and np.all(tensor2[0, :, 96:] == -1)
+
+
+def test_fast_resize_finds_the_same_annotated_faces_as_area() -> None:
+    """The pipeline's "fast" (bilinear) shrinking: on dlib's annotated photos full range finds the same faces."""
+    truth = _annotated_faces()
+    found = {}
+    for resize in ("area", "fast"):
+        detector = BlazeFaceDetector("full", resize=resize)
+        hits = false = 0
+        boxes = []
+        for name, annotated in truth.items():
+            image = read_image(DETECTION / name)
+            faces = detector.detect(image)
+            matched = _matches(faces.xyxy, annotated)
+            hits, false = hits + matched, false + len(faces) - matched
+            boxes.append((faces.xyxy, max(image.shape[:2]) / 192))  # source pixels per model-input pixel
+        found[resize] = (hits, false, boxes)
+    assert found["fast"][:2] == found["area"][:2]
+    for (fast, _), (area, px) in zip(found["fast"][2], found["area"][2]):
+        for box in area:  # the same faces, boxes within 1.5 model-input pixels (+5% of the face's width)
+            nearest = fast[np.argmin(np.abs(fast - box).max(axis=1))]
+            assert np.abs(nearest - box).max() <= 1.5 * px + 0.05 * (box[2] - box[0])
+
+
+def test_resize_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="resize"):
+        BlazeFaceDetector("short", resize="nearest")  # type: ignore[arg-type]

@@ -299,3 +299,30 @@ def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
     if found is None:
         pytest.skip(f"this systemd-analyze cannot assess units offline: {(result.stderr or result.stdout).strip()[:200]}")
     assert float(found.group(1)) <= 2.5, result.stdout[-2000:]  # systemd: < 3 is "OK"; the default is 9.6 "UNSAFE"
+
+
+def test_edgeface_run_notifies_ready_feeds_the_watchdog_and_says_stopping(
+    fake_systemd: FakeSystemd, tmp_path: Path
+) -> None:
+    """The real camera loop under a stand-in systemd: READY=1 once running, WATCHDOG=1 while frames are
+    processed (WATCHDOG_USEC 0.1 s -> a ping at most every 0.05 s), STOPPING=1 at the end."""
+    import cv2
+    import numpy as np
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (320, 240))
+    for k in range(150):
+        frame = np.full((240, 320, 3), 40 + k % 100, np.uint8)
+        writer.write(frame)
+    writer.release()
+    env = {**os.environ, "NOTIFY_SOCKET": fake_systemd.env_value, "WATCHDOG_USEC": "100000",
+           "EDGEFACE_GALLERY": str(tmp_path / "absent.db")}
+    result = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", str(video), "--every-frame"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    messages = fake_systemd.pending()
+    kinds = [next(iter(m)) for m in messages]
+    assert kinds[0] == "READY" and "models loaded" in messages[0]["STATUS"]
+    assert kinds[-1] == "STOPPING"
+    assert kinds.count("WATCHDOG") >= 1, kinds
+    assert set(kinds) == {"READY", "WATCHDOG", "STOPPING"}

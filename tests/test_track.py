@@ -24,6 +24,22 @@ def test_iou_matrix() -> None:
     np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
 
 
+def test_iou_matrix_python_and_numpy_paths_agree_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeface.track as track_module
+
+    rng = np.random.default_rng(3)
+    pairs = []
+    for _ in range(200):
+        a = rng.uniform(0, 100, (int(rng.integers(1, 6)), 4))
+        b = rng.uniform(0, 100, (int(rng.integers(1, 6)), 4))
+        a[:, 2:] = a[:, :2] + rng.uniform(-5, 40, (len(a), 2))  # some boxes inside out: zero area
+        b[:, 2:] = b[:, :2] + rng.uniform(-5, 40, (len(b), 2))
+        pairs.append((a, b, iou_matrix(a, b)))
+    monkeypatch.setattr(track_module, "_SMALL_IOU", -1)
+    for a, b, small in pairs:
+        np.testing.assert_array_equal(small, iou_matrix(a, b))
+
+
 def test_two_moving_faces_keep_their_ids_and_inputs_are_not_mutated() -> None:
     tracker = Tracker()
     ids = []
@@ -53,6 +69,25 @@ def test_track_ends_after_max_missed_frames(max_missed: int) -> None:
         assert tracker.update(FaceDetections(), ts=frame, frame_index=frame).ended == ()
     ended = tracker.update(FaceDetections(), ts=99.0, frame_index=max_missed + 1).ended
     assert [t.id for t in ended] == [1] and ended[0].last_ts == 0.0 and len(tracker) == 0
+
+
+@pytest.mark.parametrize(("gap_s", "same_track"), [(0.5, True), (3.0, False)])
+def test_a_time_gap_longer_than_max_gap_s_ends_the_tracks(gap_s: float, same_track: bool) -> None:
+    """A live stream that drops and comes back: the same place, consecutive frame indices, but seconds later."""
+    tracker = Tracker(max_gap_s=2.0)
+    for i in range(3):
+        tracker.update(faces((0, 0, 50, 50)), ts=100.0 + i / 30, frame_index=i)
+    update = tracker.update(faces((0, 0, 50, 50)), ts=100.0 + 2 / 30 + gap_s, frame_index=3)
+    if same_track:
+        assert list(update.track_ids) == [1] and update.ended == () and update.new == frozenset()
+    else:
+        assert [t.id for t in update.ended] == [1] and update.ended[0].last_ts == pytest.approx(100.0 + 2 / 30)
+        assert list(update.track_ids) == [2] and update.new == {2}
+
+
+def test_max_gap_s_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_gap_s"):
+        Tracker(max_gap_s=0.0)
 
 
 def test_a_returning_face_within_the_gap_keeps_its_track() -> None:
