@@ -871,7 +871,7 @@ class StoreClusterHook:
         try:
             update = self.store.observe(track.embedding, quality=quality, ts=track.seen,
                                         track_key=f"{track.camera}:{track.track_id}:{_to_epoch(track.started):.3f}",
-                                        crop=getattr(track, "chip", None))  # a best-face chip, once UnknownTrack has one
+                                        crop=track.chip)
         except ClusterError as error:
             log.warning("track %s of %s was not clustered: %s", track.track_id, track.camera, error)
             return None

@@ -58,6 +58,8 @@ class Vote:
     distance: float
     """Distance to the matched identity (to the nearest one when name is None)."""
     frame_index: int
+    chip: np.ndarray | None = None
+    """The aligned face (150, 150, 3), for the clusters' contact sheet when crops are allowed."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class UnknownTrack:
     faces_used: int
     started: datetime
     seen: datetime
+    chip: np.ndarray | None = None
+    """The aligned chip of the track's best face (stored only when clusters.store_face_crops is on)."""
 
 
 @dataclass(frozen=True)
@@ -353,8 +357,9 @@ class Decider:
         self._remember(state, UNKNOWN, embedding, ts)
         assignment = None
         if self.cluster_hook is not None:
+            best = max(state.votes, key=lambda v: v.weight)
             assignment = self.cluster_hook(UnknownTrack(self.camera, state.track_id, embedding, quality, used,
-                                                        state.started, state.last_seen))
+                                                        state.started, state.last_seen, best.chip))
         state.cluster_id = assignment.cluster_id if assignment else None
         cluster_fields = {}
         if assignment is not None:

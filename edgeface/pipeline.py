@@ -440,7 +440,7 @@ class Pipeline:
                 track_id = track_ids[i]
                 self.tracker.observe(track_id, vector)
                 vote = Vote(vector, weight, match.name, float(match.distance) if np.isfinite(match.distance) else 2.0,
-                            index)
+                            index, chips[i])
                 events += self.decider.add_vote(track_id, vote, ts)
             stage["decide"] += time.perf_counter() - t7
 

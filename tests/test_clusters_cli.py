@@ -136,3 +136,31 @@ def test_module_entry_exit_codes(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "edgeface.clusters_cli", "clusters", "show", "unknown-1",
                            "--gallery", str(tmp_path / "none.db")], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.startswith("edgeface: error: no gallery at") and "Traceback" not in done.stderr
+
+
+CROWD = LFW.parents[1] / "video" / "crowd_walk.mp4"
+
+
+@pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data/video is absent")
+@pytest.mark.parametrize("crops", [False, True])
+def test_camera_loop_stores_face_crops_only_when_allowed(tmp_path: Path, crops: bool) -> None:
+    """`edgeface run` hands each unknown track's best aligned face to the clusters; it is kept only
+    when clusters.store_face_crops is on."""
+    gallery = tmp_path / "gallery.db"
+    Gallery(gallery).close()
+    config = tmp_path / "config.yaml"
+    config.write_text("recognition: {detector: {model: full}}\n"
+                      f"clusters: {{store_face_crops: {'true' if crops else 'false'}}}\n")
+    result = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", str(CROWD), "--every-frame",
+                             "--gallery", str(gallery), "--config", str(config)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    clustered = {e["cluster_id"] for e in events if e["type"] == "unknown" and e.get("cluster_id")}
+    assert clustered
+    with ClusterStore(gallery) as store:
+        stored = [crop for cluster_id in clustered for crop in store.crops(cluster_id, 10)]
+    if crops:
+        assert stored and cv2.imdecode(np.frombuffer(stored[0], np.uint8), cv2.IMREAD_COLOR).shape == (150, 150, 3)
+    else:
+        assert stored == []
