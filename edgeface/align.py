@@ -14,12 +14,15 @@ Two ways to get the landmarks:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
 from edgeface.types import FaceDetections
+
+if TYPE_CHECKING:
+    from edgeface.detect import KeypointRefiner
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
@@ -153,6 +156,7 @@ class Aligner:
         method: AlignmentMethod = "blazeface",
         detector_model: str = "short",
         shape_predictor: object | None = None,
+        refiner: KeypointRefiner | None = None,
     ) -> None:
         if method not in ("blazeface", "shape_predictor"):
             raise ValueError(f"alignment method must be 'blazeface' or 'shape_predictor', got {method!r}")
@@ -160,6 +164,8 @@ class Aligner:
             raise ValueError(f"detector model must be one of {sorted(BLAZEFACE_TEMPLATES)}, got {detector_model!r}")
         self.method: AlignmentMethod = method
         self.blazeface_template = BLAZEFACE_TEMPLATES[detector_model]
+        self.refiner = refiner
+        """Re-detects faces that are small in the frame for precise keypoints (the camera loop's)."""
         self._shape_predictor = shape_predictor
         if method == "shape_predictor" and shape_predictor is None:
             from edgeface.landmarks import ShapePredictor
@@ -167,18 +173,24 @@ class Aligner:
             self._shape_predictor = ShapePredictor()
 
     def landmarks(self, image: np.ndarray, detections: FaceDetections) -> tuple[np.ndarray, np.ndarray]:
-        """(image points (n, k, 2), chip template (k, 2)) for the chosen method."""
+        """(image points (n, k, 2), chip templates (n, k, 2)) for the chosen method."""
+        n = len(detections)
         if self.method == "blazeface":
-            return detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64), self.blazeface_template
+            templates = np.repeat(self.blazeface_template[None], n, axis=0)
+            if self.refiner is not None:
+                detections, refined = self.refiner.refine(image, detections)
+                templates[refined] = BLAZEFACE_TEMPLATES[self.refiner.detector.model]
+            return detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64), templates
         boxes = dlib_boxes_from_blazeface(detections.xyxy)
-        return self._shape_predictor.predict(image, boxes).astype(np.float64), DLIB_TEMPLATE  # type: ignore[union-attr]
+        points = self._shape_predictor.predict(image, boxes).astype(np.float64)  # type: ignore[union-attr]
+        return points, np.repeat(DLIB_TEMPLATE[None], n, axis=0)
 
     def chip_matrices(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray:
         """(n, 2, 3) chip-to-image matrices."""
         if len(detections) == 0:
             return np.zeros((0, 2, 3))
-        points, template = self.landmarks(image, detections)
-        return np.stack([dlib_chip_matrix(template, face_points) for face_points in points])
+        points, templates = self.landmarks(image, detections)
+        return np.stack([dlib_chip_matrix(t, face_points) for t, face_points in zip(templates, points)])
 
     def align(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray:
         image = _as_bgr(image)

@@ -182,6 +182,13 @@ class PipelineConfig(StrictModel):
     detect_work_long_side_px: int = Field(
         960, ge=64, le=8192, description="With tiles, the frame is first downscaled so its long side is at most this"
     )
+    refine_face_max_frac: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Faces narrower than this fraction of the frame's long side get their keypoints re-detected "
+        "on a full-resolution crop (short-range model, ~2 ms per embedded face) before alignment: the detector "
+        "sees the whole frame at 128/192 px, where such a face is a few pixels wide and its keypoints are off "
+        "by 10-30 px. 0 turns it off",
+    )
     source: SourceConfig = SourceConfig()
     quality: QualityGateConfig = QualityGateConfig()
     tracking: TrackingConfig = TrackingConfig()

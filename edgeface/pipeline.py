@@ -490,6 +490,14 @@ class Pipeline:
             return self._publish(events)
 
 
+def _refiner(max_face_frac: float, threads: int) -> Any:
+    from edgeface.detect import BlazeFaceDetector, KeypointRefiner
+
+    if max_face_frac <= 0:
+        return None
+    return KeypointRefiner(BlazeFaceDetector(model="short", threads=threads), max_face_frac=max_face_frac)
+
+
 def build_pipeline(
     config: Any,
     *,
@@ -539,7 +547,8 @@ def build_pipeline(
     q, t = p.quality, p.tracking
     return Pipeline(
         detector=detector,
-        aligner=BlazeAligner(method=recognition.alignment.method, detector_model=recognition.detector.model),
+        aligner=BlazeAligner(method=recognition.alignment.method, detector_model=recognition.detector.model,
+                             refiner=_refiner(p.refine_face_max_frac, n_threads)),
         embedder=OnnxEmbedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip),
         matcher=matcher,
         decider=Decider(config.station_id, p.camera, policy, cluster_hook=cluster_hook,

@@ -159,7 +159,7 @@ def test_camera_loop_stores_face_crops_only_when_allowed(tmp_path: Path, crops: 
     clustered = {e["cluster_id"] for e in events if e["type"] == "unknown" and e.get("cluster_id")}
     assert clustered
     with ClusterStore(gallery) as store:
-        stored = [crop for cluster_id in clustered for crop in store.crops(cluster_id, 10)]
+        stored = [crop for cluster in store.list_clusters() for crop in store.crops(cluster.id, 10)]
     if crops:
         assert stored and cv2.imdecode(np.frombuffer(stored[0], np.uint8), cv2.IMREAD_COLOR).shape == (150, 150, 3)
     else:

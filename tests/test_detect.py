@@ -484,3 +484,40 @@ def test_fast_resize_finds_the_same_annotated_faces_as_area() -> None:
 def test_resize_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="resize"):
         BlazeFaceDetector("short", resize="nearest")  # type: ignore[arg-type]
+
+
+CROWD = DATA / "video" / "crowd_walk.mp4"
+
+
+@pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data/video is absent")
+def test_small_faces_in_a_big_frame_get_precise_keypoints() -> None:
+    """Full range on a whole 1080p frame: the boxes are fine but the keypoints are 10-30 px off, which
+    pulls different people's embeddings together. Re-detecting on a crop fixes the alignment."""
+    import cv2
+
+    from edgeface.align import Aligner
+    from edgeface.detect import KeypointRefiner
+    from edgeface.embed import Embedder
+    from edgeface.types import FaceDetections
+
+    detector, refiner = BlazeFaceDetector("full"), KeypointRefiner(BlazeFaceDetector("short"))
+    embedder = Embedder("fp32", flip=False)
+    plain_aligner, precise_aligner = Aligner("blazeface", "full"), Aligner("blazeface", "full", refiner=refiner)
+    capture = cv2.VideoCapture(str(CROWD))
+    plain, precise = [], []
+    for index in range(71):
+        ok, frame = capture.read()
+        assert ok
+        if index not in (50, 60, 70):  # 2-3 different people in each of these frames
+            continue
+        faces = detector.detect(frame)
+        refined, which = refiner.refine(frame, faces)
+        assert len(faces) >= 2 and which.any() and np.array_equal(refined.xyxy, faces.xyxy)
+        assert np.linalg.norm(refined.kps[:, :4] - faces.kps[:, :4], axis=-1).max() > 10  # they were far off
+        for aligner, out in ((plain_aligner, plain), (precise_aligner, precise)):
+            e = embedder.embed(aligner.align(frame, faces))
+            out += [np.linalg.norm(e[a] - e[b]) for a in range(len(e)) for b in range(a + 1, len(e))]
+    assert min(precise) > 0.4 and min(precise) > min(plain)
+    # a face that is large in the frame is left alone
+    big = FaceDetections(np.array([[0, 0, 1000, 1000]], np.float32), np.ones(1, np.float32), faces.kps[:1])
+    assert not refiner.refine(frame, big)[1].any()
