@@ -171,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    return run_handler(args)
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """Run the chosen command; a user's error becomes one line on stderr and exit status 1."""
     try:
         return args.handler(args)
     except EdgefaceError as error:

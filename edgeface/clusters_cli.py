@@ -234,18 +234,15 @@ def add_eval_cluster(eval_subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (python -m edgeface.clusters_cli ...), same behaviour as under `edgeface`."""
-    from edgeface.errors import EdgefaceError
 
     parser = argparse.ArgumentParser(prog="edgeface")
     commands = parser.add_subparsers(dest="command", required=True)
     register(commands)
     add_eval_cluster(commands.add_parser("eval").add_subparsers(dest="kind", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except EdgefaceError as error:
-        print(f"edgeface: error: {error}", file=sys.stderr)
-        return 1
+    from edgeface.cli import run_handler
+
+    return run_handler(args)
 
 
 if __name__ == "__main__":

@@ -577,14 +577,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
     parser.set_defaults(handler=_run)
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="edgeface eval cluster")
-    add_arguments(_parser)
-    _args = _parser.parse_args()
-    try:
-        sys.exit(_args.handler(_args))
-    except EdgefaceError as error:
-        print(f"edgeface: error: {error}", file=sys.stderr)
-        sys.exit(1)

@@ -320,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     errors as `edgeface`, for tests and for use before the commands are wired into edgeface/cli.py."""
     import logging
 
-    from edgeface.errors import EdgefaceError
 
     parser = argparse.ArgumentParser(prog="edgeface")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -328,15 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return args.handler(args)
-    except EdgefaceError as error:
-        print(f"edgeface: error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+    from edgeface.cli import run_handler
+
+    return run_handler(args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.convert.dlib_shape_predictor import SHAPE_PREDICTOR_NAME, ShapePredictorArrays, load_shape_predictor_npz
+from edgeface.convert.dlib_shape_predictor import (
+    SHAPE_PREDICTOR_NAME,
+    ShapePredictorArrays,
+    load_shape_predictor_npz,
+)
 from edgeface.modelfiles import verified_model_path
 
 log = logging.getLogger(__name__)

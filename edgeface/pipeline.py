@@ -33,7 +33,13 @@ import numpy as np
 
 from edgeface.decide import UNKNOWN, Decider, Vote
 from edgeface.events import utc_now
-from edgeface.quality import QualityGate, QualityMeasures, QualityReason, laplacian_variance, pose_from_keypoints
+from edgeface.quality import (
+    QualityGate,
+    QualityMeasures,
+    QualityReason,
+    laplacian_variance,
+    pose_from_keypoints,
+)
 from edgeface.track import Tracker, iou_matrix
 from edgeface.types import FaceDetections
 

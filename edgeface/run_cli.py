@@ -429,8 +429,6 @@ def add_bench_pipeline(bench_subparsers: argparse._SubParsersAction) -> None:  #
 def main(argv: list[str] | None = None) -> int:
     """`python -m edgeface.run_cli run|annotate|bench pipeline ...`: the same commands without the rest of
     the `edgeface` CLI (exit codes as documented above)."""
-    from edgeface.errors import EdgefaceError
-
     parser = argparse.ArgumentParser(prog="edgeface")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -440,13 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return args.handler(args)
-    except EdgefaceError as error:
-        print(f"edgeface: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:
-        return EXIT_OK
+    from edgeface.cli import run_handler
+
+    return run_handler(args)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -53,7 +54,12 @@ def quantize_embedder(
 ) -> None:
     """Write the static QDQ INT8 model of `fp32_path` to `out_path` (deterministic for fixed inputs)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
 
     activation_type, weight_type, reduce_range = _types(scheme)
     data = chips_to_input(calibration_chips_bgr)

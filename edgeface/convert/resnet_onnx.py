@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeface.convert.dlib_resnet import (
-    Affine,
     AddPrev,
+    Affine,
     AvgPool,
     Conv,
     DlibResnet,
