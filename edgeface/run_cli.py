@@ -50,9 +50,10 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _gallery(path: Path | None, required: bool) -> Any:
+def _gallery(path: Path | None, required: bool, create_default: bool = False) -> Any:
     """The gallery to match against: --gallery FILE (must exist), else $EDGEFACE_GALLERY or ./gallery.db
-    when present, else None (every face is unknown)."""
+    when present (created empty when `create_default`: unknown faces are clustered in it), else None
+    (every face is unknown)."""
     from edgeface.gallery import Gallery
     from edgeface.gallery_cli import DEFAULT_GALLERY, GALLERY_ENV
 
@@ -61,6 +62,10 @@ def _gallery(path: Path | None, required: bool) -> Any:
     default = Path(os.environ.get(GALLERY_ENV) or DEFAULT_GALLERY)
     if default.is_file():
         return Gallery(default, create=False)
+    if create_default:
+        log.info("created an empty gallery at %s: unknown faces are clustered there; enroll people with "
+                 "`edgeface enroll`", default)
+        return Gallery(default, create=True)
     if required:
         from edgeface.errors import ConfigError
 
@@ -157,7 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgeface.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
-    gallery = _gallery(args.gallery, required=False)
+    gallery = _gallery(args.gallery, required=False, create_default=True)
     source = _open_source(args.source, args.every_frame, config)
     stop = threading.Event()
     sink = None
@@ -388,7 +393,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--source", required=True, metavar="SRC",
                      help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image folder")
     run.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
-    run.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db if it exists)")
+    run.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db, created empty if absent: unknown faces are clustered there)")
     run.add_argument("--sink", choices=("jsonl", "mqtt"), default=None,
                      help="where events go (default: mqtt when the config has an mqtt section or --mqtt-url is "
                      "given, else jsonl on stdout)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -199,3 +200,17 @@ def test_bench_pipeline_json_last_line() -> None:
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["fps"] > 0 and figures["peak_rss_mb"] > 0 and figures["model_floor_ratio"] >= 1.0
     assert figures["best_run"]["frames"] == 275
+
+
+@pytest.mark.skipif(not HAMILTON.is_file(), reason="../shared/data/video is absent")
+def test_run_without_a_gallery_creates_one_and_clusters_unknowns(tmp_path: Path) -> None:
+    """A fresh station: no gallery yet. `edgeface run` creates the default one, so unknown faces get
+    stable cluster ids from the first run on."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEFACE_GALLERY"}
+    result = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", str(HAMILTON), "--every-frame"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "gallery.db").is_file()
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    unknown = [e for e in events if e["type"] == "unknown"]
+    assert unknown and all(e["cluster_id"].startswith("unknown-") for e in unknown)

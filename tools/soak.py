@@ -57,7 +57,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--video", type=Path, default=REPO.parent / "shared" / "data" / "video" / "hamilton_clip.mp4")
     parser.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
-    parser.add_argument("--gallery", type=Path, help="gallery file (default: none, every face unknown)")
+    parser.add_argument("--gallery", type=Path, help="gallery file (default: a fresh one in a temporary folder)")
     parser.add_argument("--interval-s", type=float, default=10.0, help="seconds between samples")
     args = parser.parse_args()
 
@@ -69,9 +69,9 @@ def main() -> int:
         config.write_text(f"station_id: soak\nmqtt:\n  url: {args.mqtt_url}\n  outbox_path: {scratch}/outbox.sqlite\n")
         command = [sys.executable, "-m", "edgeface.cli", "run", "--source", f"http://127.0.0.1:{port}/stream.mjpg",
                    "--config", str(config), "--sink", "mqtt"]
-        if args.gallery:
-            command += ["--gallery", str(args.gallery)]
-        station = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        command += ["--gallery", str(args.gallery)] if args.gallery else []
+        env = {**os.environ, "EDGEFACE_GALLERY": str(Path(scratch) / "gallery.db")}  # without --gallery: a fresh one
+        station = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         samples: list[tuple[float, float, int, int]] = []
         started = time.monotonic()
         try:
