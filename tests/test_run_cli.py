@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,8 +26,10 @@ needs_sources = pytest.mark.skipif(
 
 
 def edgeface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    # Without --gallery, `run` creates the default gallery: keep that in a fresh folder, not the checkout.
+    env = {**os.environ, "EDGEFACE_GALLERY": str(Path(tempfile.mkdtemp(prefix="edgeface-test-")) / "gallery.db")}
     return subprocess.run([sys.executable, "-m", "edgeface.run_cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")

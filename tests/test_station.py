@@ -4,8 +4,10 @@ camera thread and the command thread."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -57,8 +59,10 @@ def test_bad_mqtt_config_is_one_line(tmp_path: Path, text: str, where: str) -> N
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
+    # Without --gallery, `run` creates the default gallery: keep that in a fresh folder, not the checkout.
+    env = {**os.environ, "EDGEFACE_GALLERY": str(Path(tempfile.mkdtemp(prefix="edgeface-test-")) / "gallery.db")}
     return subprocess.run([sys.executable, "-m", "edgeface.run_cli", "run", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from _mjpeg import MjpegServer, free_port  # noqa: E402  (the tests' real MJPEG-over-HTTP server)
+from _mjpeg import MjpegServer, free_port
 
 WARMUP_S = 60.0
 MAX_RSS_GROWTH_MB = 10.0
