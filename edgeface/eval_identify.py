@@ -172,7 +172,7 @@ def central_embedding(analyzer, path: Path) -> np.ndarray:
     return np.full(EMBEDDING_DIM, np.nan, np.float32) if index is None else faces.embeddings[index]
 
 
-def run_identify_evaluation(data: Path, analyzer, templates: int = 1, strategy: MatchStrategy = "min", progress: bool = True,
+def run_identify_evaluation(data: Path, analyzer, templates: int = 1, strategy: MatchStrategy = "mean", progress: bool = True,
                             seeds: int = STATION_SEEDS, cache: Path | None = None, cache_key: str = "") -> IdentifyReport:
     """cache: an .npz of the embeddings, reused when it holds the same files and cache_key (the
     pipeline settings), so that gallery variants can be compared without analysing again."""
@@ -243,7 +243,7 @@ def register_eval(eval_kinds: argparse._SubParsersAction) -> None:
     parser = eval_kinds.add_parser("identify", help="open-set identification on a folder-per-person dataset")
     parser.add_argument("--data", type=Path, required=True, help="folder with one sub-folder of images per person")
     parser.add_argument("--templates", type=int, default=1, help="gallery images per person (default 1)")
-    parser.add_argument("--strategy", choices=["min", "mean"], default="min",
+    parser.add_argument("--strategy", choices=["min", "mean"], default="mean",
                         help="distance to a person: nearest template (min) or mean template (mean)")
     parser.add_argument("--cache", type=Path, help="embeddings .npz, reused when the files and settings match")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")

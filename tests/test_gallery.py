@@ -10,6 +10,7 @@ import pytest
 from edgeface.gallery import (
     DEFAULT_MATCH_MAX_DISTANCE,
     EXPORT_FORMAT_VERSION,
+    MEAN_THRESHOLD_TIGHTENING,
     SCHEMA_VERSION,
     DuplicateNameError,
     Gallery,
@@ -212,11 +213,16 @@ def test_known_faces_match_and_strangers_are_unknown(tmp_path: Path, faces: dict
             assert [m.name for m in strangers] == [None] * len(strangers)
 
 
-def test_threshold_decides(people: Gallery, faces: dict[str, np.ndarray]) -> None:
+@pytest.mark.parametrize("strategy", ["min", "mean"])
+def test_threshold_decides(people: Gallery, faces: dict[str, np.ndarray], strategy: str) -> None:
+    """The nearest template must be closer than the threshold; a mean of k templates closer than the
+    threshold tightened for k (barack_obama has 2 templates)."""
     probe = faces["_group/obama-240p.jpg"][None]
-    distance = people.match(probe)[0].distance
-    assert people.match(probe, max_distance=distance + 1e-4)[0].name == "barack_obama"
-    assert people.match(probe, max_distance=distance - 1e-4)[0].name is None
+    snapshot = people.snapshot()
+    distance = snapshot.match(probe, 2.0, strategy)[0].distance
+    tightening = MEAN_THRESHOLD_TIGHTENING[2] if strategy == "mean" else 0.0
+    assert snapshot.match(probe, distance + tightening + 1e-4, strategy)[0].name == "barack_obama"
+    assert snapshot.match(probe, distance + tightening - 1e-4, strategy)[0].name is None
 
 
 def test_empty_gallery_answers_unknown(tmp_path: Path, faces: dict[str, np.ndarray]) -> None:
@@ -296,8 +302,9 @@ def test_export_import_round_trip(tmp_path: Path, people: Gallery, faces: dict[s
         assert [(i.name, i.template_count, i.negative_count) for i in copy.list_identities()] == \
             [(i.name, i.template_count, i.negative_count) for i in people.list_identities()]
         probes = np.stack(list(faces.values()))
-        assert [(m.name, round(m.distance, 5)) for m in copy.match(probes)] == \
-            [(m.name, round(m.distance, 5)) for m in people.match(probes)]
+        copied, original = copy.match(probes), people.match(probes)
+        assert [m.name for m in copied] == [m.name for m in original]
+        assert np.allclose([m.distance for m in copied], [m.distance for m in original], atol=1e-4)
         again = copy.import_from(exported)
         assert (again.identities_merged, again.templates_added, again.templates_skipped) == (4, 0, 7)
 
