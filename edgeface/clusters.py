@@ -67,6 +67,7 @@ from edgeface.gallery import (
     unit_rows,
     validate_name,
 )
+from edgeface.sqlite_tx import apply_migrations, transaction
 
 if TYPE_CHECKING:
     from edgeface.decide import ClusterAssignment, UnknownTrack
@@ -544,9 +545,7 @@ class ClusterStore:
     # -- plumbing --------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn) as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = 0
             if "cluster_schema_version" in tables:
@@ -554,16 +553,7 @@ class ClusterStore:
             if version > CLUSTER_SCHEMA_VERSION:
                 raise ClusterError(f"{self.path}: clusters schema version {version} was written by a newer edgeface "
                                    f"(this one reads up to {CLUSTER_SCHEMA_VERSION}); upgrade edgeface")
-            for step in range(version, CLUSTER_SCHEMA_VERSION):
-                CLUSTER_MIGRATIONS[step](db)
-            if version < CLUSTER_SCHEMA_VERSION:
-                db.execute("DELETE FROM cluster_schema_version")
-                db.execute("INSERT INTO cluster_schema_version (version) VALUES (?)", (CLUSTER_SCHEMA_VERSION,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            apply_migrations(db, "cluster_schema_version", version, CLUSTER_MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:
@@ -592,25 +582,22 @@ class ClusterStore:
         with self._lock:
             db = self._conn
             try:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
-                    version = int(db.execute("PRAGMA data_version").fetchone()[0])
-                    if version != self._data_version:
-                        generation = self._meta("generation")
-                        if generation != self._generation:
-                            self._load(db)
-                            self._generation = generation
-                        self._data_version = version
-                    yield db
-                    if write:
-                        self._generation += 1
-                        db.executemany("UPDATE cluster_meta SET value = ? WHERE key = ?",
-                                       [(self._generation, "generation"), (self.clusters.next_number, "next_number"),
-                                        (self.clusters.next_exemplar, "next_exemplar")])
-                    db.execute("COMMIT")
+                    with transaction(db, write):
+                        version = int(db.execute("PRAGMA data_version").fetchone()[0])
+                        if version != self._data_version:
+                            generation = self._meta("generation")
+                            if generation != self._generation:
+                                self._load(db)
+                                self._generation = generation
+                            self._data_version = version
+                        yield db
+                        if write:
+                            self._generation += 1
+                            db.executemany("UPDATE cluster_meta SET value = ? WHERE key = ?",
+                                           [(self._generation, "generation"), (self.clusters.next_number, "next_number"),
+                                            (self.clusters.next_exemplar, "next_exemplar")])
                 except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
                     self._generation = -1  # memory may be ahead of the file: reload next time
                     self._data_version = -1
                     raise

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeface.config import GalleryConfig
 from edgeface.errors import EdgefaceError
+from edgeface.sqlite_tx import apply_migrations, transaction
 
 log = logging.getLogger(__name__)
 
@@ -515,21 +516,11 @@ class Gallery:
         return db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             version = _stored_version(db, self.path)  # another process may have migrated meanwhile
-            for step in range(version, SCHEMA_VERSION):
-                MIGRATIONS[step](db)
-            if version < SCHEMA_VERSION:
-                db.execute("DELETE FROM schema_version")
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                if version:
-                    log.info("gallery %s upgraded from schema version %d to %d", self.path, version, SCHEMA_VERSION)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            apply_migrations(db, "schema_version", version, MIGRATIONS)
+        if 0 < version < SCHEMA_VERSION:
+            log.info("gallery %s upgraded from schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
     def close(self) -> None:
         with self._lock:
@@ -546,14 +537,9 @@ class Gallery:
         """A write transaction commits all or nothing; a read sees one committed state throughout."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                    with transaction(self._db, write) as db:
+                        yield db
                 finally:
                     if write:
                         self._snapshot = None  # our own commits do not change data_version

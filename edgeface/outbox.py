@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgeface.errors import ConfigError
+from edgeface.sqlite_tx import transaction
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ class Outbox:
         with self._lock:
             db = self._conn()
             dropped = 0
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db):
                 excess = self._count + 1 - self.max_rows
                 if excess > 0:
                     dropped = self._drop_oldest(db, excess)
@@ -132,10 +132,6 @@ class Outbox:
                     "INSERT INTO outbox (topic, payload, qos, retain, created_s) VALUES (?, ?, ?, ?, ?)",
                     (topic, payload, qos, int(bool(retain)), time.time()),
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self._count += 1 - dropped
             seq = int(cursor.lastrowid or 0)
             if dropped and not self._full:
@@ -188,17 +184,12 @@ class Outbox:
             return 0
         with self._lock:
             db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db):
                 before = db.total_changes
                 db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
                 deleted = db.total_changes - before
                 if count_as_dropped and deleted:
                     db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (deleted,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self._count -= deleted
             self._full = self._count >= self.max_rows
             return deleted
