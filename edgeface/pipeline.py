@@ -20,6 +20,7 @@ model floor can be measured.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -536,12 +537,8 @@ def build_pipeline(
                                  min_side_px_for_tiles=p.detect_tiles_min_side_px,
                                  work_long_side_px=p.detect_work_long_side_px)
     d = p.decision
-    policy = DecisionPolicy(
-        min_good_faces=d.min_good_faces, min_good_faces_unknown=d.min_good_faces_unknown,
-        max_faces_undecided=d.max_faces_undecided, min_vote_share=d.min_vote_share,
-        max_runner_up_ratio=d.max_runner_up_ratio, unknown_best_faces=d.unknown_best_faces,
-        max_votes_kept=max(32, d.max_faces_undecided), recheck_window=d.recheck_window,
-    )
+    shared = {f.name for f in dataclasses.fields(DecisionPolicy)} & set(type(d).model_fields)
+    policy = DecisionPolicy(**d.model_dump(include=shared), max_votes_kept=max(32, d.max_faces_undecided))
     if matcher is not None and d.match_max_distance is not None:
         base, threshold = matcher, d.match_max_distance
 

@@ -127,11 +127,12 @@ class FrameSource:
         self._frames_read = 0
         self._frames_dropped = 0
         self._closed = False
+        self._fps: float | None = None
 
     @property
     def fps(self) -> float | None:
         """The nominal frame rate of a file or folder; None for live sources."""
-        return None
+        return self._fps
 
     @property
     def status(self) -> SourceStatus:
@@ -310,10 +311,6 @@ class VideoFileSource(FrameSource):
             log.info("%s: every_frame is set, so max_fps=%s is ignored", path, max_fps)
         self._set_state(SourceState.CONNECTED, None)
 
-    @property
-    def fps(self) -> float:
-        return self._fps
-
     def __iter__(self) -> Iterator[Frame]:
         offset = (self._roi[0], self._roi[1]) if self._roi else (0, 0)
         while True:
@@ -399,10 +396,6 @@ class ImageFolderSource(FrameSource):
                 _check_roi(roi, image.shape[1], image.shape[0], str(file))
                 break
         self._set_state(SourceState.CONNECTED, None)
-
-    @property
-    def fps(self) -> float:
-        return self._fps
 
     def __iter__(self) -> Iterator[Frame]:
         from edgeface.imageio import read_image
