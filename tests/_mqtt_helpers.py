@@ -136,15 +136,17 @@ class Collector:
         self.client.loop_stop()
 
 
-def clear_retained(station: str, host: str = SHARED_HOST, port: int = SHARED_PORT) -> None:
-    """Remove the retained status/stats a test left on the shared broker."""
+def clear_retained(station: str, host: str = SHARED_HOST, port: int = SHARED_PORT,
+                   topics: list[str] | None = None) -> None:
+    """Remove the retained messages a test left on the shared broker: the station's status/stats plus
+    any other `topics`."""
     client = paho.Client(CallbackAPIVersion.VERSION2)
     try:
         client.connect(host, port)
     except OSError:
         return
     client.loop_start()
-    for topic in (f"edgeface/{station}/status", f"edgeface/{station}/stats"):
+    for topic in [f"edgeface/{station}/status", f"edgeface/{station}/stats", *(topics or [])]:
         client.publish(topic, b"", qos=1, retain=True).wait_for_publish(2)
     client.disconnect()
     client.loop_stop()

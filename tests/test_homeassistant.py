@@ -13,10 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as paho
 import pytest
-from _mqtt_helpers import SHARED_PORT, Collector, wait_port
-from paho.mqtt.enums import CallbackAPIVersion
+from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
 
 from edgeface.commands import CommandRouter
 from edgeface.config import Config, MqttConfig
@@ -179,16 +177,6 @@ def wait_until(condition, timeout_s: float = 5.0) -> bool:  # type: ignore[no-un
     return bool(condition())
 
 
-def _clear(topics: list[str]) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", SHARED_PORT)
-    client.loop_start()
-    for topic in topics:
-        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(2)
-    client.disconnect()
-    client.loop_stop()
-
-
 def _station(tmp_path: Path, station_id: str, gallery: Gallery, clock: Clock):  # type: ignore[no-untyped-def]
     from edgeface.mqtt import MqttPublisher
     from edgeface.station import Station
@@ -277,7 +265,7 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         station.sink.close()
         gallery.close()
         leftovers = set(retained(f"edgeface/{station_id}/#")) | set(retained(configs_filter))
-        _clear(sorted(leftovers | everything))
+        clear_retained(station_id, topics=sorted(leftovers | everything))
     assert not retained(configs_filter, 0.3) and not retained(f"edgeface/{station_id}/#", 0.3)
 
 
@@ -308,4 +296,4 @@ def test_homeassistant_off_publishes_no_discovery(tmp_path: Path) -> None:
     finally:
         station.sink.close()
         gallery.close()
-        _clear([f"edgeface/{station_id}/status", f"edgeface/{station_id}/stats"])
+        clear_retained(station_id)

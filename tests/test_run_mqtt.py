@@ -19,7 +19,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from _mjpeg import MjpegServer
-from _mqtt_helpers import SHARED_PORT, Collector, wait_port
+from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeface.events import parse_event
@@ -126,16 +126,6 @@ class Commander:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def _clear_retained(topics: list[str]) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", SHARED_PORT)
-    client.loop_start()
-    for topic in topics:
-        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(2)
-    client.disconnect()
-    client.loop_stop()
 
 
 def _events(collector: Collector, start: int = 0) -> list:
@@ -260,7 +250,7 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
         discovery.close()
         with events.lock:
             retained = sorted({t for t, p, r in events.messages if "/presence/" in t or t.endswith(("/status", "/stats"))})
-        _clear_retained(retained + published_configs + [f"edgeface/{station}/status", f"edgeface/{station}/stats"])
+        clear_retained(station, topics=retained + published_configs)
     assert process.returncode == 0, err[-3000:]
     assert "Traceback" not in err
     all_events = _events(events)
