@@ -14,6 +14,8 @@ Two ways to get the landmarks:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import cv2
@@ -61,42 +63,53 @@ detector boxes on the 300 LFW calibration images; on held-out View 1 test images
 dlib's box is 0.78 (0.74 unmapped) and the landmarks come 0.37 px from those dlib's own box gives."""
 
 
+def _similarity(source: np.ndarray | Sequence[Sequence[float]],
+                target: np.ndarray | Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """(a, b, tx, ty) of the least-squares similarity x' = a*x - b*y + tx, y' = b*x + a*y + ty taking
+    `source` points to `target` points. In 2-D the similarities are linear in (a, b), so the least-squares
+    fit has a closed form; it is Umeyama's solution without reflection (same rotation and scale: the trace
+    Umeyama takes from the SVD of the covariance is 2 * sqrt(alpha**2 + beta**2) of its conformal part),
+    in a few float operations instead of an SVD and a dozen numpy calls."""
+    src = source.tolist() if isinstance(source, np.ndarray) else source
+    dst = target.tolist() if isinstance(target, np.ndarray) else target
+    n = len(src)
+    sx, sy = sum(p[0] for p in src) / n, sum(p[1] for p in src) / n
+    tx, ty = sum(p[0] for p in dst) / n, sum(p[1] for p in dst) / n
+    dot = cross = norm = 0.0
+    for (x, y), (u, v) in zip(src, dst):
+        x, y, u, v = x - sx, y - sy, u - tx, v - ty
+        dot += x * u + y * v
+        cross += x * v - y * u
+        norm += x * x + y * y
+    if norm <= 0:  # all source points coincide: identity scale and rotation, as Umeyama gives
+        a, b = 1.0, 0.0
+    else:
+        a, b = dot / norm, cross / norm
+    return a, b, tx - (a * sx - b * sy), ty - (b * sx + a * sy)
+
+
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Least-squares 2x3 similarity (rotation, uniform scale, translation) taking `source` points to
-    `target` points (Umeyama without reflection)."""
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    source_mean, target_mean = source.mean(axis=0), target.mean(axis=0)
-    s, t = source - source_mean, target - target_mean
-    variance = (s**2).sum() / len(source)
-    covariance = t.T @ s / len(source)
-    u, singular, vt = np.linalg.svd(covariance)
-    d = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1, 1] = -1
-    rotation = u @ d @ vt
-    scale = np.trace(np.diag(singular) @ d) / variance if variance > 0 else 1.0
-    matrix = np.empty((2, 3))
-    matrix[:, :2] = scale * rotation
-    matrix[:, 2] = target_mean - scale * rotation @ source_mean
-    return matrix
+    """Least-squares 2x3 similarity (rotation, uniform scale, translation) taking `source` points (k, 2)
+    to `target` points (Umeyama without reflection; see `_similarity`)."""
+    a, b, tx, ty = _similarity(np.asarray(source, np.float64).reshape(-1, 2), np.asarray(target, np.float64).reshape(-1, 2))
+    return np.array([[a, -b, tx], [b, a, ty]])
 
 
-def dlib_chip_matrix(chip_points: np.ndarray, image_points: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+def dlib_chip_matrix(chip_points: np.ndarray | Sequence[Sequence[float]], image_points: np.ndarray | Sequence[Sequence[float]],
+                     size: int = CHIP_SIZE) -> np.ndarray:
     """2x3 matrix taking chip pixel (col, row) to image (x, y), as dlib's chip_details + extract_image_chip
     do it: the similarity gives the angle, scale and the image point of the chip centre; the chip's first
     and last pixels then land on the corners of a rectangle `size * scale` wide around that point."""
-    fit = similarity_transform(chip_points, image_points)
-    scale = float(np.hypot(fit[0, 0], fit[1, 0]))
-    cos, sin = fit[0, 0] / scale, fit[1, 0] / scale
-    centre = fit @ np.array([size / 2, size / 2, 1.0])
+    a, b, tx, ty = _similarity(chip_points, image_points)
+    scale = math.hypot(a, b)
+    cos, sin = (a / scale, b / scale) if scale > 0 else (1.0, 0.0)
+    half = size / 2
+    centre_x, centre_y = a * half - b * half + tx, b * half + a * half + ty
     # dlib's centered_drect(centre, size * scale, ...) is one pixel narrower than it says.
     step = (scale * size - 1) / (size - 1)  # image pixels per chip pixel
-    linear = step * np.array([[cos, -sin], [sin, cos]])
-    matrix = np.empty((2, 3))
-    matrix[:, :2] = linear
-    matrix[:, 2] = centre - linear @ np.array([(size - 1) / 2, (size - 1) / 2])
-    return matrix
+    c, s_ = step * cos, step * sin
+    middle = (size - 1) / 2
+    return np.array([[c, -s_, centre_x - (c - s_) * middle], [s_, c, centre_y - (s_ + c) * middle]])
 
 
 def extract_chip(image: np.ndarray, chip_to_image: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
@@ -105,13 +118,13 @@ def extract_chip(image: np.ndarray, chip_to_image: np.ndarray, size: int = CHIP_
     straight down to 150 px aliases and moves the descriptor."""
     matrix = np.array(chip_to_image, dtype=np.float64)
     source = image
-    # Halve around the chip only: crop a margin-padded bounding box first so big frames stay cheap.
-    corners = matrix @ np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], float).T
-    step = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    step = math.hypot(matrix[0, 0], matrix[1, 0])
     levels = 0
     while step / 2 ** (levels + 1) > 1.0:
         levels += 1
     if levels:
+        # Halve around the chip only: crop a margin-padded bounding box first so big frames stay cheap.
+        corners = matrix @ np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], float).T
         margin = 2 ** (levels + 1) + 2
         x0 = max(int(np.floor(corners[0].min())) - margin, 0)
         y0 = max(int(np.floor(corners[1].min())) - margin, 0)
@@ -190,7 +203,7 @@ class Aligner:
         if len(detections) == 0:
             return np.zeros((0, 2, 3))
         points, templates = self.landmarks(image, detections)
-        return np.stack([dlib_chip_matrix(t, face_points) for t, face_points in zip(templates, points)])
+        return np.stack([dlib_chip_matrix(t, face_points) for t, face_points in zip(templates.tolist(), points.tolist())])
 
     def align(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray:
         image = _as_bgr(image)

@@ -187,7 +187,16 @@ def _downscale(image: np.ndarray, width: int, height: int, mode: ResizeMode = "a
     if factor >= ALIAS_GUARD_MIN_FACTOR:
         image = cv2.resize(image, (2 * width, 2 * height), interpolation=cv2.INTER_LINEAR)
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    if _odd_integer_factor(w, h, width, height):
+        # Bilinear sampling at an odd whole factor lands on pixel centres: INTER_NEAREST_EXACT reads the
+        # same pixels (identical output) in about two thirds of the time.
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _odd_integer_factor(w: int, h: int, width: int, height: int) -> bool:
+    factor, rest = divmod(w, width)
+    return rest == 0 and factor % 2 == 1 and h == factor * height
 
 
 class Letterboxer:
@@ -196,6 +205,8 @@ class Letterboxer:
     The padding (-1, black) is written only when the placement changes, i.e. when the source size
     changes, so for a video only the image region is rewritten per frame. The returned tensor is
     overwritten by the next call: hand it to the runner (which copies it) before letterboxing again.
+    `last_small` is the last image shrunk to the model's scale (uint8, before colour conversion): a
+    cheap whole-frame thumbnail for the caller (the camera loop's scene-cut check uses it).
     """
 
     def __init__(self, size_px: int, resize: ResizeMode = "area") -> None:
@@ -205,6 +216,8 @@ class Letterboxer:
         self.resize: ResizeMode = resize
         self._tensor = np.full((1, size_px, size_px, 3), -1.0, np.float32)
         self._box: Letterbox | None = None
+        self._region = self._tensor[0]
+        self.last_small: np.ndarray | None = None
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         import cv2
@@ -217,15 +230,17 @@ class Letterboxer:
         if box is None or box.source_w != w or box.source_h != h:
             box = self._box = Letterbox.fit(w, h, self.size_px)
             self._tensor.fill(-1.0)  # black padding, like a black border in MediaPipe's letterbox
-        small = _downscale(image, box.resized_w, box.resized_h, self.resize)
+            self._region = self._tensor[0, box.pad_y : box.pad_y + box.resized_h, box.pad_x : box.pad_x + box.resized_w]
+        small = self.last_small = _downscale(image, box.resized_w, box.resized_h, self.resize)
         if small.ndim == 2:
             rgb = cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
         else:
             rgb = cv2.cvtColor(small, cv2.COLOR_BGRA2RGB if small.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        region = self._tensor[0, box.pad_y : box.pad_y + box.resized_h, box.pad_x : box.pad_x + box.resized_w]
-        # pixel / 127.5 - 1, written straight into the preallocated tensor (no temporary)
-        np.multiply(rgb, 1.0 / 127.5, out=region, casting="unsafe")
-        region -= 1.0
+        region = self._region
+        # pixel / 127.5 - 1, written straight into the preallocated tensor in one pass
+        written = cv2.addWeighted(rgb, 1.0 / 127.5, rgb, 0.0, -1.0, dst=region, dtype=cv2.CV_32F)
+        if written is not region:  # an OpenCV that would not write into the view
+            region[...] = written
         return self._tensor, box
 
 
@@ -275,16 +290,33 @@ def _decode_boxes(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int
     return flat[:, :4], flat[:, 4:].reshape(-1, NUM_KEYPOINTS, 2)
 
 
-def _decode_flat(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int) -> np.ndarray:
+@cache
+def _decode_matrix(input_size_px: int) -> np.ndarray:
+    """(16, 16) float32 M with raw @ M + anchor_offsets = x1, y1, x2, y2, keypoints in [0, 1]: the box
+    corners are centre -+ half the size, everything is divided by the input size (decoding is linear)."""
+    matrix = np.eye(_NUM_COORDS, dtype=np.float64)
+    matrix[2:4, 2:4] = 0.0
+    for corner, sign in ((0, -0.5), (2, 0.5)):
+        matrix[0, corner] = matrix[1, corner + 1] = 1.0
+        matrix[2, corner] = matrix[3, corner + 1] = sign
+    matrix = (matrix / input_size_px).astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def anchor_offsets(anchors: np.ndarray) -> np.ndarray:
+    """(n, 16): each anchor's centre x, y repeated for the two corners and the six keypoints."""
+    offsets = np.tile(np.asarray(anchors, np.float32), (1, _NUM_COORDS // 2))
+    offsets.setflags(write=False)
+    return offsets
+
+
+def _decode_flat(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int,
+                 offsets: np.ndarray | None = None) -> np.ndarray:
     """(n, 16) raw -> (n, 16) x1, y1, x2, y2, then six keypoint x, y, in [0, 1] of the model input."""
-    flat = raw_boxes / np.float32(input_size_px)
-    anchors = anchors.astype(np.float32, copy=False)
-    flat[:, 4:] += np.tile(anchors, (1, NUM_KEYPOINTS))
-    centre = flat[:, 0:2] + anchors
-    half = flat[:, 2:4] * 0.5
-    flat[:, 0:2] = centre - half
-    flat[:, 2:4] = centre + half
-    return flat
+    if offsets is None:
+        offsets = anchor_offsets(anchors)
+    return np.asarray(raw_boxes, np.float32) @ _decode_matrix(input_size_px) + offsets
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -355,10 +387,8 @@ def _weighted_nms_flat(flat: np.ndarray, scores: np.ndarray, iou_threshold: floa
 
 
 _SMALL_NMS = 32
-"""Up to this many candidates, thresholding, NMS and the mapping to source pixels run on Python floats:
-a handful of boxes costs fewer microseconds that way than dozens of small numpy calls (which, right after
-a model run, pay for cold caches too). The numpy path gives the same detections (float32 vs float64
-rounding only, far below a pixel)."""
+"""Up to this many candidates, weighted NMS compares boxes on Python floats (a few boxes cost fewer
+microseconds that way than an IoU matrix); above it, one numpy IoU matrix. Both give the same faces."""
 
 
 def _iou_row(a: list[float], b: list[float]) -> float:
@@ -369,41 +399,29 @@ def _iou_row(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _finish_small(rows: list[list[float]], scores: list[float], box: Letterbox, score_threshold: float,
-                  iou_threshold: float) -> FaceDetections:
-    """`weighted_nms` + mapping to source pixels + clipping, on rows x1, y1, x2, y2, keypoints... (see _SMALL_NMS)."""
-    order = sorted((i for i, (r, sc) in enumerate(zip(rows, scores))
-                    if sc >= score_threshold and r[2] >= r[0] and r[3] >= r[1]), key=lambda i: -scores[i])
-    merged: list[tuple[list[float], float]] = []
+def _weighted_nms_small(flat: np.ndarray, boxes: list[list[float]], scores: list[float], candidates: list[int],
+                        iou_threshold: float) -> tuple[list[list[float]], list[float]]:
+    """`_weighted_nms_flat` of the rows `candidates` of `flat` (`boxes`: their first four columns as
+    lists), for a few of them: the greedy grouping on Python floats, then every group's score-weighted
+    sum in one matrix product. Returns the merged rows as lists."""
+    order = sorted(candidates, key=scores.__getitem__, reverse=True)  # stable for ties, as argsort(kind="stable")
+    groups: list[list[int]] = []
     while order:
-        best = rows[order[0]]
-        members = [i for i in order if i == order[0] or _iou_row(best, rows[i]) > iou_threshold]
-        total = sum(scores[i] for i in members)
-        if total > 0 and len(members) > 1:
-            row = [sum(scores[i] * rows[i][k] for i in members) / total for k in range(_NUM_COORDS)]
-        else:
-            row = best
-        merged.append((row, scores[order[0]]))
-        taken = set(members)
-        order = [i for i in order if i not in taken]
-    if not merged:
-        return FaceDetections()
-    size = box.size_px
-    sx, sy = box.source_w / box.resized_w, box.source_h / box.resized_h
-    out_rows: list[list[float]] = []
-    out_scores: list[float] = []
-    for row, score in merged:
-        mapped = [(v * size - (box.pad_x if k % 2 == 0 else box.pad_y)) * (sx if k % 2 == 0 else sy)
-                  for k, v in enumerate(row)]
-        x1, y1, x2, y2 = (min(max(mapped[0], 0.0), box.source_w), min(max(mapped[1], 0.0), box.source_h),
-                          min(max(mapped[2], 0.0), box.source_w), min(max(mapped[3], 0.0), box.source_h))
-        if x2 > x1 and y2 > y1:  # boxes clipped to the image, keypoints not
-            out_rows.append([x1, y1, x2, y2, *mapped[4:]])
-            out_scores.append(score)
-    if not out_rows:
-        return FaceDetections()
-    return FaceDetections(np.array([r[:4] for r in out_rows], np.float32), np.array(out_scores, np.float32),
-                          np.array([r[4:] for r in out_rows], np.float32).reshape(-1, NUM_KEYPOINTS, 2))
+        leader = boxes[order[0]]
+        members, rest = [order[0]], []
+        for i in order[1:]:
+            (members if _iou_row(leader, boxes[i]) > iou_threshold else rest).append(i)
+        groups.append(members)
+        order = rest
+    leaders = [members[0] for members in groups]
+    totals = [sum(scores[i] for i in members) for members in groups]
+    if len(candidates) == 1 or min(totals) <= 0:  # one face, or zero scores: the leaders' own rows
+        return flat[leaders].tolist(), [scores[i] for i in leaders]
+    weights = np.zeros((len(groups), len(boxes)), np.float32)
+    for row, members in zip(weights, groups):
+        row[members] = [scores[i] for i in members]
+    sums = (weights @ flat).tolist()
+    return [[v / total for v in row] for row, total in zip(sums, totals)], [scores[i] for i in leaders]
 
 
 @dataclass(frozen=True)
@@ -411,32 +429,22 @@ class _Candidates:
     """The decoded boxes of the anchors scoring at least the lowest threshold that will be asked for (kept
     so that a fallback threshold needs no second model run)."""
 
-    flat: np.ndarray | list[list[float]]
-    """(n, 16): x1, y1, x2, y2, then six keypoint x, y, in [0, 1] of the model input; Python lists of
-    floats when there are at most _SMALL_NMS of them."""
-    scores: np.ndarray | list[float]
+    flat: np.ndarray
+    """(n, 16) float32: x1, y1, x2, y2, then six keypoint x, y, in source-image pixels (not clipped).
+    Weighted NMS runs on these: an IoU does not change when x and y are scaled and shifted, and a weighted
+    mean commutes with that mapping, so the faces are those NMS in model-input coordinates gives."""
+    scores: list[float]
+    """The anchors' scores, float32 values as Python floats."""
     letterbox: Letterbox
 
 
-def _candidates_small(raw_rows: list[list[float]], logits: list[float], anchors: list[tuple[float, float]],
-                      min_score: float, size: float, box: Letterbox) -> _Candidates:
-    """`scores_from_logits` + `_decode_flat` on Python floats for a few anchors (see _SMALL_NMS)."""
-    scores64 = [1.0 / (1.0 + math.exp(-min(max(v, -SCORE_CLIP), SCORE_CLIP))) for v in logits]
-    scores32 = array("f", scores64).tolist()  # rounded to float32, as the numpy path's scores
-    rows: list[list[float]] = []
-    scores: list[float] = []
-    for raw, score, (ax, ay) in zip(raw_rows, scores32, anchors):
-        if score < min_score:
-            continue
-        v = [c / size for c in raw]
-        cx, cy, hw, hh = v[0] + ax, v[1] + ay, v[2] * 0.5, v[3] * 0.5
-        row = [cx - hw, cy - hh, cx + hw, cy + hh]
-        for k in range(4, _NUM_COORDS, 2):
-            row.append(v[k] + ax)
-            row.append(v[k + 1] + ay)
-        rows.append(row)
-        scores.append(score)
-    return _Candidates(rows, scores, box)
+_NO_ROWS = np.zeros((0, _NUM_COORDS), np.float32)
+
+
+def _sigmoid32(logits: list[float]) -> list[float]:
+    """`scores_from_logits` on Python floats (a few anchors cost less that way than five numpy calls)."""
+    exp = math.exp
+    return array("f", [1.0 / (1.0 + exp(-min(max(v, -SCORE_CLIP), SCORE_CLIP))) for v in logits]).tolist()
 
 
 class BlazeFaceDetector:
@@ -484,9 +492,11 @@ class BlazeFaceDetector:
             raise ValueError(f"{model}-range BlazeFace expects input (1, {size}, {size}, 3), runner has {runner.input_shape}")
         self._runner = runner
         self.anchors = anchors_for(model)
-        self._anchor_list: list[tuple[float, float]] = [(float(x), float(y)) for x, y in self.anchors.tolist()]
+        self._anchor_offsets = anchor_offsets(self.anchors)
+        self._decode_matrix = _decode_matrix(size)
         self._letterbox = Letterboxer(size, resize)
         self._output_slots: tuple[int, int] | None = None
+        self._decoder: tuple[Letterbox, tuple[np.ndarray, np.ndarray]] | None = None
 
     def _candidates(self, image: np.ndarray, min_score: float) -> _Candidates:
         """Run the model; decode only the anchors whose score (sigmoid of the clipped logit) is >= min_score."""
@@ -506,35 +516,60 @@ class BlazeFaceDetector:
             )
         # Only anchors whose logit is near or above the threshold's get a sigmoid, a box and keypoints.
         maybe = np.flatnonzero(raw_scores >= _logit_floor(min_score))
-        if len(maybe) <= _SMALL_NMS:
-            return _candidates_small(raw_boxes[maybe].tolist(), raw_scores[maybe].tolist(),
-                                     [self._anchor_list[i] for i in maybe.tolist()], min_score,
-                                     float(self.spec.input_size_px), box)
-        scores = scores_from_logits(raw_scores[maybe])
-        keep = scores >= min_score
-        selected, scores = maybe[keep], scores[keep]
-        flat = _decode_flat(raw_boxes[selected].astype(np.float32, copy=False), self.anchors[selected],
-                            self.spec.input_size_px)
-        return _Candidates(flat, scores, box)
+        if not len(maybe):
+            return _Candidates(_NO_ROWS, [], box)
+        scores = _sigmoid32(raw_scores[maybe].tolist())
+        if min(scores) < min_score:
+            keep = [i for i, score in enumerate(scores) if score >= min_score]
+            maybe, scores = maybe[keep], [scores[i] for i in keep]
+        matrix, offsets = self._source_decoder(box)
+        return _Candidates(raw_boxes[maybe] @ matrix + offsets[maybe], scores, box)
+
+    def _source_decoder(self, box: Letterbox) -> tuple[np.ndarray, np.ndarray]:
+        """(matrix, per-anchor offsets) decoding raw rows straight into source pixels: decoding and the
+        letterbox mapping are both affine, so they fold into one (kept for the last placement seen)."""
+        if self._decoder is None or (self._decoder[0] is not box and self._decoder[0] != box):
+            pad, scale = box.flat_mapping()  # source = (model-input pixels - pad) * scale
+            per_unit = scale * np.float32(box.size_px)
+            matrix = (self._decode_matrix * per_unit[None, :]).astype(np.float32)
+            offsets = (self._anchor_offsets * per_unit - pad * scale).astype(np.float32)
+            self._decoder = (box, (matrix, offsets))
+        return self._decoder[1]
 
     def _finish(self, candidates: _Candidates, score_threshold: float) -> FaceDetections:
         flat, scores = candidates.flat, candidates.scores
-        if isinstance(flat, list) or isinstance(scores, list):
-            return _finish_small(list(flat), list(scores), candidates.letterbox, score_threshold, self.nms_iou_threshold)
-        keep = (scores >= score_threshold) & (flat[:, 2] >= flat[:, 0]) & (flat[:, 3] >= flat[:, 1])
-        if not keep.all():
-            flat, scores = flat[keep], scores[keep]
-        if not len(scores):
+        if not scores:
             return FaceDetections()
-        flat, scores = _weighted_nms_flat(flat, scores, self.nms_iou_threshold)
+        boxes = flat[:, :4].tolist()
+        kept = [i for i, (score, b) in enumerate(zip(scores, boxes))
+                if score >= score_threshold and b[2] >= b[0] and b[3] >= b[1]]
+        if not kept:
+            return FaceDetections()
+        if len(kept) <= _SMALL_NMS:
+            merged, merged_scores = _weighted_nms_small(flat, boxes, scores, kept, self.nms_iou_threshold)
+        else:
+            array_scores = np.array(scores, np.float32)[kept]
+            merged_array, array_scores = _weighted_nms_flat(flat[kept], array_scores, self.nms_iou_threshold)
+            merged, merged_scores = merged_array.tolist(), array_scores.tolist()
         box = candidates.letterbox
-        pad, scale = box.flat_mapping()
-        flat = (flat * np.float32(box.size_px) - pad) * scale
-        limit = np.array([box.source_w, box.source_h] * 2, np.float32)
-        xyxy = np.minimum(np.maximum(flat[:, :4], 0), limit)  # boxes clipped to the image, keypoints not
-        visible = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-        kps = flat[:, 4:].reshape(-1, NUM_KEYPOINTS, 2)
-        return FaceDetections(xyxy[visible], scores[visible], kps[visible])
+        w, h = box.source_w, box.source_h
+        rows, out_scores = [], []
+        for row, score in zip(merged, merged_scores):
+            x1, y1, x2, y2 = min(max(row[0], 0.0), w), min(max(row[1], 0.0), h), min(max(row[2], 0.0), w), min(max(row[3], 0.0), h)
+            if x2 > x1 and y2 > y1:  # boxes clipped to the image, keypoints not
+                row[:4] = x1, y1, x2, y2
+                rows.append(row)
+                out_scores.append(score)
+        if not rows:
+            return FaceDetections()
+        out = np.array(rows, np.float32)
+        return FaceDetections(out[:, :4], np.array(out_scores, np.float32), out[:, 4:].reshape(-1, NUM_KEYPOINTS, 2))
+
+    @property
+    def last_thumbnail(self) -> np.ndarray | None:
+        """The last image seen, shrunk to the model's input scale (uint8 BGR, BGRA or grey; None before
+        the first call)."""
+        return self._letterbox.last_small
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None) -> FaceDetections:
         """Faces in a uint8 BGR, BGRA or greyscale image, best score first, in source-image pixels."""

@@ -75,14 +75,15 @@ def _gallery(path: Path | None, required: bool, create_default: bool = False) ->
     return None
 
 
-def _open_source(spec: str, every_frame: bool, config: Any = None) -> Any:
+def _open_source(spec: str, every_frame: bool, config: Any = None, decode_threads: int | None = None) -> Any:
     """open_source with the config's `pipeline.source` options (frame-rate cap, ROI, retries, backoff, timeouts)."""
     from edgeface.sources import open_source
 
     options: dict[str, Any] = {}
     if config is not None:
         options = config.pipeline.source.model_dump()
-    return open_source(int(spec) if spec.isdigit() else spec, every_frame=every_frame, **options)
+    return open_source(int(spec) if spec.isdigit() else spec, every_frame=every_frame, decode_threads=decode_threads,
+                       **options)
 
 
 def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
@@ -287,14 +288,15 @@ def bench_once(config: Any, source_spec: str, gallery: Any, threads: int) -> dic
     """One pass over every frame of a video: wall fps, per-stage ms, model floor, events."""
     from edgeface.detect import SPECS
     from edgeface.modelfiles import verified_model_path
-    from edgeface.pipeline import TimedRunner, build_pipeline
+    from edgeface.pipeline import TimedRunner, build_pipeline, use_opencv_threads
     from edgeface.runtime.litert import LiteRTRunner
 
+    use_opencv_threads(threads)
     runner = TimedRunner(LiteRTRunner(verified_model_path(SPECS[config.recognition.detector.model].model_file),
                                       threads=threads))
     sink = _CountingSink()
     pipeline = build_pipeline(config, sink=sink, matcher=gallery, detector_runner=runner, threads=threads)
-    source = _open_source(source_spec, every_frame=True, config=config)
+    source = _open_source(source_spec, every_frame=True, config=config, decode_threads=threads)
     decode_s = 0.0
     started = time.perf_counter()
     try:

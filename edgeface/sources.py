@@ -272,7 +272,7 @@ class VideoFileSource(FrameSource):
     kind = "file"
 
     def __init__(self, path: Path, *, every_frame: bool, max_fps: float | None,
-                 roi: tuple[int, int, int, int] | None) -> None:
+                 roi: tuple[int, int, int, int] | None, decode_threads: int | None = None) -> None:
         import cv2
 
         super().__init__(str(path))
@@ -280,7 +280,10 @@ class VideoFileSource(FrameSource):
         self._roi = roi
         self._max_fps = None if every_frame else max_fps
         self._read_lock = threading.Lock()
-        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        # FFmpeg's default decodes ahead on every core, in the background; a benchmark that times the
+        # pipeline on one core asks for one decoding thread so that nothing competes with it.
+        params = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             if _mp4_without_index(path):
@@ -682,7 +685,7 @@ def open_source(spec: str | int | os.PathLike[str], *, every_frame: bool = False
                 roi: tuple[int, int, int, int] | None = None, max_retries: int = 10,
                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
                 open_timeout_s: float = 10.0, read_timeout_s: float = 10.0,
-                folder_fps: float = DEFAULT_FOLDER_FPS) -> FrameSource:
+                folder_fps: float = DEFAULT_FOLDER_FPS, decode_threads: int | None = None) -> FrameSource:
     """Open a camera, stream URL, GStreamer pipeline, video file or image folder (see the module doc).
 
     every_frame: files and folders only (they yield every frame anyway; with it, max_fps is ignored);
@@ -696,6 +699,7 @@ def open_source(spec: str | int | os.PathLike[str], *, every_frame: bool = False
     open_timeout_s, read_timeout_s: network streams: how long to wait for the stream to open and
         for each frame before the attempt counts as failed.
     folder_fps: image folders: the frame rate for timestamps (ts = index / folder_fps) and max_fps.
+    decode_threads: video files: FFmpeg's decoding threads (None: its default, one per core).
 
     Raises SourceError with a one-line reason for a bad spec or option, a missing or unreadable file,
     an empty folder, an ROI outside the frame, or a pipeline when OpenCV lacks GStreamer. A live source
@@ -746,7 +750,7 @@ def open_source(spec: str | int | os.PathLike[str], *, every_frame: bool = False
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise SourceError(f"{path}: a single image, not a video; put images in a folder to use them as a source")
-        return VideoFileSource(path, every_frame=every_frame, max_fps=max_fps, roi=roi)
+        return VideoFileSource(path, every_frame=every_frame, max_fps=max_fps, roi=roi, decode_threads=decode_threads)
     if "!" in text:
         if not _gstreamer_available():
             raise SourceError("this OpenCV was built without GStreamer (the pip wheels are), so a pipeline source "

@@ -28,7 +28,7 @@ The tracker never mutates its inputs; its own state changes only through `update
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,7 +56,7 @@ _SMALL_IOU = 64
 same order, as the numpy path; a few pairs cost less that way than a dozen numpy calls)."""
 
 
-def _iou(p: list[float], q: list[float]) -> float:
+def _iou(p: Sequence[float], q: Sequence[float]) -> float:
     w = min(p[2], q[2]) - max(p[0], q[0])
     h = min(p[3], q[3]) - max(p[1], q[1])
     inter = max(0.0, w) * max(0.0, h)
@@ -86,19 +86,25 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-@dataclass(frozen=True)
-class Track:
-    """One face followed over time. Immutable snapshot; the tracker replaces it on every change."""
+Box = tuple[float, float, float, float]
+
+
+class Track(NamedTuple):
+    """One face followed over time. Immutable snapshot; the tracker replaces it on every change.
+
+    Boxes and velocities are tuples of Python floats: a tracker follows a handful of faces, and for
+    four numbers float arithmetic costs a fraction of numpy's per-call overhead (the same float64
+    results)."""
 
     id: int
     started_ts: float
     last_ts: float
     first_frame: int
     last_frame: int
-    box: np.ndarray
-    """Last matched box, xyxy (4,) float64."""
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
-    """Smoothed box motion per frame (4,)."""
+    box: Box
+    """Last matched box, x1, y1, x2, y2."""
+    velocity: Box = (0.0, 0.0, 0.0, 0.0)
+    """Smoothed box motion per frame."""
     hits: int = 1
     """Frames with a detection."""
     missed: int = 0
@@ -110,12 +116,13 @@ class Track:
     def duration_s(self) -> float:
         return max(self.last_ts - self.started_ts, 0.0)
 
-    def predicted_box(self, frames_ahead: int = 1) -> np.ndarray:
-        return self.box + self.velocity * frames_ahead
+    def predicted_box(self, frames_ahead: int = 1) -> Box:
+        b, v = self.box, self.velocity
+        return (b[0] + v[0] * frames_ahead, b[1] + v[1] * frames_ahead,
+                b[2] + v[2] * frames_ahead, b[3] + v[3] * frames_ahead)
 
 
-@dataclass(frozen=True)
-class TrackUpdate:
+class TrackUpdate(NamedTuple):
     """What one frame did: `track_ids[i]` is the track of detection i; `new` are the ids started on
     this frame; `ended` the tracks that ended (their last state); `embeddings` the embeddings the
     tracker asked for while settling ties (detection index -> unit vector), for the caller to reuse."""
@@ -182,7 +189,7 @@ class Tracker:
         if track.embedding is not None:
             vector = track.embedding + vector
             vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        self._tracks[track_id] = replace(track, embedding=vector)
+        self._tracks[track_id] = track._replace(embedding=vector)
 
     def end_all(self) -> tuple[Track, ...]:
         """End every open track (scene cut, shutdown) and return them, oldest first."""
@@ -196,17 +203,21 @@ class Tracker:
             gone = [track for track in self._tracks.values() if ts - track.last_ts > self.max_gap_s]
             for track in gone:
                 del self._tracks[track.id]
-        tracks = sorted(self._tracks.values(), key=lambda t: t.id)
-        n = len(detections)
-        boxes = np.asarray(detections.xyxy, dtype=np.float64)
-        if tracks and n:
-            # Each track's predicted box and, for a face that stopped moving, its plain last box: one IoU
-            # matrix for both, the better of the two per pair.
+        tracks = list(self._tracks.values())  # oldest first: ids only grow, and a replaced entry keeps its place
+        boxes: list[list[float]] = detections.xyxy.tolist()
+        n = len(boxes)
+        # Each track's predicted box and, for a face that stopped moving, its plain last box: the better
+        # IoU of the two per pair.
+        iou: list[list[float]]
+        if tracks and n and len(tracks) * n <= _SMALL_IOU // 2:
+            iou = [[max(_iou(predicted, q), _iou(t.box, q)) for q in boxes]
+                   for t in tracks for predicted in [t.predicted_box(frame_index - t.last_frame)]]
+        elif tracks and n:
             both = np.array([t.predicted_box(frame_index - t.last_frame) for t in tracks] + [t.box for t in tracks])
-            pair_iou = iou_matrix(both, boxes)
-            iou = np.maximum(pair_iou[: len(tracks)], pair_iou[len(tracks) :])
+            pair_iou = iou_matrix(both, np.array(boxes))
+            iou = np.maximum(pair_iou[: len(tracks)], pair_iou[len(tracks) :]).tolist()
         else:
-            iou = np.zeros((len(tracks), n))
+            iou = [[] for _ in tracks]
         det_embeddings: dict[int, np.ndarray] = {}
 
         def embedding_of(indices: Sequence[int]) -> None:
@@ -225,11 +236,12 @@ class Tracker:
                 return None
             return float(np.linalg.norm(ref - det_embeddings[d]))
 
-        assignment = np.full(n, -1, dtype=np.int64)  # detection -> index into tracks
-        free_t = np.ones(len(tracks), bool)
-        free_d = np.ones(n, bool)
+        assignment = [-1] * n  # detection -> index into tracks
+        free_t = [True] * len(tracks)
+        free_d = [True] * n
         ambiguous = 0
-        candidates = sorted(((float(iou[t, d]), t, d) for t, d in zip(*np.nonzero(iou >= self.iou_min))), reverse=True)
+        candidates = sorted(((v, t, d) for t, row in enumerate(iou) for d, v in enumerate(row) if v >= self.iou_min),
+                            reverse=True)
         refused: set[tuple[int, int]] = set()
         while True:
             open_pairs = [(v, t, d) for v, t, d in candidates if free_t[t] and free_d[d] and (t, d) not in refused]
@@ -245,7 +257,7 @@ class Tracker:
                 known = [s for s in scored if s[0] is not None]
                 if known:
                     _, _, t, d = min(known)
-            if float(iou[t, d]) < self.confirm_iou_below and tracks[t].embedding is not None:
+            if iou[t][d] < self.confirm_iou_below and tracks[t].embedding is not None:
                 embedding_of([d])  # a weak overlap must also look like the same face
             gap = distance(t, d)
             if gap is not None and gap > self.appearance_max_distance:
@@ -256,25 +268,25 @@ class Tracker:
             free_d[d] = False
 
         # Commit: matched tracks move, unmatched ones age, unmatched detections start tracks.
-        track_ids = np.empty(n, dtype=np.int64)
+        track_ids: list[int] = []
         new: set[int] = set()
-        for d in range(n):
-            t = int(assignment[d])
+        keep, moved = 1.0 - VELOCITY_SMOOTHING, VELOCITY_SMOOTHING
+        for d, t in enumerate(assignment):
+            box = boxes[d]
             if t >= 0:
                 old = tracks[t]
                 steps = max(frame_index - old.last_frame, 1)
-                motion = (boxes[d] - old.box) / steps
-                velocity = VELOCITY_SMOOTHING * motion + (1 - VELOCITY_SMOOTHING) * old.velocity
-                self._tracks[old.id] = Track(  # (dataclasses.replace costs more than the whole association)
-                    old.id, old.started_ts, ts, old.first_frame, frame_index, boxes[d].copy(), velocity,
-                    old.hits + 1, 0, old.embedding,
-                )
-                track_ids[d] = old.id
+                ob, ov = old.box, old.velocity
+                velocity = (moved * ((box[0] - ob[0]) / steps) + keep * ov[0], moved * ((box[1] - ob[1]) / steps) + keep * ov[1],
+                            moved * ((box[2] - ob[2]) / steps) + keep * ov[2], moved * ((box[3] - ob[3]) / steps) + keep * ov[3])
+                self._tracks[old.id] = Track(old.id, old.started_ts, ts, old.first_frame, frame_index,
+                                             (box[0], box[1], box[2], box[3]), velocity, old.hits + 1, 0, old.embedding)
+                track_ids.append(old.id)
             else:
                 track_id = self._next_id
                 self._next_id += 1
-                self._tracks[track_id] = Track(track_id, ts, ts, frame_index, frame_index, boxes[d].copy())
-                track_ids[d] = track_id
+                self._tracks[track_id] = Track(track_id, ts, ts, frame_index, frame_index, (box[0], box[1], box[2], box[3]))
+                track_ids.append(track_id)
                 new.add(track_id)
         ended: list[Track] = sorted(gone, key=lambda track: track.id)
         for t, old in enumerate(tracks):
@@ -283,7 +295,6 @@ class Tracker:
                 if missed > self.max_missed_frames:
                     ended.append(self._tracks.pop(old.id))
                 else:
-                    self._tracks[old.id] = Track(old.id, old.started_ts, old.last_ts, old.first_frame, old.last_frame,
-                                                 old.box, old.velocity, old.hits, missed, old.embedding)
-        return TrackUpdate(track_ids, frozenset(new), tuple(ended), {k: v.astype(np.float32) for k, v in det_embeddings.items()},
-                           ambiguous)
+                    self._tracks[old.id] = old._replace(missed=missed)
+        return TrackUpdate(np.array(track_ids, np.int64), frozenset(new), tuple(ended),
+                           {k: v.astype(np.float32) for k, v in det_embeddings.items()}, ambiguous)
