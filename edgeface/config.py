@@ -164,7 +164,7 @@ class SourceConfig(StrictModel):
 class PipelineConfig(StrictModel):
     camera: str = Field("cam0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                         description="Camera name in events")
-    embed_every_frames: int = Field(3, ge=1, le=1000, description="An undecided track's face is embedded at most every this many frames")
+    embed_every_frames: int = Field(3, ge=1, le=1000, description="An undecided track's face is embedded at most every this many frames; a face refused on its aligned chip (blurred) is tried again this many frames later")
     recheck_every_frames: int = Field(
         30, ge=1, le=100000, description="A decided track's face is embedded again (re-check) every this many frames"
     )

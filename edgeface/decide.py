@@ -199,6 +199,8 @@ class _TrackState:
     cluster_id: str | None = None
     decided_frame: int | None = None
     last_embedded_frame: int | None = None
+    last_refused_frame: int | None = None
+    """The last frame whose aligned face the quality gate refused (blurred)."""
     rechecks: list[Vote] = field(default_factory=list)
     suspicious: bool = False
 
@@ -260,14 +262,27 @@ class Decider:
 
     def wants_embedding(self, track_id: int, frame_index: int) -> bool:
         """Embed this track's face on this frame? New tracks: yes; then every embed_every_frames
-        until decided; then every recheck_every_frames (embed_every_frames while a re-check disagrees)."""
+        until decided; then every recheck_every_frames (embed_every_frames while a re-check disagrees).
+        A face refused on its aligned chip (`refused_on_chip`) is tried again embed_every_frames later,
+        not on every frame: alignment and the blur measure are the dearest steps after the models."""
         state = self._tracks.get(track_id)
-        if state is None or state.last_embedded_frame is None:
+        if state is None:
+            return True
+        refused, embedded = state.last_refused_frame, state.last_embedded_frame
+        if refused is not None and (embedded is None or refused > embedded):
+            return frame_index - refused >= self.embed_every_frames
+        if embedded is None:
             return True
         interval = self.embed_every_frames
         if state.decision is not None and not state.suspicious:
             interval = self.recheck_every_frames
         return frame_index - state.last_embedded_frame >= interval
+
+    def refused_on_chip(self, track_id: int, frame_index: int) -> None:
+        """The track's face on this frame was aligned and then refused by the quality gate."""
+        state = self._tracks.get(track_id)
+        if state is not None:
+            state.last_refused_frame = frame_index
 
     def recent(self, track_id: int) -> RecentTrack | None:
         """The remembered decided track (open or ended), or None when unknown or forgotten. Thread-safe."""

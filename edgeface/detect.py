@@ -124,18 +124,11 @@ class Letterbox:
 
     def flat_mapping(self) -> tuple[np.ndarray, np.ndarray]:
         """(pad, scale), each (16,) float32, for rows laid out x1, y1, x2, y2, then six keypoint x, y:
-        source = (norm * size_px - pad) * scale, the same arithmetic as `to_source`, for all columns at once."""
+        source pixels = (model-input pixels - pad) * scale, model-input pixels = [0, 1] coordinates * size_px."""
         pad = np.tile(np.array([self.pad_x, self.pad_y], np.float32), _NUM_COORDS // 2)
         scale = np.tile(np.array([self.source_w / self.resized_w, self.source_h / self.resized_h], np.float32),
                         _NUM_COORDS // 2)
         return pad, scale
-
-    def to_source(self, xy_norm: np.ndarray) -> np.ndarray:
-        """Points (..., 2) in [0, 1] model-input coordinates -> source-image pixels (continuous, 0..w)."""
-        out = np.empty_like(xy_norm, dtype=np.float32)
-        out[..., 0] = (xy_norm[..., 0] * self.size_px - self.pad_x) * (self.source_w / self.resized_w)
-        out[..., 1] = (xy_norm[..., 1] * self.size_px - self.pad_y) * (self.source_h / self.resized_h)
-        return out
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -391,37 +384,33 @@ _SMALL_NMS = 32
 microseconds that way than an IoU matrix); above it, one numpy IoU matrix. Both give the same faces."""
 
 
-def _iou_row(a: list[float], b: list[float]) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, iw) * max(0.0, ih)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _weighted_nms_small(flat: np.ndarray, boxes: list[list[float]], scores: list[float], candidates: list[int],
                         iou_threshold: float) -> tuple[list[list[float]], list[float]]:
     """`_weighted_nms_flat` of the rows `candidates` of `flat` (`boxes`: their first four columns as
-    lists), for a few of them: the greedy grouping on Python floats, then every group's score-weighted
-    sum in one matrix product. Returns the merged rows as lists."""
+    lists), for a few of them: the greedy grouping on Python floats (IoU as `box_iou`), then each
+    group's score-weighted mean in one small matrix product. Returns the merged rows as lists."""
     order = sorted(candidates, key=scores.__getitem__, reverse=True)  # stable for ties, as argsort(kind="stable")
     groups: list[list[int]] = []
     while order:
-        leader = boxes[order[0]]
+        lx1, ly1, lx2, ly2 = boxes[order[0]]
+        leader_area = (lx2 - lx1) * (ly2 - ly1)
         members, rest = [order[0]], []
         for i in order[1:]:
-            (members if _iou_row(leader, boxes[i]) > iou_threshold else rest).append(i)
+            x1, y1, x2, y2 = boxes[i]
+            inter = max(0.0, min(lx2, x2) - max(lx1, x1)) * max(0.0, min(ly2, y2) - max(ly1, y1))
+            union = leader_area + (x2 - x1) * (y2 - y1) - inter
+            (members if union > 0 and inter / union > iou_threshold else rest).append(i)
         groups.append(members)
         order = rest
-    leaders = [members[0] for members in groups]
-    totals = [sum(scores[i] for i in members) for members in groups]
-    if len(candidates) == 1 or min(totals) <= 0:  # one face, or zero scores: the leaders' own rows
-        return flat[leaders].tolist(), [scores[i] for i in leaders]
-    weights = np.zeros((len(groups), len(boxes)), np.float32)
-    for row, members in zip(weights, groups):
-        row[members] = [scores[i] for i in members]
-    sums = (weights @ flat).tolist()
-    return [[v / total for v in row] for row, total in zip(sums, totals)], [scores[i] for i in leaders]
+    merged = []
+    for members in groups:
+        weights = [scores[i] for i in members]
+        total = sum(weights)
+        if len(members) == 1 or total <= 0:  # a lone box, or zero scores: the leader's own row
+            merged.append(flat[members[0]].tolist())
+        else:
+            merged.append((np.array(weights, np.float32) @ flat[members] / np.float32(total)).tolist())
+    return merged, [scores[members[0]] for members in groups]
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ own: tracking is `edgeface.track`, the gate is `edgeface.quality`, decisions and
 5. the gallery matches them, the decider votes, and the events it returns go to the sink.
 
 Every stage is timed (`PipelineStats.stage_s`); the model runs are timed separately when the
-detector's runner is a `TimedRunner` (`bench pipeline` does this) so that the overhead over the
-model floor can be measured.
+detectors' runners are wrapped in `TimedRunner`s (`bench pipeline` does this) so that the overhead
+over the model floor can be measured.
 """
 
 from __future__ import annotations
@@ -209,10 +209,10 @@ class TiledDetector:
 
 
 class SceneCutDetector:
-    """Mean absolute difference of consecutive 32x18 grey thumbnails (0..255). Above min_diff the
-    picture changed at once: a cut in edited video (hamilton_clip: 26.5-30.1 at its three cuts, at
-    most 13.1 elsewhere; crowd_walk at most 8.0, both detectors' thumbnails). A fixed camera sees one
-    when the lights switch.
+    """Mean absolute difference of consecutive 32x18 thumbnails (0..255, over all colour channels; it
+    separates as the grey difference did, at one OpenCV call less). Above min_diff the picture changed
+    at once: a cut in edited video (hamilton_clip: 26.2-29.7 at its three cuts, at most 13.0 elsewhere;
+    crowd_walk at most 8.1, both detectors' thumbnails). A fixed camera sees one when the lights switch.
 
     Any picture of the whole frame will do: the thumbnail is point-sampled at 64x36 (INTER_NEAREST_EXACT
     reads only the rows it samples) and averaged 2x2 down to 32x18. The camera loop hands it the
@@ -233,12 +233,13 @@ class SceneCutDetector:
         w, h = self.THUMB
         small = cv2.resize(image, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST_EXACT)
         small = cv2.resize(small, (w, h), interpolation=cv2.INTER_AREA)
-        if small.ndim == 3:
-            small = cv2.cvtColor(small, cv2.COLOR_BGRA2GRAY if small.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+        if small.ndim == 3 and small.shape[2] == 4:
+            small = small[:, :, :3]
         previous, self._previous = self._previous, small
-        if previous is None or self.min_diff <= 0:
+        if previous is None or self.min_diff <= 0 or previous.shape != small.shape:
             return False
-        return cv2.mean(cv2.absdiff(small, previous))[0] > self.min_diff  # |a - b| of uint8s is exact
+        channels = 1 if small.ndim == 2 else small.shape[2]
+        return sum(cv2.mean(cv2.absdiff(small, previous))[:channels]) / channels > self.min_diff
 
 
 # -- results and stats ---------------------------------------------------------------------------
@@ -429,6 +430,7 @@ class Pipeline:
                 result = self.gate.judge(with_blur(m, chips[i]))
                 if result.reason is not None:
                     rejected[i] = result.reason
+                    self.decider.refused_on_chip(track_ids[i], index)
                 else:
                     good.append((i, result.weight))
         for reason in rejected.values():
@@ -504,12 +506,13 @@ def use_opencv_threads(threads: int) -> None:
     cv2.setNumThreads(max(int(threads), 1))
 
 
-def _refiner(max_face_frac: float, threads: int) -> Any:
-    from edgeface.detect import BlazeFaceDetector, KeypointRefiner
+def _blazeface(model: str, threads: int, wrap_runner: Callable[[Any], Any] | None, **options: Any) -> Any:
+    from edgeface.detect import SPECS, BlazeFaceDetector
+    from edgeface.modelfiles import verified_model_path
+    from edgeface.runtime.litert import LiteRTRunner
 
-    if max_face_frac <= 0:
-        return None
-    return KeypointRefiner(BlazeFaceDetector(model="short", threads=threads), max_face_frac=max_face_frac)
+    runner: Any = LiteRTRunner(verified_model_path(SPECS[model].model_file), threads=threads)
+    return BlazeFaceDetector(model=model, runner=wrap_runner(runner) if wrap_runner else runner, **options)  # type: ignore[arg-type]
 
 
 def build_pipeline(
@@ -518,31 +521,30 @@ def build_pipeline(
     sink: EventSink,
     matcher: Matcher | None = None,
     cluster_hook: Any = None,
-    detector_runner: Any = None,
+    wrap_runner: Callable[[Any], Any] | None = None,
     threads: int | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Pipeline:
     """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds.
-    `detector_runner` replaces the detector's model runner (e.g. a TimedRunner); `threads` overrides
-    the embedder's (and detector's) thread count."""
+    `wrap_runner` wraps every detector model runner (the detector's and the keypoint refiner's; e.g. in a
+    TimedRunner); `threads` overrides the embedder's (and detectors') thread count."""
     from edgeface.align import Aligner as BlazeAligner
     from edgeface.decide import DecisionPolicy
-    from edgeface.detect import BlazeFaceDetector
+    from edgeface.detect import KeypointRefiner
     from edgeface.embed import Embedder as OnnxEmbedder
 
     recognition, p = config.recognition, config.pipeline
     n_threads = threads or recognition.embedder.threads
     # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.detect).
-    if detector_runner is None:
-        detector: Any = BlazeFaceDetector(model=recognition.detector.model, score_threshold=recognition.detector.min_score,
-                                          threads=n_threads, resize="fast")
-    else:
-        detector = BlazeFaceDetector(model=recognition.detector.model, score_threshold=recognition.detector.min_score,
-                                     runner=detector_runner, resize="fast")
+    detector: Any = _blazeface(recognition.detector.model, n_threads, wrap_runner,
+                               score_threshold=recognition.detector.min_score, resize="fast")
     if p.detect_tiles_x * p.detect_tiles_y > 1:
         detector = TiledDetector(detector, p.detect_tiles_x, p.detect_tiles_y, p.detect_tile_overlap_frac,
                                  min_side_px_for_tiles=p.detect_tiles_min_side_px,
                                  work_long_side_px=p.detect_work_long_side_px)
+    refiner = None
+    if p.refine_face_max_frac > 0:
+        refiner = KeypointRefiner(_blazeface("short", n_threads, wrap_runner), max_face_frac=p.refine_face_max_frac)
     d = p.decision
     shared = {f.name for f in dataclasses.fields(DecisionPolicy)} & set(type(d).model_fields)
     policy = DecisionPolicy(**d.model_dump(include=shared), max_votes_kept=max(32, d.max_faces_undecided))
@@ -558,7 +560,7 @@ def build_pipeline(
     return Pipeline(
         detector=detector,
         aligner=BlazeAligner(method=recognition.alignment.method, detector_model=recognition.detector.model,
-                             refiner=_refiner(p.refine_face_max_frac, n_threads)),
+                             refiner=refiner),
         embedder=OnnxEmbedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip),
         matcher=matcher,
         decider=Decider(config.station_id, p.camera, policy, cluster_hook=cluster_hook,

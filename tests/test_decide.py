@@ -149,3 +149,17 @@ def test_track_without_enough_faces_ends_undecided_and_last_chance_decision() ->
 def test_bad_policy_is_refused(kwargs) -> None:
     with pytest.raises(ValueError):
         DecisionPolicy(**kwargs)
+
+
+def test_a_face_refused_on_its_chip_is_tried_again_embed_every_frames_later() -> None:
+    decider = Decider("st", "cam", embed_every_frames=3, recheck_every_frames=30)
+    decider.seen(1, T0)
+    assert decider.wants_embedding(1, 10)
+    decider.refused_on_chip(1, 10)  # aligned, then refused as blurred
+    assert [decider.wants_embedding(1, f) for f in (11, 12, 13)] == [False, False, True]
+    decider.add_vote(1, v("ann", frame=13), T0)  # embedded on frame 13
+    assert [decider.wants_embedding(1, f) for f in (14, 15, 16)] == [False, False, True]
+    decider.refused_on_chip(1, 16)
+    assert [decider.wants_embedding(1, f) for f in (17, 18, 19)] == [False, False, True]
+    decider.refused_on_chip(99, 5)  # a track the decider never saw: nothing to remember
+    assert decider.wants_embedding(99, 5)

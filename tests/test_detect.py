@@ -522,3 +522,23 @@ def test_small_faces_in_a_big_frame_get_precise_keypoints() -> None:
     # a face that is large in the frame is left alone
     big = FaceDetections(np.array([[0, 0, 1000, 1000]], np.float32), np.ones(1, np.float32), faces.kps[:1])
     assert not refiner.refine(frame, big)[1].any()
+
+
+@pytest.mark.parametrize(("size", "target"), [((640, 360), (128, 72)), ((640, 480), (128, 96)), ((576, 576), (192, 192)),
+                                              ((896, 504), (128, 72)), ((640, 360), (192, 108))])
+def test_fast_resize_at_an_odd_whole_factor_is_exactly_bilinear(size: tuple[int, int], target: tuple[int, int]) -> None:
+    """At an odd whole shrink factor bilinear samples land on pixel centres; the cheaper nearest-pixel
+    path must give the very same model input (other factors stay bilinear)."""
+    from edgeface.detect import _downscale
+
+    image = np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_downscale(image, *target, mode="fast"),
+                                  cv2.resize(image, target, interpolation=cv2.INTER_LINEAR))
+
+
+def test_detector_keeps_its_thumbnail_of_the_last_frame(detector: BlazeFaceDetector) -> None:
+    assert BlazeFaceDetector("short").last_thumbnail is None
+    frame = np.random.default_rng(3).integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    detector.detect(frame)
+    side = detector.spec.input_size_px
+    assert detector.last_thumbnail is not None and detector.last_thumbnail.shape == (side * 9 // 16, side, 3)

@@ -134,3 +134,21 @@ def test_tiles_find_small_faces_the_whole_frame_misses() -> None:
     assert whole == 0 and tiled >= len(frames)
     boxes = TiledDetector(short, 3, 3).detect(frames[5]).xyxy
     assert boxes.max() > 960  # coordinates come back in full-frame pixels
+
+
+@pytest.mark.parametrize("refine", [0.1, 0.0])
+def test_every_detector_runner_can_be_wrapped(refine: float) -> None:
+    """bench pipeline times every detector run (the frame's and the keypoint refiner's) as model time."""
+    from edgeface.pipeline import TimedRunner, build_pipeline
+
+    config = Config.model_validate({"pipeline": {"refine_face_max_frac": refine}})
+    timers: list[TimedRunner] = []
+
+    def wrap(runner):
+        timers.append(TimedRunner(runner))
+        return timers[-1]
+
+    pipeline = build_pipeline(config, sink=ListSink(), wrap_runner=wrap, threads=1)
+    assert len(timers) == (2 if refine else 1)
+    pipeline.detector.detect(np.zeros((360, 640, 3), np.uint8))
+    assert timers[0].calls == 1 and timers[0].seconds > 0

@@ -10,6 +10,7 @@ from edgeface.quality import (
     QualityGate,
     QualityMeasures,
     QualityReason,
+    face_pose,
     laplacian_variance,
     pose_from_keypoints,
 )
@@ -130,3 +131,28 @@ def test_laplacian_variance_is_size_independent() -> None:
     big = cv2.resize(texture, (300, 300), interpolation=cv2.INTER_NEAREST)
     assert laplacian_variance(big) == pytest.approx(laplacian_variance(texture), rel=0.2)
     assert laplacian_variance(np.full((150, 150, 3), 128, np.uint8)) == 0.0
+
+
+def test_laplacian_variance_matches_the_float64_definition() -> None:
+    """The 16-bit Laplacian and OpenCV's one-pass variance give numpy's float64 variance."""
+    import cv2
+
+    rng = np.random.default_rng(5)
+    for sigma in (0.0, 0.7, 2.0, 4.0):
+        chip = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)
+        if sigma:
+            chip = cv2.GaussianBlur(chip, (0, 0), sigma)
+        grey = cv2.cvtColor(chip, cv2.COLOR_BGR2GRAY)
+        expected = float(cv2.Laplacian(grey, cv2.CV_64F).var())
+        assert laplacian_variance(chip) == pytest.approx(expected, rel=1e-9)
+    extremes = np.zeros((150, 150), np.uint8)
+    extremes[::2, ::2] = 255  # the largest Laplacian values (|v| = 4 * 255) must not saturate
+    assert laplacian_variance(extremes) == pytest.approx(float(cv2.Laplacian(extremes, cv2.CV_64F).var()), rel=1e-9)
+
+
+def test_face_pose_on_floats_matches_the_arrays() -> None:
+    kps = _frontal_keypoints(60.0, 12.0, 15.0)
+    yaw, roll, eye = face_pose(kps[0].tolist())
+    yaws, rolls, eyes = pose_from_keypoints(kps)
+    assert (yaw, roll, eye) == pytest.approx((yaws[0], rolls[0], eyes[0]))
+    assert pose_from_keypoints(np.zeros((0, 6, 2), np.float32))[0].shape == (0,)

@@ -77,6 +77,16 @@ def test_video_file_yields_every_frame_in_order(every_frame: bool) -> None:
     assert status == SourceStatus(SourceState.ENDED, "end of file after 275 frames", 0, 275, 0)
 
 
+@needs_hamilton
+def test_one_decoding_thread_reads_the_same_frames() -> None:
+    """decode_threads (the pipeline benchmark asks for its own thread count) changes nothing but speed."""
+    with open_source(str(HAMILTON), every_frame=True) as default, \
+            open_source(str(HAMILTON), every_frame=True, decode_threads=1) as single:
+        assert single._cap.get(cv2.CAP_PROP_N_THREADS) == 1
+        for a, b in zip(default, single):
+            assert a.index == b.index and np.array_equal(a.image, b.image)
+
+
 def test_synthetic_video_frames_match_their_indices(tmp_path: Path) -> None:
     path = write_numbered_video(tmp_path / "numbered.avi", 40, fps=10.0)
     source = open_source(path)

@@ -62,4 +62,4 @@ class LiteRTRunner:
             raise ValueError(f"input must have shape {self.input_shape}, got {tuple(batch.shape)}")
         self._interpreter.set_tensor(self._input_index, np.ascontiguousarray(batch, dtype=self._input_dtype))
         self._interpreter.invoke()
-        return [np.array(self._interpreter.get_tensor(index), copy=True) for index in self._output_indices]
+        return [self._interpreter.get_tensor(index) for index in self._output_indices]  # get_tensor copies
