@@ -5,12 +5,14 @@ own: tracking is `edgeface.track`, the gate is `edgeface.quality`, decisions and
 `edgeface.decide`. Per frame:
 
 1. detect faces (optionally on a downscaled frame plus tiles, see `TiledDetector`);
-2. a scene cut (edited video: the whole picture changes at once) ends every open track;
+2. a scene cut (edited video: the whole picture changes at once; checked on the detector's own
+   shrunk copy of the frame) ends every open track;
 3. track: every face gets a track id; ties between overlapping faces are settled by embedding
    distance (the tracker asks for those embeddings through a callback);
 4. only faces whose track the decider wants embedded now (a new track; then every K frames until
    decided; then an occasional re-check) go on: cheap gate checks first (score, size, pose), then
-   alignment, the blur check on the chip, and ONE embedder call for all of them;
+   alignment, the blur check on the chip (a blurred face waits K frames before its next try), and
+   ONE embedder call for all of them;
 5. the gallery matches them, the decider votes, and the events it returns go to the sink.
 
 Every stage is timed (`PipelineStats.stage_s`); the model runs are timed separately when the

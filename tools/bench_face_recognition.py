@@ -4,9 +4,14 @@ embeddings) on every frame of a video, the way its README's webcam example works
 A developer tool, run by hand in a throwaway venv that has real dlib and face_recognition (never
 dependencies of edgeface):
 
-    python -m venv /tmp/refenv && /tmp/refenv/bin/pip install dlib face_recognition \
-        face-recognition-models opencv-python-headless
+    python -m venv /tmp/refenv && /tmp/refenv/bin/pip install dlib-bin \
+        && /tmp/refenv/bin/pip install --no-deps face_recognition face-recognition-models \
+        && /tmp/refenv/bin/pip install "opencv-python-headless<5" numpy Pillow click
     /tmp/refenv/bin/python tools/bench_face_recognition.py --source ../shared/data/video/hamilton_clip.mp4
+
+`dlib-bin` is dlib 20.0.1 prebuilt (with its SIMD paths: 11.5 frames/s on hamilton_clip here); `pip install
+dlib` compiles it from source in ~15 minutes, without them unless asked (4.65 frames/s here in November).
+face_recognition is installed without dependencies because it asks for `dlib`, which `dlib-bin` provides.
 
 Per frame: BGR -> RGB, `face_locations(rgb, number_of_times_to_upsample=1, model="hog")` (the
 defaults), then `face_encodings(rgb, locations)` (5-point landmarks, 1 jitter: the defaults) for every
