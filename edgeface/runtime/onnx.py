@@ -21,6 +21,9 @@ class OnnxRunner:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # The arena keeps its high-water mark for good: 7.5 MB more resident for the INT8 embedder, and
+        # no faster per call (1.83-1.96 ms for a 2-chip batch either way, measured here).
+        options.enable_cpu_mem_arena = False
         available = ort.get_available_providers()
         providers = [
             p for p in _PREFERRED_PROVIDERS if p in available and (use_accelerators or p == "CPUExecutionProvider")
