@@ -203,6 +203,8 @@ def test_bench_pipeline_json_last_line() -> None:
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["fps"] > 0 and figures["peak_rss_mb"] > 0 and figures["model_floor_ratio"] >= 1.0
     assert figures["best_run"]["frames"] == 275
+    if sys.platform.startswith("linux"):  # private memory and mapped library files, which make up the RSS
+        assert 0 < figures["rss_anon_mb"] < figures["peak_rss_mb"] and figures["rss_file_mb"] > 0
 
 
 @pytest.mark.skipif(not HAMILTON.is_file(), reason="../shared/data/video is absent")
