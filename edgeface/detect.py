@@ -626,8 +626,11 @@ class KeypointRefiner:
     def refine(self, image: np.ndarray, faces: FaceDetections) -> tuple[FaceDetections, np.ndarray]:
         """(faces with refined keypoints, (n,) bool: which faces were refined)."""
         height, width = image.shape[:2]
-        kps = faces.kps.copy()
         refined = np.zeros(len(faces), bool)
+        limit = self.max_face_frac * max(height, width)
+        if not any(0 < max(x2 - x1, y2 - y1) < limit for x1, y1, x2, y2 in faces.xyxy.tolist()):
+            return faces, refined  # the usual case: no face is small enough to need it
+        kps = faces.kps.copy()
         for i, box in enumerate(faces.xyxy):
             side = float(max(box[2] - box[0], box[3] - box[1]))
             if side <= 0 or side >= self.max_face_frac * max(height, width):

@@ -353,28 +353,32 @@ class GallerySnapshot:
         to_templates = pairwise_distances(probes, self.templates)
         nearest_template = np.minimum.reduceat(to_templates, self.starts, axis=1)
         by_identity = nearest_template if strategy == "min" else pairwise_distances(probes, self.means)
-        limits = np.full(len(self.names), max_distance, np.float64)
+        limits = [max_distance] * len(self.names)
         if strategy == "mean":
-            counts = np.minimum(self.ends - self.starts, len(MEAN_THRESHOLD_TIGHTENING) - 1)
-            limits -= np.asarray(MEAN_THRESHOLD_TIGHTENING)[counts]
-        to_negatives = pairwise_distances(probes, self.negatives)
+            tightest = len(MEAN_THRESHOLD_TIGHTENING) - 1
+            limits = [max_distance - MEAN_THRESHOLD_TIGHTENING[min(int(end - start), tightest)]
+                      for start, end in zip(self.starts.tolist(), self.ends.tolist())]
+        to_negatives = pairwise_distances(probes, self.negatives) if len(self.negatives) else None
         results = []
-        for i in range(len(probes)):
-            order = np.argsort(by_identity[i], kind="stable")
+        # Python floats for the loop over identities (a few per probe): numpy scalar indexing costs more.
+        for i, (row, nearest_row) in enumerate(zip(by_identity.tolist(), nearest_template.tolist())):
+            order = sorted(range(len(row)), key=row.__getitem__)  # stable, as argsort(kind="stable")
             nearest = self.names[order[0]]
-            answer = Match(None, float(by_identity[i, order[0]]), nearest)
+            answer = Match(None, row[order[0]], nearest)
             vetoed = False
             for k in order:
-                if not by_identity[i, k] < max_distance:
+                if not row[k] < max_distance:
                     break
-                if not by_identity[i, k] < limits[k]:
+                if not row[k] < limits[k]:
                     continue
-                mine = to_negatives[i, self.negative_owner == k]
-                if mine.size and mine.min() <= nearest_template[i, k]:
-                    vetoed = True
-                    continue
-                row = self.starts[k] + int(np.argmin(to_templates[i, self.starts[k]:self.ends[k]]))
-                answer = Match(self.names[k], float(by_identity[i, k]), nearest, int(self.template_ids[row]))
+                if to_negatives is not None:
+                    mine = to_negatives[i, self.negative_owner == k]
+                    if mine.size and mine.min() <= nearest_row[k]:
+                        vetoed = True
+                        continue
+                start, end = int(self.starts[k]), int(self.ends[k])
+                best_row = start + int(np.argmin(to_templates[i, start:end]))
+                answer = Match(self.names[k], row[k], nearest, int(self.template_ids[best_row]))
                 break
             results.append(Match(answer.name, answer.distance, nearest, answer.template_id, vetoed))
         return results
