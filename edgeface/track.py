@@ -240,32 +240,39 @@ class Tracker:
         free_t = [True] * len(tracks)
         free_d = [True] * n
         ambiguous = 0
-        candidates = sorted(((v, t, d) for t, row in enumerate(iou) for d, v in enumerate(row) if v >= self.iou_min),
-                            reverse=True)
-        refused: set[tuple[int, int]] = set()
-        while True:
-            open_pairs = [(v, t, d) for v, t, d in candidates if free_t[t] and free_d[d] and (t, d) not in refused]
-            if not open_pairs:
-                break
-            best, t, d = open_pairs[0]
-            rivals = [(v, t2, d2) for v, t2, d2 in open_pairs if (t2 == t or d2 == d) and v >= best - self.tie_iou_margin]
-            if len(rivals) > 1:
-                ambiguous += 1
-                # Settle by appearance when both sides have an embedding; pairs without one keep IoU order.
-                embedding_of(sorted({d2 for _, _, d2 in rivals}))
-                scored = [(distance(t2, d2), -v, t2, d2) for v, t2, d2 in rivals]
-                known = [s for s in scored if s[0] is not None]
-                if known:
-                    _, _, t, d = min(known)
-            if iou[t][d] < self.confirm_iou_below and tracks[t].embedding is not None:
-                embedding_of([d])  # a weak overlap must also look like the same face
-            gap = distance(t, d)
-            if gap is not None and gap > self.appearance_max_distance:
-                refused.add((t, d))
-                continue
-            assignment[d] = t
-            free_t[t] = False
-            free_d[d] = False
+        if (len(tracks) == 1 and n == 1 and iou[0][0] >= self.iou_min
+                and (iou[0][0] >= self.confirm_iou_below or tracks[0].embedding is None)):
+            # The usual frame: one face on its track's spot, nothing to tie-break or confirm (what the
+            # general loop below concludes too, without its bookkeeping).
+            assignment[0], free_t[0], free_d[0] = 0, False, False
+        else:
+            candidates = sorted(((v, t, d) for t, row in enumerate(iou) for d, v in enumerate(row) if v >= self.iou_min),
+                                reverse=True)
+            refused: set[tuple[int, int]] = set()
+            while True:
+                open_pairs = [(v, t, d) for v, t, d in candidates if free_t[t] and free_d[d] and (t, d) not in refused]
+                if not open_pairs:
+                    break
+                best, t, d = open_pairs[0]
+                rivals = [(v, t2, d2) for v, t2, d2 in open_pairs if (t2 == t or d2 == d) and v >= best - self.tie_iou_margin]
+                if len(rivals) > 1:
+                    ambiguous += 1
+                    # Settle by appearance when both sides have an embedding; pairs without one keep IoU order.
+                    embedding_of(sorted({d2 for _, _, d2 in rivals}))
+                    scored = [(distance(t2, d2), -v, t2, d2) for v, t2, d2 in rivals]
+                    known = [s for s in scored if s[0] is not None]
+                    if known:
+                        _, _, t, d = min(known)
+                if iou[t][d] < self.confirm_iou_below and tracks[t].embedding is not None:
+                    embedding_of([d])  # a weak overlap must also look like the same face
+                gap = distance(t, d)
+                if gap is not None and gap > self.appearance_max_distance:
+                    refused.add((t, d))
+                    continue
+                assignment[d] = t
+                free_t[t] = False
+                free_d[d] = False
+
 
         # Commit: matched tracks move, unmatched ones age, unmatched detections start tracks.
         track_ids: list[int] = []
