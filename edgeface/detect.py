@@ -304,12 +304,9 @@ def anchor_offsets(anchors: np.ndarray) -> np.ndarray:
     return offsets
 
 
-def _decode_flat(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int,
-                 offsets: np.ndarray | None = None) -> np.ndarray:
+def _decode_flat(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int) -> np.ndarray:
     """(n, 16) raw -> (n, 16) x1, y1, x2, y2, then six keypoint x, y, in [0, 1] of the model input."""
-    if offsets is None:
-        offsets = anchor_offsets(anchors)
-    return np.asarray(raw_boxes, np.float32) @ _decode_matrix(input_size_px) + offsets
+    return np.asarray(raw_boxes, np.float32) @ _decode_matrix(input_size_px) + anchor_offsets(anchors)
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -436,6 +433,14 @@ def _sigmoid32(logits: list[float]) -> list[float]:
     return array("f", [1.0 / (1.0 + exp(-min(max(v, -SCORE_CLIP), SCORE_CLIP))) for v in logits]).tolist()
 
 
+def litert_runner(model: ModelName, threads: int = 1) -> Runner:
+    """The LiteRT runner of a shipped BlazeFace model (its file checked against the manifest)."""
+    from edgeface.modelfiles import verified_model_path
+    from edgeface.runtime.litert import LiteRTRunner
+
+    return LiteRTRunner(verified_model_path(SPECS[model].model_file), threads=threads)
+
+
 class BlazeFaceDetector:
     """Finds faces with MediaPipe's BlazeFace. `detect` works on any image size; it sees the whole image at
     the model's input size, so faces much smaller than ~1/10 (short) or ~1/20 (full) of the long side
@@ -472,17 +477,13 @@ class BlazeFaceDetector:
         self.nms_iou_threshold = nms_iou_threshold
         self.fallback_score_threshold = fallback_score_threshold
         if runner is None:
-            from edgeface.modelfiles import verified_model_path
-            from edgeface.runtime.litert import LiteRTRunner
-
-            runner = LiteRTRunner(verified_model_path(self.spec.model_file), threads=threads)
+            runner = litert_runner(model, threads)
         size = self.spec.input_size_px
         if tuple(runner.input_shape) != (1, size, size, 3):
             raise ValueError(f"{model}-range BlazeFace expects input (1, {size}, {size}, 3), runner has {runner.input_shape}")
         self._runner = runner
         self.anchors = anchors_for(model)
         self._anchor_offsets = anchor_offsets(self.anchors)
-        self._decode_matrix = _decode_matrix(size)
         self._letterbox = Letterboxer(size, resize)
         self._output_slots: tuple[int, int] | None = None
         self._decoder: tuple[Letterbox, tuple[np.ndarray, np.ndarray]] | None = None
@@ -520,7 +521,7 @@ class BlazeFaceDetector:
         if self._decoder is None or (self._decoder[0] is not box and self._decoder[0] != box):
             pad, scale = box.flat_mapping()  # source = (model-input pixels - pad) * scale
             per_unit = scale * np.float32(box.size_px)
-            matrix = (self._decode_matrix * per_unit[None, :]).astype(np.float32)
+            matrix = (_decode_matrix(box.size_px) * per_unit[None, :]).astype(np.float32)
             offsets = (self._anchor_offsets * per_unit - pad * scale).astype(np.float32)
             self._decoder = (box, (matrix, offsets))
         return self._decoder[1]
@@ -628,13 +629,13 @@ class KeypointRefiner:
         height, width = image.shape[:2]
         refined = np.zeros(len(faces), bool)
         limit = self.max_face_frac * max(height, width)
-        if not any(0 < max(x2 - x1, y2 - y1) < limit for x1, y1, x2, y2 in faces.xyxy.tolist()):
-            return faces, refined  # the usual case: no face is small enough to need it
+        small = [i for i, (x1, y1, x2, y2) in enumerate(faces.xyxy.tolist()) if 0 < max(x2 - x1, y2 - y1) < limit]
+        if not small:
+            return faces, refined  # the usual case: no face needs it
         kps = faces.kps.copy()
-        for i, box in enumerate(faces.xyxy):
+        for i in small:
+            box = faces.xyxy[i]
             side = float(max(box[2] - box[0], box[3] - box[1]))
-            if side <= 0 or side >= self.max_face_frac * max(height, width):
-                continue
             half = self.crop_scale * side / 2
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)

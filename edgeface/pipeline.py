@@ -220,8 +220,7 @@ class SceneCutDetector:
     reads only the rows it samples) and averaged 2x2 down to 32x18. The camera loop hands it the
     detector's own shrunk copy of the frame (128x72 for a 640x360 frame), so the frame is not read a
     second time: ~0.005 ms instead of ~0.015 ms on the full frame after the model run (and 2 ms for a
-    full-frame grey conversion and INTER_AREA at 1080p). Bilinear sampling of the full frame gave the
-    same separation (cuts 26.5-29.8, at most 12.8 elsewhere)."""
+    full-frame grey conversion and INTER_AREA at 1080p)."""
 
     THUMB = (32, 18)
 
@@ -415,9 +414,7 @@ class Pipeline:
         rejected: dict[int, QualityReason] = {}
         passing: list[tuple[int, QualityMeasures]] = []
         if due:
-            measures = measures_before_blur(detections)
-            for i in due:
-                m = measures[i]
+            for i, m in zip(due, measures_before_blur(detections, due)):
                 result = self.gate.judge(m)
                 if result.reason is not None:
                     rejected[i] = result.reason
@@ -509,11 +506,9 @@ def use_opencv_threads(threads: int) -> None:
 
 
 def _blazeface(model: str, threads: int, wrap_runner: Callable[[Any], Any] | None, **options: Any) -> Any:
-    from edgeface.detect import SPECS, BlazeFaceDetector
-    from edgeface.modelfiles import verified_model_path
-    from edgeface.runtime.litert import LiteRTRunner
+    from edgeface.detect import BlazeFaceDetector, litert_runner
 
-    runner: Any = LiteRTRunner(verified_model_path(SPECS[model].model_file), threads=threads)
+    runner = litert_runner(model, threads)  # type: ignore[arg-type]
     return BlazeFaceDetector(model=model, runner=wrap_runner(runner) if wrap_runner else runner, **options)  # type: ignore[arg-type]
 
 

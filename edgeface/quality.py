@@ -120,17 +120,21 @@ def face_pose(kps: Sequence[Sequence[float]]) -> tuple[float, float, float]:
 def pose_from_keypoints(kps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(yaw_deg, roll_deg, eye_distance_px), each (n,), from BlazeFace keypoints (n, 6, 2) (see `face_pose`)."""
     poses = [face_pose(face) for face in np.asarray(kps, dtype=np.float64).reshape(-1, 6, 2).tolist()]
-    yaw, roll, eye = (np.array(column, np.float64).reshape(-1) for column in zip(*poses)) if poses else (np.zeros(0),) * 3
+    if not poses:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    yaw, roll, eye = (np.array(column, np.float64) for column in zip(*poses))
     return yaw, roll, eye
 
 
-def measures_before_blur(detections: FaceDetections) -> list[QualityMeasures]:
-    """Every face's score, size and pose; blur_var is inf until the chip is measured (`with_blur`)."""
+def measures_before_blur(detections: FaceDetections, indices: Sequence[int] | None = None) -> list[QualityMeasures]:
+    """Score, size and pose of every face (or of the faces `indices`, in that order); blur_var is inf
+    until the chip is measured (`with_blur`)."""
     boxes, scores, kps = detections.xyxy.tolist(), detections.score.tolist(), detections.kps.tolist()
     out = []
-    for (x1, y1, x2, y2), score, points in zip(boxes, scores, kps):
-        yaw, roll, eye = face_pose(points)
-        out.append(QualityMeasures(score, max(min(x2 - x1, y2 - y1), 0.0), eye, yaw, roll, math.inf))
+    for i in range(len(boxes)) if indices is None else indices:
+        x1, y1, x2, y2 = boxes[i]
+        yaw, roll, eye = face_pose(kps[i])
+        out.append(QualityMeasures(scores[i], max(min(x2 - x1, y2 - y1), 0.0), eye, yaw, roll, math.inf))
     return out
 
 

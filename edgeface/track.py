@@ -240,39 +240,34 @@ class Tracker:
         free_t = [True] * len(tracks)
         free_d = [True] * n
         ambiguous = 0
-        if (len(tracks) == 1 and n == 1 and iou[0][0] >= self.iou_min
-                and (iou[0][0] >= self.confirm_iou_below or tracks[0].embedding is None)):
-            # The usual frame: one face on its track's spot, nothing to tie-break or confirm (what the
-            # general loop below concludes too, without its bookkeeping).
-            assignment[0], free_t[0], free_d[0] = 0, False, False
-        else:
-            candidates = sorted(((v, t, d) for t, row in enumerate(iou) for d, v in enumerate(row) if v >= self.iou_min),
-                                reverse=True)
-            refused: set[tuple[int, int]] = set()
-            while True:
-                open_pairs = [(v, t, d) for v, t, d in candidates if free_t[t] and free_d[d] and (t, d) not in refused]
-                if not open_pairs:
-                    break
-                best, t, d = open_pairs[0]
-                rivals = [(v, t2, d2) for v, t2, d2 in open_pairs if (t2 == t or d2 == d) and v >= best - self.tie_iou_margin]
-                if len(rivals) > 1:
-                    ambiguous += 1
-                    # Settle by appearance when both sides have an embedding; pairs without one keep IoU order.
-                    embedding_of(sorted({d2 for _, _, d2 in rivals}))
-                    scored = [(distance(t2, d2), -v, t2, d2) for v, t2, d2 in rivals]
-                    known = [s for s in scored if s[0] is not None]
-                    if known:
-                        _, _, t, d = min(known)
-                if iou[t][d] < self.confirm_iou_below and tracks[t].embedding is not None:
-                    embedding_of([d])  # a weak overlap must also look like the same face
+        candidates = sorted(((v, t, d) for t, row in enumerate(iou) for d, v in enumerate(row) if v >= self.iou_min),
+                            reverse=True)
+        refused: set[tuple[int, int]] = set()
+        while True:
+            open_pairs = [(v, t, d) for v, t, d in candidates if free_t[t] and free_d[d] and (t, d) not in refused]
+            if not open_pairs:
+                break
+            best, t, d = open_pairs[0]
+            rivals = [(v, t2, d2) for v, t2, d2 in open_pairs
+                      if (t2 == t or d2 == d) and v >= best - self.tie_iou_margin] if len(open_pairs) > 1 else []
+            if len(rivals) > 1:
+                ambiguous += 1
+                # Settle by appearance when both sides have an embedding; pairs without one keep IoU order.
+                embedding_of(sorted({d2 for _, _, d2 in rivals}))
+                scored = [(distance(t2, d2), -v, t2, d2) for v, t2, d2 in rivals]
+                known = [s for s in scored if s[0] is not None]
+                if known:
+                    _, _, t, d = min(known)
+            if iou[t][d] < self.confirm_iou_below and tracks[t].embedding is not None:
+                embedding_of([d])  # a weak overlap must also look like the same face
+            if d in det_embeddings:  # (distance is None without the detection's embedding)
                 gap = distance(t, d)
                 if gap is not None and gap > self.appearance_max_distance:
                     refused.add((t, d))
                     continue
-                assignment[d] = t
-                free_t[t] = False
-                free_d[d] = False
-
+            assignment[d] = t
+            free_t[t] = False
+            free_d[d] = False
 
         # Commit: matched tracks move, unmatched ones age, unmatched detections start tracks.
         track_ids: list[int] = []
@@ -283,16 +278,14 @@ class Tracker:
             if t >= 0:
                 old = tracks[t]
                 steps = max(frame_index - old.last_frame, 1)
-                ob, ov = old.box, old.velocity
-                velocity = (moved * ((box[0] - ob[0]) / steps) + keep * ov[0], moved * ((box[1] - ob[1]) / steps) + keep * ov[1],
-                            moved * ((box[2] - ob[2]) / steps) + keep * ov[2], moved * ((box[3] - ob[3]) / steps) + keep * ov[3])
-                self._tracks[old.id] = Track(old.id, old.started_ts, ts, old.first_frame, frame_index,
-                                             (box[0], box[1], box[2], box[3]), velocity, old.hits + 1, 0, old.embedding)
+                velocity = tuple(moved * ((now - then) / steps) + keep * v for now, then, v in zip(box, old.box, old.velocity))
+                self._tracks[old.id] = Track(old.id, old.started_ts, ts, old.first_frame, frame_index, tuple(box),
+                                             velocity, old.hits + 1, 0, old.embedding)  # type: ignore[arg-type]
                 track_ids.append(old.id)
             else:
                 track_id = self._next_id
                 self._next_id += 1
-                self._tracks[track_id] = Track(track_id, ts, ts, frame_index, frame_index, (box[0], box[1], box[2], box[3]))
+                self._tracks[track_id] = Track(track_id, ts, ts, frame_index, frame_index, tuple(box))  # type: ignore[arg-type]
                 track_ids.append(track_id)
                 new.add(track_id)
         ended: list[Track] = sorted(gone, key=lambda track: track.id)
