@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class FaceAnalyzer:
         self.embedder = embedder
 
     @classmethod
-    def from_config(cls, config: RecognitionConfig, precision: str | None = None) -> FaceAnalyzer:
+    def from_config(cls, config: RecognitionConfig, precision: Literal["int8", "fp32"] | None = None) -> FaceAnalyzer:
         from edgeface.align import Aligner
         from edgeface.detect import BlazeFaceDetector
         from edgeface.embed import Embedder

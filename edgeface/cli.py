@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from edgeface.errors import EdgefaceError
 from edgeface.report import print_figures
@@ -74,7 +75,7 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
     from edgeface.eval_lfw import run_lfw_evaluation
 
     config = load_config(args.config)
-    precisions = [args.precision] if args.precision else ["fp32", "int8"]
+    precisions: list[Literal["int8", "fp32"]] = [args.precision] if args.precision else ["fp32", "int8"]
     report = run_lfw_evaluation(
         args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
         progress=not args.json,

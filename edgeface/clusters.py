@@ -561,7 +561,7 @@ class ClusterStore:
             if self._own_gallery:
                 self.gallery.close()
 
-    def __enter__(self) -> ClusterStore:  # noqa: PYI034
+    def __enter__(self) -> ClusterStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

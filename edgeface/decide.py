@@ -276,7 +276,7 @@ class Decider:
         interval = self.embed_every_frames
         if state.decision is not None and not state.suspicious:
             interval = self.recheck_every_frames
-        return frame_index - state.last_embedded_frame >= interval
+        return frame_index - embedded >= interval
 
     def refused_on_chip(self, track_id: int, frame_index: int) -> None:
         """The track's face on this frame was aligned and then refused by the quality gate."""

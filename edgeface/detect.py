@@ -391,7 +391,8 @@ def _weighted_nms_small(flat: np.ndarray, boxes: list[list[float]], scores: list
     while order:
         lx1, ly1, lx2, ly2 = boxes[order[0]]
         leader_area = (lx2 - lx1) * (ly2 - ly1)
-        members, rest = [order[0]], []
+        members: list[int] = [order[0]]
+        rest: list[int] = []
         for i in order[1:]:
             x1, y1, x2, y2 = boxes[i]
             inter = max(0.0, min(lx2, x2) - max(lx1, x1)) * max(0.0, min(ly2, y2) - max(ly1, y1))

@@ -102,14 +102,14 @@ def check_runtimes() -> list[Check]:
         accelerated = [p for p in providers if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
         checks.append(Check("runtime", "ok", f"onnxruntime {onnxruntime.__version__}, providers: {', '.join(providers)}"
                             + ("" if accelerated else " (CPU only)")))
-    except Exception as error:  # noqa: BLE001 - any import failure is the finding
+    except Exception as error:
         checks.append(Check("runtime", "fail", f"onnxruntime does not load: {_first_line(error)}",
                             "pip install --force-reinstall onnxruntime (onnxruntime-gpu on Jetson)"))
     try:
         from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 
         checks.append(Check("runtime", "ok", f"ai-edge-litert {metadata.version('ai-edge-litert')}"))
-    except Exception as error:  # noqa: BLE001 - any import failure is the finding
+    except Exception as error:
         checks.append(Check("runtime", "fail", f"ai-edge-litert does not load: {_first_line(error)}",
                             "pip install --force-reinstall ai-edge-litert"))
     try:
@@ -120,7 +120,7 @@ def check_runtimes() -> list[Check]:
         v4l2 = any(("V4L/V4L2:" in line or "v4l/v4l2:" in line.lower()) and "YES" in line for line in build.splitlines())
         checks.append(Check("runtime", "ok", f"opencv {cv2.__version__}, V4L2 {'yes' if v4l2 else 'no'}, "
                             f"GStreamer {'yes' if gstreamer else 'no (libcamerasrc pipelines need an OpenCV built with it)'}"))
-    except Exception as error:  # noqa: BLE001 - any import failure is the finding
+    except Exception as error:
         checks.append(Check("runtime", "fail", f"opencv does not load: {_first_line(error)}",
                             "pip install --force-reinstall opencv-python-headless"))
     return checks
@@ -181,7 +181,7 @@ def _read_one_frame(source: str, timeout_s: float) -> Check:
                 frame = next(iter(opened), None)
                 outcome["frame"] = frame
                 outcome["description"] = opened.description
-        except BaseException as error:  # noqa: BLE001 - reported by the caller's thread below
+        except BaseException as error:
             outcome["error"] = error
 
     worker = threading.Thread(target=read, name="doctor-camera", daemon=True)

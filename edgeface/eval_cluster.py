@@ -485,7 +485,10 @@ class ClusterReport:
 
     def as_dict(self) -> dict[str, object]:
         o = self.offline.scores
-        r4 = lambda v: round(float(v), 4)
+
+        def r4(value: float | np.floating) -> float:
+            return round(float(value), 4)
+
         result: dict[str, object] = {
             "online_f": r4(self._mean("bcubed_f")),
             "online_precision": r4(self._mean("bcubed_precision")),
@@ -494,7 +497,7 @@ class ClusterReport:
             "online_pairwise_f": r4(self._mean("pairwise_f")),
             "online_clusters": r4(self._mean("clusters")),
             "online_announced_f": r4(np.mean([r.announced.bcubed_f for r in self.online])),
-            "order_agreement_f": None if self.order_agreement() is None else r4(self.order_agreement()),
+            "order_agreement_f": None if (agreement := self.order_agreement()) is None else r4(agreement),
             "offline_f": r4(o.bcubed_f), "offline_precision": r4(o.bcubed_precision), "offline_recall": r4(o.bcubed_recall),
             "offline_pairwise_f": r4(o.pairwise_f), "offline_best_pairwise_f": r4(self.offline.best_pairwise_f),
             "offline_threshold": r4(self.offline.threshold), "offline_clusters": o.clusters,

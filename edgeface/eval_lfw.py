@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -97,7 +98,7 @@ def run_lfw_evaluation(
     data_dir: Path,
     pairs_path: Path | None,
     recognition: RecognitionConfig,
-    precisions: list[str],
+    precisions: list[Literal["int8", "fp32"]],
     progress: bool = True,
     max_pairs_per_fold: int | None = None,
 ) -> LfwReport:
@@ -153,7 +154,7 @@ def run_lfw_evaluation(
     stacked = np.stack([chips[n] for n in found]) if found else np.zeros((0, 150, 150, 3), np.uint8)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    for precision, embedder in embedders.items():
+    for embedder in embedders.values():
         started = time.perf_counter()
         embeddings = np.concatenate([embedder.embed(stacked[i : i + 32]) for i in range(0, len(stacked), 32)]) \
             if found else np.zeros((0, 128), np.float32)

@@ -530,7 +530,7 @@ class Gallery:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Gallery:  # noqa: PYI034
+    def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc: object) -> None:

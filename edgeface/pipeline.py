@@ -260,7 +260,7 @@ class FaceResult(NamedTuple):
 
 
 class FrameResult(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as a frame number should
     ts: datetime
     faces: tuple[FaceResult, ...]
     events: tuple[Any, ...]
@@ -469,7 +469,7 @@ class Pipeline:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self, frames: Iterable[FrameLike], stop: threading.Event | None = None,
-            on_frame: Callable[[FrameResult], None] | None = None) -> PipelineStats:
+            on_frame: Callable[[FrameResult], object] | None = None) -> PipelineStats:
         """Process frames until they run out or `stop` is set, then close every open track."""
         try:
             for frame in frames:

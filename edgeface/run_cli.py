@@ -125,7 +125,8 @@ class _StopOnSignals:
     a frame wakes up); the previous handlers come back on exit."""
 
     def __init__(self, stop: threading.Event, source: Any) -> None:
-        self.stop, self.source, self._previous = stop, source, {}
+        self.stop, self.source = stop, source
+        self._previous: dict[int, Any] = {}
         self.closer: threading.Thread | None = None
 
     def _handle(self, signum: int, _frame: Any) -> None:
@@ -244,7 +245,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             result = pipeline.process(frame)
             if writer is None:
                 h, w = frame.image.shape[:2]
-                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.output.suffix.lower() == ".mp4" else "MJPG"))
+                fourcc = cv2.VideoWriter_fourcc(  # type: ignore[attr-defined]
+                    *("mp4v" if args.output.suffix.lower() == ".mp4" else "MJPG"))
                 writer = cv2.VideoWriter(str(args.output), fourcc, fps, (w, h))
                 if not writer.isOpened():
                     raise EdgefaceError(f"cannot write video {args.output} (no encoder for it in this OpenCV)")

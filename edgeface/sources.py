@@ -149,7 +149,7 @@ class FrameSource:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self: _S) -> _S:  # noqa: PYI019 (typing.Self needs Python 3.11)
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -321,7 +321,7 @@ class VideoFileSource(FrameSource):
                 if self._closed or self._cap is None:
                     return
                 index = self._next_index
-                ts = index / self._fps
+                ts = index / (self._fps or 1.0)
                 keep = self._keep(ts)
                 if self._pending is not None:
                     image, self._pending, ok = self._pending, None, True
@@ -391,7 +391,7 @@ class ImageFolderSource(FrameSource):
         self._iter_lock = threading.Lock()
         self._first: tuple[int, np.ndarray] | None = None
         if roi is not None:  # check the ROI against the first readable image now, not mid-run
-            for i, file in enumerate(self.files):
+            for file in self.files:
                 try:
                     image = read_image(file)
                 except ImageError:
@@ -414,7 +414,7 @@ class ImageFolderSource(FrameSource):
                     return
                 self._next_index += 1
                 file = self.files[index]
-                ts = index / self._fps
+                ts = index / (self._fps or 1.0)
                 if not self._keep(ts):
                     with self._lock:
                         self._frames_dropped += 1

@@ -313,7 +313,7 @@ class Station:
             try:
                 s = status()
                 queue_depth = max(0, int(s.frames_read) - int(s.frames_dropped) - frames)
-            except Exception:  # noqa: BLE001 - a closing source; the depth is informative only
+            except Exception:
                 queue_depth = 0
         embedder = getattr(self.pipeline, "embedder", None)
         precision = getattr(embedder, "precision", None) or self.config.recognition.embedder.precision

@@ -125,7 +125,7 @@ class Notifier:
                 self._socket.close()
                 self._socket = None
 
-    def __enter__(self) -> Notifier:  # noqa: PYI034
+    def __enter__(self) -> Notifier:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -279,8 +279,8 @@ class Tracker:
                 old = tracks[t]
                 steps = max(frame_index - old.last_frame, 1)
                 velocity = tuple(moved * ((now - then) / steps) + keep * v for now, then, v in zip(box, old.box, old.velocity))
-                self._tracks[old.id] = Track(old.id, old.started_ts, ts, old.first_frame, frame_index, tuple(box),
-                                             velocity, old.hits + 1, 0, old.embedding)  # type: ignore[arg-type]
+                self._tracks[old.id] = Track(old.id, old.started_ts, ts, old.first_frame, frame_index,
+                                             tuple(box), velocity, old.hits + 1, 0, old.embedding)  # type: ignore[arg-type]
                 track_ids.append(old.id)
             else:
                 track_id = self._next_id

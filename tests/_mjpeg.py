@@ -181,7 +181,7 @@ class MjpegServer:
         self._ticker.join(5)
         self._httpd = None
 
-    def __enter__(self) -> MjpegServer:  # noqa: PYI034
+    def __enter__(self) -> MjpegServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

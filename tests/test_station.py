@@ -181,7 +181,7 @@ def test_gallery_is_shared_safely_by_the_camera_and_command_threads(tmp_path: Pa
                 result = gallery.match(probes)
                 assert len(result) == 2 and result[1].name in (None, "Bob")
                 matches += 1
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:
             errors.append(error)
 
     thread = threading.Thread(target=camera)

@@ -30,9 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgeface.detect import BlazeFaceDetector  # noqa: E402
-from edgeface.imageio import read_image  # noqa: E402
-from edgeface.types import FaceDetections  # noqa: E402
+from edgeface.detect import BlazeFaceDetector
+from edgeface.imageio import read_image
+from edgeface.types import FaceDetections
 
 SWEEP_LOW_SCORE = 0.05
 """Detections are collected once at this score; the misses at every higher threshold follow from it."""

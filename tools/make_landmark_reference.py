@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
-from make_resnet_reference import CHIP_PADDING, chip_matrix, pair_images  # noqa: E402
+from make_resnet_reference import CHIP_PADDING, chip_matrix, pair_images
 
-from edgeface.convert.chips import CHIP_SIZE  # noqa: E402
-from edgeface.imageio import read_image  # noqa: E402
+from edgeface.convert.chips import CHIP_SIZE
+from edgeface.imageio import read_image
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgeface.convert.chips import CHIP_SIZE, calibration_images, warp_chip  # noqa: E402
-from edgeface.imageio import read_image  # noqa: E402
+from edgeface.convert.chips import CHIP_SIZE, calibration_images, warp_chip
+from edgeface.imageio import read_image
 
 CHIP_PADDING = 0.25
 

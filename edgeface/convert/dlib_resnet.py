@@ -121,7 +121,7 @@ class FcNoBias:
     weight: np.ndarray  # (inputs, outputs) float32
 
 
-Layer = Union[Conv, Affine, Relu, MaxPool, AvgPool, Tag, Skip, AddPrev, FcNoBias]
+Layer = Union[Conv, Affine, Relu, MaxPool, AvgPool, Tag, Skip, AddPrev, FcNoBias]  # noqa: UP007 (a runtime alias on 3.10)
 
 
 @dataclass(frozen=True)

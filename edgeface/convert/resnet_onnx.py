@@ -57,7 +57,7 @@ class _Builder:
         from onnx import helper
 
         output = self.name(prefix)
-        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))  # type: ignore[arg-type]
         return output
 
 
@@ -129,7 +129,7 @@ def build_resnet_onnx(net: DlibResnet, doc: str = ""):  # -> onnx.ModelProto (on
             shape = (shape[0], rows, rows)
         elif isinstance(layer, AddPrev):
             other, other_shape = saved[layer.slot]
-            target = tuple(max(p, q) for p, q in zip(shape, other_shape))
+            target = (max(shape[0], other_shape[0]), max(shape[1], other_shape[1]), max(shape[2], other_shape[2]))
             x = b.node("Add", [_pad_to(b, x, shape, target), _pad_to(b, other, other_shape, target)], "add_prev")
             shape = target
         elif isinstance(layer, FcNoBias):
