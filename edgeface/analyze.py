@@ -12,7 +12,7 @@ from edgeface.types import FaceDetections
 if TYPE_CHECKING:
     from edgeface.align import Aligner
     from edgeface.config import RecognitionConfig
-    from edgeface.detect import BlazeFaceDetector
+    from edgeface.detect import AutoRangeDetector, BlazeFaceDetector
     from edgeface.embed import Embedder
 
 
@@ -29,20 +29,25 @@ class AnalyzedFaces:
 
 
 class FaceAnalyzer:
-    def __init__(self, detector: BlazeFaceDetector, aligner: Aligner, embedder: Embedder) -> None:
+    def __init__(self, detector: BlazeFaceDetector | AutoRangeDetector, aligner: Aligner, embedder: Embedder) -> None:
         self.detector = detector
         self.aligner = aligner
         self.embedder = embedder
 
     @classmethod
     def from_config(cls, config: RecognitionConfig, precision: Literal["int8", "fp32"] | None = None) -> FaceAnalyzer:
+        """The photo commands' analyzer: the configured detector, and every face's keypoints re-detected on
+        a crop before alignment (a photo has time for it; the camera loop does it for embedded faces)."""
         from edgeface.align import Aligner
-        from edgeface.detect import BlazeFaceDetector
+        from edgeface.detect import make_detector, make_refiner
         from edgeface.embed import Embedder
 
+        detector = make_detector(config.detector.model, min_score=config.detector.min_score,
+                                 threads=config.embedder.threads)
+        refiner = make_refiner(1.0, threads=config.embedder.threads) if config.alignment.method == "blazeface" else None
         return cls(
-            BlazeFaceDetector(model=config.detector.model, score_threshold=config.detector.min_score),
-            Aligner(method=config.alignment.method, detector_model=config.detector.model),
+            detector,
+            Aligner(method=config.alignment.method, detector_model=detector.model, refiner=refiner),
             Embedder(precision=precision or config.embedder.precision, threads=config.embedder.threads,
                      flip=config.embedder.flip),
         )

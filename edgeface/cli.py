@@ -76,9 +76,12 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     precisions: list[Literal["int8", "fp32"]] = [args.precision] if args.precision else ["fp32", "int8"]
+    if args.cache_dir is not None:
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
     report = run_lfw_evaluation(
         args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
-        progress=not args.json,
+        progress=not args.json, face_rule=args.face, faces_file=args.faces, cache_dir=args.cache_dir,
+        match_max_distance=config.gallery.match_max_distance, max_pairs_per_fold=args.max_pairs_per_fold,
     )
     return print_figures(report.summary_lines(), report.as_dict(), args.json)
 
@@ -125,8 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="measure accuracy on a labelled dataset")
     eval_kinds = evaluate.add_subparsers(dest="kind", required=True, metavar="DATASET")
-    lfw = eval_kinds.add_parser("lfw", help="LFW verification, 10-fold View 2 protocol, full pipeline")
-    lfw.add_argument("--data", type=Path, required=True, help="LFW folder (with images/ and pairs.txt)")
+    lfw = eval_kinds.add_parser("lfw", help="verification on LFW-format pairs (LFW, CelebA), 10-fold, full pipeline")
+    lfw.add_argument("--data", type=Path, required=True, help="dataset folder with images/ and pairs.txt (LFW View 2 format)")
+    lfw.add_argument("--face", choices=["largest", "central"],
+                     help="which face is the labelled person (default: central on LFW, largest elsewhere)")
+    lfw.add_argument("--faces", type=Path, help="score another system's faces (.npz from tools/face_recognition_faces.py)")
+    lfw.add_argument("--cache-dir", type=Path, help="keep the analysed faces here, reused when the settings match")
+    lfw.add_argument("--max-pairs-per-fold", type=_positive_int,
+                     help="only the first N same and N different pairs of each fold (a quick check)")
     lfw.add_argument("--pairs", type=Path, help="pair list (default: DATA/pairs.txt)")
     lfw.add_argument("--precision", choices=["int8", "fp32"], help="only this precision (default: both)")
     lfw.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")

@@ -17,13 +17,13 @@ class StrictModel(BaseModel):
 
 
 class DetectorConfig(StrictModel):
-    model: Literal["short", "full"] = Field(
-        "short",
-        description="BlazeFace model: 'short' (128x128 input, faces within ~2 m of the camera, the cheapest) or "
-        "'full' (192x192, faces up to ~5 m). Pick 'full' for a camera overlooking a room, hall or street, or for "
-        "1080p frames with small faces: on video/crowd_walk.mp4 (1080p) short range on the whole frame finds no "
-        "face at all, full range finds 207 in 105 frames (11 tracks) at ~85 fps end to end (2-core x86, 1 thread). "
-        "Tiles (pipeline.detect_tiles_x/_y) can be added on top of either",
+    model: Literal["auto", "short", "full"] = Field(
+        "auto",
+        description="BlazeFace model: 'auto' runs both, full range for the scene and short range for faces too "
+        "close for it (measured best on whole-scene photos, tight crops, LFW and 1080p video; see README); "
+        "'short' (128x128 input, faces filling a good part of the frame, within ~2 m; the cheapest: ~1.6 ms) "
+        "finds no face in a 1080p hall scene or in many whole-scene photos; 'full' (192x192, faces up to ~5 m, "
+        "~5 ms) misses 42% of tight face crops. Tiles (pipeline.detect_tiles_x/_y) can be added on top of any",
     )
     min_score: float | None = Field(
         None, ge=0.05, le=0.99,
@@ -183,11 +183,11 @@ class PipelineConfig(StrictModel):
         960, ge=64, le=8192, description="With tiles, the frame is first downscaled so its long side is at most this"
     )
     refine_face_max_frac: float = Field(
-        0.1, ge=0.0, le=1.0,
+        1.0, ge=0.0, le=1.0,
         description="Faces narrower than this fraction of the frame's long side get their keypoints re-detected "
-        "on a full-resolution crop (short-range model, ~2 ms per embedded face) before alignment: the detector "
-        "sees the whole frame at 128/192 px, where such a face is a few pixels wide and its keypoints are off "
-        "by 10-30 px. 0 turns it off",
+        "on a full-resolution crop (short-range model, ~1.6 ms per embedded face) before alignment: the detector "
+        "sees the whole frame at 128/192 px, where a small face is a few pixels wide and its keypoints are off "
+        "by 10-30 px. 1 (default): every face about to be embedded, as the photo commands do; 0 turns it off",
     )
     source: SourceConfig = SourceConfig()
     quality: QualityGateConfig = QualityGateConfig()

@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeface.enroll import IMAGE_SUFFIXES
 from edgeface.errors import EdgefaceError
 
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 128
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".bmp", ".webp"})
 FaceRule = Literal["largest", "central"]
 
 
@@ -40,7 +40,7 @@ def dataset_people(root: Path) -> dict[str, list[Path]]:
     people = {
         d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith("_")
+        if d.is_dir() and not d.name.startswith(("_", "."))
     }
     people = {name: images for name, images in people.items() if images}
     if not people:

@@ -1,17 +1,25 @@
 """`edgeface eval identify`: open-set identification on any folder-per-person dataset.
 
-Protocol: every image is analysed as `edgeface embed` does it and the face nearest the image centre
-is the labelled person (an image without a face is a miss when mated and never a false alarm).
-Gallery = the first `templates` image(s) (sorted by file name) of each person with at least two
-images, always leaving that person at least one probe; mated probes = their other images;
-non-mated probes = every image of people with one image (never enrolled). Matching is the gallery's
-own (`GallerySnapshot`, nearest template).
+Protocol: every image is analysed as `edgeface identify` does it; the labelled person is the face
+nearest the image centre on LFW and the largest face elsewhere (`--face`; an image without a face is a
+miss when mated and never a false alarm). Gallery = the first `templates` image(s) (sorted by file
+name) of each enrolled person, always leaving that person at least one probe; mated probes = their
+other images; non-mated probes = every image of people never enrolled. Matching is the gallery's own
+(`GallerySnapshot`). Who is enrolled:
+
+- a dataset with one-image people (LFW): everyone with >= 2 images; the one-image people are the
+  strangers ("full gallery"), plus the station galleries below;
+- a dataset where everyone has several images (CelebA): half the people, drawn with a fixed seed
+  per split (`--seeds` splits), are enrolled and the other half are strangers ("half split").
 
 - rank-1: share of mated probes whose nearest identity is the right one;
 - DIR at FAR x: the threshold t lets at most x of the non-mated probes match anyone (distance < t);
   DIR = share of mated probes matched to the right identity below t;
 - station: 50 random people with >= 2 images form the gallery (5 seeds); mated probes are their
   other images, non-mated probes every image of everyone else.
+
+`--faces FILE` scores another system's faces (face_recognition's, tools/face_recognition_faces.py)
+by the same protocol.
 """
 
 from __future__ import annotations
@@ -19,15 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from edgeface.enroll import IMAGE_SUFFIXES
 from edgeface.errors import EdgefaceError
+from edgeface.eval_data import FaceRule, dataset_faces, default_face_rule, images_root
+from edgeface.eval_data import dataset_people as _folder_people
 from edgeface.gallery import EMBEDDING_DIM, GallerySnapshot, MatchStrategy
 from edgeface.report import print_figures
 
@@ -38,14 +47,10 @@ STATION_SEEDS = 5
 
 def dataset_people(root: Path) -> dict[str, list[Path]]:
     """person -> sorted image files, for each sub-folder of root (or of root/images) with images."""
-    root = root / "images" if (root / "images").is_dir() else root
+    root = images_root(root)
     if not root.is_dir():
         raise EdgefaceError(f"{root}: not a folder; --data takes a folder with one sub-folder per person")
-    people = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            people[folder.name] = files
+    people = _folder_people(root)
     if sum(len(f) >= 2 for f in people.values()) < 2:
         raise EdgefaceError(f"{root}: needs at least two sub-folders (people) with two or more images each")
     return people
@@ -97,48 +102,66 @@ def identification_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated
 
 @dataclass
 class IdentifyReport:
-    full: Figures
+    full: Figures | None
+    """Everyone with >= 2 images enrolled, one-image people as strangers; None without one-image people."""
     station: list[Figures]
+    """Station galleries (LFW-like data) or half splits (everyone has several images)."""
+    protocol: Literal["station", "half split"]
     images: int
     images_without_face: int
     seconds_per_image: float
     templates: int
     settings: dict[str, object] = field(default_factory=dict)
 
+    def _station_label(self) -> str:
+        if self.protocol == "half split":
+            return f"half split ({self.station[0].gallery_people} people enrolled, the rest strangers; {len(self.station)} seeds)"
+        return f"station gallery ({STATION_PEOPLE} people x {len(self.station)} seeds)"
+
     def lines(self) -> list[str]:
         def far(figures: Figures) -> str:
             return ", ".join(f"DIR {_fmt(figures.dir_at_far[f])} at FAR {100 * f:g}% "
                              f"(threshold {_fmt(figures.threshold_at_far[f])})" for f in FARS)
 
-        station_far = ", ".join(f"DIR {_fmt(_mean([s.dir_at_far[f] for s in self.station]))} "
-                        f"(min {_fmt(_min([s.dir_at_far[f] for s in self.station]))}) at FAR {100 * f:g}%" for f in FARS)
-        return [
-            (f"{self.images} images, {self.images_without_face} without a face, "
-             f"{1000 * self.seconds_per_image:.1f} ms/image; {self.templates} template(s) per person; {self.settings}"),
-            (f"full gallery: {self.full.gallery_people} people, {self.full.mated} mated and {self.full.non_mated} "
-             f"non-mated probes: rank-1 {self.full.rank1:.3f}, {far(self.full)}"),
-            (f"station gallery ({STATION_PEOPLE} people x {len(self.station)} seeds): rank-1 "
-             f"{np.mean([s.rank1 for s in self.station]):.3f}, {station_far}"),
-        ]
+        def spread(values: list[float | None]) -> str:
+            known = [v for v in values if v is not None]
+            if len(known) != len(values) or not known:
+                return "n/a"
+            return f"{np.median(known):.3f} (range {min(known):.3f}-{max(known):.3f})"
+
+        station_far = ", ".join(f"DIR {spread([s.dir_at_far[f] for s in self.station])} at FAR {100 * f:g}%" for f in FARS)
+        lines = [(f"{self.images} images, {self.images_without_face} without a face, "
+                  f"{1000 * self.seconds_per_image:.1f} ms/image; {self.templates} template(s) per person; {self.settings}")]
+        if self.full is not None:
+            lines.append(f"full gallery: {self.full.gallery_people} people, {self.full.mated} mated and {self.full.non_mated} "
+                         f"non-mated probes: rank-1 {self.full.rank1:.3f}, {far(self.full)}")
+        lines.append(f"{self._station_label()}: rank-1 {spread([s.rank1 for s in self.station])}, {station_far}")
+        return lines
 
     def as_dict(self) -> dict[str, object]:
         def r(value: float | None) -> float | None:
             return None if value is None else round(value, 4)
 
-        return {
-            "rank1": r(self.full.rank1),
-            "dir_at_far_1pct": r(self.full.dir_at_far[0.01]),
-            "dir_at_far_0_1pct": r(self.full.dir_at_far[0.001]),
-            "threshold_at_far_1pct": r(self.full.threshold_at_far[0.01]),
-            "threshold_at_far_0_1pct": r(self.full.threshold_at_far[0.001]),
-            "gallery_people": self.full.gallery_people, "mated": self.full.mated, "non_mated": self.full.non_mated,
+        out: dict[str, object] = {"protocol": self.protocol}
+        if self.full is not None:
+            out.update({
+                "rank1": r(self.full.rank1),
+                "dir_at_far_1pct": r(self.full.dir_at_far[0.01]),
+                "dir_at_far_0_1pct": r(self.full.dir_at_far[0.001]),
+                "threshold_at_far_1pct": r(self.full.threshold_at_far[0.01]),
+                "threshold_at_far_0_1pct": r(self.full.threshold_at_far[0.001]),
+                "gallery_people": self.full.gallery_people, "mated": self.full.mated, "non_mated": self.full.non_mated,
+            })
+        out.update({
             "station_rank1": r(float(np.mean([s.rank1 for s in self.station]))),
             "station_dir_at_far_1pct": r(_mean([s.dir_at_far[0.01] for s in self.station])),
             "station_dir_at_far_0_1pct": r(_mean([s.dir_at_far[0.001] for s in self.station])),
             "station_dir_at_far_1pct_per_seed": [r(s.dir_at_far[0.01]) for s in self.station],
+            "station_threshold_at_far_1pct_per_seed": [r(s.threshold_at_far[0.01]) for s in self.station],
             "images": self.images, "images_without_face": self.images_without_face,
             "ms_per_image": round(1000 * self.seconds_per_image, 2), "templates": self.templates, **self.settings,
-        }
+        })
+        return out
 
 
 def _fmt(value: float | None) -> str:
@@ -155,7 +178,7 @@ def _min(values: list[float | None]) -> float | None:
     return float(np.min(known)) if known and len(known) == len(values) else None
 
 
-def central_embedding(analyzer, path: Path) -> np.ndarray:
+def central_embedding(analyzer: Any, path: Path) -> np.ndarray:
     """Embedding of the face nearest the image centre; NaN row when no face is found (or the file
     cannot be read)."""
     from edgeface.errors import ImageError
@@ -172,35 +195,27 @@ def central_embedding(analyzer, path: Path) -> np.ndarray:
     return np.full(EMBEDDING_DIM, np.nan, np.float32) if index is None else faces.embeddings[index]
 
 
-def run_identify_evaluation(data: Path, analyzer, templates: int = 1, strategy: MatchStrategy = "mean", progress: bool = True,
-                            seeds: int = STATION_SEEDS, cache: Path | None = None, cache_key: str = "") -> IdentifyReport:
-    """cache: an .npz of the embeddings, reused when it holds the same files and cache_key (the
-    pipeline settings), so that gallery variants can be compared without analysing again."""
+def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templates: int = 1,
+                            strategy: MatchStrategy = "mean", progress: bool = True, seeds: int = STATION_SEEDS,
+                            cache: Path | None = None, cache_key: str = "", *, face_rule: FaceRule | None = None,
+                            faces_file: Path | None = None) -> IdentifyReport:
+    """cache: an .npz of every face (edgeface.eval_data), reused and extended when made with the same
+    cache_key (the pipeline settings), so gallery variants can be compared without analysing again."""
     if templates < 1:
         raise EdgefaceError("--templates must be at least 1")
+    if seeds < 1:
+        raise EdgefaceError("--seeds must be at least 1")
     people = dataset_people(data)
-    files = [f for images in people.values() for f in images]
-    names = np.array([str(f) for f in files])
-    started = time.perf_counter()
-    stored = np.load(cache) if cache is not None and cache.is_file() else None
-    if stored is not None and str(stored["key"]) == cache_key and np.array_equal(stored["files"], names):
-        vectors = dict(zip(files, stored["vectors"]))
-        seconds = float(stored["seconds"])
-    else:
-        iterator = files
-        if progress:
-            from tqdm import tqdm  # type: ignore[import-untyped]
-
-            iterator = tqdm(files, desc="analyse", unit="img", file=sys.stderr)
-        vectors = {f: central_embedding(analyzer, f) for f in iterator}
-        seconds = (time.perf_counter() - started) / max(len(files), 1)
-        if cache is not None:
-            with open(cache, "wb") as out:
-                np.savez(out, files=names, vectors=np.stack([vectors[f] for f in files]), key=cache_key, seconds=seconds)
+    root = images_root(data)
+    relative = {f: f.relative_to(root).as_posix() for images in people.values() for f in images}
+    table = dataset_faces(data, list(relative.values()), faces_file=faces_file, make_analyzer=make_analyzer,
+                          key=cache_key, cache=cache, progress=progress)
+    picked = table.pick(face_rule or default_face_rule(data), list(relative.values()))
+    vectors = dict(zip(relative, picked))
 
     ids = {name: i for i, name in enumerate(people)}
-    enrolled = [name for name, images in people.items() if len(images) >= 2]
-    split = {name: min(templates, len(people[name]) - 1) for name in enrolled}
+    several = [name for name, images in people.items() if len(images) >= 2]
+    split = {name: min(templates, len(people[name]) - 1) for name in several}
 
     def stack(pairs: list[tuple[str, Path]]) -> tuple[np.ndarray, np.ndarray]:
         if not pairs:
@@ -215,13 +230,16 @@ def run_identify_evaluation(data: Path, analyzer, templates: int = 1, strategy: 
         non_mated, _ = stack([(n, f) for n in strangers for f in people[n]])
         return identification_figures(gallery, owner, mated, mated_owner, non_mated, strategy=strategy)
 
-    full = figures(enrolled, [n for n, images in people.items() if len(images) == 1])
+    singles = [n for n, images in people.items() if len(images) == 1]
+    full = figures(several, singles) if singles else None
     station = []
     for seed in range(seeds):
-        chosen = sorted(np.random.default_rng(seed).choice(enrolled, size=min(STATION_PEOPLE, len(enrolled)), replace=False))
+        size = min(STATION_PEOPLE, len(several)) if singles else len(several) // 2
+        chosen = sorted(np.random.default_rng(seed).choice(several, size=size, replace=False))
         station.append(figures(chosen, [n for n in people if n not in set(chosen)]))
-    missing = sum(bool(np.isnan(v).any()) for v in vectors.values())
-    return IdentifyReport(full, station, len(files), missing, seconds, templates, {"strategy": strategy})
+    missing = int(np.isnan(picked).any(axis=1).sum())
+    return IdentifyReport(full, station, "station" if singles else "half split", len(relative), missing,
+                          table.seconds_per_image, templates, {"strategy": strategy})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -231,10 +249,11 @@ def _run(args: argparse.Namespace) -> int:
     recognition = load_config(args.config).recognition
     settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
                 "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
-    report = run_identify_evaluation(args.data, FaceAnalyzer.from_config(recognition), templates=args.templates,
+    report = run_identify_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), templates=args.templates,
                                      strategy=args.strategy, progress=not args.json, cache=args.cache,
-                                     cache_key=json.dumps(settings, sort_keys=True))
-    report.settings.update(settings)
+                                     cache_key=json.dumps(settings, sort_keys=True), seeds=args.seeds,
+                                     face_rule=args.face, faces_file=args.faces)
+    report.settings.update({"faces": str(args.faces)} if args.faces else settings)
     return print_figures(report.lines(), report.as_dict(), args.json)
 
 
@@ -245,7 +264,12 @@ def register_eval(eval_kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--templates", type=int, default=1, help="gallery images per person (default 1)")
     parser.add_argument("--strategy", choices=["min", "mean"], default="mean",
                         help="distance to a person: nearest template (min) or mean template (mean)")
-    parser.add_argument("--cache", type=Path, help="embeddings .npz, reused when the files and settings match")
+    parser.add_argument("--cache", type=Path, help="faces .npz, reused and extended when the settings match")
+    parser.add_argument("--seeds", type=int, default=STATION_SEEDS,
+                        help=f"station galleries or half splits drawn (default {STATION_SEEDS})")
+    parser.add_argument("--face", choices=["largest", "central"],
+                        help="which face is the labelled person (default: central on LFW, largest elsewhere)")
+    parser.add_argument("--faces", type=Path, help="score another system's faces (.npz from tools/face_recognition_faces.py)")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
     parser.set_defaults(handler=_run)

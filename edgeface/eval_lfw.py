@@ -1,14 +1,22 @@
-"""`edgeface eval lfw`: the full pipeline (detect -> align -> embed) on LFW View 2, 10-fold.
+"""`edgeface eval lfw`: face verification on any pair list in LFW View 2 format, 10-fold, full pipeline.
 
-Each image goes through the same detector, aligner and embedder as `edgeface embed`; the labelled
-person is the face nearest the image centre (LFW's images are centred on them), and when no face
-reaches the detector's threshold the most central candidate above its fallback threshold (0.3) is
-taken (`BlazeFaceDetector.detect_central`). An image where even that finds nothing has no embedding,
-and every pair it is in counts as an error.
+It runs on LFW (`--data ../shared/data/lfw`) and on any dataset laid out the same way, such as the
+in-the-wild CelebA set (`--data ../shared/data/celeba`). Each image goes through the same analyzer
+as `edgeface embed`/`enroll`/`identify` (detector, keypoint refiner, aligner, embedder); the labelled
+person is the face nearest the image centre on LFW (its images are centred on them) and the largest
+face elsewhere (`--face` overrides). An image without a face has no embedding, and every pair it is in
+counts as an error (a same pair rejected, a different pair accepted). With `--faces FILE` the faces of
+another system (face_recognition's, from tools/face_recognition_faces.py) are scored the same way.
+
+Besides the 10-fold accuracy it reports what the shipped threshold (gallery.match_max_distance) does
+on these pairs: its false-accept and true-accept rates, so a threshold that holds on one set but not
+another shows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +26,7 @@ import numpy as np
 
 from edgeface.config import RecognitionConfig
 from edgeface.errors import EdgefaceError
+from edgeface.eval_data import FaceRule, dataset_faces, default_face_rule, images_root
 from edgeface.types import FaceDetections
 from edgeface.verification import Pair, read_lfw_pairs, tar_at_far, ten_fold_accuracy
 
@@ -39,25 +48,26 @@ class PrecisionResult:
     tar_at_far_1e3: float
     threshold_at_far_1e3: float
     mean_threshold: float
-    embed_ms_per_face: float
+    analyse_ms_per_image: float
+    far_at_match_threshold: float
+    tar_at_match_threshold: float
 
 
 @dataclass
 class LfwReport:
+    dataset: str
     pairs: int
     images: int
     images_without_face: list[str]
     pairs_with_missing_face: int
-    detect_align_ms_per_image: float
-    flip: bool
-    alignment: str
-    detector: str
+    face_rule: str
+    system: str
+    match_max_distance: float
     results: list[PrecisionResult] = field(default_factory=list)
 
     def summary_lines(self) -> list[str]:
         lines = [
-            f"LFW View 2: {self.pairs} pairs, {self.images} images; detector {self.detector}, "
-            f"alignment {self.alignment}, flip {'on' if self.flip else 'off'}",
+            f"{self.dataset}: {self.pairs} pairs, {self.images} images; {self.system}; labelled face: {self.face_rule}",
             f"images without a detected face: {len(self.images_without_face)} "
             f"({100 * len(self.images_without_face) / max(self.images, 1):.2f}%), "
             f"their {self.pairs_with_missing_face} pairs count as errors"
@@ -66,32 +76,36 @@ class LfwReport:
         for r in self.results:
             lines.append(
                 f"{r.precision}: accuracy {100 * r.accuracy:.2f}% ± {100 * r.accuracy_std:.2f} (10-fold), "
-                f"TAR {100 * r.tar_at_far_1e3:.2f}% at FAR 1e-3, threshold ~{r.mean_threshold:.3f}, "
-                f"embed {r.embed_ms_per_face:.2f} ms/face, detect+align {self.detect_align_ms_per_image:.2f} ms/image"
+                f"TAR {100 * r.tar_at_far_1e3:.2f}% at FAR 1e-3, best threshold ~{r.mean_threshold:.3f}; "
+                f"at the shipped threshold {self.match_max_distance:.4f}: FAR {100 * r.far_at_match_threshold:.2f}%, "
+                f"TAR {100 * r.tar_at_match_threshold:.2f}%; {r.analyse_ms_per_image:.1f} ms/image"
             )
         return lines
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
+            "dataset": self.dataset,
             "pairs": self.pairs,
             "images": self.images,
             "images_without_face": len(self.images_without_face),
             "pairs_with_missing_face": self.pairs_with_missing_face,
-            "detect_align_ms_per_image": round(self.detect_align_ms_per_image, 3),
-            "flip": self.flip,
-            "alignment": self.alignment,
-            "detector": self.detector,
+            "face_rule": self.face_rule,
+            "system": self.system,
+            "match_max_distance": self.match_max_distance,
         }
         for r in self.results:
             out[f"{r.precision}_accuracy"] = round(r.accuracy, 5)
             out[f"{r.precision}_accuracy_std"] = round(r.accuracy_std, 5)
             out[f"{r.precision}_tar_at_far_1e3"] = round(r.tar_at_far_1e3, 5)
-            out[f"{r.precision}_embed_ms_per_face"] = round(r.embed_ms_per_face, 3)
+            out[f"{r.precision}_far_at_match_threshold"] = round(r.far_at_match_threshold, 5)
+            out[f"{r.precision}_tar_at_match_threshold"] = round(r.tar_at_match_threshold, 5)
+            out[f"{r.precision}_analyse_ms_per_image"] = round(r.analyse_ms_per_image, 3)
         return out
 
 
-def _images_dir(data_dir: Path) -> Path:
-    return data_dir / "images" if (data_dir / "images").is_dir() else data_dir
+def pair_distances(pairs: list[Pair], embeddings: dict[str, np.ndarray]) -> np.ndarray:
+    """Euclidean distance of each pair's embeddings; NaN where either image has none."""
+    return np.array([float(np.linalg.norm(embeddings[p.first] - embeddings[p.second])) for p in pairs])
 
 
 def run_lfw_evaluation(
@@ -101,76 +115,58 @@ def run_lfw_evaluation(
     precisions: list[Literal["int8", "fp32"]],
     progress: bool = True,
     max_pairs_per_fold: int | None = None,
+    *,
+    face_rule: FaceRule | None = None,
+    faces_file: Path | None = None,
+    cache_dir: Path | None = None,
+    match_max_distance: float | None = None,
 ) -> LfwReport:
-    from edgeface.align import Aligner
-    from edgeface.detect import BlazeFaceDetector
-    from edgeface.embed import Embedder
-    from edgeface.imageio import read_image
+    """`cache_dir`: keep each precision's faces in an .npz there (reused when the settings match)."""
+    from edgeface.analyze import FaceAnalyzer
+    from edgeface.config import GalleryConfig
 
     pairs_path = pairs_path or data_dir / "pairs.txt"
     if not pairs_path.is_file():
-        raise EdgefaceError(f"no pair list at {pairs_path}; pass --pairs or point --data at the LFW folder")
+        raise EdgefaceError(f"no pair list at {pairs_path}; pass --pairs or point --data at the dataset folder")
     pairs = read_lfw_pairs(pairs_path)
     if max_pairs_per_fold is not None:
         pairs = _subsample(pairs, max_pairs_per_fold)
-    images_dir = _images_dir(data_dir)
     names = sorted({p.first for p in pairs} | {p.second for p in pairs})
-
-    detector = BlazeFaceDetector(model=recognition.detector.model, score_threshold=recognition.detector.min_score)
-    aligner = Aligner(method=recognition.alignment.method, detector_model=recognition.detector.model)
-    embedders = {
-        p: Embedder(precision=p, threads=recognition.embedder.threads, flip=recognition.embedder.flip)
-        for p in precisions
-    }
-
-    chips: dict[str, np.ndarray] = {}
-    missing: list[str] = []
-    started = time.perf_counter()
-    iterator = names
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(names, desc="detect+align", unit="img")
-    for name in iterator:
-        image = read_image(images_dir / name)
-        face = detector.detect_central(image)
-        if not len(face):
-            missing.append(name)
-            continue
-        chips[name] = aligner.align(image, face)[0]
-    detect_align_ms = 1000 * (time.perf_counter() - started) / max(len(names), 1)
-
-    report = LfwReport(
-        pairs=len(pairs),
-        images=len(names),
-        images_without_face=missing,
-        pairs_with_missing_face=sum(1 for p in pairs if p.first in missing or p.second in missing),
-        detect_align_ms_per_image=detect_align_ms,
-        flip=recognition.embedder.flip,
-        alignment=recognition.alignment.method,
-        detector=recognition.detector.model,
-    )
-    found = sorted(chips)
-    stacked = np.stack([chips[n] for n in found]) if found else np.zeros((0, 150, 150, 3), np.uint8)
+    rule = face_rule or default_face_rule(data_dir)
+    threshold = match_max_distance if match_max_distance is not None else GalleryConfig().match_max_distance
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    for embedder in embedders.values():
+    settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
+                "flip": recognition.embedder.flip}
+    system = "faces from " + str(faces_file) if faces_file else "edgeface " + ", ".join(f"{k} {v}" for k, v in settings.items())
+    report = LfwReport(dataset=f"{data_dir} ({pairs_path.name})", pairs=len(pairs), images=len(names),
+                       images_without_face=[], pairs_with_missing_face=0, face_rule=rule, system=system,
+                       match_max_distance=threshold)
+    for precision in (["file"] if faces_file else precisions):
+        key = json.dumps({**settings, "precision": precision}, sort_keys=True)
+        digest = hashlib.sha256(f"{images_root(data_dir).resolve()} {key}".encode()).hexdigest()[:12]
+        cache = None if cache_dir is None else cache_dir / f"faces-{digest}.npz"
         started = time.perf_counter()
-        embeddings = np.concatenate([embedder.embed(stacked[i : i + 32]) for i in range(0, len(stacked), 32)]) \
-            if found else np.zeros((0, 128), np.float32)
-        embed_ms = 1000 * (time.perf_counter() - started) / max(len(found), 1)
-        by_name = dict(zip(found, embeddings))
-        distances = np.array([
-            float(np.linalg.norm(by_name[p.first] - by_name[p.second])) if p.first in by_name and p.second in by_name
-            else np.nan
-            for p in pairs
-        ])
+        table = dataset_faces(
+            data_dir, names, faces_file=faces_file, key=key, cache=cache, progress=progress,
+            make_analyzer=lambda p=precision: FaceAnalyzer.from_config(recognition, precision=p),  # type: ignore[misc]
+        )
+        embeddings = dict(zip(names, table.pick(rule, names)))
+        missing = [n for n in names if np.isnan(embeddings[n]).any()]
+        if len(missing) >= len(report.images_without_face):  # the precision that missed most (they agree but for ties)
+            report.images_without_face = missing
+            report.pairs_with_missing_face = sum(1 for p in pairs if p.first in set(missing) or p.second in set(missing))
+        distances = pair_distances(pairs, embeddings)
         ten_fold = ten_fold_accuracy(distances, same, folds)
-        tar, threshold = tar_at_far(distances, same, 1e-3)
+        tar, at = tar_at_far(distances, same, 1e-3)
+        accepted = np.nan_to_num(distances, nan=np.inf) < threshold
+        false_accepts = (np.isnan(distances) | accepted)[~same]
         report.results.append(PrecisionResult(
-            precision=embedder.precision, accuracy=ten_fold.mean_accuracy, accuracy_std=ten_fold.std_accuracy,
-            tar_at_far_1e3=tar, threshold_at_far_1e3=threshold, mean_threshold=float(np.mean(ten_fold.thresholds)),
-            embed_ms_per_face=embed_ms,
+            precision=precision, accuracy=ten_fold.mean_accuracy, accuracy_std=ten_fold.std_accuracy,
+            tar_at_far_1e3=tar, threshold_at_far_1e3=at, mean_threshold=float(np.mean(ten_fold.thresholds)),
+            analyse_ms_per_image=1000 * (table.seconds_per_image if faces_file or cache
+                                         else (time.perf_counter() - started) / max(len(names), 1)),
+            far_at_match_threshold=float(false_accepts.mean()), tar_at_match_threshold=float(accepted[same].mean()),
         ))
     return report
 

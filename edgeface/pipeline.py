@@ -505,13 +505,6 @@ def use_opencv_threads(threads: int) -> None:
     cv2.setNumThreads(max(int(threads), 1))
 
 
-def _blazeface(model: str, threads: int, wrap_runner: Callable[[Any], Any] | None, **options: Any) -> Any:
-    from edgeface.detect import BlazeFaceDetector, litert_runner
-
-    runner = litert_runner(model, threads)  # type: ignore[arg-type]
-    return BlazeFaceDetector(model=model, runner=wrap_runner(runner) if wrap_runner else runner, **options)  # type: ignore[arg-type]
-
-
 def build_pipeline(
     config: Any,
     *,
@@ -527,21 +520,20 @@ def build_pipeline(
     TimedRunner); `threads` overrides the embedder's (and detectors') thread count."""
     from edgeface.align import Aligner as BlazeAligner
     from edgeface.decide import DecisionPolicy
-    from edgeface.detect import KeypointRefiner
+    from edgeface.detect import make_detector, make_refiner
     from edgeface.embed import Embedder as OnnxEmbedder
 
     recognition, p = config.recognition, config.pipeline
     n_threads = threads or recognition.embedder.threads
     # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.detect).
-    detector: Any = _blazeface(recognition.detector.model, n_threads, wrap_runner,
-                               score_threshold=recognition.detector.min_score, resize="fast")
+    detector: Any = make_detector(recognition.detector.model, min_score=recognition.detector.min_score,
+                                  threads=n_threads, resize="fast", wrap_runner=wrap_runner)
+    template_model = detector.model
     if p.detect_tiles_x * p.detect_tiles_y > 1:
         detector = TiledDetector(detector, p.detect_tiles_x, p.detect_tiles_y, p.detect_tile_overlap_frac,
                                  min_side_px_for_tiles=p.detect_tiles_min_side_px,
                                  work_long_side_px=p.detect_work_long_side_px)
-    refiner = None
-    if p.refine_face_max_frac > 0:
-        refiner = KeypointRefiner(_blazeface("short", n_threads, wrap_runner), max_face_frac=p.refine_face_max_frac)
+    refiner = make_refiner(p.refine_face_max_frac, threads=n_threads, wrap_runner=wrap_runner)
     d = p.decision
     shared = {f.name for f in dataclasses.fields(DecisionPolicy)} & set(type(d).model_fields)
     policy = DecisionPolicy(**d.model_dump(include=shared), max_votes_kept=max(32, d.max_faces_undecided))
@@ -556,7 +548,7 @@ def build_pipeline(
     q, t = p.quality, p.tracking
     return Pipeline(
         detector=detector,
-        aligner=BlazeAligner(method=recognition.alignment.method, detector_model=recognition.detector.model,
+        aligner=BlazeAligner(method=recognition.alignment.method, detector_model=template_model,
                              refiner=refiner),
         embedder=OnnxEmbedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip),
         matcher=matcher,

@@ -64,7 +64,7 @@ def test_real_faces_cast_plus_strangers(tmp_path: Path) -> None:
     for person in sorted(p for p in (DATA / "orl").iterdir() if p.is_dir()):
         (tmp_path / f"orl_{person.name}").mkdir()
         (tmp_path / f"orl_{person.name}" / "1.pgm").symlink_to(person / "1.pgm")
-    report = run_identify_evaluation(tmp_path, FaceAnalyzer.from_config(Config().recognition), templates=2,
+    report = run_identify_evaluation(tmp_path, lambda: FaceAnalyzer.from_config(Config().recognition), templates=2,
                                      progress=False, seeds=1, cache=tmp_path / "cache.npz")
     assert (report.full.gallery_people, report.full.mated, report.full.non_mated) == (8, 24, 40)
     assert report.full.rank1 >= 0.95

@@ -22,6 +22,9 @@ LMM_SHOT = range(82, 211)
 """hamilton_clip frames 82..210: the one close shot of Lin-Manuel Miranda (looked at frame by frame; the cuts
 are at frames 20, 82 and 211). Before it: him far away on stage, then a pianist in profile; after it: the
 audience with Barack and Michelle Obama."""
+LMM_WIDE_SHOT = range(0, 20)
+"""Frames 0..19: him standing on stage at the right (face ~40 px at x 515-565), the pianist Alex Lacamoire
+at the left. The short-range detector alone never saw this face; the default (both ranges) does."""
 
 
 class ListSink:
@@ -84,8 +87,9 @@ def test_hamilton_recognises_miranda_once_per_track_and_nobody_else_as_him(galle
     assert all(len(set(names)) == len(names) for names in per_track.values()), per_track  # one per track
     assert len(recognized) <= 3, recognized  # not one per frame
     # Nobody else is ever labelled as him: every face drawn as Miranda is in his close shot.
-    labelled = [r.index for r in results for f in r.faces if f.label == LMM]
-    assert labelled and all(i in LMM_SHOT for i in labelled), sorted(set(labelled) - set(LMM_SHOT))
+    labelled = [(r.index, float(f.box[0] + f.box[2]) / 2) for r in results for f in r.faces if f.label == LMM]
+    wrong = [i for i, x in labelled if i not in LMM_SHOT and not (i in LMM_WIDE_SHOT and x > 400)]
+    assert labelled and not wrong, wrong
     # The Obamas (audience, frames 211..) are never recognised as anyone.
     audience_tracks = {f.track_id for r in results if r.index >= 215 for f in r.faces}
     assert not [e for e in recognized if e.track_id in audience_tracks]
@@ -149,6 +153,7 @@ def test_every_detector_runner_can_be_wrapped(refine: float) -> None:
         return timers[-1]
 
     pipeline = build_pipeline(config, sink=ListSink(), wrap_runner=wrap, threads=1)
-    assert len(timers) == (2 if refine else 1)
+    assert len(timers) == (3 if refine else 2)  # full and short range for the frame, short range for the refiner
     pipeline.detector.detect(np.zeros((360, 640, 3), np.uint8))
     assert timers[0].calls == 1 and timers[0].seconds > 0
+    assert timers[1].calls == 1 and timers[1].seconds > 0
