@@ -94,10 +94,12 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 print(json.dumps({"name": outcome.name, "path": str(outcome.path), "enrolled": outcome.accepted,
                                   "reason": outcome.reason.value if outcome.reason else None,
                                   "detail": outcome.detail or None,
-                                  "quality": None if outcome.quality is None else round(outcome.quality, 3)},
+                                  "quality": None if outcome.quality is None else round(outcome.quality, 3),
+                                  "warning": outcome.warning},
                                  ensure_ascii=False), flush=True)
             elif outcome.accepted:
-                bar.write(f"enrolled  {outcome.name}  {outcome.path}  (quality {outcome.quality:.2f})", file=sys.stdout)
+                warning = f"  warning: {outcome.warning}" if outcome.warning else ""
+                bar.write(f"enrolled  {outcome.name}  {outcome.path}  (quality {outcome.quality:.2f}){warning}", file=sys.stdout)
             else:
                 reason = outcome.reason.value if outcome.reason else "?"
                 bar.write(f"rejected  {outcome.name}  {outcome.path}  {reason}: {outcome.detail}",
