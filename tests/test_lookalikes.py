@@ -72,7 +72,8 @@ def test_nearest_different_people_are_both_enrolled_and_told_apart(analyzer, tmp
         for person, other, enrolled in ((first, second, first_photo), (second, first, second_photo)):
             photos = sorted(p for p in (root / person).iterdir() if p.name != enrolled)
             assert len(photos) >= 4
-            matches = gallery.match(np.stack([_labelled(analyzer, p, rule) for p in photos]))
+            vectors = np.stack([_labelled(analyzer, p, rule) for p in photos])
+            matches = gallery.match(vectors)
             assert all(m.nearest_name == person for m in matches), [(m.nearest_name, m.distance) for m in matches]
             assert all(m.name in (person, None) for m in matches)  # never the look-alike's name
             assert sum(m.name == person for m in matches) >= 0.75 * len(photos)
@@ -82,8 +83,8 @@ def test_nearest_different_people_are_both_enrolled_and_told_apart(analyzer, tmp
             # exactly when most of the voting faces had it within the margin.
             decider = Decider("hall", "door")
             events = []
-            for j, (m, p) in enumerate(zip(matches, photos)):
-                vote = Vote(np.zeros(128, np.float32), 1.0, m.name, m.distance, j, None, m.runner_up, m.runner_up_distance)
+            for j, (m, vector) in enumerate(zip(matches, vectors)):
+                vote = Vote(vector, 1.0, m.name, m.distance, j, None, m.runner_up, m.runner_up_distance)
                 events += decider.add_vote(1, vote, T0 + timedelta(seconds=j))
             recognized = [e for e in events if e.type == "recognized"]
             assert len(recognized) == 1 and recognized[0].name == person
