@@ -226,10 +226,12 @@ def _cmd_reject(args: argparse.Namespace) -> int:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
+    from edgeface.config import load_config
     from edgeface.errors import ImageError
     from edgeface.imageio import read_image
 
     analyzer = _analyzer(args)
+    margin = load_config(args.config).pipeline.decision.runner_up_margin
     errors = 0
     with _open(args) as gallery:
         for path in args.paths:
@@ -246,6 +248,8 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                         "name": match.name or "unknown",
                         "distance": round(match.distance, 4) if match.distance != float("inf") else None,
                         "nearest": match.nearest_name,
+                        "runner_up": {"name": match.runner_up, "distance": round(match.runner_up_distance, 4)}
+                        if match.close_runner_up(margin) else None,
                     })
             if args.jsonl:
                 print(json.dumps(record, ensure_ascii=False), flush=True)
@@ -257,7 +261,9 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                 for face in record["faces"]:
                     distance = "-" if face["distance"] is None else f"{face['distance']:.3f}"
                     box = ",".join(f"{v:.0f}" for v in face["box"])
-                    print(f"{path}\t{face['name']}\t{distance}\tbox {box}")
+                    close = face["runner_up"]
+                    look_alike = f"\trunner-up {close['name']} {close['distance']:.3f}" if close else ""
+                    print(f"{path}\t{face['name']}\t{distance}\tbox {box}{look_alike}")
     return 1 if errors else 0
 
 

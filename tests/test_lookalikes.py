@@ -108,15 +108,25 @@ def test_enroll_cli_and_mqtt_reply_carry_the_warning(tmp_path: Path) -> None:
 
     first, second = LFW / "Jeong_Se-hyun" / "Jeong_Se-hyun_0001.jpg", LFW / "Chen_Shui-bian" / "Chen_Shui-bian_0001.jpg"
 
-    def enroll(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "edgeface.gallery_cli", "enroll", *map(str, args), "--gallery",
+    def edgeface(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgeface.gallery_cli", *map(str, args), "--gallery",
                                tmp_path / "cli.db"], capture_output=True, text=True, timeout=300, check=False)
+
+    def enroll(*args: object) -> subprocess.CompletedProcess[str]:
+        return edgeface("enroll", *args)
 
     assert enroll("Jeong", first).returncode == 0
     line = enroll("Chen", second)
     assert line.returncode == 0, line.stderr
     assert line.stdout.count("\n") == 1 and line.stdout.startswith("enrolled  Chen")
     assert "warning: resembles Jeong (0.2" in line.stdout
+    # identify names the right one of the two and shows a runner-up only when it was within the margin
+    photos = [LFW / "Jeong_Se-hyun" / f"Jeong_Se-hyun_000{k}.jpg" for k in (7, 9)]
+    records = [json.loads(r) for r in edgeface("identify", *photos, "--jsonl").stdout.splitlines()]
+    central = [min(r["faces"], key=lambda f: abs(f["box"][0] + f["box"][2] - 250)) for r in records]
+    assert [f["name"] for f in central] == ["Jeong", "Jeong"]
+    assert central[0]["runner_up"] is None  # 0.194 from Jeong, Chen much farther
+    assert central[1]["runner_up"]["name"] == "Chen" and central[1]["runner_up"]["distance"] - central[1]["distance"] < 0.04
     record = json.loads(enroll("Lee", LFW / "Lee_Hoi-chang" / "Lee_Hoi-chang_0001.jpg", "--jsonl").stdout)
     assert record["enrolled"] is True and record["warning"].startswith("resembles ")
 
