@@ -12,7 +12,9 @@ weight and gallery match) and turns them into events:
   winner (weak evidence = unknown), or when it ends with at least `min_good_faces` faces and no
   decision.
 - **events**: a decided track produces ONE `recognized` event (or one `unknown` event); nothing more
-  per frame. Every track gets a `track_ended` event when it ends, with its decision.
+  per frame. The recognized event names a `runner_up` (a look-alike, such as a relative) when most of
+  the faces that voted for the name had that other person within `runner_up_margin` of it; it is a
+  flag for consumers and does not change the decision (measured: see DecisionPolicy.runner_up_margin). Every track gets a `track_ended` event when it ends, with its decision.
 - **re-check**: after a decision the pipeline keeps embedding a face now and then (`wants_embedding`
   tells it when). A re-check that disagrees with the decision shortens the interval; when the last
   `recheck_window` re-checks decide, by the same vote rules, for another outcome, the decision

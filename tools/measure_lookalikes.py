@@ -14,10 +14,15 @@ Printed, per data set:
    `enroll --from-folders` does; CelebA: half the 100 people, seed 0): how many are refused as
    resembling someone, before (the old rule) and after (this rule); how many wrong-name photos (a
    photo of an enrolled person filed under another enrolled name) are still refused;
-3. matching on that gallery: the share of never-enrolled people's photos (LFW: people with one photo;
-   CelebA: the other 50 people) and of enrolled people's other photos that get a wrong name, before
-   vs after, and how many of the wrong names had a runner-up within `gallery.runner_up_margin`;
-4. the nearest pairs of different people (look-alikes) among enrollable photos.
+   and, adding one more photo to a person enrolled from one, how many right-name and wrong-name photos
+   `check_resemblance` refuses for candidate values of wrong_name_min_distance;
+3. matching on those galleries (the false-accept cost of enrolling everyone): the share of
+   never-enrolled people's photos (LFW: people with one photo; CelebA: the other 50 people) and of
+   the requested people's other photos that get a wrong name, before vs after; then, per margin, how
+   often a named face has a runner-up within it and how often such a face is wrong (the choice of
+   `pipeline.decision.runner_up_margin`), and simulated tracks (6 photos of one person voting) decided
+   with the runner-up as a flag only or with 6 faces needed when it is close;
+4. the nearest pairs of different people (look-alikes) among enrollable photos (tests/test_lookalikes.py).
 Figures, not a test: nothing here asserts.
 """
 
