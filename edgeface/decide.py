@@ -12,7 +12,9 @@ weight and gallery match) and turns them into events:
   winner (weak evidence = unknown), or when it ends with at least `min_good_faces` faces and no
   decision.
 - **events**: a decided track produces ONE `recognized` event (or one `unknown` event); nothing more
-  per frame. Every track gets a `track_ended` event when it ends, with its decision.
+  per frame. The recognized event names a `runner_up` (a look-alike, such as a relative) when most of
+  the faces that voted for the name had that other person within `runner_up_margin` of it; it is a
+  flag for consumers and does not change the decision (measured: see DecisionPolicy.runner_up_margin). Every track gets a `track_ended` event when it ends, with its decision.
 - **re-check**: after a decision the pipeline keeps embedding a face now and then (`wants_embedding`
   tells it when). A re-check that disagrees with the decision shortens the interval; when the last
   `recheck_window` re-checks decide, by the same vote rules, for another outcome, the decision
@@ -31,6 +33,7 @@ Pure logic: no models, no I/O, no clock (timestamps come with the calls).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -39,7 +42,7 @@ from datetime import datetime
 
 import numpy as np
 
-from edgeface.events import RecognizedEvent, TrackEndedEvent, UnknownEvent
+from edgeface.events import RecognizedEvent, RunnerUp, TrackEndedEvent, UnknownEvent
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,9 @@ class Vote:
     frame_index: int
     chip: np.ndarray | None = None
     """The aligned face (150, 150, 3), for the clusters' contact sheet when crops are allowed."""
+    runner_up: str | None = None
+    """The nearest enrolled person other than `name` (None: nobody else enrolled)."""
+    runner_up_distance: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ class Outcome:
     confidence: float = 0.0
     distance: float = 0.0
     faces_used: int = 0
+    runner_up: tuple[str, float] | None = None
+    """(name, distance) of a look-alike that was within runner_up_margin on most of the voting faces."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,12 @@ class DecisionPolicy:
     unknown_best_faces: int = 5
     max_votes_kept: int = 32
     recheck_window: int = 3
+    runner_up_margin: float = 0.04
+    """Flag only: a close runner-up is reported on the recognized event and does not change the decision.
+    Measured (python tools/measure_lookalikes.py, one photo per person enrolled): a single face whose
+    runner-up is within 0.04 is given a wrong name 29% (LFW) / 34% (CelebA) of the time against 0.4% /
+    1.9% without; but tracks decided by the vote (3 faces) were never wrong with a close runner-up, and
+    asking for 6 faces then changed no decision on 768 LFW and 300 CelebA simulated tracks."""
 
     def __post_init__(self) -> None:
         if self.min_good_faces < 1:
@@ -130,6 +144,8 @@ class DecisionPolicy:
             raise ValueError(f"max_runner_up_ratio must be in [0, 1), got {self.max_runner_up_ratio}")
         if self.unknown_best_faces < 1 or self.recheck_window < 1:
             raise ValueError("unknown_best_faces and recheck_window must be >= 1")
+        if not 0.0 <= self.runner_up_margin <= 2.0:
+            raise ValueError(f"runner_up_margin must be in [0, 2], got {self.runner_up_margin}")
         if self.max_votes_kept < self.max_faces_undecided:
             raise ValueError("max_votes_kept must be >= max_faces_undecided")
 
@@ -156,13 +172,29 @@ def vote(votes: Sequence[Vote], policy: DecisionPolicy, *, final: bool = False, 
         mine = [v for v in votes if v.name == name]
         if len(mine) >= needed and weight >= policy.min_vote_share * total and runner_up <= policy.max_runner_up_ratio * weight:
             distance = float(np.average([v.distance for v in mine], weights=[v.weight for v in mine]))
-            return Outcome(name, weight / total, distance, len(mine))
+            return Outcome(name, weight / total, distance, len(mine), close_runner_up(mine, policy.runner_up_margin))
     unknown_needed = policy.min_good_faces_unknown if min_faces is None else min_faces
     unknown_weight = by_name.get(UNKNOWN, 0.0)
     clear_unknown = len(unknown_votes) >= unknown_needed and unknown_weight >= policy.min_vote_share * total
     if clear_unknown or final or len(votes) >= policy.max_faces_undecided:
         return Outcome(UNKNOWN, unknown_weight / total, 0.0, len(votes))
     return Outcome(None)
+
+
+def close_runner_up(mine: Sequence[Vote], margin: float) -> tuple[str, float] | None:
+    """(name, weighted mean distance) of the person most often within `margin` of the decided one
+    among the faces that voted for it, when those faces hold at least half of their weight."""
+    close = [(v.runner_up, v) for v in mine if v.runner_up is not None and v.runner_up_distance - v.distance < margin]
+    if not close:
+        return None
+    by_name: dict[str, float] = {}
+    for other, v in close:
+        by_name[other] = by_name.get(other, 0.0) + v.weight
+    name = max(by_name, key=by_name.__getitem__)
+    if 2 * by_name[name] < sum(v.weight for v in mine):
+        return None
+    chosen = [v for other, v in close if other == name]
+    return name, float(np.average([v.runner_up_distance for v in chosen], weights=[v.weight for v in chosen]))
 
 
 def aggregate_embedding(votes: Sequence[Vote], best: int) -> tuple[np.ndarray, float, int]:
@@ -367,6 +399,8 @@ class Decider:
                 ts=ts, station=self.station, camera=self.camera, track_id=state.track_id, name=outcome.decision,
                 confidence=min(max(outcome.confidence, 0.0), 1.0), distance=max(outcome.distance, 0.0),
                 faces_used=max(outcome.faces_used, 1),
+                runner_up=None if outcome.runner_up is None else RunnerUp(name=outcome.runner_up[0],
+                                                                          distance=outcome.runner_up[1]),
             )]
         embedding, quality, used = aggregate_embedding(state.votes, self.policy.unknown_best_faces)
         self._remember(state, UNKNOWN, embedding, ts)

@@ -10,15 +10,18 @@ Each person goes through two steps:
 empty folders, names already enrolled, the same name twice): on a problem it raises EnrollmentError
 and nothing is written. Checks per photo, in order: readable; a face; one face (the largest is taken
 when it clearly dominates); detector score, size, pose, blur (`QualityGate.for_enrollment`); not a
-duplicate of a stored or earlier template; not closer to a different enrolled person than to NAME.
+duplicate of a stored or earlier template; not filed under the wrong name (`check_resemblance`: far
+from NAME's other photos and near someone else's). A photo that only resembles another enrolled person
+(a parent, a sibling) is enrolled with a warning that names them and the distance.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +33,7 @@ from edgeface.gallery import Gallery, GallerySnapshot, pairwise_distances, valid
 from edgeface.quality import QualityGate, QualityReason
 
 if TYPE_CHECKING:
-    from edgeface.analyze import FaceAnalyzer
+    from edgeface.analyze import AnalyzedFaces, FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,15 @@ DUPLICATE_MAX_DISTANCE = 0.1
 again, resized or re-encoded (obama-1080p vs barack_obama/1.jpg of ../shared/data/people: 0.077).
 Different photos of one person are farther: 300 LFW same-person pairs (pairsDevTrain) measured
 0.156 at the minimum, 0.30 median."""
+
+WRONG_NAME_MIN_DISTANCE = 0.5
+"""A photo farther than this from every other photo of its person (and nearer someone else, within
+the match threshold) is refused as filed under the wrong name. Measured (python
+tools/measure_lookalikes.py, default pipeline of 2026-12): same-person distances exceed 0.5 for none
+of the 1,600 LFW View 1 pairs (max 0.483) and for 4.0% of 10,242 CelebA pairs; adding a photo to a
+person enrolled from one photo, 0.5 refuses 2 of 6,423 right-name photos on LFW and 0 of 564 on
+CelebA, and 83% (LFW) / 66% (CelebA) of photos filed under a random other enrolled name. A photo filed
+under the name of a look-alike is not caught: that is the same situation as a relative."""
 
 
 class EnrollmentError(EdgefaceError):
@@ -87,6 +99,8 @@ class PhotoOutcome:
     quality: float | None = None
     sha256: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    warning: str | None = None
+    """Set on an accepted photo that resembles another enrolled person: who, and how near."""
 
     @property
     def accepted(self) -> bool:
@@ -173,6 +187,45 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def check_resemblance(name: str, outcomes: list[PhotoOutcome], snapshot: GallerySnapshot, match_max_distance: float,
+                      wrong_name_min_distance: float = WRONG_NAME_MIN_DISTANCE) -> list[PhotoOutcome]:
+    """The gallery checks of NAME's accepted photos against the other enrolled people.
+
+    A photo that resembles someone else (nearer than match_max_distance) is enrolled with a warning
+    naming them: families and look-alikes are enrollable, matching tells them apart. It is refused
+    as filed under the wrong name only when NAME already has photos (stored, or others in this batch),
+    this one is farther than wrong_name_min_distance from all of them, and it is within
+    match_max_distance of someone else and nearer to them than to NAME."""
+    accepted = [o for o in outcomes if o.accepted]
+    if not accepted or not len(snapshot):
+        return outcomes
+    probes = np.stack([o.vector for o in accepted])
+    by_identity = snapshot.distances(probes, "min")
+    own = snapshot.names.index(name) if name in snapshot.names else None
+    to_self = by_identity[:, own].copy() if own is not None else np.full(len(accepted), np.inf, np.float32)
+    among = pairwise_distances(probes, probes)
+    np.fill_diagonal(among, np.inf)
+    if len(accepted) > 1:
+        to_self = np.minimum(to_self, among.min(axis=1))
+    if own is not None:
+        by_identity[:, own] = np.inf
+    judged: dict[int, PhotoOutcome] = {}
+    for i, outcome in enumerate(accepted):
+        k = int(np.argmin(by_identity[i]))
+        other, mine = float(by_identity[i, k]), float(to_self[i])
+        if not other < match_max_distance:
+            continue
+        if wrong_name_min_distance < mine < math.inf and other < mine:
+            judged[id(outcome)] = PhotoOutcome(
+                outcome.path, name, Reason.CLOSER_TO_OTHER,
+                f"looks like {snapshot.names[k]} ({other:.3f}) and unlike {name}'s other photos ({mine:.3f} > "
+                f"{wrong_name_min_distance}): filed under the wrong name?", sha256=outcome.sha256)
+        else:
+            versus = f", nearer than to {name}'s other photos ({mine:.3f})" if other < mine < math.inf else ""
+            judged[id(outcome)] = replace(outcome, warning=f"resembles {snapshot.names[k]} ({other:.3f}){versus}")
+    return [judged.get(id(o), o) for o in outcomes]
+
+
 class Enroller:
     def __init__(
         self,
@@ -181,12 +234,14 @@ class Enroller:
         gate: QualityGate | None = None,
         dominant_face_area_ratio: float = DOMINANT_FACE_AREA_RATIO,
         duplicate_max_distance: float = DUPLICATE_MAX_DISTANCE,
+        wrong_name_min_distance: float = WRONG_NAME_MIN_DISTANCE,
     ) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
         self.gate = gate or QualityGate.for_enrollment()
         self.dominant_face_area_ratio = dominant_face_area_ratio
         self.duplicate_max_distance = duplicate_max_distance
+        self.wrong_name_min_distance = wrong_name_min_distance
 
     def _face(self, path: Path, name: str) -> PhotoOutcome:
         """Read, hash, analyse and quality-check one photo: accepted with its embedding, or rejected."""
@@ -197,7 +252,11 @@ class Enroller:
             digest = _sha256(path)
         except (ImageError, OSError) as error:
             return PhotoOutcome(path, name, Reason.UNREADABLE, str(error).removeprefix(f"{path}: "))
-        faces = self.analyzer.analyze(image)
+        return self.judge_faces(self.analyzer.analyze(image), path, name, digest)
+
+    def judge_faces(self, faces: AnalyzedFaces, path: Path, name: str, digest: str | None = None) -> PhotoOutcome:
+        """The per-photo checks on an analysed photo: one dominant face of enrollment quality, with its
+        embedding, or the reason it is refused (no gallery checks yet)."""
         if len(faces) == 0:
             return PhotoOutcome(path, name, Reason.NO_FACE, "no face found", sha256=digest)
         index = int(np.argmax(faces.detections.area))
@@ -267,31 +326,7 @@ class Enroller:
         return outcome
 
     def _check_others(self, name: str, outcomes: list[PhotoOutcome], snapshot: GallerySnapshot) -> list[PhotoOutcome]:
-        """Reject accepted photos that are nearer a different enrolled person (below the match
-        threshold) than to NAME's own templates and NAME's other accepted photos."""
-        accepted = [o for o in outcomes if o.accepted]
-        if not accepted or not len(snapshot):
-            return outcomes
-        probes = np.stack([o.vector for o in accepted])
-        by_identity = snapshot.distances(probes, "min")
-        own = snapshot.names.index(name) if name in snapshot.names else None
-        to_self = by_identity[:, own].copy() if own is not None else np.full(len(accepted), np.inf, np.float32)
-        among = pairwise_distances(probes, probes)
-        np.fill_diagonal(among, np.inf)
-        if len(accepted) > 1:
-            to_self = np.minimum(to_self, among.min(axis=1))
-        if own is not None:
-            by_identity[:, own] = np.inf
-        rejected: dict[int, PhotoOutcome] = {}
-        for i, outcome in enumerate(accepted):
-            k = int(np.argmin(by_identity[i]))
-            other = float(by_identity[i, k])
-            if other < self.gallery.match_max_distance and other <= to_self[i]:
-                versus = f"than to {name} ({to_self[i]:.3f})" if np.isfinite(to_self[i]) else f"and {name} has no other photo"
-                rejected[id(outcome)] = PhotoOutcome(outcome.path, name, Reason.CLOSER_TO_OTHER,
-                                                     f"closer to {snapshot.names[k]} ({other:.3f}) {versus}",
-                                                     sha256=outcome.sha256)
-        return [rejected.get(id(o), o) for o in outcomes]
+        return check_resemblance(name, outcomes, snapshot, self.gallery.match_max_distance, self.wrong_name_min_distance)
 
     def commit(self, plan: PersonPlan, metadata: dict | None = None) -> list[int]:
         """Store the plan's accepted templates in one transaction; [] (nothing written) when none."""

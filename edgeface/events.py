@@ -40,8 +40,9 @@ from pydantic import (
 
 from edgeface.errors import ConfigError
 
-SCHEMA_VERSION: Literal[1] = 1
-"""Bumped on any incompatible change of a payload; consumers can route on it."""
+SCHEMA_VERSION: Literal[2] = 2
+"""Bumped on any incompatible change of a payload; consumers can route on it. 2: `recognized` has
+`runner_up`."""
 
 _TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
 
@@ -105,7 +106,7 @@ class _Payload(BaseModel):
         json_schema_serialization_defaults_required=True,
     )
 
-    schema_version: Literal[1] = Field(
+    schema_version: Literal[2] = Field(
         SCHEMA_VERSION, alias="schema", description="Payload schema version (see SCHEMA_VERSION)"
     )
     ts: UtcTimestamp = Field(default_factory=utc_now, description="When the event happened (UTC)")
@@ -136,6 +137,15 @@ class _EventBase(_Payload):
     track_id: TrackId | None = Field(None, description="Tracker id the event is about, if any")
 
 
+class RunnerUp(BaseModel):
+    """The second-nearest enrolled person, when nearly as near as the one decided (a look-alike)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: PersonName
+    distance: float = Field(ge=0.0, description="Embedding distance to the runner-up")
+
+
 class RecognizedEvent(_EventBase):
     """A track was decided to be an enrolled person."""
 
@@ -145,6 +155,16 @@ class RecognizedEvent(_EventBase):
     confidence: float = Field(ge=0.0, le=1.0, description="Decision confidence, 0..1")
     distance: float = Field(ge=0.0, description="Embedding distance to the matched identity")
     faces_used: int = Field(ge=1, description="Number of face crops that voted for the decision")
+    runner_up: RunnerUp | None = Field(
+        None, description="Another enrolled person within pipeline.decision.runner_up_margin of the distance on most "
+        "of the faces that voted (a relative, a look-alike); null otherwise"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RecognizedEvent:
+        if self.runner_up is not None and self.runner_up.name == self.name:
+            raise ValueError("runner_up names the recognised person")
+        return self
 
 
 class UnknownEvent(_EventBase):

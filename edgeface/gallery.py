@@ -264,6 +264,14 @@ class Match:
     template_id: int | None = None
     vetoed_by_negative: bool = False
     """A below-threshold identity was refused because the probe is nearer one of its negatives."""
+    runner_up: str | None = None
+    """The nearest identity other than the answer (other than nearest_name for an unknown face);
+    None when the gallery has one identity."""
+    runner_up_distance: float = math.inf
+
+    def close_runner_up(self, margin: float) -> bool:
+        """A named match whose runner-up is less than `margin` farther than the answer: a look-alike."""
+        return self.name is not None and self.runner_up_distance - self.distance < margin
 
 
 @dataclass(frozen=True)
@@ -380,7 +388,11 @@ class GallerySnapshot:
                 best_row = start + int(np.argmin(to_templates[i, start:end]))
                 answer = Match(self.names[k], row[k], nearest, int(self.template_ids[best_row]))
                 break
-            results.append(Match(answer.name, answer.distance, nearest, answer.template_id, vetoed))
+            chosen = answer.name or nearest
+            second = next((k for k in order if self.names[k] != chosen), None)
+            results.append(Match(answer.name, answer.distance, nearest, answer.template_id, vetoed,
+                                 None if second is None else self.names[second],
+                                 math.inf if second is None else row[second]))
         return results
 
 

@@ -94,10 +94,12 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                 print(json.dumps({"name": outcome.name, "path": str(outcome.path), "enrolled": outcome.accepted,
                                   "reason": outcome.reason.value if outcome.reason else None,
                                   "detail": outcome.detail or None,
-                                  "quality": None if outcome.quality is None else round(outcome.quality, 3)},
+                                  "quality": None if outcome.quality is None else round(outcome.quality, 3),
+                                  "warning": outcome.warning},
                                  ensure_ascii=False), flush=True)
             elif outcome.accepted:
-                bar.write(f"enrolled  {outcome.name}  {outcome.path}  (quality {outcome.quality:.2f})", file=sys.stdout)
+                warning = f"  warning: {outcome.warning}" if outcome.warning else ""
+                bar.write(f"enrolled  {outcome.name}  {outcome.path}  (quality {outcome.quality:.2f}){warning}", file=sys.stdout)
             else:
                 reason = outcome.reason.value if outcome.reason else "?"
                 bar.write(f"rejected  {outcome.name}  {outcome.path}  {reason}: {outcome.detail}",
@@ -224,10 +226,12 @@ def _cmd_reject(args: argparse.Namespace) -> int:
 
 
 def _cmd_identify(args: argparse.Namespace) -> int:
+    from edgeface.config import load_config
     from edgeface.errors import ImageError
     from edgeface.imageio import read_image
 
     analyzer = _analyzer(args)
+    margin = load_config(args.config).pipeline.decision.runner_up_margin
     errors = 0
     with _open(args) as gallery:
         for path in args.paths:
@@ -244,6 +248,8 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                         "name": match.name or "unknown",
                         "distance": round(match.distance, 4) if match.distance != float("inf") else None,
                         "nearest": match.nearest_name,
+                        "runner_up": {"name": match.runner_up, "distance": round(match.runner_up_distance, 4)}
+                        if match.close_runner_up(margin) else None,
                     })
             if args.jsonl:
                 print(json.dumps(record, ensure_ascii=False), flush=True)
@@ -255,7 +261,9 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                 for face in record["faces"]:
                     distance = "-" if face["distance"] is None else f"{face['distance']:.3f}"
                     box = ",".join(f"{v:.0f}" for v in face["box"])
-                    print(f"{path}\t{face['name']}\t{distance}\tbox {box}")
+                    close = face["runner_up"]
+                    look_alike = f"\trunner-up {close['name']} {close['distance']:.3f}" if close else ""
+                    print(f"{path}\t{face['name']}\t{distance}\tbox {box}{look_alike}")
     return 1 if errors else 0
 
 

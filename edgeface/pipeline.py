@@ -446,7 +446,7 @@ class Pipeline:
                 track_id = track_ids[i]
                 self.tracker.observe(track_id, vector)
                 vote = Vote(vector, weight, match.name, float(match.distance) if np.isfinite(match.distance) else 2.0,
-                            index, chips[i])
+                            index, chips[i], match.runner_up, float(match.runner_up_distance))
                 events += self.decider.add_vote(track_id, vote, ts)
             stage["decide"] += time.perf_counter() - t7
 

@@ -406,8 +406,10 @@ class Station:
             ids = enroller.commit(plan)
         templates = gallery.show(plan.name).template_count
         self.sync_people()
-        return CommandResult(f"enrolled {plan.name} ({templates} template{'s' if templates != 1 else ''})",
-                             {"name": plan.name, "template_ids": list[Any](ids), "templates": templates})
+        warning = f"; warning: {outcome.warning}" if outcome.warning else ""
+        return CommandResult(f"enrolled {plan.name} ({templates} template{'s' if templates != 1 else ''}){warning}",
+                             {"name": plan.name, "template_ids": list[Any](ids), "templates": templates,
+                              "warning": outcome.warning})
 
     def _name_cluster(self, cluster_id: str, name: str) -> dict[str, Any]:
         with self._command_lock:

@@ -56,6 +56,23 @@ def test_a_clear_name_is_recognised_once_after_min_good_faces() -> None:
     roundtrip(events + ended)
 
 
+def test_a_close_runner_up_is_named_on_the_event_and_does_not_change_the_decision() -> None:
+    """Evan's faces match evan at 0.30; louis (his father) is the runner-up at 0.32 on two of three
+    faces (within the 0.04 margin) and far on the third: the event names louis with the mean distance
+    of those two faces. With louis 0.05 away or on one face only, the event says nothing."""
+
+    def face(runner_up: str | None, runner_up_distance: float, frame: int) -> Vote:
+        return Vote(unit(frame), 1.0, "evan", 0.30, frame, None, runner_up, runner_up_distance)
+
+    decider = Decider("hall", "door")
+    events = feed(decider, 1, [face("louis", 0.32, 0), face("louis", 0.33, 1), face("tom", 0.6, 2)])
+    assert [(e.name, e.runner_up.name, e.runner_up.distance) for e in events] == [("evan", "louis", pytest.approx(0.325))]
+    events += feed(decider, 2, [face("louis", 0.35, 0), face("louis", 0.36, 1), face("louis", 0.6, 2)])
+    events += feed(decider, 3, [face("louis", 0.32, 0), face("tom", 0.6, 1), face(None, np.inf, 2)])
+    assert [(e.name, e.runner_up) for e in events[1:]] == [("evan", None), ("evan", None)]
+    roundtrip(events)
+
+
 def test_quality_weights_decide_the_vote() -> None:
     policy = DecisionPolicy(min_good_faces=2, min_vote_share=0.6, max_runner_up_ratio=0.5)
     strong = [v("ada", 0.9), v("ada", 0.9), v("bob", 0.1), v("bob", 0.1)]
@@ -145,7 +162,7 @@ def test_track_without_enough_faces_ends_undecided_and_last_chance_decision() ->
 
 
 @pytest.mark.parametrize("kwargs", [{"min_good_faces": 0}, {"min_good_faces": 5, "min_good_faces_unknown": 4},
-                                    {"min_vote_share": 0.4}, {"max_runner_up_ratio": 1.0}])
+                                    {"min_vote_share": 0.4}, {"max_runner_up_ratio": 1.0}, {"runner_up_margin": -0.1}])
 def test_bad_policy_is_refused(kwargs) -> None:
     with pytest.raises(ValueError):
         DecisionPolicy(**kwargs)

@@ -123,10 +123,12 @@ def test_group_photos_are_rejected_for_the_right_reasons(analyzer, gallery: Gall
         "_group/obama_and_biden.jpg": Reason.SEVERAL_FACES,  # both found (short range alone missed Biden)
         "_group/two_people.jpg": Reason.SEVERAL_FACES,
     }
-    # the same picture as barack_obama/1.jpg, larger: 0.08-0.104 away depending on the alignment method
-    assert reasons["_group/obama-1080p.jpg"] in (Reason.DUPLICATE, Reason.CLOSER_TO_OTHER)
-    assert "barack_obama" in plan.outcomes[0].detail
-    assert "someone" not in [i.name for i in gallery.list_identities()]
+    # the same picture as barack_obama/1.jpg, larger: 0.08-0.104 away depending on the alignment method,
+    # so a duplicate, or else a photo that resembles him (enrolled, with a warning)
+    first = plan.outcomes[0]
+    assert first.reason is Reason.DUPLICATE or (first.accepted and first.warning is not None)
+    assert "barack_obama" in (first.detail if first.reason else first.warning)
+    assert ("someone" in [i.name for i in gallery.list_identities()]) == first.accepted
 
 
 def test_largest_face_is_taken_only_when_it_dominates(analyzer, gallery: Gallery, tmp_path: Path) -> None:
@@ -188,8 +190,9 @@ def test_a_resized_recompressed_copy_is_a_duplicate(analyzer, gallery: Gallery, 
     assert gallery.show("joe_biden").template_count == 2
 
 
-def test_photo_closer_to_another_person_is_rejected(analyzer, gallery: Gallery, tmp_path: Path) -> None:
-    """Obama's half of two_people.jpg is not a duplicate of any enrolled photo, but it is Obama."""
+def test_photo_resembling_another_person_is_enrolled_with_a_warning(analyzer, gallery: Gallery, tmp_path: Path) -> None:
+    """Obama's half of two_people.jpg under a new name: as far as the photos tell, a relative of
+    barack_obama. Enrolled, and the warning names him with the distance."""
     import cv2
 
     from edgeface.imageio import read_image
@@ -197,16 +200,34 @@ def test_photo_closer_to_another_person_is_rejected(analyzer, gallery: Gallery, 
     enroller = Enroller(analyzer, gallery)
     _enroll_people(enroller)
     cv2.imwrite(str(tmp_path / "obama_half.jpg"), read_image(PEOPLE / "_group" / "two_people.jpg")[:, :560])
-    new_person = enroller.enroll("not_obama", [tmp_path / "obama_half.jpg"])
-    assert new_person.outcomes[0].reason is Reason.CLOSER_TO_OTHER
-    assert "closer to barack_obama" in new_person.outcomes[0].detail
+    seen = []
+    new_person = enroller.enroll("obamas_brother", [tmp_path / "obama_half.jpg"], seen.append)
+    outcome = new_person.outcomes[0]
+    assert outcome.accepted and seen == [outcome]
+    assert outcome.warning is not None and outcome.warning.startswith("resembles barack_obama (0.")
+    assert gallery.show("obamas_brother").template_count == 1
+
+
+def test_photo_filed_under_the_wrong_name_is_refused(analyzer, gallery: Gallery, tmp_path: Path) -> None:
+    """Obama's half of two_people.jpg added to joe_biden, who has two photos: far from both of them and
+    near barack_obama's, so refused; in a batch with joe's own photo the same holds."""
+    import cv2
+
+    from edgeface.imageio import read_image
+
+    enroller = Enroller(analyzer, gallery)
+    _enroll_people(enroller)
+    cv2.imwrite(str(tmp_path / "obama_half.jpg"), read_image(PEOPLE / "_group" / "two_people.jpg")[:, :560])
     added_to_joe = enroller.enroll("joe_biden", [tmp_path / "obama_half.jpg"])
-    assert added_to_joe.outcomes[0].reason is Reason.CLOSER_TO_OTHER
-    assert "than to joe_biden" in added_to_joe.outcomes[0].detail
+    outcome = added_to_joe.outcomes[0]
+    assert outcome.reason is Reason.CLOSER_TO_OTHER
+    assert outcome.detail.startswith("looks like barack_obama (0.") and "unlike joe_biden's other photos" in outcome.detail
+    assert "filed under the wrong name" in outcome.detail and "\n" not in outcome.detail
     assert gallery.show("joe_biden").template_count == 2
-    added_to_obama = enroller.enroll("barack_obama", [tmp_path / "obama_half.jpg"])
-    assert added_to_obama.outcomes[0].accepted
-    assert gallery.show("barack_obama").template_count == 3
+    gallery.remove("joe_biden")
+    batch = enroller.enroll("joe_biden", [PEOPLE / "joe_biden" / "1.jpg", tmp_path / "obama_half.jpg"])
+    assert [o.reason for o in batch.outcomes] == [None, Reason.CLOSER_TO_OTHER]
+    assert gallery.show("joe_biden").template_count == 1
 
 
 def test_greyscale_cast_enrolls_from_folders(analyzer, gallery: Gallery) -> None:

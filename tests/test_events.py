@@ -19,6 +19,7 @@ from edgeface.events import (
     ClusterNamedEvent,
     PersonForgottenEvent,
     RecognizedEvent,
+    RunnerUp,
     Stats,
     Topics,
     TrackEndedEvent,
@@ -35,6 +36,8 @@ def examples() -> list:  # type: ignore[type-arg]
     return [
         RecognizedEvent(station="hall", camera="door", track_id=4, name="Ada Lovelace", confidence=0.93,
                         distance=0.35, faces_used=5, ts=T0),
+        RecognizedEvent(station="hall", camera="door", track_id=8, name="Evan", confidence=0.8, distance=0.31,
+                        faces_used=4, ts=T0, runner_up=RunnerUp(name="Louis", distance=0.34)),
         UnknownEvent(station="hall", camera="door", track_id=5, faces_used=3),
         UnknownEvent(station="hall", camera="door", track_id=6, faces_used=3, cluster_id="unknown-17",
                      cluster_status="confirmed", visit_count=4, first_seen=T0 - timedelta(days=2), last_seen=T0),
@@ -65,6 +68,18 @@ def test_round_trip_and_schema(event, validator) -> None:  # type: ignore[no-unt
     for key in ("id", "type", "ts", "station", "camera", "track_id"):
         assert key in data, key
     assert data["ts"].endswith("Z")
+
+
+def test_runner_up_is_null_or_another_person() -> None:
+    plain = json.loads(examples()[0].to_json())
+    assert plain["schema"] == 2 and plain["runner_up"] is None
+    assert json.loads(examples()[1].to_json())["runner_up"] == {"name": "Louis", "distance": 0.34}
+    with pytest.raises(ValidationError, match="runner_up names the recognised person"):
+        RecognizedEvent(station="s", camera="c", track_id=1, name="Evan", confidence=1, distance=0.3,
+                        faces_used=1, runner_up=RunnerUp(name="Evan", distance=0.31))
+    del plain["runner_up"]  # a schema-1 consumer's payload lacks it: refused on the wire, not guessed
+    with pytest.raises(ValidationError, match="runner_up"):
+        parse_event(json.dumps(plain))
 
 
 def test_every_event_type_requires_the_common_fields() -> None:
@@ -101,7 +116,8 @@ def test_ids_are_unique() -> None:
         (lambda d: d.update(extra=1), "Additional properties"),
         (lambda d: d.update(ts="2024-05-01 12:00:00"), "does not match"),
         (lambda d: d.update(confidence=1.5), "maximum"),
-        (lambda d: d.update(schema=2), None),
+        (lambda d: d.update(schema=1), None),  # schema 1 had no runner_up
+        (lambda d: d.update(schema=3), None),
         (lambda d: d.update(station="has space"), "does not match"),
     ],
 )

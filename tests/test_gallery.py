@@ -15,6 +15,7 @@ from edgeface.gallery import (
     DuplicateNameError,
     Gallery,
     GalleryError,
+    GallerySnapshot,
     GalleryVersionError,
     InvalidNameError,
     ModelMismatchError,
@@ -223,6 +224,26 @@ def test_threshold_decides(people: Gallery, faces: dict[str, np.ndarray], strate
     tightening = MEAN_THRESHOLD_TIGHTENING[2] if strategy == "mean" else 0.0
     assert snapshot.match(probe, distance + tightening + 1e-4, strategy)[0].name == "barack_obama"
     assert snapshot.match(probe, distance + tightening - 1e-4, strategy)[0].name is None
+
+
+def test_a_match_names_its_runner_up(people: Gallery, faces: dict[str, np.ndarray]) -> None:
+    """Rank-1 with the next nearest identity: a named face's runner-up is the nearest other person, an
+    unknown face's the second nearest; with one identity there is none."""
+    snapshot = people.snapshot()
+    for key in ("joe_biden/1.jpg", "barack_obama/2.jpg", "alex_lacamoire/2.jpg"):
+        probe = faces[key][None]
+        to = snapshot.distances(probe, "mean")[0]
+        first, second = np.argsort(to)[:2]
+        named = people.match(probe, max_distance=2.0)[0]
+        assert (named.name, named.runner_up) == (snapshot.names[first], snapshot.names[second])
+        assert named.runner_up_distance == pytest.approx(float(to[second]))
+        gap = float(to[second] - to[first])
+        assert named.close_runner_up(gap + 1e-3) and not named.close_runner_up(gap - 1e-3)
+        unknown = people.match(probe, max_distance=float(to[first]) - 1e-3)[0]
+        assert (unknown.name, unknown.nearest_name, unknown.runner_up) == (None, snapshot.names[first], snapshot.names[second])
+        assert not unknown.close_runner_up(2.0)  # only a named face has a look-alike to report
+    alone = GallerySnapshot.build([("joe_biden", 1, faces["joe_biden/1.jpg"])], []).match(faces["joe_biden/2.jpg"][None], 2.0)[0]
+    assert (alone.name, alone.runner_up, alone.runner_up_distance) == ("joe_biden", None, float("inf"))
 
 
 def test_empty_gallery_answers_unknown(tmp_path: Path, faces: dict[str, np.ndarray]) -> None:
