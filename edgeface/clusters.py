@@ -3,21 +3,34 @@
 Input: one aggregated unit embedding per unknown *track* (not per frame), with its quality and time.
 
 Algorithm (measured with `edgeface eval cluster`; see DEFAULT_ASSIGN_MAX_DISTANCE): incremental
-average linkage on squared euclidean distance. A cluster is kept as the *sum* S and count n of its
-members' unit vectors; for unit vectors the mean squared distance from x to every member is exactly
-2 - 2 x.(S/n), and between two clusters 2 - 2 (S_a/n_a).(S_b/n_b). So one matrix of means (a numpy
-(clusters, 128) float32 array) answers both questions with one matrix-vector product each:
+average linkage on squared euclidean distance, less a share of the clusters' own spread. A cluster is
+kept as the *sum* S and count n of its members' unit vectors; for unit vectors the mean squared
+distance from x to every member is exactly 2 - 2 x.(S/n), and between two clusters
+2 - 2 (S_a/n_a).(S_b/n_b). Each cluster's spread (mean squared distance of its members to their
+mean) is 1 - |S/n|^2, and the linkage used is that mean squared distance minus `spread_discount`
+times the two spreads (0: plain average linkage, which counts a spread-out cluster's spread against
+every newcomer; 1: centroid linkage). So one matrix of means (a numpy (clusters, 128) float32 array)
+and one vector of spreads answer both questions with one matrix-vector product each:
 
-1. assign x to the cluster with the smallest root-mean-squared distance if it is below
-   `assign_max_distance`, else open a new cluster;
-2. the updated cluster then absorbs every cluster whose cluster-to-cluster linkage fell below the
-   same threshold (repeated until none is left). This repairs early splits, which is what makes the
-   result nearly independent of arrival order. A merge keeps the older (smaller) id and reports both.
+1. assign x to the cluster with the smallest linkage if it is below `assign_max_distance` squared,
+   else open a new cluster;
+2. the merge pass: the updated cluster then absorbs every cluster whose linkage to it fell below the
+   same threshold (repeated until none is left). This repairs early splits as clusters grow, which is
+   what makes the result nearly independent of arrival order. A merge keeps the older (smaller) id
+   and reports both.
 
-Since no two clusters are within the threshold before an update, only clusters within the threshold
-of x itself can be merge candidates after it; so one update is one (clusters x 128) product (plus a
-second one only after a merge): O(clusters), ~0.2 ms median at 10,000 clusters on this 2-core board
-(`edgeface eval cluster`), computed without BLAS threads (see _matvec).
+Cannot-links: two tracks that were on one frame together are two people. The camera loop passes,
+with each unknown track, the keys of the tracks seen with it (`apart_from`) and the names those were
+recognised as (`not_names`). The track never joins the clusters of those tracks, the clusters are
+marked apart (`ClusterState.apart`, persisted) and no merge ever joins them (a manual merge needs
+force). When a cluster is named, the clusters apart from it become apart from that person
+(`not_names`), and naming a cluster after a person it is apart from, after a person one of its faces
+was reported not to be (`reject`: a gallery negative), or after an enrolled person it does not resemble
+(median distance to their nearest template above `name_max_distance`) needs force.
+
+Cost: one update is two (clusters x 128) products (assignment, then the merge pass), ~0.5 ms median at
+10,000 clusters on this 2-core board (`edgeface eval cluster`), computed without BLAS threads (see
+_matvec).
 
 Memory is bounded: a cluster keeps at most `max_exemplars` member embeddings (the most redundant one,
 the lower-quality half of the closest pair, is dropped when the cap is exceeded); these become the
@@ -78,13 +91,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_ASSIGN_MAX_DISTANCE = 0.33  # the config's clusters.assign_max_distance default
-"""Root-mean-squared euclidean distance (unit vectors) from a face to a cluster's members below which
-it joins the cluster; also the cluster-to-cluster merge threshold. Measured, not guessed, with
-`edgeface eval cluster` on LFW (people with >= 4 images capped at 30 + all 4,069 one-image people as
-distractors, 3 seeds). Default pipeline with flip on (2026-11-23): online BCubed F 0.933 / 0.924 /
-0.869 at 0.33 / 0.35 / 0.37 (offline average-linkage upper bound 0.939, best cut 0.338), and 16 / 45
-/ 122 spurious confirmed clusters at N = 3. Without flip the optimum was 0.35 (chosen on the people
-with an even index, confirmed on the odd half: online 0.922 vs offline 0.927)."""
+"""Root-mean-squared euclidean distance (unit vectors; less the spread discount, see the module doc)
+from a face to a cluster's members below which it joins the cluster; also the cluster-to-cluster merge
+threshold. Measured with `edgeface eval cluster` (3 seeds) on LFW (people with >= 4 images capped at
+30 + all 4,069 one-image people as distractors; central face) and CelebA (100 people x 15 whole-scene
+photos, no distractors; largest face), with one threshold for both (2026-12-06). Spread discount 0.5,
+threshold 0.33: LFW online BCubed F 0.939 (offline average-linkage bound 0.941), CelebA 0.905 with the
+"auto" detector's faces (bound 0.926), 0.853 with short range (bound 0.857), 0.912 with
+face_recognition's faces (bound 0.940). Plain average linkage (discount 0) at 0.33 over-split CelebA:
+0.846 / 0.792 / 0.816, recall 0.74. Grid: discount 0.4-0.6 x threshold 0.32-0.34; the choice held on
+the even and the odd half of the people alike (LFW 0.959 / 0.951, CelebA 0.912 / 0.903)."""
+
+DEFAULT_NAME_MAX_DISTANCE = 0.45  # the config's clusters.name_max_distance default
+"""Median distance from a cluster's faces to a person's nearest template above which naming the
+cluster after that (enrolled) person needs force. Measured: 3 photos as templates, up to 8 others as
+the cluster; the right person's median was at most 0.41 (LFW 311 people, CelebA 100, both detectors
+and face_recognition), so 0.45 refuses nobody right and refuses any clearly different person (the
+nearest look-alike among 100 is below it 86-96% of the time: it is a check against naming the
+wrong cluster, not a verifier)."""
 
 DEFAULT_MIN_OBSERVATIONS = 3
 """A cluster is tentative until it has this many observations (from >= min_tracks tracks). Measured
@@ -93,6 +117,11 @@ with `edgeface eval cluster` on the LFW stream above (each image one track, 3 se
 came back) and 99.7% of the 610 returning people; N = 3: 656 confirmed, 34 (5%) spurious, 95.7% of
 returning people; N = 4: 554, 6 spurious, 87.7% (LFW people with 4 images cannot reach more). N = 3
 cuts spurious clusters 9x for 4% of returning people confirmed later; it is Immich's core-point rule too."""
+
+SPREAD_CAP = 0.05
+"""A cluster's spread counts for the discount up to this much (about a real person's spread on CelebA):
+a cluster that grew wide by mixing people must not become ever easier to join. On LFW (3 seeds) the
+largest online cluster went from 267 faces to 106 with the cap, at the same BCubed F on CelebA."""
 
 RECENT_TRACKS_KEPT = 1000
 """Track keys remembered with their cluster (for cannot-links of tracks seen at the same time)."""
@@ -283,7 +312,7 @@ class OnlineClusters:
         self._means[slot] = (state.sum / max(state.observations, 1)).astype(np.float32)
         self._last_seen[slot] = state.last_seen
         self._confirmed[slot] = state.confirmed
-        self._spread[slot] = max(0.0, 1.0 - float(self._means[slot] @ self._means[slot]))
+        self._spread[slot] = min(max(0.0, 1.0 - float(self._means[slot] @ self._means[slot])), SPREAD_CAP)
 
     def insert(self, state: ClusterState) -> int:
         """Add a cluster as it is (loading from disk)."""

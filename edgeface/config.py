@@ -257,8 +257,8 @@ class ClusterSettings(StrictModel):
 
     assign_max_distance: float = Field(
         0.33, gt=0.0, le=2.0,
-        description="Root-mean-squared distance to a cluster's members below which a face joins it (and "
-        "below which two clusters merge); measured on LFW, see edgeface/clusters.py")
+        description="Root-mean-squared distance to a cluster's members (less the spread discount) below which a "
+        "face joins it and two clusters merge; measured on LFW and CelebA, see edgeface/clusters.py")
     spread_discount: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Share of the clusters' own spread (mean squared distance of their members to their mean) "
