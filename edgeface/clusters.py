@@ -3,21 +3,34 @@
 Input: one aggregated unit embedding per unknown *track* (not per frame), with its quality and time.
 
 Algorithm (measured with `edgeface eval cluster`; see DEFAULT_ASSIGN_MAX_DISTANCE): incremental
-average linkage on squared euclidean distance. A cluster is kept as the *sum* S and count n of its
-members' unit vectors; for unit vectors the mean squared distance from x to every member is exactly
-2 - 2 x.(S/n), and between two clusters 2 - 2 (S_a/n_a).(S_b/n_b). So one matrix of means (a numpy
-(clusters, 128) float32 array) answers both questions with one matrix-vector product each:
+average linkage on squared euclidean distance, less a share of the clusters' own spread. A cluster is
+kept as the *sum* S and count n of its members' unit vectors; for unit vectors the mean squared
+distance from x to every member is exactly 2 - 2 x.(S/n), and between two clusters
+2 - 2 (S_a/n_a).(S_b/n_b). Each cluster's spread (mean squared distance of its members to their
+mean) is 1 - |S/n|^2, and the linkage used is that mean squared distance minus `spread_discount`
+times the two spreads (0: plain average linkage, which counts a spread-out cluster's spread against
+every newcomer; 1: centroid linkage). So one matrix of means (a numpy (clusters, 128) float32 array)
+and one vector of spreads answer both questions with one matrix-vector product each:
 
-1. assign x to the cluster with the smallest root-mean-squared distance if it is below
-   `assign_max_distance`, else open a new cluster;
-2. the updated cluster then absorbs every cluster whose cluster-to-cluster linkage fell below the
-   same threshold (repeated until none is left). This repairs early splits, which is what makes the
-   result nearly independent of arrival order. A merge keeps the older (smaller) id and reports both.
+1. assign x to the cluster with the smallest linkage if it is below `assign_max_distance` squared,
+   else open a new cluster;
+2. the merge pass: the updated cluster then absorbs every cluster whose linkage to it fell below the
+   same threshold (repeated until none is left). This repairs early splits as clusters grow, which is
+   what makes the result nearly independent of arrival order. A merge keeps the older (smaller) id
+   and reports both.
 
-Since no two clusters are within the threshold before an update, only clusters within the threshold
-of x itself can be merge candidates after it; so one update is one (clusters x 128) product (plus a
-second one only after a merge): O(clusters), ~0.2 ms median at 10,000 clusters on this 2-core board
-(`edgeface eval cluster`), computed without BLAS threads (see _matvec).
+Cannot-links: two tracks that were on one frame together are two people. The camera loop passes,
+with each unknown track, the keys of the tracks seen with it (`apart_from`) and the names those were
+recognised as (`not_names`). The track never joins the clusters of those tracks, the clusters are
+marked apart (`ClusterState.apart`, persisted) and no merge ever joins them (a manual merge needs
+force). When a cluster is named, the clusters apart from it become apart from that person
+(`not_names`), and naming a cluster after a person it is apart from, after a person one of its faces
+was reported not to be (`reject`: a gallery negative), or after an enrolled person it does not resemble
+(median distance to their nearest template above `name_max_distance`) needs force.
+
+Cost: one update is two (clusters x 128) products (assignment, then the merge pass), ~0.5 ms median at
+10,000 clusters on this 2-core board (`edgeface eval cluster`), computed without BLAS threads (see
+_matvec).
 
 Memory is bounded: a cluster keeps at most `max_exemplars` member embeddings (the most redundant one,
 the lower-quality half of the closest pair, is dropped when the cap is exceeded); these become the
@@ -42,6 +55,7 @@ import math
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +78,7 @@ from edgeface.gallery import (
     EMBEDDING_DIM,
     Gallery,
     GalleryError,
+    pairwise_distances,
     unit_rows,
     validate_name,
 )
@@ -76,13 +91,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_ASSIGN_MAX_DISTANCE = 0.33  # the config's clusters.assign_max_distance default
-"""Root-mean-squared euclidean distance (unit vectors) from a face to a cluster's members below which
-it joins the cluster; also the cluster-to-cluster merge threshold. Measured, not guessed, with
-`edgeface eval cluster` on LFW (people with >= 4 images capped at 30 + all 4,069 one-image people as
-distractors, 3 seeds). Default pipeline with flip on (2026-11-23): online BCubed F 0.933 / 0.924 /
-0.869 at 0.33 / 0.35 / 0.37 (offline average-linkage upper bound 0.939, best cut 0.338), and 16 / 45
-/ 122 spurious confirmed clusters at N = 3. Without flip the optimum was 0.35 (chosen on the people
-with an even index, confirmed on the odd half: online 0.922 vs offline 0.927)."""
+"""Root-mean-squared euclidean distance (unit vectors; less the spread discount, see the module doc)
+from a face to a cluster's members below which it joins the cluster; also the cluster-to-cluster merge
+threshold. Measured with `edgeface eval cluster` (3 seeds) on LFW (people with >= 4 images capped at
+30 + all 4,069 one-image people as distractors; central face) and CelebA (100 people x 15 whole-scene
+photos, no distractors; largest face), with one threshold for both (2026-12-06). Spread discount 0.5,
+threshold 0.33: LFW online BCubed F 0.939 (offline average-linkage bound 0.941), CelebA 0.905 with the
+"auto" detector's faces (bound 0.926), 0.853 with short range (bound 0.857), 0.912 with
+face_recognition's faces (bound 0.940). Plain average linkage (discount 0) at 0.33 over-split CelebA:
+0.846 / 0.792 / 0.816, recall 0.74. Grid: discount 0.4-0.6 x threshold 0.32-0.34; the choice held on
+the even and the odd half of the people alike (LFW 0.959 / 0.951, CelebA 0.912 / 0.903)."""
+
+DEFAULT_NAME_MAX_DISTANCE = 0.45  # the config's clusters.name_max_distance default
+"""Median distance from a cluster's faces to a person's nearest template above which naming the
+cluster after that (enrolled) person needs force. Measured: 3 photos as templates, up to 8 others as
+the cluster; the right person's median was at most 0.41 (LFW 311 people, CelebA 100, both detectors
+and face_recognition), so 0.45 refuses nobody right and refuses any clearly different person (the
+nearest look-alike among 100 is below it 86-96% of the time: it is a check against naming the
+wrong cluster, not a verifier)."""
 
 DEFAULT_MIN_OBSERVATIONS = 3
 """A cluster is tentative until it has this many observations (from >= min_tracks tracks). Measured
@@ -92,11 +118,19 @@ came back) and 99.7% of the 610 returning people; N = 3: 656 confirmed, 34 (5%) 
 returning people; N = 4: 554, 6 spurious, 87.7% (LFW people with 4 images cannot reach more). N = 3
 cuts spurious clusters 9x for 4% of returning people confirmed later; it is Immich's core-point rule too."""
 
+SPREAD_CAP = 0.05
+"""A cluster's spread counts for the discount up to this much (about a real person's spread on CelebA):
+a cluster that grew wide by mixing people must not become ever easier to join. On LFW (3 seeds) the
+largest online cluster went from 267 faces to 106 with the cap, at the same BCubed F on CelebA."""
+
+RECENT_TRACKS_KEPT = 1000
+"""Track keys remembered with their cluster (for cannot-links of tracks seen at the same time)."""
+
 EXPIRY_CHECK_S = 60.0
 """observe() looks for tentative clusters to age out at most this often (in observation time)."""
 
 CLUSTER_ID_RE = re.compile(r"^unknown-([0-9]{1,9})$")
-CLUSTER_SCHEMA_VERSION = 1
+CLUSTER_SCHEMA_VERSION = 2
 SOURCE_TAG = "edgeface-cluster-exemplar"
 """Prefix of the pseudo source hash given to templates that came from a named cluster, so that naming
 twice (e.g. after a crash between the gallery write and ours) never adds the same template twice."""
@@ -162,6 +196,10 @@ class ClusterState:
     confirmed: bool
     exemplars: list[Exemplar] = field(default_factory=list)
     sum: np.ndarray = field(default_factory=lambda: np.zeros(EMBEDDING_DIM, np.float64))
+    apart: set[int] = field(default_factory=set)
+    """Cannot-links: clusters this one must never join (a track of each was on screen at the same time)."""
+    not_names: set[str] = field(default_factory=set)
+    """Cannot-links to people: seen together with them, or a cluster it was apart from was named so."""
 
     @property
     def id(self) -> str:
@@ -227,6 +265,7 @@ class OnlineClusters:
         self._means = np.zeros((capacity, EMBEDDING_DIM), np.float32)
         self._last_seen = np.full(capacity, np.inf)
         self._confirmed = np.zeros(capacity, bool)
+        self._spread = np.zeros(capacity)
         self._states: list[ClusterState | None] = [None] * capacity
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._slot: dict[int, int] = {}
@@ -234,6 +273,12 @@ class OnlineClusters:
         self._last_expiry = -math.inf
         threshold = self.settings.assign_max_distance
         self._min_similarity = 1.0 - threshold * threshold / 2.0  # rms distance < t  <=>  x.mean > this
+        self._half_discount = self.settings.spread_discount / 2.0
+        self.recent_tracks: OrderedDict[str, int | str] = OrderedDict()
+        """Track key -> the cluster it joined (or the person that cluster was named), for the cannot-links
+        of tracks seen later at the same time. Bounded by RECENT_TRACKS_KEPT; not persisted: tracks
+        from before a restart never overlap new ones."""
+        self._touched: set[int] = set()
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -257,6 +302,7 @@ class OnlineClusters:
         self._means = np.vstack([self._means, np.zeros((old, EMBEDDING_DIM), np.float32)])
         self._last_seen = np.concatenate([self._last_seen, np.full(old, np.inf)])
         self._confirmed = np.concatenate([self._confirmed, np.zeros(old, bool)])
+        self._spread = np.concatenate([self._spread, np.zeros(old)])
         self._states.extend([None] * old)
         self._free.extend(range(new - 1, old - 1, -1))
 
@@ -266,6 +312,7 @@ class OnlineClusters:
         self._means[slot] = (state.sum / max(state.observations, 1)).astype(np.float32)
         self._last_seen[slot] = state.last_seen
         self._confirmed[slot] = state.confirmed
+        self._spread[slot] = min(max(0.0, 1.0 - float(self._means[slot] @ self._means[slot])), SPREAD_CAP)
 
     def insert(self, state: ClusterState) -> int:
         """Add a cluster as it is (loading from disk)."""
@@ -282,16 +329,46 @@ class OnlineClusters:
         self.next_exemplar = max([self.next_exemplar] + [e.id + 1 for e in state.exemplars])
         return slot
 
-    def remove(self, number: int) -> ClusterState:
+    def remove(self, number: int, *, named: str | None = None) -> ClusterState:
+        """Take a cluster out; the clusters apart from it lose that link (or, when it was `named`, are
+        now apart from that person). Those clusters are reported by `take_touched`."""
         slot = self._slot.pop(number)
         state = self._states[slot]
         assert state is not None
+        for other in state.apart:
+            linked = self.get(other)
+            if linked is not None:
+                linked.apart.discard(number)
+                if named is not None:
+                    linked.not_names.add(named)
+                self._touched.add(other)
+        for key, value in self.recent_tracks.items():
+            if value == number and named is not None:
+                self.recent_tracks[key] = named
         self._states[slot] = None
         self._means[slot] = 0.0
         self._last_seen[slot] = np.inf
         self._confirmed[slot] = False
+        self._spread[slot] = 0.0
         self._free.append(slot)
         return state
+
+    def take_touched(self) -> set[int]:
+        """Clusters whose cannot-links changed as a side effect since the last call (to be written)."""
+        touched, self._touched = self._touched, set()
+        return {n for n in touched if n in self._slot}
+
+    def _forbidden(self, apart_from: Sequence[str]) -> tuple[set[int], set[str]]:
+        """The live clusters and the people that the tracks `apart_from` (keys) joined or were named."""
+        clusters: set[int] = set()
+        names: set[str] = set()
+        for key in apart_from:
+            value = self.recent_tracks.get(key)
+            if isinstance(value, str):
+                names.add(value)
+            elif value is not None and value in self._slot:
+                clusters.add(value)
+        return clusters, names
 
     def _status_of(self, state: ClusterState) -> bool:
         return state.confirmed or (state.observations >= self.settings.min_observations
@@ -326,8 +403,11 @@ class OnlineClusters:
         return state.number, math.sqrt(max(0.0, 2.0 - 2.0 * float(similarity[slot])))
 
     def observe(self, embedding: np.ndarray, *, quality: float = 1.0, ts: float, track_key: str,
-                crop: bytes | None = None) -> Update:
-        """Cluster one unknown track's aggregated embedding (128,) seen at `ts` (epoch seconds)."""
+                crop: bytes | None = None, apart_from: Sequence[str] = (), not_names: Sequence[str] = ()) -> Update:
+        """Cluster one unknown track's aggregated embedding (128,) seen at `ts` (epoch seconds).
+        apart_from: keys of tracks that were on screen at the same time (their clusters are never
+        joined nor merged with this one); not_names: people seen at the same time (this cluster is
+        never named after them without force)."""
         vector = _one_unit_vector(embedding)
         if not 0.0 <= quality <= 1.0 or not math.isfinite(quality):
             raise ClusterError(f"quality must be in [0, 1], got {quality}")
@@ -337,17 +417,14 @@ class OnlineClusters:
         dropped: list[int] = []
         created = False
         slot = -1
-        candidates = np.zeros(0, np.int64)
+        forbidden, names = self._forbidden(apart_from)
+        names.update(not_names)
         if self._slot:
-            similarity = _matvec(self._means[:self._top], vector)
-            slot = int(np.argmax(similarity))
-            if similarity[slot] > self._min_similarity and self._states[slot] is not None:
-                # Before this update no two clusters were within the threshold, so after it only a
-                # cluster within the threshold of x itself can be within it of the grown cluster:
-                # mean_d . new_mean = (n mean_d . old_mean + mean_d . x) / (n + 1) <= (n t + mean_d . x) / (n + 1).
-                candidates = np.flatnonzero(similarity > self._min_similarity)
-                candidates = candidates[candidates != slot]
-            else:
+            score = self._scores(vector, 0.0)
+            for number in forbidden:
+                score[self._slot[number]] = -np.inf
+            slot = int(np.argmax(score))
+            if not (score[slot] > self._min_similarity and self._states[slot] is not None):
                 slot = -1
         if slot < 0:
             while len(self._slot) >= self.settings.max_clusters:
@@ -375,33 +452,46 @@ class OnlineClusters:
         self.next_exemplar += 1
         dropped += self._cap_exemplars(state)
         state.confirmed = self._status_of(state)
+        for number in forbidden:
+            linked = self.get(number)
+            if linked is not None:  # (not pushed out by max_clusters just now)
+                state.apart.add(number)
+                linked.apart.add(state.number)
+                changed.add(number)
+        state.not_names.update(names)
         self._refresh(slot)
         changed.add(state.number)
-        merged = self._merge_around(state.number, changed, removed, dropped, candidates) if len(candidates) else []
+        self.recent_tracks[track_key] = state.number
+        self.recent_tracks.move_to_end(track_key)
+        while len(self.recent_tracks) > RECENT_TRACKS_KEPT:
+            self.recent_tracks.popitem(last=False)
+        merged = self._merge_around(state.number, changed, removed, dropped) if len(self._slot) > 1 else []
         final = self.get(merged[-1][0] if merged else state.number)
         assert final is not None
+        changed |= self.take_touched()
         return Update(_info(final), created, [(format_cluster_id(k), format_cluster_id(m)) for k, m in merged],
                       expired, changed - removed, removed, dropped)
 
-    def _merge_around(self, number: int, changed: set[int], removed: set[int], dropped: list[int],
-                      candidates: np.ndarray | None = None) -> list[tuple[int, int]]:
-        """Merge every cluster within the threshold of cluster `number` into it (older id kept),
-        repeating with the grown cluster. `candidates`: the only slots that can qualify in the first
-        round (None: all). Returns (kept, merged) numbers."""
+    def _scores(self, mean: np.ndarray, spread: float) -> np.ndarray:
+        """Per slot, 1 - linkage / 2 against a cluster (or a face: spread 0) with this mean (S/n) and
+        spread; a slot joins or merges when its score is above _min_similarity (linkage below t^2)."""
+        score = _matvec(self._means[:self._top], mean)
+        if self._half_discount:
+            score += self._half_discount * (self._spread[:self._top] + spread)
+        return score
+
+    def _merge_around(self, number: int, changed: set[int], removed: set[int], dropped: list[int]) -> list[tuple[int, int]]:
+        """Merge every cluster within the threshold of cluster `number` into it (older id kept), except
+        those it is apart from, repeating with the grown cluster. Returns (kept, merged) numbers."""
         merges = []
         while len(self._slot) > 1:
             slot = self._slot[number]
-            if candidates is None:
-                similarity = _matvec(self._means[:self._top], self._means[slot])
-                similarity[slot] = -np.inf
-                other = int(np.argmax(similarity))
-                best = float(similarity[other])
-            else:
-                near = self._means[candidates] @ self._means[slot]
-                other = int(candidates[int(np.argmax(near))])
-                best = float(near.max())
-                candidates = None  # after a merge the bound no longer holds: look at every cluster
-            if not (best > self._min_similarity and self._states[other] is not None):
+            apart = [self._slot[a] for a in self._states[slot].apart if a in self._slot]  # type: ignore[union-attr]
+            score = self._scores(self._means[slot], self._spread[slot])
+            score[slot] = -np.inf
+            score[apart] = -np.inf
+            other = int(np.argmax(score))
+            if not (score[other] > self._min_similarity and self._states[other] is not None):
                 break
             other_number = self._states[other].number  # type: ignore[union-attr]
             kept, gone = min(number, other_number), max(number, other_number)
@@ -417,7 +507,18 @@ class OnlineClusters:
         a, b = self.get(kept), self.get(gone)
         if a is None or b is None or kept == gone:
             raise ClusterError(f"cannot merge {format_cluster_id(kept)} and {format_cluster_id(gone)}")
+        a.apart.discard(gone)  # a merge the user forced: the two are one now
+        b.apart.discard(kept)
+        for other in b.apart:
+            linked = self.get(other)
+            if linked is not None:
+                linked.apart.add(kept)
+                a.apart.add(other)
+        a.not_names |= b.not_names
         self.remove(gone)
+        for key, value in self.recent_tracks.items():
+            if value == gone:
+                self.recent_tracks[key] = kept
         a.sum = a.sum + b.sum
         a.observations += b.observations
         a.visits += b.visits
@@ -491,7 +592,13 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
         db.execute("INSERT INTO cluster_meta (key, value) VALUES (?, ?)", (key, 1 if key != "generation" else 0))
 
 
-CLUSTER_MIGRATIONS = (_migrate_0_to_1,)
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Cannot-links: the clusters (numbers) and the people (names) each cluster is apart from."""
+    db.execute("ALTER TABLE cluster_clusters ADD COLUMN apart TEXT NOT NULL DEFAULT '[]'")
+    db.execute("ALTER TABLE cluster_clusters ADD COLUMN not_names TEXT NOT NULL DEFAULT '[]'")
+
+
+CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2)
 
 
 @dataclass(frozen=True)
@@ -615,17 +722,36 @@ class ClusterStore:
         for eid, number, blob, quality, ts in db.execute(
                 "SELECT id, number, embedding, quality, ts FROM cluster_exemplars ORDER BY id"):
             exemplars.setdefault(number, []).append(Exemplar(eid, _vector(blob), quality, ts))
-        for number, first, last, observations, visits, tracks, confirmed, blob in db.execute(
-                "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum FROM cluster_clusters"):
+        for number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names in db.execute(
+                "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum, apart, not_names"
+                " FROM cluster_clusters"):
             total = np.frombuffer(blob, "<f8").astype(np.float64)
             if total.shape != (EMBEDDING_DIM,):
                 raise ClusterError(f"{self.path}: cluster {format_cluster_id(number)} is damaged")
             clusters.insert(ClusterState(number, first, last, observations, visits, json.loads(tracks), bool(confirmed),
-                                         exemplars.get(number, []), total))
+                                         exemplars.get(number, []), total, set(json.loads(apart)),
+                                         set(json.loads(not_names))))
+        clusters.recent_tracks = self._resolve_tracks(db, clusters)
         self.clusters = clusters
+
+    def _resolve_tracks(self, db: sqlite3.Connection, clusters: OnlineClusters) -> OrderedDict[str, int | str]:
+        """The recent tracks' clusters after another process changed the file: a cluster merged away
+        becomes the one it went into, a named one its person; a forgotten one is dropped."""
+        resolved: OrderedDict[str, int | str] = OrderedDict()
+        for key, value in self.clusters.recent_tracks.items():
+            for _ in range(1000):
+                if isinstance(value, str) or value in clusters:
+                    resolved[key] = value
+                    break
+                row = db.execute("SELECT fate, into_number, name FROM cluster_history WHERE number = ?", (value,)).fetchone()
+                if row is None or row[0] not in ("merged", "named"):
+                    break
+                value = row[1] if row[0] == "merged" else row[2]
+        return resolved
         log.debug("clusters of %s loaded: %d", self.path, len(clusters))
 
     def _write(self, db: sqlite3.Connection, changed: set[int], removed: set[int], dropped: Sequence[int]) -> None:
+        changed = changed | self.clusters.take_touched()
         if dropped:
             db.executemany("DELETE FROM cluster_exemplars WHERE id = ?", [(i,) for i in dropped])
         for number in changed:
@@ -633,9 +759,10 @@ class ClusterStore:
             if state is None:
                 continue
             db.execute("INSERT OR REPLACE INTO cluster_clusters (number, first_seen, last_seen, observations, visits,"
-                       " tracks, confirmed, sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       " tracks, confirmed, sum, apart, not_names) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (number, state.first_seen, state.last_seen, state.observations, state.visits,
-                        json.dumps(state.tracks), int(state.confirmed), np.asarray(state.sum, "<f8").tobytes()))
+                        json.dumps(state.tracks), int(state.confirmed), np.asarray(state.sum, "<f8").tobytes(),
+                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names))))
             for e in state.exemplars:
                 db.execute("INSERT INTO cluster_exemplars (id, number, embedding, quality, ts, crop) VALUES (?, ?, ?, ?, ?, ?)"
                            " ON CONFLICT(id) DO UPDATE SET number = excluded.number",
@@ -656,15 +783,19 @@ class ClusterStore:
     # -- the camera loop -------------------------------------------------------------------
 
     def observe(self, embedding: np.ndarray, *, quality: float = 1.0, ts: datetime | float | None = None,
-                track_key: str, crop: np.ndarray | None = None) -> Update:
+                track_key: str, crop: np.ndarray | None = None, apart_from: Sequence[str] = (),
+                not_names: Sequence[str] = ()) -> Update:
         """Cluster one unknown track: its aggregated unit embedding (128,), quality in [0, 1], time
         (aware datetime or epoch seconds; default now), a key unique per track (e.g. "cam1:42:<start>"),
         and optionally its best aligned face chip (uint8 BGR), kept only when store_face_crops is on.
+        apart_from: keys of the tracks on screen at the same time; not_names: people recognised on
+        screen at the same time (cannot-links, see OnlineClusters.observe).
         Committed before it returns. Turn the result into events with `update.events(...)`."""
         when = _to_epoch(ts)
         jpeg = _encode_crop(crop) if crop is not None and self.settings.store_face_crops else None
         with self._transaction() as db:
-            update = self.clusters.observe(embedding, quality=quality, ts=when, track_key=str(track_key), crop=jpeg)
+            update = self.clusters.observe(embedding, quality=quality, ts=when, track_key=str(track_key), crop=jpeg,
+                                           apart_from=[str(k) for k in apart_from], not_names=list(not_names))
             self._write(db, update.changed, update.removed, update.dropped_exemplars)
             for kept, gone in update.merged:
                 self._history(db, parse_cluster_id(gone), "merged", parse_cluster_id(kept), ts=when)
@@ -742,15 +873,24 @@ class ClusterStore:
                               " ORDER BY quality DESC, id", (state.number,)).fetchall()
             return _info(state), [StoredExemplar(r[0], r[1], _utc(r[2]), r[3]) for r in rows]
 
-    def name(self, cluster_id: str, name: str, *, queue_event: bool = False) -> ClusterNamedEvent:
+    def name(self, cluster_id: str, name: str, *, force: bool = False, queue_event: bool = False) -> ClusterNamedEvent:
         """Move the cluster's exemplars into the gallery as templates of NAME (new or existing) and
         retire the cluster. Safe to repeat after a crash: templates carry a source hash derived from
         the exemplar, so none is added twice. queue_event: also leave the event for the station
-        process (`take_events`), for callers in another process such as the CLI."""
+        process (`take_events`), for callers in another process such as the CLI.
+
+        Refused (ClusterError) unless `force`: when the cluster is apart from NAME (seen on screen with
+        them, or with a cluster since named so), and, for a person already in the gallery, when the
+        cluster does not resemble their templates (`naming_check`)."""
         person = validate_name(name)
         with self._transaction(write=False) as db:
             state = self._require(db, cluster_id)
             exemplars = list(state.exemplars)
+            not_names = set(state.not_names)
+        if not force:
+            reason = self.naming_check(state.id, exemplars, not_names, person)
+            if reason:
+                raise ClusterError(f"{reason}; not named (to name it anyway: --force, or \"force\": true over MQTT)")
         hashes = [_exemplar_hash(state.number, e) for e in exemplars]
         have = self.gallery.source_hashes()
         conflicting = {have[h] for h in hashes if h in have and have[h] != person}
@@ -764,7 +904,7 @@ class ClusterStore:
         event = ClusterNamedEvent(station=self.station, cluster_id=state.id, name=person)
         with self._transaction() as db:
             if self.clusters.get(state.number) is not None:
-                gone = self.clusters.remove(state.number)
+                gone = self.clusters.remove(state.number, named=person)
                 self._write(db, set(), {gone.number}, [])
                 self._history(db, gone.number, "named", name=person)
                 if queue_event:
@@ -772,12 +912,46 @@ class ClusterStore:
         log.info("%s named %r: %d templates added to the gallery", state.id, person, len(todo))
         return event
 
-    def merge(self, a: str, b: str, *, queue_event: bool = False) -> ClusterMergedEvent:
-        """Merge two clusters (a person says they are one); the older id is kept."""
+    def naming_check(self, cluster_id: str, exemplars: Sequence[Exemplar], not_names: set[str], person: str) -> str | None:
+        """Why the cluster should not be named `person`, or None. Apart from them (seen together);
+        holding a face reported as not them (`reject`: one of their negatives is at least as near as
+        their nearest template); or, when they are enrolled, its faces' median distance to their
+        nearest template above clusters.name_max_distance."""
+        if person in not_names:
+            return f"{cluster_id} is not {person}: it was on screen at the same time as {person}"
+        snapshot = self.gallery.snapshot()
+        if person not in snapshot.names or not exemplars:
+            return None
+        k = snapshot.names.index(person)
+        vectors = np.stack([e.vector for e in exemplars])
+        by_identity = snapshot.distances(vectors, "min")
+        mine = by_identity[:, k]
+        negatives = snapshot.negatives[snapshot.negative_owner == k]
+        if len(negatives):
+            vetoed = pairwise_distances(vectors, negatives).min(axis=1) <= mine
+            if vetoed.any():
+                return (f"{cluster_id} holds {int(vetoed.sum())} face(s) reported as not {person} "
+                        "(`edgeface gallery reject` or the reject command)")
+        distance = float(np.median(mine))
+        limit = self.settings.name_max_distance
+        if distance <= limit:
+            return None
+        medians = np.median(by_identity, axis=0)
+        nearest = int(np.argmin(medians))
+        hint = f"; it is nearest {snapshot.names[nearest]} ({medians[nearest]:.2f})" if nearest != k else ""
+        return (f"{cluster_id} does not look like {person}: its faces are {distance:.2f} from {person}'s templates "
+                f"(the same person is usually below {limit:.2f}){hint}")
+
+    def merge(self, a: str, b: str, *, force: bool = False, queue_event: bool = False) -> ClusterMergedEvent:
+        """Merge two clusters (a person says they are one); the older id is kept. Two clusters that
+        were on screen at the same time are refused unless `force`."""
         with self._transaction() as db:
             first, second = self._require(db, a), self._require(db, b)
             if first.number == second.number:
                 raise ClusterError(f"{a} and {b} are the same cluster")
+            if second.number in first.apart and not force:
+                raise ClusterError(f"{first.id} and {second.id} were on screen at the same time, so they are two "
+                                   "people; not merged (add --force if you are sure)")
             kept, gone = min(first.number, second.number), max(first.number, second.number)
             dropped = self.clusters.merge(kept, gone)
             self._write(db, {kept}, {gone}, dropped)
@@ -856,9 +1030,8 @@ class StoreClusterHook:
 
         quality = min(max(float(track.quality), 0.0), 1.0)
         try:
-            update = self.store.observe(track.embedding, quality=quality, ts=track.seen,
-                                        track_key=f"{track.camera}:{track.track_id}:{_to_epoch(track.started):.3f}",
-                                        crop=track.chip)
+            update = self.store.observe(track.embedding, quality=quality, ts=track.seen, track_key=track.key,
+                                        crop=track.chip, apart_from=track.apart_from, not_names=track.not_names)
         except ClusterError as error:
             log.warning("track %s of %s was not clustered: %s", track.track_id, track.camera, error)
             return None

@@ -87,7 +87,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_name(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        event = store.name(args.id, args.name, queue_event=True)
+        event = store.name(args.id, args.name, force=args.force, queue_event=True)
     if args.json:
         print(event.to_json())
     else:
@@ -97,7 +97,7 @@ def _cmd_name(args: argparse.Namespace) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        event = store.merge(args.a, args.b, queue_event=True)
+        event = store.merge(args.a, args.b, force=args.force, queue_event=True)
     if args.json:
         print(event.to_json())
     else:
@@ -201,6 +201,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     name.add_argument("id", metavar="ID")
     name.add_argument("name", metavar="NAME", help="new or existing person in the gallery")
     name.add_argument("--json", action="store_true", help="print the cluster_named event")
+    name.add_argument("--force", action="store_true",
+                      help="name it even when it was seen together with NAME or does not look like NAME's templates")
     _common(name)
     name.set_defaults(handler=_cmd_name)
 
@@ -208,6 +210,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("a", metavar="A")
     merge.add_argument("b", metavar="B")
     merge.add_argument("--json", action="store_true", help="print the cluster_merged event")
+    merge.add_argument("--force", action="store_true", help="merge even when the two were on screen at the same time")
     _common(merge)
     merge.set_defaults(handler=_cmd_merge)
 

@@ -9,7 +9,7 @@ crashes. ``request_id`` is echoed whenever it can be read from the payload.
 Verbs and payloads (``request_id`` is optional everywhere; an empty payload means ``{}``)::
 
     enroll        {"name": str, "image": base64 JPEG/PNG}  or  {"name": str, "cluster_id": "unknown-17"}
-    name_cluster  {"cluster_id": "unknown-17", "name": str}
+    name_cluster  {"cluster_id": "unknown-17", "name": str, "force": false}
     forget        {"name": str}
     reject        {"track_id": int, "name": str}    negative feedback: "track 42 was not NAME"
     reload        {}
@@ -145,6 +145,7 @@ class NameClusterCommand(CommandBase):
 
     cluster_id: ClusterId
     name: PersonName
+    force: bool = Field(False, description="Name it even when it was seen with NAME or does not resemble NAME")
 
     _name = field_validator("name")(_check_person_name)
 

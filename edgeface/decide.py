@@ -21,7 +21,10 @@ weight and gallery match) and turns them into events:
   switches and the new outcome gets its event (a track can switch people when boxes swap).
 - **unknown**: the track's best faces (`unknown_best_faces`, by weight) are averaged (mean of the
   unit embeddings, renormalised) into one embedding, handed to the clustering hook (a callable, or
-  None while clustering does not exist), whose answer fills the cluster fields of the event.
+  None while clustering does not exist), whose answer fills the cluster fields of the event. With it
+  go the tracks that were on a frame together with this one (`seen_together`): two faces on one
+  frame are two people, so clustering never puts them in one cluster (cannot-links), and a name any
+  of them was recognised as is not this track's name.
 - **recent tracks**: the last `recent_tracks` decided tracks keep, per name they were decided as,
   the aggregated embedding of the faces that voted for it (and of the best faces for "unknown"), so
   that "track 42 was not NAME" (negative feedback, `Gallery.reject_match`) can be acted on after the
@@ -68,6 +71,11 @@ class Vote:
     runner_up_distance: float = math.inf
 
 
+def track_key(camera: str, track_id: int, started: datetime) -> str:
+    """A key unique per track (track ids restart with the process; their start time does not)."""
+    return f"{camera}:{track_id}:{started.timestamp():.3f}"
+
+
 @dataclass(frozen=True)
 class UnknownTrack:
     """What clustering gets for one unknown track: one aggregated embedding, its quality and times."""
@@ -83,6 +91,14 @@ class UnknownTrack:
     seen: datetime
     chip: np.ndarray | None = None
     """The aligned chip of the track's best face (stored only when clusters.store_face_crops is on)."""
+    apart_from: tuple[str, ...] = ()
+    """Keys (`track_key`) of the tracks that were on a frame together with this one."""
+    not_names: tuple[str, ...] = ()
+    """Names those tracks were recognised as (this track is none of them)."""
+
+    @property
+    def key(self) -> str:
+        return track_key(self.camera, self.track_id, self.started)
 
 
 @dataclass(frozen=True)
@@ -235,6 +251,8 @@ class _TrackState:
     """The last frame whose aligned face the quality gate refused (blurred)."""
     rechecks: list[Vote] = field(default_factory=list)
     suspicious: bool = False
+    together: dict[int, _TrackState] = field(default_factory=dict)
+    """Tracks seen on a frame with this one (cleared when it ends, so ended tracks form no chains)."""
 
 
 class Decider:
@@ -280,6 +298,15 @@ class Decider:
         state = self._state(track_id, ts)
         state.faces_seen += 1
         state.last_seen = max(state.last_seen, ts)
+
+    def seen_together(self, track_ids: Sequence[int]) -> None:
+        """These tracks had a face on the same frame (call after `seen` for each): they are different
+        people. O(k^2) for k faces on the frame."""
+        states = [self._tracks[t] for t in dict.fromkeys(track_ids) if t in self._tracks]
+        for a in states:
+            for b in states:
+                if a is not b:
+                    a.together[b.track_id] = b
 
     def decision(self, track_id: int) -> str | None:
         state = self._tracks.get(track_id)
@@ -407,8 +434,11 @@ class Decider:
         assignment = None
         if self.cluster_hook is not None:
             best = max(state.votes, key=lambda v: v.weight)
+            others = sorted(state.together.values(), key=lambda o: o.track_id)
+            apart = tuple(track_key(self.camera, o.track_id, o.started) for o in others)
+            names = tuple(sorted({o.decision for o in others if o.decision not in (None, UNKNOWN)}))  # type: ignore[misc]
             assignment = self.cluster_hook(UnknownTrack(self.camera, state.track_id, embedding, quality, used,
-                                                        state.started, state.last_seen, best.chip))
+                                                        state.started, state.last_seen, best.chip, apart, names))
         state.cluster_id = assignment.cluster_id if assignment else None
         cluster_fields = {}
         if assignment is not None:
@@ -426,6 +456,7 @@ class Decider:
         events: list[RecognizedEvent | UnknownEvent | TrackEndedEvent] = []
         if state.decision is None and len(state.votes) >= self.policy.min_good_faces:
             events += self._decide(state, vote(state.votes, self.policy, final=True), ended)
+        state.together.clear()
         ended = max(ended, state.last_seen)
         events.append(TrackEndedEvent(
             ts=ended, station=self.station, camera=self.camera, track_id=track_id, started=state.started, ended=ended,

@@ -1,10 +1,14 @@
 """`edgeface eval cluster`: how well the online clustering of unknowns groups people, on any
-folder-per-person dataset.
+folder-per-person dataset (LFW: `--data ../shared/data/lfw`; CelebA: `--data ../shared/data/celeba`).
 
 Selection: every person with >= `min_images` images (at most `max_per_person`, the first by file
 name) plus a distractor stream: every person with exactly one image (`--distractors` caps it, a
-fixed random subset). Each image is analysed as `edgeface embed` does it (the face nearest the image
-centre); images without a face are left out. Each image stands for one unknown *track*.
+fixed random subset). LFW: 610 people with >= 4 images + 4,069 one-image distractors; CelebA: all
+100 people (15 photos each), no distractors. Every face of every image is analysed once
+(edgeface/eval_data.py, cached with --cache) and the labelled person's face is chosen by `--face`:
+the central face on LFW (pre-aligned), the largest elsewhere (whole-scene photos). `--faces FILE`
+scores another system's precomputed faces (e.g. face_recognition's, tools/face_recognition_faces.py)
+by the same protocol. Images without a face are left out. Each image stands for one unknown *track*.
 
 - online: the selection is streamed in a random order (one per seed) through `OnlineClusters` with
   the configured settings; a face's cluster is its cluster at the end (after merges).
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -41,7 +44,7 @@ from edgeface.clusters import (
     OnlineClusters,
 )
 from edgeface.errors import EdgefaceError
-from edgeface.gallery import EMBEDDING_DIM
+from edgeface.eval_data import FaceRule, dataset_faces, dataset_people, default_face_rule, images_root
 from edgeface.report import print_figures
 
 DEFAULT_SEEDS = 3
@@ -396,41 +399,6 @@ def select(people: dict[str, list[Path]], min_images: int = MIN_IMAGES, max_per_
     return files, labels, returning
 
 
-def embed_files(files: list[Path], make_analyzer: Callable[[], Any], cache: Path | None, cache_key: str,
-                progress: bool) -> np.ndarray:
-    """Central-face embeddings (NaN rows: no face), reusing and extending an .npz cache of the same
-    format as `edgeface eval identify --cache` when its key (the pipeline settings) matches. The
-    analyzer is only made when some file is not in the cache."""
-    from edgeface.eval_identify import central_embedding
-
-    known: dict[str, np.ndarray] = {}
-    if cache is not None and cache.is_file():
-        try:
-            stored = np.load(cache)
-            if str(stored["key"]) == cache_key:
-                known = dict(zip(stored["files"].tolist(), stored["vectors"]))
-        except (OSError, ValueError, KeyError) as error:
-            raise EdgefaceError(f"cannot read embedding cache {cache}: {error}; delete it or give another --cache") from None
-    missing = [f for f in files if str(f) not in known]
-    if missing:
-        analyzer = make_analyzer()
-        iterator = missing
-        if progress:
-            from tqdm import tqdm  # type: ignore[import-untyped]
-
-            iterator = tqdm(missing, desc="analyse", unit="img", file=sys.stderr)
-        started = time.perf_counter()
-        for f in iterator:
-            known[str(f)] = central_embedding(analyzer, f)
-        seconds = (time.perf_counter() - started) / len(missing)
-        if cache is not None:
-            names = sorted(known)
-            with open(cache, "wb") as out:
-                np.savez(out, files=np.array(names), vectors=np.stack([known[n] for n in names]), key=cache_key,
-                         seconds=seconds)
-    return np.stack([known[str(f)] for f in files]).astype(np.float32) if files else np.zeros((0, EMBEDDING_DIM), np.float32)
-
-
 @dataclass
 class ClusterReport:
     settings: ClusterSettings
@@ -457,11 +425,13 @@ class ClusterReport:
     def lines(self) -> list[str]:
         s, o = self.settings, self.offline.scores
         f_per_seed = ", ".join(f"{run.scores.bcubed_f:.4f}" for run in self.online)
+        f = [run.scores.bcubed_f for run in self.online]
         out = [
             (f"{self.items} faces: {self.returning_people} people with >= {MIN_IMAGES} images (<= {MAX_PER_PERSON} each) "
              f"+ {self.distractors} one-image distractors; {self.without_face} images without a face left out; {self.extra}"),
-            (f"online  (threshold {s.assign_max_distance}, {len(self.online)} seeds): BCubed P {self._mean('bcubed_precision'):.4f} "
-             f"R {self._mean('bcubed_recall'):.4f} F {self._mean('bcubed_f'):.4f} (per seed {f_per_seed}); pairwise P "
+            (f"online  (threshold {s.assign_max_distance}, spread discount {s.spread_discount}, {len(self.online)} seeds): BCubed P {self._mean('bcubed_precision'):.4f} "
+             f"R {self._mean('bcubed_recall'):.4f} F {self._mean('bcubed_f'):.4f} (median {np.median(f):.4f}, range "
+             f"{min(f):.4f}-{max(f):.4f}; per seed {f_per_seed}); pairwise P "
              f"{self._mean('pairwise_precision'):.4f} R {self._mean('pairwise_recall'):.4f} F {self._mean('pairwise_f'):.4f}; "
              f"clusters {self._mean('clusters'):.0f} vs {self.people} true; "
              f"{np.mean([r.merges for r in self.online]):.0f} merges, {np.mean([r.ms_per_update for r in self.online]):.3f} ms/update"),
@@ -494,6 +464,9 @@ class ClusterReport:
             "online_precision": r4(self._mean("bcubed_precision")),
             "online_recall": r4(self._mean("bcubed_recall")),
             "online_f_per_seed": [r4(run.scores.bcubed_f) for run in self.online],
+            "online_f_median": r4(np.median([run.scores.bcubed_f for run in self.online])),
+            "online_f_min": r4(min(run.scores.bcubed_f for run in self.online)),
+            "online_f_max": r4(max(run.scores.bcubed_f for run in self.online)),
             "online_pairwise_f": r4(self._mean("pairwise_f")),
             "online_clusters": r4(self._mean("clusters")),
             "online_announced_f": r4(np.mean([r.announced.bcubed_f for r in self.online])),
@@ -505,6 +478,7 @@ class ClusterReport:
             "true_clusters": self.people, "returning_people": self.returning_people, "distractors": self.distractors,
             "items": self.items, "without_face": self.without_face,
             "threshold": self.settings.assign_max_distance,
+            "spread_discount": self.settings.spread_discount,
             "tentative": [{"n": t.n, "confirmed": r4(t.confirmed), "spurious": r4(t.spurious),
                            "returning_people_confirmed": r4(t.returning_people_confirmed)} for t in self.tentative],
             "update_ms_at_10k": None if self.speed is None else r4(self.speed.memory_ms_median),
@@ -535,15 +509,23 @@ def evaluate(vectors: np.ndarray, labels: np.ndarray, returning: set, settings: 
 
 def run_cluster_evaluation(data: Path, make_analyzer: Callable[[], Any], settings: ClusterSettings, *, seeds: int = DEFAULT_SEEDS,
                            distractors: int | None = None, cache: Path | None = None, cache_key: str = "",
+                           faces_file: Path | None = None, face_rule: FaceRule | None = None,
                            progress: bool = True, speed: bool = True) -> ClusterReport:
-    from edgeface.eval_identify import dataset_people
-
-    files, labels, returning = select(dataset_people(data), distractors=distractors)
-    vectors = embed_files(files, make_analyzer, cache, cache_key, progress)
+    """The whole evaluation of one dataset: selection, faces (analysed and cached, or read from
+    `faces_file`), the labelled face of each image (`face_rule`, default by dataset), scores."""
+    root = images_root(data)
+    files, labels, returning = select(dataset_people(root), distractors=distractors)
+    names = [f.relative_to(root).as_posix() for f in files]
+    table = dataset_faces(data, names, faces_file=faces_file, make_analyzer=make_analyzer, key=cache_key, cache=cache,
+                          progress=progress)
+    rule = face_rule or default_face_rule(data)
+    vectors = table.pick(rule, names)
     found = ~np.isnan(vectors).any(axis=1)
     labels_array = np.array(labels)[found]
     report = evaluate(vectors[found], labels_array, returning & set(labels_array.tolist()), settings, seeds=seeds,
                       speed=speed, without_face=int((~found).sum()))
+    report.extra.update({"dataset": root.parent.name if root.name == "images" else root.name, "face": rule,
+                         "faces": table.key if faces_file is not None else "edgeface"})
     return report
 
 
@@ -564,9 +546,10 @@ def _run(args: argparse.Namespace) -> int:
                 "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
     report = run_cluster_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), settings, seeds=args.seeds,
                                     distractors=args.distractors, cache=args.cache,
-                                    cache_key=json.dumps(pipeline, sort_keys=True), progress=not args.json,
-                                    speed=not args.no_speed)
-    report.extra.update(pipeline)
+                                    cache_key=json.dumps(pipeline, sort_keys=True), faces_file=args.faces,
+                                    face_rule=args.face, progress=not args.json, speed=not args.no_speed)
+    if args.faces is None:
+        report.extra.update(pipeline)
     return print_figures(report.lines(), report.as_dict(), args.json)
 
 
@@ -575,7 +558,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help=f"stream orders (default {DEFAULT_SEEDS})")
     parser.add_argument("--distractors", type=int, help="at most this many one-image people (default: all)")
     parser.add_argument("--threshold", type=float, help="override clusters.assign_max_distance")
-    parser.add_argument("--cache", type=Path, help="embeddings .npz, reused and extended when the settings match")
+    parser.add_argument("--cache", type=Path, help="faces .npz, reused and extended when the settings match")
+    parser.add_argument("--faces", type=Path, metavar="FILE",
+                        help="score these precomputed faces (.npz, e.g. face_recognition's) instead of analysing")
+    parser.add_argument("--face", choices=["largest", "central"],
+                        help="which face of an image is the labelled person (default: central on LFW, else largest)")
     parser.add_argument("--no-speed", action="store_true", help="skip the 10,000-cluster timing")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")

@@ -406,6 +406,8 @@ class Pipeline:
         self.stats.tracks_started += len(update.new)
         for track_id in track_ids:
             self.decider.seen(track_id, ts)
+        if len(track_ids) > 1:
+            self.decider.seen_together(track_ids)
         due = [i for i, t in enumerate(track_ids) if self.decider.wants_embedding(t, index)]
         stage["decide"] += time.perf_counter() - t3
 

@@ -411,17 +411,17 @@ class Station:
                              {"name": plan.name, "template_ids": list[Any](ids), "templates": templates,
                               "warning": outcome.warning})
 
-    def _name_cluster(self, cluster_id: str, name: str) -> dict[str, Any]:
+    def _name_cluster(self, cluster_id: str, name: str, force: bool = False) -> dict[str, Any]:
         with self._command_lock:
             store = self._cluster_store()
-            event = store.name(cluster_id, name)
+            event = store.name(cluster_id, name, force=force)
         self._emit(event)
         self.sync_people()
         templates = self._require_gallery().show(event.name).template_count
         return {"cluster_id": event.cluster_id, "name": event.name, "templates": templates}
 
     def name_cluster(self, command: NameClusterCommand) -> CommandResult:
-        result = self._name_cluster(command.cluster_id, command.name)
+        result = self._name_cluster(command.cluster_id, command.name, command.force)
         return CommandResult(f"{result['cluster_id']} is now {result['name']}", result)
 
     def forget(self, command: ForgetCommand) -> CommandResult:

@@ -431,3 +431,102 @@ def test_the_decider_hook_answers_and_publishes_merges(tmp_path: Path) -> None:
         assert answer is not None and answer.cluster_id == "unknown-3"
         published = [json.loads(line) for line in out.getvalue().splitlines()]
         assert [e["type"] for e in published] == ["cluster_merged", "cluster_named"] and published[1]["name"] == "Hugo"
+
+
+# -- cannot-links -------------------------------------------------------------------------------
+
+
+@needs_lfw
+def test_tracks_seen_together_are_never_one_cluster(tmp_path: Path) -> None:
+    """Four photos of one person that would form one cluster: a track that was on screen with the
+    first one is kept out of its cluster, and no later face or merge joins the two, across a restart."""
+    colin = of("Colin_Powell")
+    with _store(tmp_path) as store:
+        store.observe(colin[0].embedding, ts=T0, track_key="cam:1")
+        apart = store.observe(colin[1].embedding, ts=T0, track_key="cam:2", apart_from=["cam:1", "cam:unseen"])
+        assert apart.created and apart.cluster.id == "unknown-2"
+    with _store(tmp_path) as store:  # the link is in the file
+        for k, face in enumerate(colin[2:], start=3):
+            update = store.observe(face.embedding, ts=T0 + timedelta(minutes=k), track_key=f"cam:{k}")
+            assert update.cluster.id in ("unknown-1", "unknown-2") and not update.merged
+        assert len(store.list_clusters()) == 2
+        with pytest.raises(ClusterError, match="on screen at the same time"):
+            store.merge("unknown-1", "unknown-2")
+        assert store.merge("unknown-1", "unknown-2", force=True).kept_id == "unknown-1"
+    free = OnlineClusters()  # without the link the same faces are one cluster
+    for k, face in enumerate(colin):
+        free.observe(face.embedding, ts=float(k), track_key=str(k))
+    assert len(free) == 1
+
+
+@needs_lfw
+def test_the_merge_pass_joins_clusters_unless_they_are_apart() -> None:
+    faces = of("Hugo_Chavez")
+    a, b, c = _merging_triple(faces)
+    together = OnlineClusters()
+    together.observe(faces[a].embedding, ts=0.0, track_key="a")
+    together.observe(faces[b].embedding, ts=1.0, track_key="b", apart_from=["a"])
+    update = together.observe(faces[c].embedding, ts=2.0, track_key="c")
+    assert update.merged == [] and len(together) == 2
+    assert together.get(1).apart == {2} and together.get(2).apart == {1}  # type: ignore[union-attr]
+
+
+@needs_lfw
+def test_naming_respects_cannot_links_resemblance_and_rejections(tmp_path: Path) -> None:
+    colin, hugo = of("Colin_Powell"), of("Hugo_Chavez")
+    with Gallery(tmp_path / "gallery.db") as gallery:
+        gallery.add_templates("Hugo", hugo[7].embedding)
+    with _store(tmp_path) as store:
+        for k, face in enumerate(hugo[:3]):  # unknown-1: Hugo, seen with a recognised Ada
+            store.observe(face.embedding, ts=T0 + timedelta(minutes=k), track_key=f"h{k}", not_names=["Ada"] if k == 0 else [])
+        for k, face in enumerate(colin[:3]):  # unknown-2: Colin, on screen with Hugo's first track
+            store.observe(face.embedding, ts=T0 + timedelta(minutes=k), track_key=f"c{k}", apart_from=["h0"] if k == 0 else [])
+        assert [c.id for c in store.list_clusters()] == ["unknown-1", "unknown-2"]
+        with pytest.raises(ClusterError, match="^unknown-1 is not Ada: it was on screen at the same time as Ada; not named"):
+            store.name("unknown-1", "Ada")
+        with pytest.raises(ClusterError, match=r"unknown-2 does not look like Hugo: its faces are 0\.\d\d from Hugo's"):
+            store.name("unknown-2", "Hugo")
+        store.name("unknown-1", "Hugo")  # resembles Hugo: accepted
+        with pytest.raises(ClusterError, match="unknown-2 is not Hugo: it was on screen at the same time"):
+            store.name("unknown-2", "Hugo")  # the cluster it was apart from is Hugo now
+        assert store.name("unknown-2", "Hugo", force=True).name == "Hugo"
+    with Gallery(tmp_path / "gallery.db") as gallery:
+        assert gallery.show("Hugo").template_count == 1 + 3 + 3
+        gallery.add_templates("Colin", colin[7].embedding)
+        gallery.reject_match("Colin", colin[4].embedding)  # "that face was not Colin"
+    with _store(tmp_path) as store:
+        for k, face in enumerate(colin[4:7]):
+            store.observe(face.embedding, ts=T0 + timedelta(hours=1, minutes=k), track_key=f"d{k}")
+        (cluster,) = store.list_clusters()
+        with pytest.raises(ClusterError, match=f"{cluster.id} holds 1 face\\(s\\) reported as not Colin"):
+            store.name(cluster.id, "Colin")
+
+
+def test_cluster_schema_1_is_migrated_with_its_clusters(tmp_path: Path) -> None:
+    """A gallery file written before cannot-links existed (cluster schema 1) opens, keeps its
+    clusters and ids, and gains the columns."""
+    from edgeface.clusters import _migrate_0_to_1
+
+    path = tmp_path / "gallery.db"
+    Gallery(path).close()
+    vector = np.zeros(128)
+    vector[0] = 1.0
+    with sqlite3.connect(path) as db:
+        _migrate_0_to_1(db)
+        db.execute("INSERT INTO cluster_schema_version (version) VALUES (1)")
+        db.execute("INSERT INTO cluster_clusters VALUES (7, 1e9, 1e9, 3, 1, '[\"a\", \"b\"]', 1, ?)", ((3 * vector).tobytes(),))
+        db.execute("INSERT INTO cluster_exemplars VALUES (1, 7, ?, 0.5, 1e9, NULL)", (vector.astype("<f4").tobytes(),))
+        db.execute("UPDATE cluster_meta SET value = 8 WHERE key = 'next_number'")
+    with ClusterStore(path) as store:
+        (info,) = store.list_clusters()
+        assert (info.id, info.status, info.observations, info.exemplars) == ("unknown-7", "confirmed", 3, 1)
+        far = np.zeros(128)
+        far[1] = 1.0
+        update = store.observe(far, ts=2e9, track_key="new", apart_from=["old"])
+        assert update.cluster.id == "unknown-8"
+        again = store.observe(vector, ts=2e9, track_key="x", apart_from=["new"])
+        assert again.cluster.id == "unknown-7"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM cluster_schema_version").fetchall() == [(2,)]
+        rows = db.execute("SELECT number, apart, not_names FROM cluster_clusters ORDER BY number").fetchall()
+    assert rows == [(7, "[8]", "[]"), (8, "[7]", "[]")]

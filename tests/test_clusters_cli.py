@@ -164,3 +164,55 @@ def test_camera_loop_stores_face_crops_only_when_allowed(tmp_path: Path, crops: 
         assert stored and cv2.imdecode(np.frombuffer(stored[0], np.uint8), cv2.IMREAD_COLOR).shape == (150, 150, 3)
     else:
         assert stored == []
+
+
+@needs_lfw
+def test_name_into_someone_else_is_refused_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gallery.db"
+    _seed(path, crops=False)
+    with Gallery(path) as gallery:
+        gallery.add_templates("Hugo Chávez", of("Hugo_Chavez")[7].embedding)
+    code, _, err = _cli(capsys, "clusters", "name", "unknown-1", "Hugo Chávez", "--gallery", str(path))
+    assert code == 1 and err.count("\n") == 1
+    assert "unknown-1 does not look like Hugo Chávez" in err and "--force" in err
+    code, out, _ = _cli(capsys, "clusters", "name", "unknown-1", "Hugo Chávez", "--force", "--gallery", str(path))
+    assert code == 0 and "unknown-1 is now 'Hugo Chávez'" in out
+    with Gallery(path) as gallery:
+        assert gallery.show("Hugo Chávez").template_count == 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data/video is absent")
+def test_crowd_walk_tracks_on_screen_together_stay_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The camera loop on crowd_walk with the full-range model: unknown tracks that were on screen at
+    the same time never end in one cluster (before cannot-links, two of them did, and naming that
+    cluster enrolled both people under one name)."""
+    gallery = tmp_path / "gallery.db"
+    Gallery(gallery).close()
+    config = tmp_path / "config.yaml"
+    config.write_text("recognition: {detector: {model: full}}\n")
+    result = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", str(CROWD), "--every-frame",
+                             "--gallery", str(gallery), "--config", str(config)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    into = {e["merged_id"]: e["kept_id"] for e in events if e["type"] == "cluster_merged"}
+
+    def final(cluster: str) -> str:
+        while cluster in into:
+            cluster = into[cluster]
+        return cluster
+
+    def when(text: str) -> datetime:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+    tracks = [(when(e["started"]), when(e["ended"]), final(e["cluster_id"])) for e in events
+              if e["type"] == "track_ended" and e["decision"] == "unknown"]
+    overlapping = [(a, b) for i, a in enumerate(tracks) for b in tracks[i + 1:] if a[0] <= b[1] and b[0] <= a[1]]
+    assert len(tracks) >= 4 and overlapping
+    assert all(a[2] != b[2] for a, b in overlapping), tracks
+    a, b = overlapping[0][0][2], overlapping[0][1][2]
+    code, _, err = _cli(capsys, "clusters", "merge", a, b, "--gallery", str(gallery))
+    assert code == 1 and "on screen at the same time" in err and err.count("\n") == 1
+    with ClusterStore(gallery) as store:
+        assert store.clusters.get(int(b.split("-")[1])).apart  # type: ignore[union-attr]

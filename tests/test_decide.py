@@ -180,3 +180,28 @@ def test_a_face_refused_on_its_chip_is_tried_again_embed_every_frames_later() ->
     assert [decider.wants_embedding(1, f) for f in (17, 18, 19)] == [False, False, True]
     decider.refused_on_chip(99, 5)  # a track the decider never saw: nothing to remember
     assert decider.wants_embedding(99, 5)
+
+
+def test_tracks_on_one_frame_reach_the_clusterer_as_apart() -> None:
+    """Two faces on one frame are two people: the unknown track's hook call names the other tracks
+    (by key) and the names they were recognised as."""
+    seen: list[UnknownTrack] = []
+
+    def hook(track: UnknownTrack) -> None:
+        seen.append(track)
+
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=1, min_good_faces_unknown=1, max_faces_undecided=1),
+                      cluster_hook=hook)
+    for track_id in (1, 2, 3):
+        decider.seen(track_id, T0)
+    decider.seen_together([1, 2, 3])
+    decider.seen(4, T0 + timedelta(seconds=5))  # on screen later, alone
+    assert decider.add_vote(2, v("ada", seed=2), T0)[0].type == "recognized"
+    decider.end_track(3, T0)  # an ended track still counts
+    decider.add_vote(1, v(None, seed=1), T0 + timedelta(seconds=1))
+    decider.add_vote(4, v(None, seed=4), T0 + timedelta(seconds=6))
+    first, alone = seen
+    assert first.key == f"door:1:{T0.timestamp():.3f}"
+    assert first.apart_from == (f"door:2:{T0.timestamp():.3f}", f"door:3:{T0.timestamp():.3f}")
+    assert first.not_names == ("ada",)
+    assert alone.apart_from == () and alone.not_names == ()

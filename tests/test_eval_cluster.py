@@ -147,7 +147,7 @@ def test_real_lfw_subset_end_to_end(tmp_path: Path) -> None:
     for folder in returning + strangers:
         (data / folder.name).symlink_to(folder)
     cache = tmp_path / "cache.npz"
-    done = _run("--data", str(data), "--seeds", "2", "--json", "--cache", str(cache))
+    done = _run("--data", str(data), "--seeds", "2", "--json", "--cache", str(cache), "--face", "central")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["items"] == sum(len(list(p.iterdir())) for p in returning) + 15
@@ -158,3 +158,31 @@ def test_real_lfw_subset_end_to_end(tmp_path: Path) -> None:
     assert [t["n"] for t in figures["tentative"]] == [1, 2, 3, 4, 5]
     assert "BCubed" in done.stderr and "offline" in done.stderr
     assert cache.is_file() and len(np.load(cache)["files"]) == figures["items"]
+
+
+CELEBA = LFW.parents[1] / "celeba" / "images"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CELEBA.is_dir(), reason="../shared/data/celeba is absent")
+def test_real_celeba_subset_largest_face_and_precomputed_faces(tmp_path: Path) -> None:
+    """6 CelebA people x 15 whole-scene photos (linked, not copied): every person streamed, no
+    distractors, the largest face; the faces table written by --cache scores the same through --faces."""
+    data = tmp_path / "celeba" / "images"
+    data.mkdir(parents=True)
+    for folder in sorted(p for p in CELEBA.iterdir() if p.is_dir())[:6]:
+        (data / folder.name).symlink_to(folder)
+    cache = tmp_path / "faces.npz"
+    done = _run("--data", str(data.parent), "--seeds", "2", "--json", "--no-speed", "--cache", str(cache))
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (figures["face"], figures["dataset"], figures["faces"]) == ("largest", "celeba", "edgeface")
+    assert figures["true_clusters"] == figures["returning_people"] == 6 and figures["distractors"] == 0
+    assert figures["items"] + figures["without_face"] == 90
+    assert figures["online_f"] >= 0.8 and figures["online_f_min"] <= figures["online_f_median"] <= figures["online_f_max"]
+    again = _run("--data", str(data.parent), "--seeds", "2", "--json", "--no-speed", "--faces", str(cache))
+    assert again.returncode == 0, again.stderr
+    reference = json.loads(again.stdout.strip().splitlines()[-1])
+    assert reference["online_f"] == figures["online_f"] and reference["faces"] != "edgeface"
+    missing = _run("--data", str(LFW.parent), "--faces", str(cache))
+    assert missing.returncode == 1 and "lacks" in missing.stderr and missing.stderr.count("\n") == 1

@@ -255,9 +255,15 @@ def test_cluster_commands_move_a_cluster_into_the_gallery(tmp_path: Path) -> Non
     router = station.register(CommandRouter())
     named = router.handle("name_cluster", f'{{"cluster_id": "{ids[0]}", "name": "Grace"}}'.encode())
     assert named.ok and named.result["name"] == "Grace" and named.result["templates"] >= 1, named
+    # Ada is enrolled and this cluster does not resemble her: refused in one line, unless forced
     enrolled = router.handle("enroll", f'{{"cluster_id": "{ids[1]}", "name": "Ada"}}'.encode())
-    assert enrolled.ok and enrolled.message.startswith(f"enrolled Ada from {ids[1]}"), enrolled
-    assert gallery.show("Ada").template_count == enrolled.result["templates"] > 1
+    assert not enrolled.ok and f"{ids[1]} does not look like Ada" in enrolled.message, enrolled
+    refused = router.handle("name_cluster", f'{{"cluster_id": "{ids[1]}", "name": "Ada"}}'.encode())
+    assert not refused.ok and '"force": true' in refused.message and "\n" not in refused.message, refused
+    assert gallery.show("Ada").template_count == 1
+    forced = router.handle("name_cluster", f'{{"cluster_id": "{ids[1]}", "name": "Ada", "force": true}}'.encode())
+    assert forced.ok and forced.message == f"{ids[1]} is now Ada", forced
+    assert gallery.show("Ada").template_count == forced.result["templates"] > 1
     gone = router.handle("name_cluster", f'{{"cluster_id": "{ids[0]}", "name": "Grace"}}'.encode())
     assert not gone.ok and "named 'Grace'" in gone.message
     assert {c.id for c in store.list_clusters()} == set()
