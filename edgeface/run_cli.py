@@ -3,12 +3,13 @@
 Wired into the `edgeface` command by `run_cli.register(commands)` and
 `run_cli.add_bench_pipeline(bench_kinds)` in edgeface/cli.py.
 
-`edgeface run --source SRC` exit codes:
-  0  the source ended (a file or folder was read to its end), or SIGTERM/SIGINT stopped the loop:
-     either way every open track got its track_ended event and the sink was flushed and closed;
-  1  a problem the one-line message explains: bad config, gallery or source spec, a live source that
-     failed after its retries, a broker refused...;
-  2  wrong command-line usage.
+`edgeface run --source SRC` exit codes (the rule of every command, edgeface/cli.py):
+  0    the source ended (a file or folder was read to its end), or SIGTERM stopped the loop;
+  130  Ctrl-C (SIGINT) stopped the loop;
+       either way every open track got its track_ended event and the sink was flushed and closed;
+  1    a problem the one-line message explains: bad config, gallery or source spec, a camera device
+       that does not exist, a live source that failed after its retries, a broker refused...;
+  2    wrong command-line usage.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ log = logging.getLogger("edgeface.run")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -128,9 +130,12 @@ class _StopOnSignals:
         self.stop, self.source = stop, source
         self._previous: dict[int, Any] = {}
         self.closer: threading.Thread | None = None
+        self.signal: signal.Signals | None = None
+        """The first signal received, if any."""
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if not self.stop.is_set():
+            self.signal = signal.Signals(signum)
             log.info("%s: stopping after the current frame", signal.Signals(signum).name)
             self.stop.set()
             self.closer = threading.Thread(target=self.source.close, name="edgeface-stop", daemon=True)
@@ -164,12 +169,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgeface.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
-    gallery = _gallery(args.gallery, required=False, create_default=True)
-    source = _open_source(args.source, args.every_frame, config)
+    source = _open_source(args.source, args.every_frame, config)  # a bad source fails before anything is created
     stop = threading.Event()
+    stopper = _StopOnSignals(stop, source)
     sink = None
     notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
     try:
+        gallery = _gallery(args.gallery, required=False, create_default=True)
         sink = _sink(args, config, gallery)
         pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
         if hasattr(sink, "station"):  # MQTT: commands and stats need the running pipeline
@@ -178,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         feeder = WatchdogFeeder(notifier)
         notifier.ready(f"models loaded, reading {getattr(source, 'description', args.source)}")
         feeder.start()
-        with _StopOnSignals(stop, source):
+        with stopper:
             stats = pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
         log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
                  stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
@@ -188,7 +194,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.close()
         notifier.close()
-    return EXIT_OK
+    return EXIT_INTERRUPTED if stopper.signal is signal.SIGINT else EXIT_OK
 
 
 # -- annotate ------------------------------------------------------------------------------------
@@ -411,8 +417,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Read frames from SRC, track and recognise faces, publish one event per decision "
         "(jsonl on stdout by default). SIGTERM/SIGINT stop it cleanly: every open track gets its "
         "track_ended and the sink is flushed.",
-        epilog="exit codes: 0 the source ended or a signal stopped the loop cleanly; 1 a problem the message "
-        "explains (config, gallery, source lost after its retries, broker); 2 wrong usage",
+        epilog="exit codes: 0 the source ended, or SIGTERM stopped the loop; 130 Ctrl-C (SIGINT) stopped it (both "
+        "cleanly: tracks ended, events flushed); 1 a problem the message explains (config, gallery, no such camera, "
+        "source lost after its retries, broker); 2 wrong usage",
     )
     run.add_argument("--source", required=True, metavar="SRC",
                      help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image folder")
@@ -465,10 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="measure speed")
     add_bench_pipeline(bench.add_subparsers(dest="kind", required=True, metavar="WHAT"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from edgeface.cli import run_handler
+    from edgeface.cli import run_handler, setup_logging
 
+    setup_logging(args.verbose)
     return run_handler(args)
 
 
