@@ -296,8 +296,8 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     for part in loc:
         if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
             return []
-        annotation = model.model_fields[part].annotation
-        candidates = [a for a in typing.get_args(annotation) if isinstance(a, type)] or [annotation]
+        annotation: Any = model.model_fields[part].annotation
+        candidates = [*typing.get_args(annotation), annotation]  # `MqttConfig | None` or `MqttConfig`
         model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
@@ -329,8 +329,8 @@ def _problems(error: ValidationError, lines: dict[tuple[str, ...], int]) -> list
     for item in error.errors():
         loc = tuple(item["loc"])
         where = ".".join(str(part) for part in loc) or "(top level)"
-        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1)
-                     if all(isinstance(p, str) for p in loc[:n]) and loc[:n] in lines), None)  # type: ignore[index]
+        keys = tuple(str(part) for part in loc)
+        line = next((lines[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in lines), None)
         prefix = f"line {line}: " if line is not None else ""
         if item["type"] == "extra_forbidden":
             message = "unknown key"
