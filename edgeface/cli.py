@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgeface.errors import EdgefaceError
-from edgeface.report import print_figures
+from edgeface.report import plural, print_figures
 
 log = logging.getLogger("edgeface")
 
@@ -89,7 +89,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
     if failed:
         # Every image still has its record; the status tells a script that some of them have an "error".
-        print(f"edgeface: error: {failed} of {len(args.paths)} images could not be read", file=sys.stderr)
+        print(f"edgeface: error: {failed} of {plural(len(args.paths), 'image')} could not be read", file=sys.stderr)
         return 1
     return 0
 

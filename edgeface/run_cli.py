@@ -259,7 +259,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             writer.write(draw(frame.image, result))
         pipeline.flush()
         stats = pipeline.stats
-        print(f"annotated {stats.frames} frames -> {args.output}: {stats.tracks_started} tracks, events "
+        print(f"annotated {stats.frames} frames -> {args.output}: {stats.tracks_started} track"
+              f"{'' if stats.tracks_started == 1 else 's'}, events "
               f"{dict(stats.events)}", file=sys.stderr)
     finally:
         source.close()

@@ -612,7 +612,7 @@ class LiveSource(FrameSource):
                 span = retry_span_s(self._max_retries, self._backoff_initial_s, self._backoff_max_s)
                 if failures > self._max_retries:
                     attempts = "no retries allowed" if self._max_retries == 0 else \
-                        f"gave up after {self._max_retries} retries over {_duration(span)}"
+                        f"gave up after {self._max_retries} {'retry' if self._max_retries == 1 else 'retries'} over {_duration(span)}"
                     self._fail(f"{reason} ({attempts})")
                     return
                 delay = min(self._backoff_initial_s * 2 ** (failures - 1), self._backoff_max_s)

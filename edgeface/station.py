@@ -473,7 +473,8 @@ class Station:
         if self.gallery is not None:
             identities = len(self.gallery.snapshot())
         self.sync_people(force=True)
-        return CommandResult(f"reloaded: {identities} identities", {"identities": identities})
+        return CommandResult(f"reloaded: {identities} {'identity' if identities == 1 else 'identities'}",
+                             {"identities": identities})
 
     def status(self, _: StatusCommand) -> CommandResult:
         stats = self.stats(advance=False) if self.publisher is not None else None

@@ -436,7 +436,7 @@ def test_url_nobody_ever_serves_fails_with_the_reason() -> None:
     url = f"http://admin:secret@127.0.0.1:{free_port()}/stream.mjpg"
     source = open_source(url, max_retries=1, **FAST_RETRY)
     assert source.status.state in (SourceState.CONNECTING, SourceState.RECONNECTING)
-    with source, pytest.raises(SourceError, match=r"connection refused by 127\.0\.0\.1.*gave up after 1 retries") as error:
+    with source, pytest.raises(SourceError, match=r"connection refused by 127\.0\.0\.1.*gave up after 1 retry ") as error:
         list(source)
     assert "http://***@127.0.0.1:" in str(error.value) and "secret" not in str(error.value)
     assert "secret" not in source.description and "secret" not in source._thread.name
