@@ -22,6 +22,7 @@ import resource
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -228,6 +229,24 @@ def draw(image: Any, result: Any, offset: tuple[int, int] = (0, 0)) -> Any:
     return out
 
 
+def _scratch_copy(gallery: Any, path: Path) -> Any:
+    """An open copy of `gallery` at `path` (an empty gallery when there is none), `gallery` closed."""
+    import sqlite3
+
+    from edgeface.gallery import Gallery
+
+    if gallery is None:
+        return Gallery(path, create=True)
+    source, copy = sqlite3.connect(gallery.path), sqlite3.connect(path)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+        gallery.close()
+    return Gallery(path, create=False, match_max_distance=gallery.match_max_distance)
+
+
 def _cmd_annotate(args: argparse.Namespace) -> int:
     import cv2
 
@@ -236,16 +255,20 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     from edgeface.sinks import JsonlSink
 
     config = _config(args)
-    gallery = _gallery(args.gallery, required=False)
     if args.output.suffix.lower() not in (".mp4", ".avi", ".mkv"):
         raise EdgefaceError(f"output {args.output} must end in .mp4, .avi or .mkv")
     if not args.output.parent.is_dir():
         raise EdgefaceError(f"output folder {args.output.parent} does not exist")
     source = _open_source(str(args.video), every_frame=True, config=config)
+    gallery = _gallery(args.gallery, required=False)
     writer = None
     sink = JsonlSink(sys.stdout)
+    scratch = tempfile.TemporaryDirectory(prefix="edgeface-annotate-")
     try:
-        pipeline = build_pipeline(config, sink=sink, matcher=gallery)
+        # Unknown faces are clustered in a scratch copy of the gallery: the video shows cluster ids
+        # (continuing the gallery's) and the user's gallery is left as it was.
+        gallery = _scratch_copy(gallery, Path(scratch.name) / "gallery.db")
+        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
         fps = source.fps or 25.0
         for frame in source:
             result = pipeline.process(frame)
@@ -266,6 +289,9 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         source.close()
         if writer is not None:
             writer.release()
+        if gallery is not None:
+            gallery.close()
+        scratch.cleanup()
     if pipeline.stats.frames == 0:
         raise EdgefaceError(f"{args.video}: no frames could be read")
     return EXIT_OK

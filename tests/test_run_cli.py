@@ -180,9 +180,18 @@ def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path)
     import numpy as np
 
     out = tmp_path / "out.mp4"
+    def dump() -> list[str]:
+        import sqlite3
+
+        with sqlite3.connect(gallery_file) as db:
+            return list(db.iterdump())
+
+    before = dump()
     done = edgeface("annotate", str(HAMILTON), "-o", str(out), "--gallery", str(gallery_file))
     assert done.returncode == 0, done.stderr
-    assert any(e.type == "recognized" for e in events_of(done.stdout))
+    events = events_of(done.stdout)
+    assert any(e.type == "recognized" for e in events)
+    assert dump() == before  # annotate clusters in a scratch copy, never in the gallery
     annotated, original = cv2.VideoCapture(str(out)), cv2.VideoCapture(str(HAMILTON))
     count, changed = 0, 0
     while True:
@@ -194,6 +203,18 @@ def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path)
         # The green "known" label colour appears only where a name was drawn.
         changed += int(np.any(np.all(np.abs(a.astype(int) - (60, 200, 60)) < 40, axis=2).sum() > 200))
     assert count == 275 and changed > 60
+
+
+@needs_data
+@needs_sources
+def test_annotate_labels_unknown_faces_with_their_cluster_ids(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    done = edgeface("annotate", str(HAMILTON), "-o", str(out))  # no gallery: everyone is unknown
+    assert done.returncode == 0, done.stderr
+    unknowns = [e for e in events_of(done.stdout) if e.type == "unknown"]
+    # the label drawn is the decision's cluster id (Pipeline._label), as `annotate --help` promises
+    assert unknowns and all(e.cluster_id and e.cluster_id.startswith("unknown-") for e in unknowns)
+    assert out.stat().st_size > 0 and "no gallery" in done.stderr
 
 
 @needs_data
