@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -314,6 +314,7 @@ class Pipeline:
         self.gate = gate or QualityGate()
         self.scene_cut = scene_cut
         self.stats = PipelineStats()
+        self._clock = clock
         self._start = clock()
         self._last_ts = self._start
         self._lock = threading.Lock()
@@ -322,9 +323,15 @@ class Pipeline:
     # -- helpers ------------------------------------------------------------------------------
 
     def frame_time(self, ts: float) -> datetime:
+        """The wall-clock time of a frame: its capture time for a live source (ts is time.time()), the
+        time it is processed for a file or folder (ts is its position there, and a file is read faster
+        than real time: position-based times would run into the future). Never earlier than the
+        previous frame's, so events come out in ts order."""
         if ts >= EPOCH_TS_MIN:
-            return datetime.fromtimestamp(ts, timezone.utc)
-        return self._start + timedelta(seconds=max(ts, 0.0))
+            when = datetime.fromtimestamp(ts, timezone.utc)
+        else:
+            when = self._clock()
+        return max(when, self._last_ts)
 
     def _publish(self, events: Iterable[Any]) -> list[Any]:
         out = []
@@ -400,8 +407,8 @@ class Pipeline:
         stage["track"] += time.perf_counter() - t2 - 0.0
 
         t3 = time.perf_counter()
-        for track in ended:
-            events += self.decider.end_track(track.id, self.frame_time(track.last_ts))
+        for track in ended:  # noticed now; the event says when the face was last seen (`ended`)
+            events += self.decider.end_track(track.id, now=ts)
         self.stats.tracks_ended += len(ended)
         self.stats.tracks_started += len(update.new)
         for track_id in track_ids:
@@ -489,10 +496,10 @@ class Pipeline:
         with self._lock:
             events: list[Any] = []
             for track in self.tracker.end_all():
-                events += self.decider.end_track(track.id, self.frame_time(track.last_ts))
+                events += self.decider.end_track(track.id, now=self._last_ts)
                 self.stats.tracks_ended += 1
             for track_id in self.decider.open_tracks():  # tracks the tracker no longer knows (never expected)
-                events += self.decider.end_track(track_id, self._last_ts)
+                events += self.decider.end_track(track_id, now=self._last_ts)
             return self._publish(events)
 
 

@@ -56,14 +56,24 @@ def events_of(stdout: str) -> list:
 @needs_data
 @needs_sources
 def test_run_on_a_file_prints_events_and_closes_every_track(gallery_file: Path) -> None:
+    from datetime import datetime, timezone
+
+    started = datetime.now(timezone.utc)
     done = edgeface("run", "--source", str(HAMILTON), "--every-frame", "--gallery", str(gallery_file),
                     "--station-id", "hall")
+    finished = datetime.now(timezone.utc)
     assert done.returncode == 0, done.stderr
     events = events_of(done.stdout)
     assert [e.name for e in events if e.type == "recognized"] == ["lin_manuel_miranda"]
     assert all(e.station == "hall" for e in events)
     tracks = {e.track_id for e in events}
     assert tracks == {e.track_id for e in events if e.type == "track_ended"}
+    # Timestamps are wall-clock times (a 9 s clip is read in about a second): never in the future, in the
+    # order the events came out, and a track_ended says when the face was last seen, no later than its ts.
+    stamps = [e.ts for e in events]
+    assert stamps == sorted(stamps) and started <= stamps[0] and stamps[-1] <= finished
+    for ended in (e for e in events if e.type == "track_ended"):
+        assert started <= ended.started <= ended.ended <= ended.ts <= finished
 
 
 @pytest.mark.parametrize(("args", "words"), [
