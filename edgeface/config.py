@@ -66,6 +66,12 @@ class TrackingConfig(StrictModel):
         0.6, gt=0.0, le=2.0,
         description="Embedding distance above which the tracker refuses to continue a track with a face (identity-swap guard)",
     )
+    track_max_unconfirmed_frames: int | None = Field(
+        30, ge=1, le=100000,
+        description="A track whose face was never good enough to embed (turned away, too small, blurred) ends after "
+        "this many frames and its face starts a new track: without an embedding only box overlap holds it "
+        "together, and a box can slide from one turned-away face onto a neighbour's; None: never",
+    )
     confirm_iou_below: float = Field(
         0.5, ge=0.0, le=1.0,
         description="An association with IoU below this is confirmed by embedding distance (0 never, 1 always)",

@@ -310,7 +310,7 @@ class Pipeline:
         self.matcher = matcher or NoGallery()
         self.decider = decider
         self.sink = sink
-        self.tracker = tracker or Tracker()
+        self.tracker = tracker if tracker is not None else Tracker()  # (an empty Tracker is falsy: len 0)
         self.gate = gate or QualityGate()
         self.scene_cut = scene_cut
         self.stats = PipelineStats()
@@ -400,7 +400,12 @@ class Pipeline:
             return np.stack([embeddings[i] for i in indices])
 
         t2 = time.perf_counter()
-        update = self.tracker.update(detections, float(frame.ts), index, embed=embed_for_tracker)
+        def will_embed(track_id: int, i: int) -> bool:  # the same tests as below, before the chip
+            return self.decider.wants_embedding(track_id, index) and \
+                self.gate.judge(measures_before_blur(detections, [i])[0]).reason is None
+
+        update = self.tracker.update(detections, float(frame.ts), index, embed=embed_for_tracker,
+                                     will_embed=will_embed)
         ended += list(update.ended)
         self.stats.ambiguous += update.ambiguous
         track_ids: list[int] = update.track_ids.tolist()
@@ -573,7 +578,7 @@ def build_pipeline(
         sink=sink,
         tracker=Tracker(iou_min=t.iou_min, max_missed_frames=t.track_max_missed_frames, tie_iou_margin=t.tie_iou_margin,
                         appearance_max_distance=t.appearance_max_distance, confirm_iou_below=t.confirm_iou_below,
-                        max_gap_s=t.track_max_gap_s),
+                        max_gap_s=t.track_max_gap_s, max_unconfirmed_frames=t.track_max_unconfirmed_frames),
         gate=QualityGate(min_face_px=q.min_face_px, blur_min_var=q.blur_min_var, max_yaw_deg=q.max_yaw_deg,
                          max_roll_deg=q.max_roll_deg, min_score=q.min_score),
         scene_cut=SceneCutDetector(t.scene_cut_min_diff) if t.scene_cut_min_diff > 0 else None,
