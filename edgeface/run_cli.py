@@ -113,9 +113,9 @@ def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
     router = station.register(CommandRouter(secret=resolve_command_secret(mqtt_config))) if mqtt_config.commands else None
     publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
     station.attach(publisher)
-    publisher.start()
     try:
-        station.start()
+        station.start()  # before the publisher connects: its first `online` follows the presence states
+        publisher.start()
     except BaseException:
         station.close()
         publisher.close(flush_timeout_s=0)

@@ -210,8 +210,14 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
         assert enrolled["result"]["templates"] == 1
         again = commander.send("enroll", {"name": "Aaron Eckhart", "image": image}, "e2")
         assert not again["ok"] and "duplicate" in again["message"]
-        with discovery.lock:
-            published_configs = sorted({t for t, p, _ in discovery.messages})
+        # The reply can overtake the config (replies go straight out, configs through the outbox): wait for it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with discovery.lock:
+                published_configs = sorted({t for t, p, _ in discovery.messages})
+            if any("/present_aaron_eckhart_" in t for t in published_configs):
+                break
+            time.sleep(0.05)
         person_topic = next(t for t in published_configs if "/present_aaron_eckhart_" in t)
         forgotten = commander.send("forget", {"name": "Aaron Eckhart"}, "f1")
         assert forgotten["ok"] and forgotten["result"]["templates"] == 1, forgotten
