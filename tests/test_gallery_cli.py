@@ -79,6 +79,7 @@ def test_identify_names_each_face(enrolled) -> None:
     assert (name, box) == ("barack_obama", "box 863,143,1125,405") and float(distance) < 0.2
 
 
+@pytest.mark.slow
 def test_management_and_export_import(enrolled, tmp_path: Path) -> None:
     source, _ = enrolled
     copy = tmp_path / "copy.db"
@@ -137,6 +138,7 @@ def test_bad_input_writes_nothing(tmp_path: Path, args: list[object], words: str
     assert not (tmp_path / "gallery.db").exists()
 
 
+@pytest.mark.slow
 def test_existing_name_needs_add(enrolled, tmp_path: Path) -> None:
     source, _ = enrolled
     gallery = tmp_path / "g.db"
@@ -185,6 +187,7 @@ def _committed_identities(path: Path) -> int:
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw is absent")
+@pytest.mark.slow
 def test_kill_9_mid_enrollment_leaves_no_half_enrolled_identity(tmp_path: Path) -> None:
     from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config

@@ -195,6 +195,7 @@ def _station(tmp_path: Path, station_id: str, gallery: Gallery, clock: Clock):  
 
 
 @needs_broker
+@pytest.mark.slow
 def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_path: Path) -> None:
     station_id = f"ha-{uuid.uuid4().hex[:8]}"
     node = f"edgeface_{station_id}"

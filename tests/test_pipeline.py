@@ -126,6 +126,7 @@ def test_a_track_does_not_slide_from_one_person_to_another() -> None:
 
 
 @pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data is absent")
+@pytest.mark.slow
 def test_crowd_walk_gives_several_unknown_tracks_without_swaps() -> None:
     config = Config.model_validate({"recognition": {"detector": {"model": "full"}}})
     pipeline, events, results = run(CROWD, config)

@@ -185,6 +185,7 @@ def test_signal_stops_a_live_run_cleanly_with_track_ended(gallery_file: Path, si
 
 @needs_data
 @needs_sources
+@pytest.mark.slow
 def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path) -> None:
     import cv2
     import numpy as np
@@ -217,6 +218,7 @@ def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path)
 
 @needs_data
 @needs_sources
+@pytest.mark.slow
 def test_annotate_labels_unknown_faces_with_their_cluster_ids(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     done = edgeface("annotate", str(HAMILTON), "-o", str(out))  # no gallery: everyone is unknown

@@ -135,6 +135,7 @@ def _events(collector: Collector, start: int = 0) -> list:
 
 
 @pytest.mark.skipif(not _broker_up(), reason="no Mosquitto on 127.0.0.1:1883")
+@pytest.mark.slow
 def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path, gallery_file: Path) -> None:
     import shutil
 
