@@ -1,23 +1,47 @@
-"""The `edgeface` command. Exit codes: 0 success, 1 a problem the message explains (bad file,
-config, model, broker...), 2 wrong command-line usage, 130 interrupted (`edgeface run` handles
-SIGINT/SIGTERM itself: it flushes, closes every open track and exits 0)."""
+"""The `edgeface` command. Exit codes, the same for every sub-command (README, "Exit codes"):
+
+  0    done; also `edgeface run` stopped by SIGTERM (how systemd, docker and kill stop a service)
+  1    a problem the one-line message explains (bad file, config, model, camera, broker...)
+  2    wrong command-line usage
+  130  interrupted with Ctrl-C (SIGINT)
+  143  stopped by SIGTERM, every command but `run` (its work was cut short)
+
+`edgeface run` finishes cleanly on either signal (every open track gets its track_ended, the outbox is
+flushed) before it exits 0 or 130; the other commands stop where they are, with their transactions
+rolled back.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 from edgeface.errors import EdgefaceError
-from edgeface.report import print_figures
+from edgeface.report import plural, print_figures
 
 log = logging.getLogger("edgeface")
 
 Handler = Callable[[argparse.Namespace], int]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+STOPS_ON_SIGTERM = frozenset({"run"})
+"""Commands for which SIGTERM is the ordinary way to stop (exit 0) rather than an interruption (143)."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (like KeyboardInterrupt on SIGINT), so `finally` blocks run."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +89,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=1))
     if failed:
         # Every image still has its record; the status tells a script that some of them have an "error".
-        print(f"edgeface: error: {failed} of {len(args.paths)} images could not be read", file=sys.stderr)
+        print(f"edgeface: error: {failed} of {plural(len(args.paths), 'image')} could not be read", file=sys.stderr)
         return 1
     return 0
 
@@ -111,8 +135,15 @@ def _cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeface", description="Offline face recognition for edge boards.")
+    from edgeface import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edgeface", description="Offline face recognition for edge boards.",
+        epilog="exit codes: 0 done (`run`: also stopped by SIGTERM); 1 a problem the message explains; "
+        "2 wrong usage; 130 interrupted (Ctrl-C); 143 stopped by SIGTERM",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"edgeface {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     embed = commands.add_parser(
@@ -176,25 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     return run_handler(args)
 
 
+def setup_logging(verbose: bool) -> None:
+    """Log lines on stderr; OpenCV's own warnings (`[ WARN:0@0.02] global cap_v4l.cpp ...`, repeated on
+    every camera retry) are silenced unless OPENCV_LOG_LEVEL says otherwise: edgeface says what failed."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def run_handler(args: argparse.Namespace) -> int:
-    """Run the chosen command; a user's error becomes one line on stderr and exit status 1."""
+    """Run the chosen command; a user's error becomes one line on stderr and exit status 1, a signal
+    the exit status of the rule at the top of this module."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
     except EdgefaceError as error:
         print(f"edgeface: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_OK if args.command in STOPS_ON_SIGTERM else EXIT_TERMINATED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

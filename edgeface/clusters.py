@@ -73,6 +73,7 @@ from edgeface.events import (
     Event,
     UnknownEvent,
     parse_event,
+    utc_now,
 )
 from edgeface.gallery import (
     EMBEDDING_DIM,
@@ -813,7 +814,12 @@ class ClusterStore:
     def take_events(self) -> list[Event]:
         """Events queued by other processes (`edgeface clusters name|merge|forget`), removed from
         the queue as they are returned: publish them through the sink. Cheap when there are none
-        (one read, no write lock), so it can be called every second."""
+        (one read, no write lock), so it can be called every second.
+
+        A queued event records a change made to this gallery file from outside the station; the
+        station serving the file announces it as its own event: under this store's station id (not
+        the id in the shell's config, which may be another station's or the default) and stamped now
+        (when the station learns of it, so its events stay in ts order); the id is kept."""
         with self._lock:
             try:
                 if self._conn.execute("SELECT 1 FROM cluster_pending_events LIMIT 1").fetchone() is None:
@@ -824,7 +830,10 @@ class ClusterStore:
             rows = db.execute("SELECT id, event FROM cluster_pending_events ORDER BY id").fetchall()
             if rows:
                 db.execute("DELETE FROM cluster_pending_events WHERE id <= ?", (rows[-1][0],))
-        return [parse_event(text) for _, text in rows]
+        if rows:
+            log.info("announcing %d cluster change(s) made from outside the station", len(rows))
+        now = utc_now()
+        return [parse_event(text).model_copy(update={"station": self.station, "ts": now}) for _, text in rows]
 
     def expire(self, now: datetime | float | None = None) -> list[str]:
         """Forget tentative clusters not seen for tentative_max_age_s (observe does it too)."""

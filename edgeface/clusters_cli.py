@@ -61,7 +61,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         for c in clusters:
             print(f"{c.id}\t{c.status}\t{c.observations} seen\t{c.visits} visits\tfirst {_when(c.first_seen)}"
                   f"\tlast {_when(c.last_seen)}")
-        print(f"{len(clusters)} clusters", file=sys.stderr)
+        print(f"{len(clusters)} cluster{'' if len(clusters) == 1 else 's'}", file=sys.stderr)
     return 0
 
 
@@ -173,7 +173,7 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
         crops_on = store.settings.store_face_crops
     if not cv2.imwrite(str(out), sheet):
         raise ClusterError(f"cannot write {out}")
-    print(f"wrote {out}: {shown} clusters, {with_crops} with face crops")
+    print(f"wrote {out}: {shown} cluster{'' if shown == 1 else 's'}, {with_crops} with face crops")
     if not with_crops and not crops_on:
         print("note: face crops are not stored (clusters.store_face_crops is off), so the sheet shows ids only",
               file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -65,6 +65,12 @@ class TrackingConfig(StrictModel):
     appearance_max_distance: float = Field(
         0.6, gt=0.0, le=2.0,
         description="Embedding distance above which the tracker refuses to continue a track with a face (identity-swap guard)",
+    )
+    track_max_unconfirmed_frames: int | None = Field(
+        30, ge=1, le=100000,
+        description="A track whose face was never good enough to embed (turned away, too small, blurred) ends after "
+        "this many frames and its face starts a new track: without an embedding only box overlap holds it "
+        "together, and a box can slide from one turned-away face onto a neighbour's; None: never",
     )
     confirm_iou_below: float = Field(
         0.5, ge=0.0, le=1.0,
@@ -301,30 +307,92 @@ class Config(StrictModel):
     )
 
 
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"{where}: {first['msg']}"
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model allows at `loc` (for "did you mean"), [] where that is not a model."""
+    import typing
+
+    model: Any = Config
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return []
+        annotation: Any = model.model_fields[part].annotation
+        candidates = [*typing.get_args(annotation), annotation]  # `MqttConfig | None` or `MqttConfig`
+        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every mapping key in a YAML document, by its path of keys."""
+    import yaml
+
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines.setdefault(child, key.start_mark.line + 1)
+                walk(value, child)
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _problems(error: ValidationError, lines: dict[tuple[str, ...], int]) -> list[str]:
+    import difflib
+
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        keys = tuple(str(part) for part in loc)
+        line = next((lines[keys[:n]] for n in range(len(keys), 0, -1) if keys[:n] in lines), None)
+        prefix = f"line {line}: " if line is not None else ""
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{prefix}{where}: {message}")
+    return problems
 
 
 def load_config(path: Path | None) -> Config:
-    """Read a YAML or JSON config file (or the defaults when path is None)."""
+    """Read a YAML or JSON config file (or the defaults when path is None). Every problem in it is
+    reported in one line: the file, each key's line (YAML) and a "did you mean" for a misspelt key."""
     if path is None:
         return Config()
     try:
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+    is_json = path.suffix.lower() == ".json"
     try:
-        if path.suffix.lower() == ".json":
+        if is_json:
             raw = json.loads(text)
         else:
             import yaml
 
             raw = yaml.safe_load(text)
-    except Exception as error:  # json and yaml raise different types; both mean "not parseable"
-        raise ConfigError(f"config {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}".splitlines()[0]) from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config {path} is not valid JSON: line {error.lineno}, column {error.colno}: "
+                          f"{error.msg}") from None
+    except Exception as error:  # yaml's errors carry the place of the problem in problem_mark
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"config {path} is not valid YAML: {where}{problem}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of keys (station_id:, recognition:, "
+                          f"...), not a {type(raw).__name__}")
     try:
         return Config.model_validate(raw or {})
     except ValidationError as error:
-        raise ConfigError(f"config {path}: {_first_error(error)} ({error.error_count()} problem(s))") from None
+        problems = _problems(error, {} if is_json else _yaml_lines(text))
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise ConfigError(f"config {path}: {count}{'; '.join(problems)}") from None

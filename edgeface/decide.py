@@ -448,18 +448,26 @@ class Decider:
         return [UnknownEvent(ts=ts, station=self.station, camera=self.camera, track_id=state.track_id,
                              faces_used=used, **cluster_fields)]
 
-    def end_track(self, track_id: int, ended: datetime) -> list[RecognizedEvent | UnknownEvent | TrackEndedEvent]:
-        """Close a track: a last-chance decision when it has enough faces, then its track_ended."""
+    def end_track(self, track_id: int, ended: datetime | None = None, *,
+                  now: datetime | None = None) -> list[RecognizedEvent | UnknownEvent | TrackEndedEvent]:
+        """Close a track: a last-chance decision when it has enough faces, then its track_ended.
+        ended: when its face was last seen (default: the last `seen`); now: when the end is noticed,
+        the events' ts (default: ended), so they are never stamped earlier than the events before them."""
+        if ended is None and now is None:
+            raise ValueError("end_track needs ended or now")
         state = self._tracks.pop(track_id, None)
         if state is None:
-            state = _TrackState(track_id, ended, ended)
+            first = ended or now
+            assert first is not None
+            state = _TrackState(track_id, first, first)
+        ended = max(ended, state.last_seen) if ended is not None else state.last_seen
+        ts = max(now, ended) if now is not None else ended
         events: list[RecognizedEvent | UnknownEvent | TrackEndedEvent] = []
         if state.decision is None and len(state.votes) >= self.policy.min_good_faces:
-            events += self._decide(state, vote(state.votes, self.policy, final=True), ended)
+            events += self._decide(state, vote(state.votes, self.policy, final=True), ts)
         state.together.clear()
-        ended = max(ended, state.last_seen)
         events.append(TrackEndedEvent(
-            ts=ended, station=self.station, camera=self.camera, track_id=track_id, started=state.started, ended=ended,
+            ts=ts, station=self.station, camera=self.camera, track_id=track_id, started=state.started, ended=ended,
             duration_s=max((ended - state.started).total_seconds(), 0.0), faces_seen=state.faces_seen,
             decision=state.decision, cluster_id=state.cluster_id if state.decision == UNKNOWN else None,
         ))

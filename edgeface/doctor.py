@@ -321,7 +321,8 @@ def check_gallery(path: Path) -> Check:
         return Check("gallery", "fail", f"{path} has schema version {version}; this edgeface reads up to {SCHEMA_VERSION}",
                      "upgrade edgeface (the gallery was written by a newer one)")
     upgrade = f" (schema {version}, upgraded to {SCHEMA_VERSION} when the station opens it)" if version < SCHEMA_VERSION else ""
-    return Check("gallery", "ok", f"{path}: integrity ok, {identities} people, {templates} templates{upgrade}")
+    return Check("gallery", "ok", f"{path}: integrity ok, {identities} {'person' if identities == 1 else 'people'}, "
+                 f"{templates} template{'' if templates == 1 else 's'}{upgrade}")
 
 
 def check_disk(paths: Iterable[Path], warn_mb: float = DISK_WARN_FREE_MB, fail_mb: float = DISK_FAIL_FREE_MB) -> list[Check]:

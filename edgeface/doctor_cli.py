@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgeface.report import plural
+
 
 def _positive_seconds(text: str) -> float:
     try:
@@ -31,7 +33,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     for check in run_checks(options):
         counts[check.status] += 1
         print(check.line(), flush=True)
-    print(f"{counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed", file=sys.stderr)
+    print(f"{counts['ok']} ok, {plural(counts['warn'], 'warning')}, {counts['fail']} failed", file=sys.stderr)
     return 1 if counts["fail"] else 0
 
 

@@ -8,11 +8,12 @@ Each person goes through two steps:
 
 `prepare_requests` checks everything a user can get wrong before any photo is analysed (names, paths,
 empty folders, names already enrolled, the same name twice): on a problem it raises EnrollmentError
-and nothing is written. Checks per photo, in order: readable; a face; one face (the largest is taken
-when it clearly dominates); detector score, size, pose, blur (`QualityGate.for_enrollment`); not a
-duplicate of a stored or earlier template; not filed under the wrong name (`check_resemblance`: far
-from NAME's other photos and near someone else's). A photo that only resembles another enrolled person
-(a parent, a sibling) is enrolled with a warning that names them and the distance.
+and nothing is written. Checks per photo, in order: readable; a face (a detection below the enrollment
+gate's min_score is no face); one face (the largest is taken when it clearly dominates); size, pose,
+blur (`QualityGate.for_enrollment`); not a duplicate of a stored or earlier template; not filed under
+the wrong name (`check_resemblance`: far from NAME's other photos and near someone else's). A photo
+that only resembles another enrolled person (a parent, a sibling) is enrolled with a warning that
+names them and the distance.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 from edgeface.errors import EdgefaceError, ImageError
 from edgeface.gallery import Gallery, GallerySnapshot, pairwise_distances, validate_name
 from edgeface.quality import QualityGate, QualityReason
+from edgeface.report import plural
 
 if TYPE_CHECKING:
     from edgeface.analyze import AnalyzedFaces, FaceAnalyzer
@@ -171,7 +173,7 @@ def prepare_requests(requests: Sequence[tuple[str, Sequence[Path]]], enrolled: M
             raise EnrollmentError(f"{name!r} is requested twice; give each person once; nothing was written")
         seen.add(name)
         if name in enrolled and not add:
-            raise EnrollmentError(f"{name!r} is already enrolled ({enrolled[name]} templates); pass --add to add "
+            raise EnrollmentError(f"{name!r} is already enrolled ({plural(enrolled[name], 'template')}); pass --add to add "
                                   "photos to them, or choose another name; nothing was written")
         if not paths:
             raise EnrollmentError(f"no photos given for {name!r}; nothing was written")
@@ -259,9 +261,16 @@ class Enroller:
         embedding, or the reason it is refused (no gallery checks yet)."""
         if len(faces) == 0:
             return PhotoOutcome(path, name, Reason.NO_FACE, "no face found", sha256=digest)
-        index = int(np.argmax(faces.detections.area))
-        areas = faces.detections.area
         confident = faces.detections.score >= self.gate.min_score
+        if not confident.any():
+            # weak detections are mostly not faces (dogs.jpg of ../shared/data/detection: 0.60), or faces
+            # too poor for a template; either way the photo has no face to enrol
+            best = float(faces.detections.score.max())
+            return PhotoOutcome(path, name, Reason.NO_FACE,
+                                f"no clear face (the best candidate's detector score {best:.2f} is below the "
+                                f"{self.gate.min_score:.2f} an enrollment photo needs)", sha256=digest)
+        areas = faces.detections.area
+        index = int(np.argmax(np.where(confident, areas, -1.0)))
         others = areas[confident & (np.arange(len(faces)) != index)]
         if len(others) and areas[index] < self.dominant_face_area_ratio * others.max():
             return PhotoOutcome(path, name, Reason.SEVERAL_FACES,
@@ -270,9 +279,9 @@ class Enroller:
         m = result.measures
         if result.reason is not None:
             detail = {
-                QualityReason.LOW_SCORE: f"detector score {m.score:.2f} < {self.gate.min_score}",
-                QualityReason.TOO_SMALL: f"face {m.face_px:.0f} px < {self.gate.min_face_px:.0f} px",
-                QualityReason.BLURRED: f"sharpness {m.blur_var:.1f} < {self.gate.blur_min_var}",
+                QualityReason.LOW_SCORE: f"detector score {m.score:.3f} below the minimum {self.gate.min_score:.2f}",
+                QualityReason.TOO_SMALL: f"face {m.face_px:.1f} px < {self.gate.min_face_px:.0f} px",
+                QualityReason.BLURRED: f"sharpness {m.blur_var:.2f} < {self.gate.blur_min_var:.1f}",
                 QualityReason.EXTREME_YAW: f"head turned {abs(m.yaw_deg):.0f} deg > {self.gate.max_yaw_deg:.0f}",
                 QualityReason.EXTREME_ROLL: f"head tilted {abs(m.roll_deg):.0f} deg > {self.gate.max_roll_deg:.0f}",
             }[result.reason]

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgeface.report import plural
+
 GALLERY_ENV = "EDGEFACE_GALLERY"
 DEFAULT_GALLERY = Path("gallery.db")
 
@@ -84,10 +86,15 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     analyzer = _analyzer(args)
     written = 0
     failed: list[str] = []
-    with _open(args, create=True) as gallery:
+    photos = sum(len(files) for _, files in prepared)
+    # Results on stdout (JSON lines with --jsonl, whereupon the per-person and summary lines go to stderr),
+    # the progress bar on stderr. Every line goes through the bar, which clears itself before a line is
+    # written and redraws itself below it, so nothing is printed over it in a terminal.
+    lines = sys.stderr if args.jsonl else sys.stdout
+    bar = tqdm(total=photos, unit="photo", file=sys.stderr, disable=args.jsonl or not sys.stderr.isatty(),
+               leave=False)
+    with _open(args, create=True) as gallery, bar:
         enroller = Enroller(analyzer, gallery)
-        bar = tqdm(total=sum(len(files) for _, files in prepared), unit="photo", file=sys.stderr,
-                   disable=args.jsonl or not sys.stderr.isatty())
 
         def report(outcome: PhotoOutcome) -> None:
             if args.jsonl:
@@ -106,15 +113,23 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
                           file=sys.stdout)
             bar.update(1)
 
+        accepted = 0
         for name, files in prepared:
             plan = enroller.examine(name, files, report)
             if enroller.commit(plan):
                 written += 1
-                print(f"{name}: {len(plan.accepted)} of {len(plan.outcomes)} photos enrolled", file=sys.stderr)
+                accepted += len(plan.accepted)
+                bar.write(f"{name}: {len(plan.accepted)} of {plural(len(plan.outcomes), 'photo')} enrolled", file=lines)
             else:
                 failed.append(name)
-                print(f"{name}: no usable photo, not enrolled", file=sys.stderr)
-        bar.close()
+                bar.write(f"{name}: no usable photo, not enrolled", file=lines)
+    requested = len(prepared)
+    summary = f"{written} of {plural(requested, 'person', 'people')} enrolled ({accepted} of {plural(photos, 'photo')})"
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        summary += f"; not enrolled, no usable photo: {shown}"
+    if requested > 1 or failed:
+        print(summary, file=lines)
     if not existed and not written:
         _remove_gallery_file(path)
     return 1 if failed else 0
@@ -145,8 +160,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([_info_dict(i) for i in identities], ensure_ascii=False))
     else:
         for info in identities:
-            print(f"{info.name}\t{info.template_count} templates\t{info.negative_count} negatives\tsince {info.created}")
-        print(f"{len(identities)} identities", file=sys.stderr)
+            print(f"{info.name}\t{plural(info.template_count, 'template')}\t{plural(info.negative_count, 'negative')}"
+                  f"\tsince {info.created}")
+        print(plural(len(identities), "identity", "identities"), file=sys.stderr)
     return 0
 
 
@@ -156,7 +172,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_info_dict(info, templates=True), ensure_ascii=False))
         return 0
-    print(f"{info.name}: {info.template_count} templates, {info.negative_count} negatives, since {info.created}")
+    print(f"{info.name}: {plural(info.template_count, 'template')}, {plural(info.negative_count, 'negative')}, "
+          f"since {info.created}")
     if info.metadata:
         print(f"metadata: {json.dumps(info.metadata, ensure_ascii=False)}")
     for t in info.templates:
@@ -181,7 +198,8 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     with _open(args) as gallery:
         identities, templates = gallery.export_to(args.file)
-    print(f"exported {identities} identities, {templates} templates to {args.file}", file=sys.stderr)
+    print(f"exported {plural(identities, 'identity', 'identities')}, {plural(templates, 'template')} to {args.file}",
+          file=sys.stderr)
     return 0
 
 
@@ -195,9 +213,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
         if not existed:
             _remove_gallery_file(path)
         raise
-    print(f"imported {report.identities_created} new and {report.identities_merged} existing identities: "
-          f"{report.templates_added} templates added, {report.templates_skipped} already present, "
-          f"{report.negatives_added} negatives", file=sys.stderr)
+    print(f"imported {report.identities_created} new and {report.identities_merged} existing "
+          f"{'identity' if report.identities_created + report.identities_merged == 1 else 'identities'}: "
+          f"{plural(report.templates_added, 'template')} added, {report.templates_skipped} already present, "
+          f"{plural(report.negatives_added, 'negative')}", file=sys.stderr)
     return 0
 
 
@@ -214,7 +233,7 @@ def _cmd_reject(args: argparse.Namespace) -> int:
         matches = gallery.match(faces.embeddings, max_distance=2.0)
         candidates = [i for i, m in enumerate(matches) if m.name == args.name]
         if len(faces) > 1 and not candidates:
-            raise EdgefaceError(f"{args.photo}: {len(faces)} faces and none is nearest {args.name}; crop the photo")
+            raise EdgefaceError(f"{args.photo}: {plural(len(faces), 'face')} and none is nearest {args.name}; crop the photo")
         index = min(candidates or [0], key=lambda i: matches[i].distance)
         removed = gallery.reject_match(args.name, faces.embeddings[index])
     print(f"noted: the face in {args.photo} is not {args.name}"

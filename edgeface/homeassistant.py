@@ -4,8 +4,9 @@ One Home Assistant *device* per station (``edgeface <station>``) with these enti
 by a retained JSON config on ``<discovery_prefix>/<component>/edgeface_<station>/<object_id>/config``
 and made unavailable by the station's ``<prefix>status`` (``online``/``offline``, the last will):
 
-- ``sensor`` **Last recognised person** (``last_person``): state = ``name`` of the latest
-  ``<prefix>events/recognized`` event, attributes = its camera, track, confidence, distance, time;
+- ``sensor`` **Last recognised person** (``last_person``): state = ``name`` of the latest recognized
+  event, attributes = its camera, track, confidence, distance, time; read from ``<prefix>last_person``,
+  a retained copy of that event, so Home Assistant shows it again after its own restart;
 - ``binary_sensor`` **<NAME> present**, one per enrolled person (``present_<key>``): ``ON``/``OFF``
   on ``<prefix>presence/<key>`` (retained). The station publishes ``ON`` when the person is recognised
   and ``OFF`` once none of their tracks is open and ``present_timeout_s`` has passed since the last
@@ -18,6 +19,14 @@ and made unavailable by the station's ``<prefix>status`` (``online``/``offline``
 ``<key>`` is :func:`person_key` (an ASCII slug of the name plus 8 hex digits of its hash, so any
 Unicode name gets a stable, collision-free object id). Removing an entity = an empty retained
 payload on its config topic (:func:`removal`).
+
+Message order (edgeface.station), because Home Assistant acts on each message as it arrives:
+- the current presence of everyone (``OFF`` after a crash) goes out before ``online`` on every
+  connect, so a retained ``ON`` from before a crash never shows as a fresh arrival;
+- a person's attributes go out before their ``ON``, so the state never shows the previous visit's;
+- removed entities are cleared before new ones are announced (a renamed person keeps a clean entity
+  id, not ``..._2``), and a removed entity's state and attributes topics are emptied a few seconds
+  after its config, once Home Assistant has dropped the entity (else it logs ``Erroneous JSON``).
 """
 
 from __future__ import annotations
@@ -92,6 +101,11 @@ class HaTopics:
         return f"{self.prefix}events/recognized"
 
     @property
+    def last_person(self) -> str:
+        """Retained copy of the latest recognized event (events themselves are not retained)."""
+        return f"{self.prefix}last_person"
+
+    @property
     def unknown(self) -> str:
         return f"{self.prefix}events/unknown"
 
@@ -155,9 +169,9 @@ def last_person_config(topics: HaTopics) -> dict[str, Any]:
     return {
         "name": "Last recognised person",
         **_common(topics, "last_person"),
-        "state_topic": topics.recognized,
+        "state_topic": topics.last_person,
         "value_template": "{{ value_json.name }}",
-        "json_attributes_topic": topics.recognized,
+        "json_attributes_topic": topics.last_person,
         "json_attributes_template": "{{ {'camera': value_json.camera, 'track_id': value_json.track_id, "
                                     "'confidence': value_json.confidence, 'distance': value_json.distance, "
                                     "'ts': value_json.ts} | tojson }}",

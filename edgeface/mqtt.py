@@ -39,7 +39,7 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,9 @@ class MqttPublisher:
         self._connack_refused = False
         self._started = False
         self._closed = False
+        self.before_online: Callable[[], list[tuple[str, bytes]]] | None = None
+        """Retained messages (topic, payload) to send on each connect before ``online`` (the station's
+        presence states: after a crash they replace the retained ON from before it)."""
         self._sender = threading.Thread(target=self._send_loop, name="edgeface-mqtt-send", daemon=True)
         self._worker = threading.Thread(target=self._command_loop, name="edgeface-mqtt-cmd", daemon=True)
 
@@ -375,6 +378,12 @@ class MqttPublisher:
         self._last_error = None
         version = "MQTT 5" if self._protocol == MQTTProtocolVersion.MQTTv5 else "MQTT 3.1.1"
         log.info("MQTT: connected to %s (%s)", self.address, version)
+        if self.before_online is not None:
+            try:
+                for topic, payload in self.before_online():
+                    client.publish(topic, payload, qos=1, retain=True)
+            except Exception:  # never stay offline for it
+                log.exception("MQTT: the messages due before 'online' failed")
         client.publish(self.topics.status, "online", qos=1, retain=True)
         if self._router is not None:
             client.subscribe(self.topics.command_filter, qos=1)

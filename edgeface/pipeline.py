@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
@@ -310,10 +310,11 @@ class Pipeline:
         self.matcher = matcher or NoGallery()
         self.decider = decider
         self.sink = sink
-        self.tracker = tracker or Tracker()
+        self.tracker = tracker if tracker is not None else Tracker()  # (an empty Tracker is falsy: len 0)
         self.gate = gate or QualityGate()
         self.scene_cut = scene_cut
         self.stats = PipelineStats()
+        self._clock = clock
         self._start = clock()
         self._last_ts = self._start
         self._lock = threading.Lock()
@@ -322,9 +323,15 @@ class Pipeline:
     # -- helpers ------------------------------------------------------------------------------
 
     def frame_time(self, ts: float) -> datetime:
+        """The wall-clock time of a frame: its capture time for a live source (ts is time.time()), the
+        time it is processed for a file or folder (ts is its position there, and a file is read faster
+        than real time: position-based times would run into the future). Never earlier than the
+        previous frame's, so events come out in ts order."""
         if ts >= EPOCH_TS_MIN:
-            return datetime.fromtimestamp(ts, timezone.utc)
-        return self._start + timedelta(seconds=max(ts, 0.0))
+            when = datetime.fromtimestamp(ts, timezone.utc)
+        else:
+            when = self._clock()
+        return max(when, self._last_ts)
 
     def _publish(self, events: Iterable[Any]) -> list[Any]:
         out = []
@@ -393,15 +400,20 @@ class Pipeline:
             return np.stack([embeddings[i] for i in indices])
 
         t2 = time.perf_counter()
-        update = self.tracker.update(detections, float(frame.ts), index, embed=embed_for_tracker)
+        def will_embed(track_id: int, i: int) -> bool:  # the same tests as below, before the chip
+            return self.decider.wants_embedding(track_id, index) and \
+                self.gate.judge(measures_before_blur(detections, [i])[0]).reason is None
+
+        update = self.tracker.update(detections, float(frame.ts), index, embed=embed_for_tracker,
+                                     will_embed=will_embed)
         ended += list(update.ended)
         self.stats.ambiguous += update.ambiguous
         track_ids: list[int] = update.track_ids.tolist()
         stage["track"] += time.perf_counter() - t2 - 0.0
 
         t3 = time.perf_counter()
-        for track in ended:
-            events += self.decider.end_track(track.id, self.frame_time(track.last_ts))
+        for track in ended:  # noticed now; the event says when the face was last seen (`ended`)
+            events += self.decider.end_track(track.id, now=ts)
         self.stats.tracks_ended += len(ended)
         self.stats.tracks_started += len(update.new)
         for track_id in track_ids:
@@ -491,10 +503,10 @@ class Pipeline:
         with self._lock:
             events: list[Any] = []
             for track in self.tracker.end_all():
-                events += self.decider.end_track(track.id, self.frame_time(track.last_ts))
+                events += self.decider.end_track(track.id, now=self._last_ts)
                 self.stats.tracks_ended += 1
             for track_id in self.decider.open_tracks():  # tracks the tracker no longer knows (never expected)
-                events += self.decider.end_track(track_id, self._last_ts)
+                events += self.decider.end_track(track_id, now=self._last_ts)
             return self._publish(events)
 
 
@@ -560,7 +572,7 @@ def build_pipeline(
         sink=sink,
         tracker=Tracker(iou_min=t.iou_min, max_missed_frames=t.track_max_missed_frames, tie_iou_margin=t.tie_iou_margin,
                         appearance_max_distance=t.appearance_max_distance, confirm_iou_below=t.confirm_iou_below,
-                        max_gap_s=t.track_max_gap_s),
+                        max_gap_s=t.track_max_gap_s, max_unconfirmed_frames=t.track_max_unconfirmed_frames),
         gate=QualityGate(min_face_px=q.min_face_px, blur_min_var=q.blur_min_var, max_yaw_deg=q.max_yaw_deg,
                          max_roll_deg=q.max_roll_deg, min_score=q.min_score),
         scene_cut=SceneCutDetector(t.scene_cut_min_diff) if t.scene_cut_min_diff > 0 else None,

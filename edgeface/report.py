@@ -15,3 +15,8 @@ def print_figures(lines: Iterable[str], figures: Mapping[str, object], as_json: 
     if as_json:
         print(json.dumps(figures))
     return 0
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """'1 template', '2 templates', '0 identities' (many: the plural when it is not word + 's')."""
+    return f"{count} {word if count == 1 else many or word + 's'}"

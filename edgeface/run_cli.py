@@ -3,12 +3,13 @@
 Wired into the `edgeface` command by `run_cli.register(commands)` and
 `run_cli.add_bench_pipeline(bench_kinds)` in edgeface/cli.py.
 
-`edgeface run --source SRC` exit codes:
-  0  the source ended (a file or folder was read to its end), or SIGTERM/SIGINT stopped the loop:
-     either way every open track got its track_ended event and the sink was flushed and closed;
-  1  a problem the one-line message explains: bad config, gallery or source spec, a live source that
-     failed after its retries, a broker refused...;
-  2  wrong command-line usage.
+`edgeface run --source SRC` exit codes (the rule of every command, edgeface/cli.py):
+  0    the source ended (a file or folder was read to its end), or SIGTERM stopped the loop;
+  130  Ctrl-C (SIGINT) stopped the loop;
+       either way every open track got its track_ended event and the sink was flushed and closed;
+  1    a problem the one-line message explains: bad config, gallery or source spec, a camera device
+       that does not exist, a live source that failed after its retries, a broker refused...;
+  2    wrong command-line usage.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import resource
 import signal
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ log = logging.getLogger("edgeface.run")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -110,9 +113,9 @@ def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
     router = station.register(CommandRouter(secret=resolve_command_secret(mqtt_config))) if mqtt_config.commands else None
     publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
     station.attach(publisher)
-    publisher.start()
     try:
-        station.start()
+        station.start()  # before the publisher connects: its first `online` follows the presence states
+        publisher.start()
     except BaseException:
         station.close()
         publisher.close(flush_timeout_s=0)
@@ -128,9 +131,12 @@ class _StopOnSignals:
         self.stop, self.source = stop, source
         self._previous: dict[int, Any] = {}
         self.closer: threading.Thread | None = None
+        self.signal: signal.Signals | None = None
+        """The first signal received, if any."""
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if not self.stop.is_set():
+            self.signal = signal.Signals(signum)
             log.info("%s: stopping after the current frame", signal.Signals(signum).name)
             self.stop.set()
             self.closer = threading.Thread(target=self.source.close, name="edgeface-stop", daemon=True)
@@ -164,12 +170,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgeface.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
-    gallery = _gallery(args.gallery, required=False, create_default=True)
-    source = _open_source(args.source, args.every_frame, config)
+    source = _open_source(args.source, args.every_frame, config)  # a bad source fails before anything is created
     stop = threading.Event()
+    stopper = _StopOnSignals(stop, source)
     sink = None
     notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
     try:
+        gallery = _gallery(args.gallery, required=False, create_default=True)
         sink = _sink(args, config, gallery)
         pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
         if hasattr(sink, "station"):  # MQTT: commands and stats need the running pipeline
@@ -178,7 +185,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         feeder = WatchdogFeeder(notifier)
         notifier.ready(f"models loaded, reading {getattr(source, 'description', args.source)}")
         feeder.start()
-        with _StopOnSignals(stop, source):
+        with stopper:
             stats = pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
         log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
                  stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
@@ -188,7 +195,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.close()
         notifier.close()
-    return EXIT_OK
+    return EXIT_INTERRUPTED if stopper.signal is signal.SIGINT else EXIT_OK
 
 
 # -- annotate ------------------------------------------------------------------------------------
@@ -222,6 +229,24 @@ def draw(image: Any, result: Any, offset: tuple[int, int] = (0, 0)) -> Any:
     return out
 
 
+def _scratch_copy(gallery: Any, path: Path) -> Any:
+    """An open copy of `gallery` at `path` (an empty gallery when there is none), `gallery` closed."""
+    import sqlite3
+
+    from edgeface.gallery import Gallery
+
+    if gallery is None:
+        return Gallery(path, create=True)
+    source, copy = sqlite3.connect(gallery.path), sqlite3.connect(path)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+        gallery.close()
+    return Gallery(path, create=False, match_max_distance=gallery.match_max_distance)
+
+
 def _cmd_annotate(args: argparse.Namespace) -> int:
     import cv2
 
@@ -230,16 +255,20 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     from edgeface.sinks import JsonlSink
 
     config = _config(args)
-    gallery = _gallery(args.gallery, required=False)
     if args.output.suffix.lower() not in (".mp4", ".avi", ".mkv"):
         raise EdgefaceError(f"output {args.output} must end in .mp4, .avi or .mkv")
     if not args.output.parent.is_dir():
         raise EdgefaceError(f"output folder {args.output.parent} does not exist")
     source = _open_source(str(args.video), every_frame=True, config=config)
+    gallery = _gallery(args.gallery, required=False)
     writer = None
     sink = JsonlSink(sys.stdout)
+    scratch = tempfile.TemporaryDirectory(prefix="edgeface-annotate-")
     try:
-        pipeline = build_pipeline(config, sink=sink, matcher=gallery)
+        # Unknown faces are clustered in a scratch copy of the gallery: the video shows cluster ids
+        # (continuing the gallery's) and the user's gallery is left as it was.
+        gallery = _scratch_copy(gallery, Path(scratch.name) / "gallery.db")
+        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
         fps = source.fps or 25.0
         for frame in source:
             result = pipeline.process(frame)
@@ -253,12 +282,16 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             writer.write(draw(frame.image, result))
         pipeline.flush()
         stats = pipeline.stats
-        print(f"annotated {stats.frames} frames -> {args.output}: {stats.tracks_started} tracks, events "
+        print(f"annotated {stats.frames} frames -> {args.output}: {stats.tracks_started} track"
+              f"{'' if stats.tracks_started == 1 else 's'}, events "
               f"{dict(stats.events)}", file=sys.stderr)
     finally:
         source.close()
         if writer is not None:
             writer.release()
+        if gallery is not None:
+            gallery.close()
+        scratch.cleanup()
     if pipeline.stats.frames == 0:
         raise EdgefaceError(f"{args.video}: no frames could be read")
     return EXIT_OK
@@ -411,8 +444,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Read frames from SRC, track and recognise faces, publish one event per decision "
         "(jsonl on stdout by default). SIGTERM/SIGINT stop it cleanly: every open track gets its "
         "track_ended and the sink is flushed.",
-        epilog="exit codes: 0 the source ended or a signal stopped the loop cleanly; 1 a problem the message "
-        "explains (config, gallery, source lost after its retries, broker); 2 wrong usage",
+        epilog="exit codes: 0 the source ended, or SIGTERM stopped the loop; 130 Ctrl-C (SIGINT) stopped it (both "
+        "cleanly: tracks ended, events flushed); 1 a problem the message explains (config, gallery, no such camera, "
+        "source lost after its retries, broker); 2 wrong usage",
     )
     run.add_argument("--source", required=True, metavar="SRC",
                      help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image folder")
@@ -465,10 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="measure speed")
     add_bench_pipeline(bench.add_subparsers(dest="kind", required=True, metavar="WHAT"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from edgeface.cli import run_handler
+    from edgeface.cli import run_handler, setup_logging
 
+    setup_logging(args.verbose)
     return run_handler(args)
 
 

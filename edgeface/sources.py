@@ -16,7 +16,11 @@ newest frame: a slow consumer gets the latest frame, never a growing backlog, an
 never saw is counted in `status.frames_dropped`. When the stream fails the thread reconnects with
 exponential backoff (backoff_initial_s, doubling, capped at backoff_max_s) and reports
 RECONNECTING with the reason; after `max_retries` consecutive failed attempts the source is FAILED
-and the iterator raises SourceError with a one-line reason. Frame indices keep counting across
+and the iterator raises SourceError with a one-line reason. Only a source that can come back is
+retried: a network stream or pipeline, a camera that worked before (unplugged, it may be plugged in
+again) or one that is present but busy. A camera device node that does not exist (or may not be
+opened) when the source is opened is a configuration error, raised at once by `open_source`. The
+first retry warning says how long the retries will go on. Frame indices keep counting across
 reconnections, so they only ever increase.
 
 Files and folders are read on demand, as fast as the consumer takes frames, without a thread: every
@@ -231,6 +235,43 @@ def _mp4_without_index(path: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+def retry_span_s(max_retries: int, backoff_initial_s: float, backoff_max_s: float) -> float:
+    """Seconds a live source waits in total over `max_retries` retries (attempt time not included)."""
+    return sum(min(backoff_initial_s * 2 ** i, backoff_max_s) for i in range(min(max_retries, 64))) + \
+        max(0, max_retries - 64) * backoff_max_s
+
+
+def _duration(seconds: float) -> str:
+    """'0.5 s', '42 s', '2 min 32 s', '1 h 5 min' for messages."""
+    if seconds < 10:
+        return f"{seconds:.1f} s".replace(".0 s", " s")
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s" if whole % 60 else f"{whole // 60} min"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def _camera_device(target: str | int) -> str:
+    return target if isinstance(target, str) else f"/dev/video{target}"
+
+
+def _check_camera_device(target: str | int) -> None:
+    """A camera device node that is missing or may not be opened is a configuration error: retrying
+    cannot fix it, so it is reported at once (POSIX only; elsewhere OpenCV's own open decides)."""
+    if os.name != "posix":
+        return
+    device = _camera_device(target)
+    if not os.path.exists(device):
+        others = sorted(str(p) for p in Path("/dev").glob("video*"))
+        found = f"cameras here: {', '.join(others)}" if others else "no /dev/video* device on this machine"
+        raise SourceError(f"no such camera device {device} ({found}; check the cable, or give another "
+                          f"--source: a device, URL, video file or image folder)")
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise SourceError(f"no permission to open {device} (add the user to the 'video' group)")
 
 
 def _gstreamer_available() -> bool:
@@ -495,7 +536,7 @@ class LiveSource(FrameSource):
                 return f"no video from {self.description} within {self._open_timeout_s:g} s (open timed out)"
             return _diagnose_url(str(self._target), self.description, self._open_timeout_s)
         if self.kind == "camera":
-            device = self._target if isinstance(self._target, str) else f"/dev/video{self._target}"
+            device = _camera_device(self._target)
             if os.name == "posix" and not os.path.exists(device):
                 return f"no such camera device {device} (unplugged, or a different index?)"
             if os.name == "posix" and not os.access(device, os.R_OK | os.W_OK):
@@ -562,14 +603,24 @@ class LiveSource(FrameSource):
                     cap = None
                 if self._stop.is_set():
                     break
+                if not connected_before and self.kind == "camera":
+                    try:  # the device node went away or lost its permissions while we tried: no retry helps
+                        _check_camera_device(self._target)
+                    except SourceError as error:
+                        raise _Fatal(str(error)) from None
                 failures += 1
+                span = retry_span_s(self._max_retries, self._backoff_initial_s, self._backoff_max_s)
                 if failures > self._max_retries:
                     attempts = "no retries allowed" if self._max_retries == 0 else \
-                        f"gave up after {self._max_retries} retries"
+                        f"gave up after {self._max_retries} {'retry' if self._max_retries == 1 else 'retries'} over {_duration(span)}"
                     self._fail(f"{reason} ({attempts})")
                     return
                 delay = min(self._backoff_initial_s * 2 ** (failures - 1), self._backoff_max_s)
-                log.warning("%s; retry %d of %d in %.1f s", reason, failures, self._max_retries, delay)
+                if failures == 1:
+                    log.warning("%s; retrying %d times over about %s before giving up (retry 1 in %s)", reason,
+                                self._max_retries, _duration(span), _duration(delay))
+                else:
+                    log.warning("%s; retry %d of %d in %s", reason, failures, self._max_retries, _duration(delay))
                 self._set_state(SourceState.RECONNECTING, reason)
                 with self._cond:
                     self._cond.notify_all()
@@ -588,7 +639,7 @@ class LiveSource(FrameSource):
                 self._cond.notify_all()
 
     def _fail(self, reason: str) -> None:
-        log.error("%s", reason)
+        log.debug("%s", reason)  # the consumer's iterator raises it: the one place it is reported
         with self._cond:
             self._state, self._reason, self._failure = SourceState.FAILED, reason, reason
             self._cond.notify_all()
@@ -702,8 +753,9 @@ def open_source(spec: str | int | os.PathLike[str], *, every_frame: bool = False
     decode_threads: video files: FFmpeg's decoding threads (None: its default, one per core).
 
     Raises SourceError with a one-line reason for a bad spec or option, a missing or unreadable file,
-    an empty folder, an ROI outside the frame, or a pipeline when OpenCV lacks GStreamer. A live source
-    that cannot connect does not raise here: its iterator raises after the retries.
+    an empty folder, an ROI outside the frame, a camera device node that is missing or not permitted,
+    or a pipeline when OpenCV lacks GStreamer. Any other live source that cannot connect does not
+    raise here: its iterator raises after the retries.
     """
     _check_options(max_fps, roi, max_retries, backoff_initial_s, backoff_max_s, open_timeout_s,
                    read_timeout_s, folder_fps)
@@ -722,6 +774,7 @@ def open_source(spec: str | int | os.PathLike[str], *, every_frame: bool = False
         if index < 0:
             raise SourceError(f"camera index must be 0 or more, got {index}")
         _no_every_frame(every_frame, f"camera {index}")
+        _check_camera_device(index)
         api = cv2.CAP_V4L2 if os.name == "posix" else cv2.CAP_ANY
         return LiveSource("camera", index, api, f"camera {index}", **live_options)  # type: ignore[arg-type]
     text = os.fspath(spec)
@@ -743,6 +796,7 @@ def open_source(spec: str | int | os.PathLike[str], *, every_frame: bool = False
         return LiveSource("url", text, cv2.CAP_FFMPEG, _mask_url(text), **live_options)  # type: ignore[arg-type]
     if text.startswith("/dev/"):
         _no_every_frame(every_frame, text)
+        _check_camera_device(text)
         return LiveSource("camera", text, cv2.CAP_V4L2, text, **live_options)  # type: ignore[arg-type]
     path = Path(text).expanduser()
     if path.is_dir():

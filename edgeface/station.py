@@ -67,6 +67,11 @@ TICK_S = 0.5
 GALLERY_SYNC_S = 10.0
 """How often the Home Assistant person entities are compared with the gallery."""
 
+REMOVAL_DELAY_S = 3.0
+"""A removed person's state and attributes topics are emptied this long after their config: Home
+Assistant drops the entity when the empty config arrives, but not at once, and an empty payload on
+the attributes topic of an entity still there is logged as `Erroneous JSON`."""
+
 _DATA_URL = re.compile(r"^data:image/[a-z+.-]+;base64,", re.IGNORECASE)
 
 
@@ -133,6 +138,8 @@ class Station:
         self.ha: HaTopics | None = None
         self._presence = PresenceTracker(self.mqtt.present_timeout_s)
         self._people: set[str] = set()
+        self._pending_clears: list[tuple[float, list[str]]] = []
+        """(when, topics) to empty once their entity is gone (REMOVAL_DELAY_S)."""
         self._lock = threading.RLock()
         self._command_lock = threading.Lock()
         self._stop = threading.Event()
@@ -177,9 +184,12 @@ class Station:
         return StationSink(self)
 
     def start(self) -> Station:
+        """Queue the discovery configs and presence states; start it before the publisher connects, so
+        that the first `online` already follows the presence states (see `presence_states`)."""
         if self.publisher is None:
             raise RuntimeError("attach the publisher before start()")
         if self.ha is not None:
+            self.publisher.before_online = self.presence_states
             for topic, payload in station_configs(self.ha).items():
                 self.publisher.publish_raw(topic, encode(payload), retain=True)
             self.publisher.publish_raw(self.ha.unknown_presence, PAYLOAD_OFF.encode(), retain=True)
@@ -199,6 +209,7 @@ class Station:
             with self._lock:
                 for key in self._presence.on_keys():
                     self._publish_presence(key, False)
+                self._clear_pending(float("inf"))
         if self._owns_clusters and self._clusters is not None:
             self._clusters.close()
 
@@ -209,12 +220,27 @@ class Station:
         if self.ha is None:
             return
         with self._lock:
+            if getattr(event, "type", None) == "recognized":
+                self.publisher.publish_raw(self.ha.last_person, event.to_json().encode("utf-8"), retain=True)
+                if event.name in self._people:  # the attributes first: the ON must not show the last visit's
+                    attributes = {"camera": event.camera, "track_id": event.track_id, "confidence": event.confidence,
+                                  "last_recognized": event.to_dict()["ts"]}
+                    self.publisher.publish_raw(self.ha.presence_attributes(event.name), encode(attributes),
+                                               retain=True)
             for key, on in self._presence.on_event(event, self._clock()):
                 self._publish_presence(key, on)
-            if getattr(event, "type", None) == "recognized" and event.name in self._people:
-                attributes = {"camera": event.camera, "track_id": event.track_id, "confidence": event.confidence,
-                              "last_recognized": event.to_dict()["ts"]}
-                self.publisher.publish_raw(self.ha.presence_attributes(event.name), encode(attributes), retain=True)
+
+    def presence_states(self) -> list[tuple[str, bytes]]:
+        """(topic, ON/OFF) of every presence sensor as it is now; the publisher sends them before each
+        `online` (retained), so that after a crash the `ON`s retained from before are replaced by the
+        truth before Home Assistant sees the station available again."""
+        if self.ha is None:
+            return []
+        with self._lock:
+            on = set(self._presence.on_keys())
+            states = [(self.ha.presence(name), PAYLOAD_ON if name in on else PAYLOAD_OFF) for name in sorted(self._people)]
+            states.append((self.ha.unknown_presence, PAYLOAD_ON if None in on else PAYLOAD_OFF))
+        return [(topic, payload.encode()) for topic, payload in states]
 
     def _publish_presence(self, key: str | None, on: bool) -> None:
         assert self.ha is not None
@@ -255,12 +281,12 @@ class Station:
         with self._lock:
             added = sorted(names - self._people) if not force else sorted(names)
             removed = sorted(self._people - names)
-            for name in added:
-                self.publisher.publish_raw(self.ha.person_config(name), encode(person_config(self.ha, name)), retain=True)
-                if name not in self._presence.on_keys():
-                    self.publisher.publish_raw(self.ha.presence(name), PAYLOAD_OFF.encode(), retain=True)
-            for name in removed:
+            for name in removed:  # first: a renamed person's new entity must not meet the old one's id
                 self._clear_person(name)
+            for name in added:
+                if name not in self._presence.on_keys():  # the state first: the new entity starts OFF
+                    self.publisher.publish_raw(self.ha.presence(name), PAYLOAD_OFF.encode(), retain=True)
+                self.publisher.publish_raw(self.ha.person_config(name), encode(person_config(self.ha, name)), retain=True)
             changed = set(added) != set() or bool(removed) or force
             self._people = set(names)
             if changed:
@@ -270,10 +296,20 @@ class Station:
         return added, removed
 
     def _clear_person(self, name: str) -> None:
+        """The entity goes now (empty config); its state and attributes topics REMOVAL_DELAY_S later."""
         assert self.ha is not None
         self._presence.forget(name)
-        for topic in (self.ha.person_config(name), self.ha.presence(name), self.ha.presence_attributes(name)):
-            self.publisher.publish_raw(topic, removal(), retain=True)
+        self.publisher.publish_raw(self.ha.person_config(name), removal(), retain=True)
+        self._pending_clears.append((self._clock() + REMOVAL_DELAY_S,
+                                     [self.ha.presence(name), self.ha.presence_attributes(name)]))
+
+    def _clear_pending(self, now: float) -> None:
+        """Empty the topics of removed entities whose delay has passed (all of them at close)."""
+        due = [topics for when, topics in self._pending_clears if when <= now]
+        self._pending_clears = [(when, topics) for when, topics in self._pending_clears if when > now]
+        for topics in due:
+            for topic in topics:
+                self.publisher.publish_raw(topic, removal(), retain=True)
 
     # -- ticker --------------------------------------------------------------------------------
 
@@ -287,6 +323,7 @@ class Station:
                     with self._lock:
                         for key, on in self._presence.tick(now):
                             self._publish_presence(key, on)
+                        self._clear_pending(now)
                 if now >= next_stats:
                     next_stats = now + self.mqtt.stats_interval_s
                     self.publish_stats()
@@ -475,7 +512,8 @@ class Station:
         if self.gallery is not None:
             identities = len(self.gallery.snapshot())
         self.sync_people(force=True)
-        return CommandResult(f"reloaded: {identities} identities", {"identities": identities})
+        return CommandResult(f"reloaded: {identities} {'identity' if identities == 1 else 'identities'}",
+                             {"identities": identities})
 
     def status(self, _: StatusCommand) -> CommandResult:
         stats = self.stats(advance=False) if self.publisher is not None else None

@@ -15,6 +15,15 @@ distance is above `appearance_max_distance` is refused even when the boxes overl
 in an old face's place starts a new track rather than inheriting its identity; a weak overlap (IoU
 below `confirm_iou_below`) of a track that has a reference embedding is always checked this way.
 
+The appearance check also runs at association time on the faces the caller embeds anyway: with
+`will_embed(track_id, detection)`, a pair whose face the pipeline is about to embed (its track is due
+and the face passes the quality gate) is confirmed against the track's reference before it is
+accepted, at no extra cost. A track whose face was never good enough to embed has no reference, so
+nothing but box overlap holds it together: such a track ends after `max_unconfirmed_frames` frames
+and the face starts a new one, so a box that slides from one turned-away face onto a neighbour's (the
+hamilton clip, frames 225-255: Michelle Obama's profile, then Barack Obama's) cannot carry one track
+from one person to the other. Nothing is lost by it: a track without a good face has no votes.
+
 A track that gets no detection for more than `max_missed_frames` consecutive frames ends. With
 `max_gap_s`, a track whose last detection is more than that many seconds older than the frame being
 tracked ends before association: frames of a live stream that dropped and came back (or stalled) are
@@ -36,6 +45,8 @@ from edgeface.types import FaceDetections
 
 EmbedFn = Callable[[Sequence[int]], np.ndarray]
 """Given detection indices, returns their (k, d) unit embeddings (rows in the same order)."""
+WillEmbedFn = Callable[[int, int], bool]
+"""Given a track id and a detection index: will the caller embed that face on this frame anyway?"""
 
 DEFAULT_IOU_MIN = 0.2
 DEFAULT_MAX_MISSED_FRAMES = 10
@@ -44,6 +55,9 @@ DEFAULT_APPEARANCE_MAX_DISTANCE = 0.6
 """Euclidean distance between unit embeddings above which two faces are not the same person for the
 tracker. Deliberately loose (the gallery's same-person threshold is ~0.38; different people in LFW
 are ~0.75 apart on average): it only has to catch a swap, never split a person."""
+DEFAULT_MAX_UNCONFIRMED_FRAMES = 30
+"""A track that was never embedded (every face refused by the quality gate: turned away, too small,
+blurred) ends after this many frames (1 s at 30 fps); its next face starts a new track."""
 DEFAULT_CONFIRM_IOU_BELOW = 0.5
 """An association with IoU below this (a weak overlap: a fast face, or another face next to where one
 was) is confirmed by embedding distance when the track has a reference embedding."""
@@ -145,6 +159,7 @@ class Tracker:
         appearance_max_distance: float = DEFAULT_APPEARANCE_MAX_DISTANCE,
         confirm_iou_below: float = DEFAULT_CONFIRM_IOU_BELOW,
         max_gap_s: float | None = None,
+        max_unconfirmed_frames: int | None = None,
         first_id: int = 1,
     ) -> None:
         if not 0.0 < iou_min <= 1.0:
@@ -159,6 +174,8 @@ class Tracker:
             raise ValueError(f"confirm_iou_below must be in [0, 1], got {confirm_iou_below}")
         if max_gap_s is not None and not max_gap_s > 0:
             raise ValueError(f"max_gap_s must be > 0 (or None), got {max_gap_s}")
+        if max_unconfirmed_frames is not None and max_unconfirmed_frames < 1:
+            raise ValueError(f"max_unconfirmed_frames must be >= 1 (or None), got {max_unconfirmed_frames}")
         if first_id < 0:
             raise ValueError(f"first_id must be >= 0, got {first_id}")
         self.iou_min = iou_min
@@ -167,6 +184,7 @@ class Tracker:
         self.appearance_max_distance = appearance_max_distance
         self.confirm_iou_below = confirm_iou_below
         self.max_gap_s = max_gap_s
+        self.max_unconfirmed_frames = max_unconfirmed_frames
         self._next_id = first_id
         self._tracks: dict[int, Track] = {}
 
@@ -197,12 +215,17 @@ class Tracker:
         self._tracks.clear()
         return ended
 
-    def update(self, detections: FaceDetections, ts: float, frame_index: int, embed: EmbedFn | None = None) -> TrackUpdate:
+    def update(self, detections: FaceDetections, ts: float, frame_index: int, embed: EmbedFn | None = None,
+               will_embed: WillEmbedFn | None = None) -> TrackUpdate:
         gone: list[Track] = []
         if self.max_gap_s is not None:
             gone = [track for track in self._tracks.values() if ts - track.last_ts > self.max_gap_s]
-            for track in gone:
-                del self._tracks[track.id]
+        if self.max_unconfirmed_frames is not None:
+            late = {track.id for track in gone}
+            gone += [track for track in self._tracks.values() if track.embedding is None and track.id not in late
+                     and frame_index - track.first_frame >= self.max_unconfirmed_frames]
+        for track in gone:
+            del self._tracks[track.id]
         tracks = list(self._tracks.values())  # oldest first: ids only grow, and a replaced entry keeps its place
         boxes: list[list[float]] = detections.xyxy.tolist()
         n = len(boxes)
@@ -258,8 +281,10 @@ class Tracker:
                 known = [s for s in scored if s[0] is not None]
                 if known:
                     _, _, t, d = min(known)
-            if iou[t][d] < self.confirm_iou_below and tracks[t].embedding is not None:
-                embedding_of([d])  # a weak overlap must also look like the same face
+            if tracks[t].embedding is not None and (
+                    iou[t][d] < self.confirm_iou_below  # a weak overlap must also look like the same face
+                    or (will_embed is not None and will_embed(tracks[t].id, d))):  # free: embedded anyway
+                embedding_of([d])
             if d in det_embeddings:  # (distance is None without the detection's embedding)
                 gap = distance(t, d)
                 if gap is not None and gap > self.appearance_max_distance:

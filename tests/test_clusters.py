@@ -318,8 +318,12 @@ def test_another_process_changes_are_picked_up(tmp_path: Path) -> None:
         update = camera.observe(hugo[1].embedding, ts=T0, track_key="h2")
         assert update.created and update.cluster.id == "unknown-3"
         assert [c.id for c in camera.list_clusters()] == ["unknown-3"]
+        before = datetime.now(timezone.utc)
         events = camera.take_events()
         assert [type(e) for e in events] == [ClusterNamedEvent] and events[0].name == "Colin"
+        # the shell's config named no station (default "edgeface"): the station serving the file announces
+        # the change as its own, now, so it is never published under another station's name or out of order
+        assert events[0].station == "st1" and events[0].ts >= before.replace(microsecond=before.microsecond // 1000 * 1000)
         assert camera.take_events() == []
 
 

@@ -143,6 +143,7 @@ CROWD = LFW.parents[1] / "video" / "crowd_walk.mp4"
 
 @pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data/video is absent")
 @pytest.mark.parametrize("crops", [False, True])
+@pytest.mark.slow
 def test_camera_loop_stores_face_crops_only_when_allowed(tmp_path: Path, crops: bool) -> None:
     """`edgeface run` hands each unknown track's best aligned face to the clusters; it is kept only
     when clusters.store_face_crops is on."""

@@ -179,6 +179,7 @@ _payloads = st.one_of(
 _verbs = st.sampled_from(["enroll", "name_cluster", "forget", "reload", "status"]) | st.text(max_size=12)
 
 
+@pytest.mark.slow
 def test_fuzz_more_than_a_thousand_malformed_commands_all_answered() -> None:
     router, gallery = make_router()
     answered: list[bool] = []

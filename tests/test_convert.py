@@ -53,6 +53,7 @@ def fp32_runner() -> OnnxRunner:
     return OnnxRunner(MODELS / MODEL_FILES["fp32"], threads=1, use_accelerators=False)
 
 
+@pytest.mark.slow
 def test_fp32_onnx_is_rebuilt_byte_for_byte(net: DlibResnet) -> None:
     data = build_resnet_onnx(net, doc=FP32_DOC).SerializeToString()
     assert hashlib.sha256(data).hexdigest() == SHIPPED[MODEL_FILES["fp32"]]["sha256"]

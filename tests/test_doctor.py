@@ -93,7 +93,7 @@ def test_doctor_command_on_a_sound_setup(capsys: pytest.CaptureFixture[str], tmp
     by_name = {line.split()[1]: line for line in lines}
     assert by_name["embedder"].startswith("ok") and "INT8 self-check passed" in by_name["embedder"]
     assert by_name["detector"].startswith("ok")
-    assert by_name["gallery"].startswith("ok") and "1 people, 2 templates" in by_name["gallery"]
+    assert by_name["gallery"].startswith("ok") and "1 person, 2 templates" in by_name["gallery"]
     assert any(line.startswith("ok    runtime   onnxruntime") for line in lines)
 
 

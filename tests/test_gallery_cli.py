@@ -50,8 +50,10 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
 def test_enroll_from_folders_reports_every_photo(enrolled) -> None:
     cwd, result = enrolled
     lines = result.stdout.splitlines()
-    assert len(lines) == 8  # every photo of people/*/ once; _group is skipped
+    assert len(lines) == 8 + 4 + 1  # every photo of people/*/ once (_group is skipped), each person, the summary
     assert sum(line.startswith("enrolled  ") for line in lines) == 7
+    assert "barack_obama: 2 of 3 photos enrolled" in lines and "lin_manuel_miranda: 1 of 1 photo enrolled" in lines
+    assert lines[-1] == "4 of 4 people enrolled (7 of 8 photos)"
     assert any(line.startswith("rejected  barack_obama") and "3.jpg  duplicate: same file as" in line for line in lines)
     assert "skipped" in result.stderr and "_group" in result.stderr
     listing = run("gallery", "list", "--json", cwd=cwd)
@@ -77,6 +79,7 @@ def test_identify_names_each_face(enrolled) -> None:
     assert (name, box) == ("barack_obama", "box 858,126,1143,411") and float(distance) < 0.2
 
 
+@pytest.mark.slow
 def test_management_and_export_import(enrolled, tmp_path: Path) -> None:
     source, _ = enrolled
     copy = tmp_path / "copy.db"
@@ -131,10 +134,11 @@ def test_bad_input_writes_nothing(tmp_path: Path, args: list[object], words: str
         assert words in _error_line(result)
     else:  # a photo that cannot be read is reported as rejected; nobody is enrolled
         assert "rejected  Ada" in result.stdout and "unreadable" in result.stdout
-        assert "no usable photo" in result.stderr
+        assert "Ada: no usable photo, not enrolled" in result.stdout
     assert not (tmp_path / "gallery.db").exists()
 
 
+@pytest.mark.slow
 def test_existing_name_needs_add(enrolled, tmp_path: Path) -> None:
     source, _ = enrolled
     gallery = tmp_path / "g.db"
@@ -183,6 +187,7 @@ def _committed_identities(path: Path) -> int:
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw is absent")
+@pytest.mark.slow
 def test_kill_9_mid_enrollment_leaves_no_half_enrolled_identity(tmp_path: Path) -> None:
     from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config

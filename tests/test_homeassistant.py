@@ -31,6 +31,7 @@ from edgeface.homeassistant import (
     station_configs,
     unknown_visitor_config,
 )
+from edgeface.station import REMOVAL_DELAY_S
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -75,7 +76,7 @@ def test_discovery_payloads() -> None:
         f"homeassistant/binary_sensor/edgeface_hall/present_{person_key('Ada Lovelace')}/config"
     assert person["name"] == "Ada Lovelace present" and person["state_topic"] == topics.presence("Ada Lovelace")
     assert (person["payload_on"], person["payload_off"], person["device_class"]) == ("ON", "OFF", "presence")
-    assert last_person_config(topics)["state_topic"] == "edgeface/hall/events/recognized"
+    assert last_person_config(topics)["state_topic"] == "edgeface/hall/last_person"  # retained, unlike events
     assert unknown_visitor_config(topics)["json_attributes_topic"] == "edgeface/hall/events/unknown"
     assert HaTopics("hall", "x/", "ha/discovery").person_config("A").startswith("ha/discovery/binary_sensor/")
 
@@ -188,12 +189,13 @@ def _station(tmp_path: Path, station_id: str, gallery: Gallery, clock: Clock):  
     router = station.register(CommandRouter())
     publisher = MqttPublisher(mqtt, station_id, router=router)
     station.attach(publisher)
-    publisher.start()
     station.start()
+    publisher.start()
     return station, router
 
 
 @needs_broker
+@pytest.mark.slow
 def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_path: Path) -> None:
     station_id = f"ha-{uuid.uuid4().hex[:8]}"
     node = f"edgeface_{station_id}"
@@ -220,8 +222,12 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         # Recognised: ON at once; the track ends; OFF only once the timeout has passed.
         station.sink.publish(_recognized(1, "Ada Lovelace"))
         presence = topics.presence("Ada Lovelace")
+        attributes = topics.presence_attributes("Ada Lovelace")
         assert wait_until(lambda: (presence, b"ON") in [(t, p) for t, p in seen_messages(seen)])
-        assert json.loads(retained(topics.presence_attributes("Ada Lovelace"))[topics.presence_attributes("Ada Lovelace")])["track_id"] == 1
+        # the attributes went out before the ON (test_message_order_...); still, wait until the broker has them
+        # rather than reading them the moment the ON is seen
+        assert wait_until(lambda: attributes in retained(attributes, 0.2))
+        assert json.loads(retained(attributes)[attributes])["track_id"] == 1
         station.sink.publish(_ended(1))
         time.sleep(1.5)  # several ticks, clock not advanced: still on
         assert [p for t, p in seen_messages(seen) if t == presence][-1] == b"ON"
@@ -235,7 +241,8 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         assert station.publisher.wait_until_delivered(10)
         configs = retained(configs_filter)
         assert set(configs) == expected - {topics.person_config("Bob")}
-        assert topics.presence("Bob") not in retained(f"edgeface/{station_id}/presence/+")
+        clock.advance(REMOVAL_DELAY_S)  # his state topic is emptied once Home Assistant has dropped the entity
+        assert wait_until(lambda: topics.presence("Bob") not in retained(f"edgeface/{station_id}/presence/+", 0.2))
         assert wait_until(lambda: seen.payloads("/events/person_forgotten"))
         assert json.loads(seen.payloads("/events/person_forgotten")[0])["name"] == "Bob"
         again = router.handle("forget", b'{"name": "Bob"}')
@@ -297,3 +304,126 @@ def test_homeassistant_off_publishes_no_discovery(tmp_path: Path) -> None:
         station.sink.close()
         gallery.close()
         clear_retained(station_id)
+
+
+class OrderedSubscriber:
+    """One real subscriber on several filters: the messages in the order the broker delivered them
+    (what Home Assistant's MQTT client sees), live ones only (retained replays are marked)."""
+
+    def __init__(self, *filters: str) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"order-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe([(f, 1) for f in filters])
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", SHARED_PORT, keepalive=10)
+        self.client.loop_start()
+        assert subscribed.wait(5)
+
+    def _on_message(self, client: object, userdata: object, message) -> None:  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+
+    def live(self) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return [(t, p) for t, p, r in self.messages if not r]
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def since(self, mark: int) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return [(t, p) for t, p, r in self.messages[mark:] if not r]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+_CRASHING_STATION = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from test_homeassistant import Clock, _recognized, _station
+from edgeface.gallery import Gallery
+station, _ = _station(Path(sys.argv[1]), sys.argv[2], Gallery(Path(sys.argv[1]) / "gallery.db"), Clock())
+station.sink.publish(_recognized(1, "Ada Lovelace"))
+assert station.publisher.wait_until_delivered(10)
+print("ON", flush=True)
+time.sleep(60)
+"""
+
+
+@needs_broker
+def test_message_order_on_the_broker_is_the_one_home_assistant_needs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    station_id = f"ha-{uuid.uuid4().hex[:8]}"
+    node = f"edgeface_{station_id}"
+    topics = HaTopics(station_id, f"edgeface/{station_id}/")
+    with Gallery(tmp_path / "gallery.db") as gallery:
+        gallery.add_templates("Ada Lovelace", _unit(1))
+        gallery.add_templates("Lin", _unit(2))
+    watch = OrderedSubscriber(f"edgeface/{station_id}/#", f"homeassistant/+/{node}/+/config")
+    station = None
+    try:
+        # 1. A station sees Ada (retained ON) and is killed with SIGKILL: the broker keeps her ON.
+        crashing = subprocess.Popen([sys.executable, "-c", _CRASHING_STATION, str(tmp_path), station_id,
+                                     str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True)
+        assert crashing.stdout is not None and crashing.stdout.readline().strip() == "ON"
+        crashing.kill()
+        crashing.wait(10)
+        assert wait_until(lambda: (topics.availability, b"offline") in watch.live())  # its last will
+        assert retained(topics.presence("Ada Lovelace"))[topics.presence("Ada Lovelace")] == b"ON"
+
+        # 2. The restart: Ada's OFF reaches Home Assistant before `online` makes the entities available.
+        gallery = Gallery(tmp_path / "gallery.db")
+        clock = Clock()
+        restart = watch.mark()
+        station, _ = _station(tmp_path, station_id, gallery, clock)
+        assert wait_until(lambda: (topics.availability, b"online") in watch.since(restart))
+        after = watch.since(restart)
+        online = after.index((topics.availability, b"online"))
+        assert (topics.presence("Ada Lovelace"), b"OFF") in after[:online], after[: online + 1]
+        assert not [m for m in after if m == (topics.presence("Ada Lovelace"), b"ON")]
+
+        # 3. Recognised: the attributes (and the retained last person) before the ON.
+        mark = watch.mark()
+        station.sink.publish(_recognized(5, "Ada Lovelace"))
+        assert wait_until(lambda: (topics.presence("Ada Lovelace"), b"ON") in watch.since(mark))
+        order = [t for t, _ in watch.since(mark)]
+        assert order.index(topics.presence_attributes("Ada Lovelace")) < order.index(topics.presence("Ada Lovelace"))
+        assert json.loads(retained(topics.last_person)[topics.last_person])["name"] == "Ada Lovelace"
+
+        # 4. Lin renamed: the old entity's config is emptied before the new one is announced.
+        gallery.rename("Lin", "Lin-Manuel")
+        mark = watch.mark()
+        assert station.sync_people() == (["Lin-Manuel"], ["Lin"])
+        assert station.publisher.wait_until_delivered(10)
+        configs = [(t, p) for t, p in watch.since(mark) if t.endswith("/config")]
+        assert configs[0] == (topics.person_config("Lin"), b"")
+        assert configs[1][0] == topics.person_config("Lin-Manuel") and configs[1][1]
+        new = [t for t, _ in watch.since(mark)]
+        assert new.index(topics.presence("Lin-Manuel")) < new.index(topics.person_config("Lin-Manuel"))  # OFF first
+
+        # 5. Lin's old state and attributes are emptied only after the removal delay, config first.
+        assert (topics.presence("Lin"), b"") not in watch.since(mark)
+        clock.advance(REMOVAL_DELAY_S)
+        assert wait_until(lambda: (topics.presence("Lin"), b"") in watch.since(mark))
+        cleared = [t for t, p in watch.since(mark) if p == b""]
+        assert cleared[0] == topics.person_config("Lin") and set(cleared[1:]) >= {topics.presence("Lin"),
+                                                                                  topics.presence_attributes("Lin")}
+    finally:
+        watch.close()
+        if station is not None:
+            station.sink.close()
+            station.gallery.close()
+        leftovers = set(retained(f"edgeface/{station_id}/#")) | set(retained(f"homeassistant/+/{node}/+/config"))
+        clear_retained(station_id, topics=sorted(leftovers))

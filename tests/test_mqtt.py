@@ -146,6 +146,7 @@ _PUBLISHER_PROCESS = textwrap.dedent(
 
 
 @pytest.mark.parametrize("broker", ["connected", "unreachable"])
+@pytest.mark.slow
 def test_publisher_killed_with_sigkill_loses_nothing(tmp_path: Path, station: str, broker: str) -> None:
     """A station process is killed -9 mid-stream (while connected, or while its broker is away);
     the restarted station delivers every event it had accepted, in order, and the last will

@@ -111,6 +111,7 @@ def fault_run(tmp_path: Path):  # type: ignore[no-untyped-def]
     run.close()
 
 
+@pytest.mark.slow
 def test_repeated_sigkill_and_sigterm_lose_nothing(fault_run: FaultRun) -> None:
     events = make_events(600, fault_run.station)
     producer = fault_run.produce(events, interval_s=0.006)

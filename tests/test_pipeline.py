@@ -106,7 +106,31 @@ def test_hamilton_recognises_miranda_once_per_track_and_nobody_else_as_him(galle
     assert all(stats.stage_s[s] > 0 for s in ("detect", "track", "quality", "align", "embed", "match"))
 
 
+def _track_at(results, frame: int, box: tuple[float, float, float, float]) -> int:
+    """The track of the face on `frame` that overlaps `box` most."""
+    from edgeface.track import iou_matrix
+
+    faces = next(r for r in results if r.index == frame).faces
+    overlaps = iou_matrix(np.array([box]), np.array([f.box for f in faces]))[0]
+    assert overlaps.max() > 0.5, (frame, [f.box for f in faces])
+    return faces[int(overlaps.argmax())].track_id
+
+
+@needs_data
+def test_a_track_does_not_slide_from_one_person_to_another() -> None:
+    # hamilton_clip frames 225 -> 255: the box on Michelle Obama's profile (her face turned away, every face
+    # refused as extreme_yaw, so the track has no embedding) slides onto Barack Obama's, who leans in.
+    # Without an embedding only box overlap held the track together: it must not carry on to him.
+    pipeline, events, results = run(HAMILTON, Config())
+    michelle = _track_at(results, 225, (347, 84, 441, 178))
+    barack = _track_at(results, 255, (331, 66, 441, 176))
+    assert michelle != barack
+    ended = {e.track_id: e for e in events if e.type == "track_ended"}
+    assert ended[michelle].decision is None and ended[barack].decision is None  # nothing was decided on either
+
+
 @pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data is absent")
+@pytest.mark.slow
 def test_crowd_walk_gives_several_unknown_tracks_without_swaps() -> None:
     config = Config.model_validate({"recognition": {"detector": {"model": "full"}}})
     pipeline, events, results = run(CROWD, config)

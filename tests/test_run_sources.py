@@ -109,6 +109,7 @@ class Run:
 
 
 @needs_video
+@pytest.mark.slow
 def test_a_camera_that_drops_and_comes_back_is_reconnected_and_the_run_carries_on(tmp_path: Path) -> None:
     frames = hamilton_frames(90, 200)  # Miranda's close shot, looped by the camera
     config = tmp_path / "edgeface.yaml"

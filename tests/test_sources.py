@@ -333,12 +333,23 @@ def test_gstreamer_pipeline_needs_an_opencv_with_gstreamer() -> None:
 
 
 @pytest.mark.parametrize("spec", ["/dev/video99", 99, "99"])
-def test_missing_camera_device_fails_after_retries_with_the_reason(spec: str | int) -> None:
-    source = open_source(spec, max_retries=2, backoff_initial_s=0.05, backoff_max_s=0.1)
-    assert isinstance(source, LiveSource) and source.live and source.kind == "camera"
-    with source, pytest.raises(SourceError, match=r"no such camera device /dev/video99.*gave up after 2 retries"):
-        next(iter(source))
-    assert source.status.state is SourceState.FAILED
+def test_a_missing_camera_device_is_a_configuration_error_at_once(spec: str | int) -> None:
+    # retrying cannot create a device node: no retries, no capture thread, the reason in one line
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"^no such camera device /dev/video99 \(.*--source") as error:
+        open_source(spec)
+    assert time.monotonic() - started < 1.0
+    assert "\n" not in str(error.value)
+
+
+def test_retry_span_is_the_sum_of_the_capped_backoffs() -> None:
+    from edgeface.sources import _duration, retry_span_s
+
+    # the defaults: 0.5 + 1 + 2 + 4 + 8 + 16 + 4 x 30 s
+    assert retry_span_s(10, 0.5, 30.0) == pytest.approx(151.5)
+    assert _duration(retry_span_s(10, 0.5, 30.0)) == "2 min 32 s"
+    assert retry_span_s(0, 0.5, 30.0) == 0 and _duration(0.7) == "0.7 s" and _duration(3600 * 2 + 60) == "2 h 1 min"
+    assert retry_span_s(100, 1.0, 2.0) == pytest.approx(1 + 99 * 2)
 
 
 # -- MJPEG over HTTP (a real server on loopback) ----------------------------------------------------
@@ -391,7 +402,8 @@ def test_mjpeg_stream_drops_reconnects_and_carries_on() -> None:
         server.stop()
 
 
-def test_mjpeg_server_that_never_returns_fails_after_the_retries() -> None:
+def test_mjpeg_server_that_never_returns_fails_after_the_retries(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="edgeface.sources")
     server = MjpegServer(fps=30).start()
     source = open_source(server.url, max_retries=3, **FAST_RETRY)
     seen: list[SourceState] = []
@@ -410,8 +422,12 @@ def test_mjpeg_server_that_never_returns_fails_after_the_retries() -> None:
         server.stop()
     message = str(error.value)
     assert "\n" not in message
-    assert "connection refused" in message and "gave up after 3 retries" in message and server.url in message
+    assert "connection refused" in message and "gave up after 3 retries over 0.7 s" in message and server.url in message
     assert source.status.state is SourceState.FAILED and source.status.reason == message
+    # the first warning says how long the retries go on; the failure itself is left to the consumer to report
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "retrying 3 times over about 0.7 s before giving up" in warnings[0]
+    assert len(warnings) == 3 and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     # waits 0.1 + 0.2 + 0.4 s between the four attempts after the drop, then it gives up
     assert 0.6 <= elapsed < 5.0, elapsed
 
@@ -420,7 +436,7 @@ def test_url_nobody_ever_serves_fails_with_the_reason() -> None:
     url = f"http://admin:secret@127.0.0.1:{free_port()}/stream.mjpg"
     source = open_source(url, max_retries=1, **FAST_RETRY)
     assert source.status.state in (SourceState.CONNECTING, SourceState.RECONNECTING)
-    with source, pytest.raises(SourceError, match=r"connection refused by 127\.0\.0\.1.*gave up after 1 retries") as error:
+    with source, pytest.raises(SourceError, match=r"connection refused by 127\.0\.0\.1.*gave up after 1 retry ") as error:
         list(source)
     assert "http://***@127.0.0.1:" in str(error.value) and "secret" not in str(error.value)
     assert "secret" not in source.description and "secret" not in source._thread.name

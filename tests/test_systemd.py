@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,9 +41,21 @@ class FakeSystemd:
         self.socket.settimeout(2.0)
         self.env_value = env_value
 
-    def receive(self) -> dict[str, str]:
-        data = self.socket.recv(4096).decode()
+    def receive(self, timeout_s: float = 2.0) -> dict[str, str]:
+        self.socket.settimeout(timeout_s)
+        try:
+            data = self.socket.recv(4096).decode()
+        finally:
+            self.socket.settimeout(2.0)
         return dict(line.split("=", 1) for line in data.split("\n"))
+
+    def pending_count(self) -> int:
+        """Datagrams queued and not yet read (0 or more)."""
+        try:
+            self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, TimeoutError):
+            return 0
+        return 1
 
     def pending(self) -> list[dict[str, str]]:
         """Every datagram already queued, without waiting."""
@@ -317,10 +330,25 @@ def test_edgeface_run_notifies_ready_feeds_the_watchdog_and_says_stopping(
     writer.release()
     env = {**os.environ, "NOTIFY_SOCKET": fake_systemd.env_value, "WATCHDOG_USEC": "100000",
            "EDGEFACE_GALLERY": str(tmp_path / "absent.db")}
+    # Read the datagrams while the run goes on: the kernel queues only net.unix.max_dgram_qlen (10 here) of
+    # them and the notifier never blocks, so reading them only at the end loses the last ones on a slow run.
+    messages: list[dict[str, str]] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set() or fake_systemd.pending_count():
+            try:
+                messages.append(fake_systemd.receive(0.05))
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     result = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", str(video), "--every-frame"],
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    done.set()
+    reader.join(10)
     assert result.returncode == 0, result.stderr
-    messages = fake_systemd.pending()
     kinds = [next(iter(m)) for m in messages]
     assert kinds[0] == "READY" and "models loaded" in messages[0]["STATUS"]
     assert kinds[-1] == "STOPPING"

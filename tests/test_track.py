@@ -147,3 +147,31 @@ def test_end_all_closes_every_track() -> None:
 def test_bad_parameters_are_refused(kwargs) -> None:
     with pytest.raises(ValueError):
         Tracker(**kwargs)
+
+
+def test_a_track_never_embedded_ends_after_max_unconfirmed_frames() -> None:
+    tracker = Tracker(max_unconfirmed_frames=5)
+    ids = [int(tracker.update(faces((10, 10, 50, 50)), i / 30, i).track_ids[0]) for i in range(12)]
+    assert ids == [1] * 5 + [2] * 5 + [3] * 2  # a new track every 5 frames while nothing confirms the face
+    tracker = Tracker(max_unconfirmed_frames=5)
+    tracker.update(faces((10, 10, 50, 50)), 0.0, 0)
+    tracker.observe(1, unit(1))  # embedded once: its appearance can be checked, so it lives on
+    assert [int(tracker.update(faces((10, 10, 50, 50)), i / 30, i).track_ids[0]) for i in range(1, 12)] == [1] * 11
+
+
+def test_a_face_embedded_anyway_is_checked_against_the_track_even_when_the_boxes_overlap_well() -> None:
+    tracker = Tracker()
+    tracker.update(faces((10, 10, 50, 50)), 0.0, 0)
+    tracker.observe(1, unit(1))
+    asked: list[list[int]] = []
+
+    def embed(indices):
+        asked.append(list(indices))
+        return np.stack([unit(2)])  # someone else, in the same place
+
+    same_box = faces((10, 10, 50, 50))
+    kept = tracker.update(same_box, 1 / 30, 1, embed=embed, will_embed=lambda track_id, d: False)
+    assert int(kept.track_ids[0]) == 1 and asked == []  # not embedded this frame: no check, no cost
+    swapped = tracker.update(same_box, 2 / 30, 2, embed=embed, will_embed=lambda track_id, d: True)
+    assert asked == [[0]] and int(swapped.track_ids[0]) != 1
+    assert 0 in swapped.embeddings  # handed back for the caller to reuse

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,36 @@ def _interpreter_class() -> Any:
     return Interpreter
 
 
+_RUNTIME_CHATTER = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def _without_runtime_chatter() -> Iterator[None]:
+    """LiteRT's C++ side prints `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` straight to file
+    descriptor 2 on every interpreter it creates, which no log level turns off. While the interpreter
+    is built, fd 2 goes to a temporary file; afterwards everything in it but that line is written back."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedding host): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if line.rstrip(b"\r\n") not in _RUNTIME_CHATTER]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 class LiteRTRunner:
     """Runs a single-input .tflite model on the CPU (XNNPACK where the runtime applies it).
 
@@ -41,8 +76,9 @@ class LiteRTRunner:
             raise ModelFileError(f"model file {path} is missing or not a file; reinstall edgeface")
         interpreter_class = _interpreter_class()
         try:
-            self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
-            self._interpreter.allocate_tensors()
+            with _without_runtime_chatter():
+                self._interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelFileError(f"cannot load LiteRT model {path}: {first_line}") from error
