@@ -190,10 +190,10 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
         blank = cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes()
         faceless = commander.send("enroll", {"name": "Eve", "image": base64.b64encode(blank).decode()}, "w4")
         assert not faceless["ok"] and "no_face" in faceless["message"], faceless
-        # dogs: the detector's one weak candidate (score 0.60) is a dog's face, not a face too poor to enrol
+        # dogs: no face (short range alone gave one weak candidate, a dog's face: still no face, not a poor one)
         dogs = (DATA / "detection" / "dogs.jpg").read_bytes()
         dogs_reply = commander.send("enroll", {"name": "Eve", "image": base64.b64encode(dogs).decode()}, "w5")
-        assert not dogs_reply["ok"] and "no_face (no clear face" in dogs_reply["message"], dogs_reply
+        assert not dogs_reply["ok"] and "no_face (no " in dogs_reply["message"], dogs_reply
 
         status = commander.send("status", {}, "s1")
         assert status["ok"] and status["result"]["station"] == station and status["result"]["frames"] > 0
