@@ -189,11 +189,18 @@ class Aligner:
         """(image points (n, k, 2), chip templates (n, k, 2)) for the chosen method."""
         n = len(detections)
         if self.method == "blazeface":
+            points = detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64)
             templates = np.repeat(self.blazeface_template[None], n, axis=0)
-            if self.refiner is not None:
-                detections, refined = self.refiner.refine(image, detections)
-                templates[refined] = BLAZEFACE_TEMPLATES[self.refiner.detector.model]
-            return detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64), templates
+            if self.refiner is None:
+                return points, templates
+            # A refined face is placed by both estimates of its keypoints at once (each on its own model's
+            # template): their errors are independent, so the fit averages them out. Measured: LFW 99.05 ->
+            # 99.10%, CelebA unchanged (95.1%), against the refined keypoints alone (README).
+            again, refined = self.refiner.refine(image, detections)
+            second_points = np.where(refined[:, None, None], again.kps[:, BLAZEFACE_POINTS, :], points)
+            second_templates = templates.copy()
+            second_templates[refined] = BLAZEFACE_TEMPLATES[self.refiner.detector.model]
+            return np.concatenate([points, second_points], axis=1), np.concatenate([templates, second_templates], axis=1)
         boxes = dlib_boxes_from_blazeface(detections.xyxy)
         points = self._shape_predictor.predict(image, boxes).astype(np.float64)  # type: ignore[union-attr]
         return points, np.repeat(DLIB_TEMPLATE[None], n, axis=0)

@@ -694,7 +694,7 @@ class AutoRangeDetector:
     model: ModelName = "full"
     """The model whose keypoint template fits faces the refiner did not re-detect."""
 
-    def __init__(self, full: BlazeFaceDetector, short: BlazeFaceDetector, close_face_min_frac: float = 0.4,
+    def __init__(self, full: BlazeFaceDetector, short: BlazeFaceDetector, close_face_min_frac: float = 0.3,
                  short_only_min_score: float = 0.75, overlap_max: float = 0.5) -> None:
         if full.model != "full" or short.model != "short":
             raise ValueError("AutoRangeDetector needs a full-range and a short-range BlazeFaceDetector")

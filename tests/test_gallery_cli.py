@@ -148,7 +148,9 @@ def test_existing_name_needs_add(enrolled, tmp_path: Path) -> None:
     result = run("enroll", "joe_biden", PEOPLE / "_group", "--add", "--jsonl", "--gallery", gallery, cwd=tmp_path)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     reasons = {Path(r["path"]).name: r["reason"] for r in records}
-    assert reasons == {"obama-240p.jpg": "closer_to_other", "obama_and_biden.jpg": "several_faces",
+    # obama-240p: Obama's face, as a stored photo of his (duplicate) or far from Biden's and near his
+    assert reasons["obama-240p.jpg"] in ("duplicate", "closer_to_other")
+    assert reasons == {"obama-240p.jpg": reasons["obama-240p.jpg"], "obama_and_biden.jpg": "several_faces",
                        "two_people.jpg": "several_faces",
                        # the same picture as barack_obama/1.jpg, larger: 0.08-0.104 away depending on alignment
                        "obama-1080p.jpg": reasons["obama-1080p.jpg"]}
