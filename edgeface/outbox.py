@@ -123,8 +123,8 @@ class Outbox:
             db.execute(f"PRAGMA synchronous={synchronous}")
             db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             db.execute(f"PRAGMA journal_size_limit={WAL_MAX_BYTES}")
-            page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-            self._max_pages = max(16, (max_bytes - WAL_MAX_BYTES) // page_size)
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            self._max_pages = max(16, (max_bytes - WAL_MAX_BYTES) // self._page_size)
             db.execute(f"PRAGMA max_page_count={self._max_pages}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _USER_VERSION):
@@ -183,7 +183,8 @@ class Outbox:
                         "INSERT INTO outbox (topic, payload, qos, retain, created_s) VALUES (?, ?, ?, ?, ?)", row)
                 return cursor, dropped
             except sqlite3.OperationalError as error:
-                at_cap = int(db.execute("PRAGMA page_count").fetchone()[0]) >= self._max_pages - 2
+                needed = (len(row[1]) + len(row[0])) // self._page_size + 4  # type: ignore[arg-type]
+                at_cap = int(db.execute("PRAGMA page_count").fetchone()[0]) + needed > self._max_pages
                 left = self._count - dropped
                 if "full" not in str(error) or not at_cap or left <= 0:
                     raise

@@ -140,10 +140,12 @@ class Station:
         self._stats_frames = 0
         self._stats_at = clock()
         self.stats_published = 0
+        self._signed = False
 
     # -- wiring --------------------------------------------------------------------------------
 
     def register(self, router: CommandRouter) -> CommandRouter:
+        self._signed = router.signed
         router.register("enroll", self.enroll)
         router.register("name_cluster", self.name_cluster)
         router.register("forget", self.forget)
@@ -237,11 +239,11 @@ class Station:
             return set()
 
     def _save_published(self) -> None:
+        from edgeface.fileperm import write_private_file
+
         path = self._state_file()
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            temporary.write_text(json.dumps({"people": sorted(self._people)}, ensure_ascii=False), encoding="utf-8")
-            os.replace(temporary, path)
+            write_private_file(path, json.dumps({"people": sorted(self._people)}, ensure_ascii=False).encode("utf-8"))
         except OSError as error:
             log.warning("cannot save %s (%s); entities of people removed while the station is down may stay in "
                         "Home Assistant", path, error.strerror or error)
@@ -323,11 +325,12 @@ class Station:
             station=self.config.station_id,
             fps=round(max(fps, 0.0), 3),
             queue_depth=queue_depth,
-            outbox_length=len(self.publisher.outbox),
+            outbox_length=len(self.publisher.outbox) + int(getattr(self.publisher, "spilled", 0)),
             model=f"{DEFAULT_MODEL_ID}-{precision}",
             uptime_s=round(max(now - self._started_at, 0.0), 3),
             quality_rejections=dict(stats.quality_rejections) if stats is not None else {},
-            dropped_events=self.publisher.outbox.dropped,
+            dropped_events=self.publisher.status().dropped,
+            outbox_write_failures=int(getattr(self.publisher, "write_failures", 0)),
         )
 
     def publish_stats(self) -> None:
@@ -493,6 +496,7 @@ class Station:
             "mqtt": None if publisher is None else {
                 "connected": publisher.connected, "protocol": publisher.protocol,
                 "outbox_length": publisher.outbox_length, "dropped": publisher.dropped,
+                "write_failures": publisher.write_failures, "signed_commands": self._signed,
             },
         }
         return CommandResult("ok", result)
