@@ -70,9 +70,16 @@ GALLERY_SYNC_S = 10.0
 _DATA_URL = re.compile(r"^data:image/[a-z+.-]+;base64,", re.IGNORECASE)
 
 
+def default_secret_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where `edgeface command-secret` puts a user's secret: $XDG_CONFIG_HOME or ~/.config, /edgeface/command_secret."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgeface" / SECRET_CREDENTIAL
+
+
 def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None) -> bytes | None:
     """The shared secret for signed commands: ``$<command_secret_env>``, else ``command_secret_file``,
-    else ``$CREDENTIALS_DIRECTORY/command_secret``; None when there is none. Never logged."""
+    else ``$CREDENTIALS_DIRECTORY/command_secret``, else :func:`default_secret_file`; None when there
+    is none. Never logged."""
     environ = os.environ if environ is None else environ
     value = environ.get(config.command_secret_env)
     if value:
@@ -82,6 +89,7 @@ def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None
         candidates.append((Path(config.command_secret_file), True))
     if environ.get("CREDENTIALS_DIRECTORY"):
         candidates.append((Path(environ["CREDENTIALS_DIRECTORY"]) / SECRET_CREDENTIAL, False))
+    candidates.append((default_secret_file(environ), False))
     for path, required in candidates:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -95,6 +103,27 @@ def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None
             raise ConfigError(f"command secret file {path} is empty")
         return lines[0].strip().encode("utf-8")
     return None
+
+
+def command_router(mqtt: MqttConfig, station_id: str, environ: Mapping[str, str] | None = None) -> CommandRouter:
+    """The router `edgeface run` answers commands with: signed with the station's secret when it has
+    one; without, only status is answered (unless mqtt.allow_unsigned_commands). Used signatures are
+    remembered next to the outbox (<outbox>.signatures.sqlite), across restarts."""
+    from edgeface.commands import SeenSignatures
+    from edgeface.mqtt import default_outbox_path
+
+    secret = resolve_command_secret(mqtt, environ)
+    outbox = mqtt.outbox_path or default_outbox_path(station_id, environ)
+    seen = SeenSignatures(outbox.with_name(outbox.stem + ".signatures.sqlite")) if secret is not None else None
+    if secret is not None:
+        log.info("commands: signed with the command secret; status is open")
+    elif mqtt.allow_unsigned_commands:
+        log.warning("commands: UNSIGNED commands are accepted (mqtt.allow_unsigned_commands): anyone who can publish "
+                    "on the broker can enroll and forget people")
+    else:
+        log.warning("commands: no command secret, so only status is answered; enroll, forget and the others are "
+                    "refused until one exists (edgeface command-secret; docs/mqtt.md, Security)")
+    return CommandRouter(secret=secret, allow_unsigned=mqtt.allow_unsigned_commands, seen=seen)
 
 
 def _image_bytes(text: str) -> bytes:
