@@ -101,6 +101,18 @@ def test_huge_png_costs_no_memory_in_any_command(huge_png: Path, tmp_path: Path,
     assert peak_mb < 600
 
 
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tiff", ".ppm", ".pgm", ".pbm"])
+def test_the_header_size_of_every_format_read(tmp_path: Path, ext: str) -> None:
+    from edgeface.imageio import image_header
+
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    path = tmp_path / f"a{ext}"
+    assert cv2.imwrite(str(path), image[..., 0] if ext in (".pgm", ".pbm") else image)
+    kind, size, orientation = image_header(path.read_bytes())
+    assert kind and size == (53, 37) and orientation == 1
+    assert read_image(path).shape == (37, 53, 3)
+
+
 def test_a_file_of_unknown_format_says_so() -> None:
     with pytest.raises(ImageError, match="unknown format; edgeface reads JPEG, PNG"):
         decode_image(b"#?RADIANCE\n" + b"\0" * 100, "x.hdr")
