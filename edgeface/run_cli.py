@@ -103,7 +103,7 @@ def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
             raise ConfigError("--mqtt-url needs --sink mqtt (or no --sink)")
         return JsonlSink(sys.stdout)
     from edgeface.mqtt import MqttConfig, MqttPublisher
-    from edgeface.station import Station, command_router
+    from edgeface.station import Station, command_router, log_command_policy
 
     mqtt_config = getattr(config, "mqtt", None) or MqttConfig()
     if mqtt_url:
@@ -112,6 +112,8 @@ def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
     station = Station(config, gallery=gallery)
     router = station.register(command_router(mqtt_config, config.station_id)) if mqtt_config.commands else None
     publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
+    if router is not None:
+        log_command_policy(router, mqtt_config)
     station.attach(publisher)
     publisher.start()
     try:
@@ -168,11 +170,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     spec = args.source or os.environ.get(SOURCE_ENV, "")
-    if not spec:
-        from edgeface.errors import ConfigError
-
-        raise ConfigError(f"give --source SRC (or set ${SOURCE_ENV}, which keeps a camera password out of the "
-                          "process list)")
+    if not spec:  # a usage error, like a missing required option
+        print(f"edgeface run: error: the following arguments are required: --source (or set ${SOURCE_ENV}, which "
+              "keeps a camera password out of the process list)", file=sys.stderr)
+        return 2
     gallery = _gallery(args.gallery, required=False, create_default=True)
     source = _open_source(spec, args.every_frame, config)
     stop = threading.Event()

@@ -115,15 +115,19 @@ def command_router(mqtt: MqttConfig, station_id: str, environ: Mapping[str, str]
     secret = resolve_command_secret(mqtt, environ)
     outbox = mqtt.outbox_path or default_outbox_path(station_id, environ)
     seen = SeenSignatures(outbox.with_name(outbox.stem + ".signatures.sqlite")) if secret is not None else None
-    if secret is not None:
+    return CommandRouter(secret=secret, allow_unsigned=mqtt.allow_unsigned_commands, seen=seen)
+
+
+def log_command_policy(router: CommandRouter, mqtt: MqttConfig) -> None:
+    """Say at start who may command the station (after the broker settings were accepted)."""
+    if router.signed:
         log.info("commands: signed with the command secret; status is open")
     elif mqtt.allow_unsigned_commands:
         log.warning("commands: UNSIGNED commands are accepted (mqtt.allow_unsigned_commands): anyone who can publish "
                     "on the broker can enroll and forget people")
     else:
-        log.warning("commands: no command secret, so only status is answered; enroll, forget and the others are "
-                    "refused until one exists (edgeface command-secret; docs/mqtt.md, Security)")
-    return CommandRouter(secret=secret, allow_unsigned=mqtt.allow_unsigned_commands, seen=seen)
+        log.warning("commands: only status is answered; enroll, forget and the others are refused until the station "
+                    "has a command secret (edgeface command-secret; docs/mqtt.md, Security)")
 
 
 def _image_bytes(text: str) -> bytes:
