@@ -355,7 +355,7 @@ def check_permissions(files: Iterable[Path], folders: Iterable[Path] = ()) -> li
     checks = []
     seen: set[Path] = set()
     for path, mode in [*((f, "600") for f in files), *((d, "700") for d in folders)]:
-        if path in seen:
+        if path in seen or not path.exists():
             continue
         seen.add(path)
         problem = too_open(path)
