@@ -532,3 +532,32 @@ def test_oversized_commands_over_mqtt311_are_refused_without_queueing(tmp_path: 
     reply = json.loads(collector.payloads("/reply")[0])
     assert not reply["ok"] and reply["message"].startswith("payload too large (300000 bytes, limit 100000)")
     collector.close()
+
+
+def test_mqtt311_fallback_the_broker_limit_keeps_big_messages_away(tmp_path: Path, station: str) -> None:
+    """The documented fallback for 3.1.1 (no Maximum Packet Size there): Mosquitto's max_packet_size.
+    The broker refuses the oversized publish; the station receives nothing and still answers."""
+    broker = PrivateBroker(tmp_path, extra_config="max_packet_size 200000\n")
+    broker.start()
+    received: list[int] = []
+    router = CommandRouter()
+    router.register("status", lambda c: received.append(1))
+    try:
+        collector = Collector(broker.port, f"edgeface/{station}/cmd/+/reply", protocol=MQTTProtocolVersion.MQTTv311)
+        settings = config(tmp_path, url=f"mqtt://127.0.0.1:{broker.port}", protocol="3.1.1")
+        with MqttPublisher(settings, station, router=router) as publisher:
+            assert wait(lambda: publisher.connected)
+            time.sleep(0.2)
+            attacker = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
+            attacker.connect("127.0.0.1", broker.port)
+            attacker.loop_start()
+            attacker.publish(f"edgeface/{station}/cmd/status", b"x" * 1_000_000, qos=1)
+            time.sleep(1.0)
+            attacker.loop_stop()
+            collector.client.publish(f"edgeface/{station}/cmd/status", b'{"request_id": "ok"}', qos=1)
+            assert collector.wait_for(1, 10, suffix="/reply")
+            time.sleep(0.3)
+        assert [json.loads(p)["request_id"] for p in collector.payloads("/reply")] == ["ok"] and received == [1]
+        collector.close()
+    finally:
+        broker.close()
