@@ -8,7 +8,8 @@
 #   /etc/edgeface/edgeface.yaml   config (kept across upgrades)
 #   /etc/edgeface/edgeface.env    EDGEFACE_SOURCE and EDGEFACE_RUN_ARGS for the unit (kept)
 #   /etc/edgeface/mqtt_password   broker password, 0600 root (LoadCredential= hands it to the service)
-#   /var/lib/edgeface/            gallery.db, MQTT outbox, backups/ (StateDirectory=)
+#   /etc/edgeface/command_secret  signs MQTT commands, 0600 root, created once (LoadCredential= as well)
+#   /var/lib/edgeface/            gallery.db, MQTT outbox, backups/ (StateDirectory=, 0700)
 
 PREFIX=${PREFIX:-/opt/edgeface}
 ETC=${ETC:-/etc/edgeface}
@@ -113,7 +114,8 @@ source.backup(target)
 target.close(); source.close()
 EOF
     chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE/backups"
-    chmod 0640 "$target"
+    chmod 0700 "$STATE/backups"
+    chmod 0600 "$target"
 }
 
 switch_venv() {  # atomically point $PREFIX/venv at the new one; keep the previous one for rollback
@@ -137,10 +139,19 @@ write_config() {
     local run_args=""
     [ -n "$MQTT_URL" ] && run_args="--sink mqtt --mqtt-url $MQTT_URL"
     if [ ! -f "$ETC/edgeface.env" ]; then
-        printf '# Read by edgeface.service (EnvironmentFile=).\nEDGEFACE_SOURCE=%s\nEDGEFACE_RUN_ARGS=%s\n' \
-            "$SOURCE_SPEC" "$run_args" >"$ETC/edgeface.env"
-        chmod 0644 "$ETC/edgeface.env"
-        say "wrote $ETC/edgeface.env (source $SOURCE_SPEC${MQTT_URL:+, broker $MQTT_URL})"
+        (umask 077 && printf '# Read by edgeface.service (EnvironmentFile=).\nEDGEFACE_SOURCE=%s\nEDGEFACE_RUN_ARGS=%s\n' \
+            "$SOURCE_SPEC" "$run_args" >"$ETC/edgeface.env")
+        say "wrote $ETC/edgeface.env (source ${SOURCE_SPEC%%://*}${MQTT_URL:+, broker $MQTT_URL})"
+    fi
+    chmod 0600 "$ETC/edgeface.env"  # the source may carry a camera password
+    if [ ! -f "$ETC/command_secret" ]; then
+        "$PREFIX/venv/bin/edgeface" command-secret --file "$ETC/command_secret" 2>/dev/null \
+            || die "cannot create the command secret $ETC/command_secret"
+        chown root:root "$ETC/command_secret"
+        chmod 0600 "$ETC/command_secret"
+        say "created the MQTT command secret $ETC/command_secret (0600 root; the service gets it as the credential"
+        say "  command_secret). Without it the station would answer only status. Sign commands with it:"
+        say "  sudo $PREFIX/venv/bin/edgeface sign-command --secret-file $ETC/command_secret forget '{\"name\": \"Ada\"}'"
     fi
     if [ -n "$MQTT_PASSWORD_FILE" ]; then
         install -m 0600 -o root -g root "$MQTT_PASSWORD_FILE" "$ETC/mqtt_password"
@@ -175,6 +186,7 @@ run_doctor() {  # as the service user, with the service's credential and device 
     local properties=(-p User="$SERVICE_USER" -p SupplementaryGroups=video -p Environment=EDGEFACE_GALLERY="$STATE/gallery.db"
                       -p DevicePolicy=closed -p DeviceAllow="char-video4linux rw" -p DeviceAllow="char-media rw")
     [ -f "$ETC/mqtt_password" ] && properties+=(-p LoadCredential=mqtt_password:"$ETC/mqtt_password")
+    properties+=(-p LoadCredential=command_secret:"$ETC/command_secret")
     systemd-run --quiet --wait --pipe --collect "${properties[@]}" "$PREFIX/venv/bin/edgeface" doctor "${args[@]}" \
         || say "doctor found problems: fix the lines marked fail, then: sudo systemctl restart edgeface"
 }

@@ -15,14 +15,20 @@ Verbs and payloads (``request_id`` is optional everywhere; an empty payload mean
     reload        {}
     status        {}
 
-Signed commands (optional, when the station has a shared secret): the payload is an envelope ::
+Who may do what (see docs/mqtt.md, "Security"): ``status`` is read-only and always answered.
+Every other verb changes the station (its gallery above all) and is refused until the station has a
+command secret; with one, it must come signed. ``allow_unsigned=True`` brings back unsigned commands
+for a broker no one else can publish to.
+
+Signed commands: the payload is an envelope ::
 
     {"signed": "<the command's JSON text>", "sig": "<hex HMAC-SHA256>"}
 
 where ``sig = HMAC_SHA256(secret, verb + "\\n" + signed)`` over the UTF-8 bytes, and the command
 inside ``signed`` must carry ``"ts"`` (Unix seconds) within ``max_clock_skew_s`` of the station's
 clock. Binding the verb stops a signed ``reload`` from being replayed as ``forget``; ``ts`` and a
-memory of recently seen signatures stop replays. The envelope (rather than an MQTT 5 user
+memory of the signatures seen within the clock window (:class:`SeenSignatures`, a small SQLite file
+that survives restarts) stop replays. The envelope (rather than an MQTT 5 user
 property) works over MQTT 3.1.1 too and signs exact bytes, so no JSON canonicalisation is needed.
 :func:`sign_command` builds an envelope.
 """
@@ -36,11 +42,12 @@ import hmac
 import json
 import logging
 import re
-import struct
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -56,14 +63,20 @@ from pydantic import (
     model_validator,
 )
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, ImageError
 from edgeface.events import ClusterId, PersonName, is_valid_verb
-from edgeface.imageio import MAX_IMAGE_PIXELS
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 8 * 1024 * 1024
 """Largest accepted payload (a base64 photo of a few megapixels fits)."""
+
+READ_ONLY_VERBS = frozenset({"status"})
+"""Verbs that change nothing: answered without a secret or a signature."""
+
+NO_SECRET = ("this station has no command secret, so it refuses {verb} (only status is open): create one with "
+             "`edgeface command-secret`, give it to the station (command_secret_file, $EDGEFACE_COMMAND_SECRET or "
+             "the systemd credential command_secret) and sign commands with it; see docs/mqtt.md, Security")
 
 RequestId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x20-\x7e]+$")]
 
@@ -191,39 +204,10 @@ class _Envelope(BaseModel):
 # ----------------------------------------------------------------------------------------- images
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding; None when not found."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) >= 24 and data[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", data[16:24])
-            return int(width), int(height)
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if length < 2:
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return int(width), int(height)
-        i += 2 + length
-    return None
-
-
 def decode_image_base64(text: str) -> np.ndarray:
-    """Base64 JPEG/PNG -> uint8 BGR. Raises ValueError with a one-line reason."""
-    import cv2
+    """Base64 JPEG/PNG -> uint8 BGR, upright (EXIF orientation applied); the size is checked from the
+    header before decoding. Raises ValueError with a one-line reason."""
+    from edgeface.imageio import decode_image
 
     text = "".join(_DATA_URL.sub("", text.strip(), count=1).split())  # line-wrapped base64 is fine
     try:
@@ -234,18 +218,10 @@ def decode_image_base64(text: str) -> np.ndarray:
         raise ValueError("image is empty")
     if not data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")):
         raise ValueError("image must be a JPEG or PNG file")
-    size = _image_size(data)
-    if size is None:
-        raise ValueError("image header is unreadable (truncated or corrupt JPEG/PNG)")
-    if size[0] < 1 or size[1] < 1 or size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise ValueError(f"image size {size[0]}x{size[1]} is out of range (at most {MAX_IMAGE_PIXELS} pixels)")
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        image = None
-    if image is None or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError("image does not decode (corrupt or unsupported JPEG/PNG)")
-    return image
+        return decode_image(data, "image")
+    except ImageError as error:
+        raise ValueError(str(error).removeprefix("image: ")) from None
 
 
 # ----------------------------------------------------------------------------------------- router
@@ -269,17 +245,85 @@ def _one_line(error: ValidationError) -> str:
     return f"{where}: {message}{more}"
 
 
+class SeenSignatures:
+    """Signatures already accepted, each kept until its command's ``ts`` is out of the clock window.
+
+    With a path they are in a small SQLite file (0600), written before the command runs: a captured
+    signed command cannot be replayed after a restart either. Without one (tests, one-off routers)
+    they live in memory. Thread-safe."""
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._memory: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if self.path is not None:
+            from edgeface.fileperm import create_private_file
+
+            try:
+                create_private_file(self.path)
+                self._db = sqlite3.connect(str(self.path), timeout=2.0, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS seen (sig TEXT PRIMARY KEY, expires_s REAL NOT NULL)")
+            except (OSError, sqlite3.Error) as error:
+                raise EdgefaceError(f"{self.path}: cannot keep the record of used command signatures ({error}); "
+                                    "check the folder's permissions and free space") from None
+
+    def add(self, sig: str, expires_s: float, now: float) -> bool | None:
+        """Record ``sig``: True when new, False when already seen, None when it could not be recorded."""
+        with self._lock:
+            if self._db is None:
+                self._memory = {k: t for k, t in self._memory.items() if t >= now}
+                if sig in self._memory:
+                    return False
+                if len(self._memory) >= self.MAX_ENTRIES:
+                    return None
+                self._memory[sig] = expires_s
+                return True
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM seen WHERE expires_s < ?", (now,))
+                    if self._db.execute("SELECT 1 FROM seen WHERE sig = ?", (sig,)).fetchone() is not None:
+                        return False
+                    if self._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] >= self.MAX_ENTRIES:
+                        return None
+                    self._db.execute("INSERT INTO seen (sig, expires_s) VALUES (?, ?)", (sig, expires_s))
+                finally:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                log.error("cannot record a command signature in %s: %s", self.path, error)
+                return None
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
 class CommandRouter:
     """Maps verbs to (payload model, handler) and turns any payload into a CommandReply.
 
     ``handle`` never raises and never blocks on its own (handlers may take as long as they take:
     the MQTT adapter runs them off the network thread). Thread-safe.
+
+    Without a ``secret`` only ``open_verbs`` (``status``) are answered, unless ``allow_unsigned``; with
+    one, every other verb must come signed (``status`` may still come unsigned).
     """
 
     def __init__(
         self,
         *,
         secret: bytes | None = None,
+        allow_unsigned: bool = False,
+        seen: SeenSignatures | None = None,
+        open_verbs: frozenset[str] = READ_ONLY_VERBS,
         max_payload_bytes: int = MAX_COMMAND_BYTES,
         max_clock_skew_s: float = 300.0,
         clock: Callable[[], float] = time.time,
@@ -287,12 +331,22 @@ class CommandRouter:
         if secret is not None and len(secret) < 16:
             raise EdgefaceError("command secret is too short: use at least 16 bytes (e.g. 32 random hex characters)")
         self._secret = secret
+        self._allow_unsigned = allow_unsigned
+        self._open_verbs = open_verbs
         self._max_payload_bytes = max_payload_bytes
         self._max_skew_s = max_clock_skew_s
         self._clock = clock
         self._routes: dict[str, tuple[type[CommandBase], Callable[[Any], CommandResult | None]]] = {}
-        self._seen_sigs: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._seen = seen if seen is not None else SeenSignatures()
+
+    @property
+    def signed(self) -> bool:
+        """True when the router has a secret (commands other than status must be signed)."""
+        return self._secret is not None
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self._max_payload_bytes
 
     @property
     def verbs(self) -> list[str]:
@@ -330,17 +384,22 @@ class CommandRouter:
                     shown_verb, None,
                     f"payload too large ({len(payload)} bytes, limit {self._max_payload_bytes}); send a smaller image",
                 )
-            if self._secret is not None:
-                body, problem = self._unwrap(verb, payload)
+            sig: str | None = None
+            if self._secret is None:
+                if verb not in self._open_verbs and not self._allow_unsigned:
+                    return self._fail(shown_verb, _request_id_of(_parse_object(payload)), NO_SECRET.format(verb=shown_verb))
+                body = _parse_object(payload)
+            elif verb in self._open_verbs and not _looks_signed(payload):
+                body = _parse_object(payload)
+            else:
+                body, problem, sig = self._unwrap(verb, payload)
                 if problem is not None:
                     return self._fail(shown_verb, _request_id_of(body), problem)
-            else:
-                body = _parse_object(payload)
             if isinstance(body, str):
                 return self._fail(shown_verb, None, body)
             request_id = _request_id_of(body)
-            if self._secret is not None:
-                problem = self._check_fresh(body)
+            if sig is not None:
+                problem = self._check_fresh(body, sig)
                 if problem is not None:
                     return self._fail(shown_verb, request_id, problem)
             model, handler = route
@@ -378,43 +437,50 @@ class CommandRouter:
 
     # ---------------------------------------------------------------------------------- signing
 
-    def _unwrap(self, verb: str, payload: bytes) -> tuple[dict[str, Any] | str, str | None]:
-        """(inner command object, None) or (what could be read, reason for refusal)."""
+    def _unwrap(self, verb: str, payload: bytes) -> tuple[dict[str, Any] | str, str | None, str | None]:
+        """(inner command object, None, signature) or (what could be read, reason for refusal, None)."""
         assert self._secret is not None
         outer = _parse_object(payload)
         if isinstance(outer, str):
-            return outer, outer
+            return outer, outer, None
         try:
             envelope = _Envelope.model_validate(outer)
         except ValidationError:
-            return outer, 'this station requires signed commands: {"signed": "<command JSON>", "sig": "<hex HMAC-SHA256>"}'
+            return outer, ('this station requires signed commands: {"signed": "<command JSON>", '
+                           '"sig": "<hex HMAC-SHA256>"} (edgeface sign-command builds one)'), None
         try:
             signed = envelope.signed.encode("utf-8")
         except UnicodeEncodeError:
-            return outer, "signed is not valid UTF-8"
+            return outer, "signed is not valid UTF-8", None
         expected = hmac.new(self._secret, verb.encode("utf-8", "replace") + b"\n" + signed, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, envelope.sig.lower()):
-            return outer, "bad signature (sig must be HMAC-SHA256(secret, verb + '\\n' + signed), hex)"
+            return outer, "bad signature (sig must be HMAC-SHA256(secret, verb + '\\n' + signed), hex)", None
         inner = _parse_object(signed)
         if isinstance(inner, str):
-            return inner, f"signed command: {inner}"
-        with self._lock:
-            now = self._clock()
-            self._seen_sigs = {s: t for s, t in self._seen_sigs.items() if t > now}
-            if envelope.sig.lower() in self._seen_sigs:
-                return inner, "replayed command (this signature was already used)"
-            if len(self._seen_sigs) < 100_000:
-                self._seen_sigs[envelope.sig.lower()] = now + 2 * self._max_skew_s
-        return inner, None
+            return inner, f"signed command: {inner}", None
+        return inner, None, envelope.sig
 
-    def _check_fresh(self, body: dict[str, Any]) -> str | None:
+    def _check_fresh(self, body: dict[str, Any], sig: str) -> str | None:
+        """Refuse a stale or replayed signed command; record its signature (before it runs)."""
         ts = body.get("ts")
         if isinstance(ts, bool) or not isinstance(ts, (int, float)):
             return "signed commands must carry ts (Unix seconds) inside signed"
-        skew = abs(self._clock() - float(ts))
+        now = self._clock()
+        skew = abs(now - float(ts))
         if not skew <= self._max_skew_s:
             return f"command ts is {skew:.0f} s away from the station clock (limit {self._max_skew_s:.0f} s); check NTP"
+        recorded = self._seen.add(sig.lower(), float(ts) + self._max_skew_s, now)
+        if recorded is False:
+            return "replayed command (this signature was already used)"
+        if recorded is None:
+            return "cannot record this command's signature (full disk?), so it is refused to stay replay-safe"
         return None
+
+
+def _looks_signed(payload: bytes) -> bool:
+    """An envelope (rather than a plain command): then it is checked as one, even for status."""
+    body = _parse_object(payload)
+    return isinstance(body, dict) and ("signed" in body or "sig" in body)
 
 
 def _parse_object(payload: bytes) -> dict[str, Any] | str:

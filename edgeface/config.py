@@ -240,6 +240,10 @@ class MqttConfig(StrictModel):
     outbox_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL survives power loss; NORMAL survives crashes only (faster)"
     )
+    outbox_max_mb: float = Field(
+        64.0, ge=1.0, le=100_000.0,
+        description="Outbox file size cap, MiB (write-ahead log included); the oldest events are dropped beyond it",
+    )
     max_inflight: int = Field(20, ge=1, le=1000, description="Messages handed to the broker without a PUBACK yet")
     flush_timeout_s: float = Field(5.0, ge=0, le=600, description="On close, how long to wait for the outbox to drain")
     command_queue: int = Field(16, ge=1, le=1000, description="Commands waiting for the worker; more are answered 'busy'")
@@ -250,6 +254,18 @@ class MqttConfig(StrictModel):
         "command_secret_file or $CREDENTIALS_DIRECTORY/command_secret. No secret: commands are not signed",
     )
     command_secret_file: Path | None = Field(None, description="File holding the command secret (first line)")
+    allow_unsigned_commands: bool = Field(
+        False,
+        description="Without a command secret, accept unsigned commands that change the station (enroll, forget, "
+        "...): anyone who can publish on the broker can then enroll and forget people. Only for a broker no one "
+        "else can publish to; the default refuses them (status is always answered)",
+    )
+    response_topic_prefix: str | None = Field(
+        None, min_length=2, max_length=200, pattern=r"^[^#+$][^#+]*/$",
+        description="MQTT 5 response topics under this prefix (ending in '/') are honoured; any other response "
+        "topic is ignored and the reply goes to <prefix>cmd/<verb>/reply. None: only the station's own reply "
+        "topics (<prefix>cmd/<verb>/reply and below)",
+    )
     stats_interval_s: float = Field(60.0, ge=1.0, le=86400.0, description="Seconds between two stats messages")
     homeassistant: bool = Field(False, description="Publish Home Assistant MQTT discovery configs (retained)")
     discovery_prefix: str = Field(

@@ -349,6 +349,66 @@ def check_disk(paths: Iterable[Path], warn_mb: float = DISK_WARN_FREE_MB, fail_m
     return checks
 
 
+def check_permissions(files: Iterable[Path], folders: Iterable[Path] = ()) -> list[Check]:
+    """Files holding face templates, events or secrets must be the owner's only (0600), and the folders
+    edgeface keeps them in 0700: warn about any that group or others may read."""
+    from edgeface.fileperm import too_open
+
+    checks = []
+    seen: set[Path] = set()
+    for path, mode in [*((f, "600") for f in files), *((d, "700") for d in folders)]:
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        problem = too_open(path)
+        if problem is not None:
+            checks.append(Check("files", "warn", f"{problem}: it holds face templates, events or a secret",
+                                f"chmod {mode} {path}"))
+    if not checks:
+        checks.append(Check("files", "ok", f"{len(seen)} files and folders with face templates, events or secrets "
+                                           "are readable by their owner only" if seen else "no private files found yet"))
+    return checks
+
+
+def check_commands(mqtt_config: Any, environ: dict[str, str] | None = None) -> Check:
+    """Whether MQTT commands are signed: without a command secret the station answers only status."""
+    from edgeface.station import resolve_command_secret
+
+    if mqtt_config is None:
+        return Check("commands", "ok", "no mqtt section: the station takes no commands")
+    if not mqtt_config.commands:
+        return Check("commands", "ok", "commands are off (mqtt.commands: false)")
+    if resolve_command_secret(mqtt_config, environ) is not None:
+        return Check("commands", "ok", "a command secret exists: commands other than status must be signed")
+    if mqtt_config.allow_unsigned_commands:
+        return Check("commands", "warn", "unsigned commands are accepted: anyone who can publish on the broker can "
+                     "enroll and forget people", "create a secret with `edgeface command-secret` and remove "
+                     "mqtt.allow_unsigned_commands, or restrict <prefix>cmd/# with broker ACLs (docs/mqtt.md)")
+    return Check("commands", "warn", "no command secret: the station answers only status (enroll, forget, ... are "
+                 "refused)", "create one with `edgeface command-secret` (docs/mqtt.md, Security)")
+
+
+def private_paths(config: Any, gallery: Path, environ: dict[str, str] | None = None) -> tuple[list[Path], list[Path]]:
+    """(files, folders) that must be private: the gallery and its -wal/-shm, the outbox, its signature
+    record and Home Assistant state, the command secret and MQTT password files, the state folder."""
+    environ = dict(os.environ) if environ is None else environ
+    files = [gallery, Path(f"{gallery}-wal"), Path(f"{gallery}-shm")]
+    folders: list[Path] = []
+    mqtt_config = getattr(config, "mqtt", None)
+    if mqtt_config is not None:
+        from edgeface.mqtt import default_outbox_path
+        from edgeface.station import default_secret_file
+
+        outbox = mqtt_config.outbox_path or default_outbox_path(config.station_id, environ)
+        files += [outbox, Path(f"{outbox}-wal"), outbox.with_name(outbox.stem + ".signatures.sqlite"),
+                  outbox.with_suffix(".homeassistant.json"), default_secret_file(environ)]
+        files += [p for p in (mqtt_config.command_secret_file, mqtt_config.password_file) if p is not None]
+        folders.append(outbox.parent)
+    if environ.get("STATE_DIRECTORY"):
+        folders.append(Path(environ["STATE_DIRECTORY"].split(":")[0]))
+    return files, folders
+
+
 # -- all of them ----------------------------------------------------------------------------------
 
 
@@ -398,3 +458,5 @@ def run_checks(options: DoctorOptions) -> Iterable[Check]:
     if os.environ.get("STATE_DIRECTORY"):
         disk_paths.append(Path(os.environ["STATE_DIRECTORY"].split(":")[0]))
     yield from _guarded("disk", lambda: check_disk(disk_paths))
+    yield from _guarded("commands", lambda: check_commands(mqtt_config))
+    yield from _guarded("files", lambda: check_permissions(*private_paths(config, gallery)))

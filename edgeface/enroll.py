@@ -134,15 +134,23 @@ def image_files(path: Path) -> list[Path]:
     sorted, hidden entries skipped). EnrollmentError when it is missing or a folder without photos."""
     if path.is_file():
         return [path]
-    if not path.exists():
-        raise EnrollmentError(f"{path}: no such file or folder; nothing was written")
+    try:
+        path.stat()
+    except OSError as error:  # a symbolic link loop is not "no such file"
+        from edgeface.imageio import describe_os_error
+
+        raise EnrollmentError(f"{describe_os_error(path, error).replace(': no such file', ': no such file or folder')}"
+                              "; nothing was written") from None
     if not path.is_dir():
         raise EnrollmentError(f"{path}: not a file or folder; nothing was written")
-    files = sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+    try:
+        files = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+    except OSError as error:
+        raise EnrollmentError(f"{path}: cannot read the folder ({error.strerror or error}); nothing was written") from None
     if not files:
         raise EnrollmentError(f"{path}: folder holds no photos ({', '.join(sorted(IMAGE_SUFFIXES))}); nothing was written")
     return files

@@ -269,6 +269,9 @@ class Stats(_Payload):
         default_factory=dict, description="Faces rejected by the quality gate, per reason"
     )
     dropped_events: Count = Field(0, description="Events dropped because the outbox was full")
+    outbox_write_failures: Count = Field(
+        0, description="Events the outbox could not store at once (full disk, I/O error); they waited in memory"
+    )
 
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -20,7 +20,6 @@ import base64
 import json
 import logging
 import math
-import os
 import sqlite3
 import threading
 import unicodedata
@@ -473,7 +472,9 @@ def _read_export(path: Path) -> _ExportFile:
 class Gallery:
     """One gallery file. Safe to share between threads; several processes may open the same file.
 
-    create=False refuses a path where no gallery exists yet (for commands that only read)."""
+    create=False refuses a path where no gallery exists yet (for commands that only read).
+    read_only=True opens it without writing anything (a user who may read the file but not write it,
+    or its folder, can still list and identify); writes then fail. A new file is created 0600."""
 
     def __init__(
         self,
@@ -484,6 +485,7 @@ class Gallery:
         strategy: MatchStrategy = "mean",
         create: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        read_only: bool = False,
     ) -> None:
         if strategy not in MATCH_STRATEGIES:
             raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
@@ -497,7 +499,41 @@ class Gallery:
         self._lock = threading.RLock()
         self._snapshot: GallerySnapshot | None = None
         self._data_version = -1
-        self._db = self._open(create)
+        self.read_only = read_only
+        self._db = self._open_read_only() if read_only else self._open(create)
+
+    def _connect_read_only(self, immutable: bool) -> sqlite3.Connection:
+        from urllib.parse import quote
+
+        option = "immutable=1" if immutable else "mode=ro"
+        return sqlite3.connect(f"file:{quote(str(self.path.absolute()))}?{option}", uri=True,
+                               timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise GalleryError(f"gallery path {self.path} is a folder; give a file name such as {self.path / 'gallery.db'}")
+        if not self.path.exists():
+            raise GalleryError(f"no gallery at {self.path}; enroll someone first or pass --gallery FILE")
+        try:
+            db = self._connect_read_only(immutable=False)
+            try:
+                version = _stored_version(db, self.path)
+            except sqlite3.OperationalError:
+                # A WAL file whose -shm cannot be created (read-only folder, no writer running): read
+                # the file as it is. Nothing can change it meanwhile without write access anyway.
+                db.close()
+                db = self._connect_read_only(immutable=True)
+                version = _stored_version(db, self.path)
+        except GalleryError:
+            raise
+        except sqlite3.DatabaseError as error:
+            raise GalleryError(f"cannot open gallery {self.path} read-only: {error} (is it an edgeface gallery?)") from None
+        if version != SCHEMA_VERSION:
+            db.close()
+            newer = "a newer edgeface (upgrade edgeface)" if version > SCHEMA_VERSION else \
+                "an older edgeface: open it once with write access to upgrade it"
+            raise GalleryVersionError(f"gallery {self.path} has schema version {version}, written by {newer}")
+        return db
 
     def _open(self, create: bool) -> sqlite3.Connection:
         if self.path.is_dir():
@@ -507,6 +543,12 @@ class Gallery:
                 raise GalleryError(f"no gallery at {self.path}; enroll someone first or pass --gallery FILE")
             if not self.path.parent.is_dir():
                 raise GalleryError(f"cannot create gallery {self.path}: folder {self.path.parent} does not exist")
+            from edgeface.fileperm import create_private_file
+
+            try:
+                create_private_file(self.path)  # 0600 before SQLite creates it (and its -wal, -shm) by the umask
+            except OSError as error:
+                raise GalleryError(f"cannot create gallery {self.path}: {error.strerror or error}") from None
         try:
             db = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
                                  check_same_thread=False)
@@ -750,12 +792,11 @@ class Gallery:
                                                               created=created))
         document = _ExportFile(format=EXPORT_FORMAT, format_version=EXPORT_FORMAT_VERSION, model_id=self.model_id,
                                dim=EMBEDDING_DIM, exported=_now(), identities=list(records.values()))
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from edgeface.fileperm import write_private_file
+
         try:
-            temporary.write_text(document.model_dump_json(indent=1), encoding="utf-8")
-            os.replace(temporary, path)
+            write_private_file(path, document.model_dump_json(indent=1).encode("utf-8"))  # templates: 0600
         except OSError as error:
-            temporary.unlink(missing_ok=True)
             raise GalleryError(f"cannot write {path}: {error.strerror or error}") from None
         return len(records), sum(len(r.templates) for r in records.values())
 

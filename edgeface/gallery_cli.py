@@ -31,10 +31,10 @@ def _common(parser: argparse.ArgumentParser, config: bool = False) -> None:
         parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
 
 
-def _open(args: argparse.Namespace, create: bool = False):
+def _open(args: argparse.Namespace, create: bool = False, read_only: bool = False):
     from edgeface.gallery import Gallery
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"read_only": read_only} if read_only else {}
     if getattr(args, "max_distance", None) is not None:
         kwargs["match_max_distance"] = args.max_distance
     elif getattr(args, "config", None) is not None:
@@ -65,13 +65,21 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         prepare_requests,
     )
 
+    unreadable: list[str] = []
     if args.from_folders is not None:
         if args.name is not None:
             raise EnrollmentError("give either NAME PATH... or --from-folders DIR, not both")
         people, skipped = person_folders(args.from_folders)
         for folder in skipped:
             print(f"skipped {folder}: folders starting with '.' or '_' are not people", file=sys.stderr)
-        requests = [(name, [folder]) for name, folder in people]
+        requests = []
+        for name, folder in people:  # one unreadable or badly named folder must not stop the others
+            problem = _folder_problem(name, folder)
+            if problem is None:
+                requests.append((name, [folder]))
+            else:
+                print(f"skipped {_printable(folder)}: {problem}", file=sys.stderr)
+                unreadable.append(_printable(folder))
     elif args.name is None or not args.paths:
         raise EnrollmentError("give NAME and at least one photo or folder (or --from-folders DIR)")
     else:
@@ -83,6 +91,8 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         with _open(args) as gallery:
             enrolled = {info.name: info.template_count for info in gallery.list_identities()}
     prepared = prepare_requests(requests, enrolled, add=args.add)  # every user error before anything is written
+    if not prepared:
+        raise EnrollmentError(f"{args.from_folders}: no person folder could be read; nothing was written")
     analyzer = _analyzer(args)
     written = 0
     failed: list[str] = []
@@ -97,6 +107,12 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         enroller = Enroller(analyzer, gallery)
 
         def report(outcome: PhotoOutcome) -> None:
+            if outcome.accepted:  # reported once committed: "enrolled" must mean it is in the gallery
+                pending.append(outcome)
+            else:
+                show(outcome)
+
+        def show(outcome: PhotoOutcome) -> None:
             if args.jsonl:
                 print(json.dumps({"name": outcome.name, "path": str(outcome.path), "enrolled": outcome.accepted,
                                   "reason": outcome.reason.value if outcome.reason else None,
@@ -115,8 +131,12 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
         accepted = 0
         for name, files in prepared:
+            pending: list[PhotoOutcome] = []
             plan = enroller.examine(name, files, report)
-            if enroller.commit(plan):
+            committed = enroller.commit(plan)
+            for outcome in pending:
+                show(outcome)
+            if committed:
                 written += 1
                 accepted += len(plan.accepted)
                 bar.write(f"{name}: {len(plan.accepted)} of {plural(len(plan.outcomes), 'photo')} enrolled", file=lines)
@@ -128,11 +148,36 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
         summary += f"; not enrolled, no usable photo: {shown}"
-    if requested > 1 or failed:
+    if unreadable:
+        summary += f"; skipped, unreadable: {', '.join(unreadable)}"
+    if requested > 1 or failed or unreadable:
         print(summary, file=lines)
     if not existed and not written:
         _remove_gallery_file(path)
-    return 1 if failed else 0
+    return 1 if failed or unreadable else 0
+
+
+def _printable(path: Path) -> str:
+    """A path as text that can be printed, whatever bytes its name holds (undecodable ones escaped)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _folder_problem(name: str, folder: Path) -> str | None:
+    """Why a person folder of --from-folders cannot be enrolled (its name, its permissions), or None."""
+    from edgeface.errors import EdgefaceError
+    from edgeface.gallery import validate_name
+
+    try:
+        validate_name(name)
+    except EdgefaceError as error:
+        if any(0xDC80 <= ord(c) <= 0xDCFF for c in name):
+            return "its name is not valid UTF-8; rename the folder to the person's name"
+        return str(error)
+    try:
+        next(os.scandir(folder), None)
+    except OSError as error:
+        return f"cannot read the folder ({error.strerror or error}); check its permissions"
+    return None
 
 
 def _remove_gallery_file(path: Path) -> None:
@@ -154,7 +199,7 @@ def _info_dict(info, templates: bool = False) -> dict[str, Any]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with _open(args) as gallery:
+    with _open(args, read_only=True) as gallery:
         identities = gallery.list_identities()
     if args.json:
         print(json.dumps([_info_dict(i) for i in identities], ensure_ascii=False))
@@ -167,7 +212,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    with _open(args) as gallery:
+    with _open(args, read_only=True) as gallery:
         info = gallery.show(args.name)
     if args.json:
         print(json.dumps(_info_dict(info, templates=True), ensure_ascii=False))
@@ -196,7 +241,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    with _open(args) as gallery:
+    with _open(args, read_only=True) as gallery:
         identities, templates = gallery.export_to(args.file)
     print(f"exported {plural(identities, 'identity', 'identities')}, {plural(templates, 'template')} to {args.file}",
           file=sys.stderr)
@@ -244,6 +289,13 @@ def _cmd_reject(args: argparse.Namespace) -> int:
 # -- identify --------------------------------------------------------------------------------
 
 
+def _tsv(value: object) -> str:
+    r"""A TSV field: backslash, tab, newline and carriage return escaped as \\, \t, \n, \r (one line
+    per face whatever a file name holds); undecodable bytes of a file name as \xNN."""
+    text = _printable(value) if isinstance(value, Path) else str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _cmd_identify(args: argparse.Namespace) -> int:
     from edgeface.config import load_config
     from edgeface.errors import ImageError
@@ -252,7 +304,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     analyzer = _analyzer(args)
     margin = load_config(args.config).pipeline.decision.runner_up_margin
     errors = 0
-    with _open(args) as gallery:
+    with _open(args, read_only=True) as gallery:  # identifying writes nothing: read access is enough
         for path in args.paths:
             record: dict[str, Any] = {"path": str(path), "faces": [], "error": None}
             try:
@@ -275,14 +327,14 @@ def _cmd_identify(args: argparse.Namespace) -> int:
             elif record["error"]:
                 print(f"edgeface: {record['error']}", file=sys.stderr)
             elif not record["faces"]:
-                print(f"{path}\tno face")
+                print(f"{_tsv(path)}\tno face")
             else:
                 for face in record["faces"]:
                     distance = "-" if face["distance"] is None else f"{face['distance']:.3f}"
                     box = ",".join(f"{v:.0f}" for v in face["box"])
                     close = face["runner_up"]
-                    look_alike = f"\trunner-up {close['name']} {close['distance']:.3f}" if close else ""
-                    print(f"{path}\t{face['name']}\t{distance}\tbox {box}{look_alike}")
+                    look_alike = f"\trunner-up {_tsv(close['name'])} {close['distance']:.3f}" if close else ""
+                    print(f"{_tsv(path)}\t{_tsv(face['name'])}\t{distance}\tbox {box}{look_alike}")
     return 1 if errors else 0
 
 

@@ -9,7 +9,10 @@ Delivery (see :mod:`edgeface.outbox`)::
                                                                    ▲                 │
                                         outbox.ack (row deleted) ──┴──── PUBACK ◀────┘
 
-- ``publish`` only writes to the outbox and wakes the sender: it never waits for the network.
+- ``publish`` only writes to the outbox and wakes the sender: it never waits for the network, and it
+  never raises for a full disk: a message the outbox cannot store is kept in memory (at most
+  ``SPILL_MAX_MESSAGES``), logged once, counted (``write_failures``) and written to the outbox as soon
+  as the disk takes it again, in order. Nothing already in the outbox is lost.
 - The sender thread hands at most ``max_inflight`` rows to paho, oldest first. Rows are deleted
   only when their PUBACK arrives. While the connection is down paho keeps the handed rows and
   resends them (DUP) after reconnecting, before anything newer; rows not yet handed stay in the
@@ -21,8 +24,13 @@ Delivery (see :mod:`edgeface.outbox`)::
   on a clean close; the last will (retained) says ``offline`` when the station dies.
 - Commands: subscribes to ``<prefix>cmd/+`` in ``on_connect`` (so subscriptions survive
   reconnects); each command runs on a worker thread through :class:`CommandRouter` and the reply
-  goes to the MQTT 5 response topic (with the correlation data) when the request carried one, else
-  to ``<prefix>cmd/<verb>/reply``.
+  goes to ``<prefix>cmd/<verb>/reply``, or to the MQTT 5 response topic (with the correlation data)
+  when the request named one under the station's own reply topics or ``response_topic_prefix``:
+  a command never makes the station publish anywhere else (a Home Assistant config topic, say).
+- Oversized messages: over MQTT 5 the CONNECT carries a Maximum Packet Size (the command limit plus
+  room for the topic), so the broker drops larger messages instead of sending them: they never reach
+  this process's memory. MQTT 3.1.1 has no such field: limit the size on the broker
+  (Mosquitto ``max_packet_size``) or with ACLs on ``<prefix>cmd/#`` (docs/mqtt.md, Security).
 - Protocol: MQTT 5 first; ``protocol="auto"`` falls back to 3.1.1 when the broker refuses the
   protocol version. Reconnects use paho's exponential backoff (``reconnect_min_s`` doubling up to
   ``reconnect_max_s``).
@@ -36,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import ssl
 import threading
 import time
@@ -51,16 +60,25 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeface.commands import CommandReply, CommandRouter
+from edgeface.commands import MAX_COMMAND_BYTES, CommandReply, CommandRouter
 from edgeface.config import MqttConfig
 from edgeface.errors import ConfigError, EdgefaceError
 from edgeface.events import Event, Stats, Topics, check_prefix
-from edgeface.outbox import Outbox
+from edgeface.outbox import Outbox, OutboxWriteError
 
 log = logging.getLogger(__name__)
 
 PASSWORD_CREDENTIAL = "mqtt_password"
 """File name of the password under ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
+
+PACKET_OVERHEAD_BYTES = 64 * 1024
+"""Room for the topic and properties on top of the largest command payload (Maximum Packet Size)."""
+
+SPILL_MAX_MESSAGES = 10_000
+"""Messages kept in memory while the outbox cannot be written (full disk); beyond, the oldest go."""
+
+SPILL_RETRY_S = 1.0
+"""How often the spilled messages are offered to the outbox again."""
 
 _UNSUPPORTED_PROTOCOL = (1, 0x84)
 """CONNACK codes meaning "I don't speak this protocol version" (3.1.1 code 1, MQTT 5 code 0x84)."""
@@ -145,6 +163,8 @@ class PublisherStatus:
     outbox_length: int
     dropped: int
     last_error: str | None
+    write_failures: int = 0
+    """Messages the outbox could not store at once (full disk); they waited in memory."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,7 @@ class MqttPublisher:
                 config.outbox_path or default_outbox_path(station_id, environ),
                 max_rows=config.outbox_max_rows,
                 synchronous=config.outbox_synchronous,
+                max_bytes=int(config.outbox_max_mb * 1024 * 1024),
             )
             self._owns_outbox = True
         else:
@@ -209,6 +230,16 @@ class MqttPublisher:
         self._stopping = threading.Event()
         self._drained = threading.Event()
         self._commands: queue.Queue[_Command | None] = queue.Queue(maxsize=config.command_queue)
+        self._max_command_bytes = router.max_payload_bytes if router is not None else MAX_COMMAND_BYTES
+        self._queued_bytes = 0
+        self._queued_lock = threading.Lock()
+        self._spill: list[tuple[str, bytes, bool]] = []
+        self._spill_lock = threading.Lock()
+        self._spill_dropped = 0
+        self._write_failures = 0
+        self._next_spill_retry = 0.0
+        self._unacked: list[int] = []
+        self._ack_failed = False
         self._last_error: str | None = None
         self._logged_failure: str | None = None
         self._connack_refused = False
@@ -239,12 +270,59 @@ class MqttPublisher:
         self.publish_raw(self.topics.event(event.type), event.to_json().encode("utf-8"))
 
     def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Queue any message through the outbox (QoS 1), e.g. retained Home Assistant discovery."""
+        """Queue any message through the outbox (QoS 1), e.g. retained Home Assistant discovery.
+        Returns its outbox sequence number, or 0 when it waits in memory (the outbox cannot be written)."""
         if self._closed:
             raise EdgefaceError("the MQTT sink is closed; no more events can be published")
-        seq = self.outbox.put(topic, payload, qos=1, retain=retain)
-        self._wake.set()
-        return seq
+        with self._spill_lock:
+            if not self._spill:
+                try:
+                    seq = self.outbox.put(topic, payload, qos=1, retain=retain)
+                except OutboxWriteError as error:
+                    log.error("MQTT: %s; keeping events in memory (at most %d) and retrying every %.0f s",
+                              error, SPILL_MAX_MESSAGES, SPILL_RETRY_S)
+                    self._last_error = str(error)
+                else:
+                    self._wake.set()
+                    return seq
+            self._write_failures += 1  # spilled behind the others, so that order is kept
+            self._spill.append((topic, payload, retain))
+            if len(self._spill) > SPILL_MAX_MESSAGES:
+                index = next((i for i, m in enumerate(self._spill) if not m[2]), 0)
+                del self._spill[index]
+                self._spill_dropped += 1
+            return 0
+
+    def _flush_spill(self) -> None:
+        """Move messages kept in memory into the outbox, oldest first, while the disk takes them."""
+        with self._spill_lock:
+            if not self._spill or time.monotonic() < self._next_spill_retry:
+                return
+            moved = 0
+            try:
+                for topic, payload, retain in self._spill:
+                    self.outbox.put(topic, payload, qos=1, retain=retain)
+                    moved += 1
+            except OutboxWriteError:
+                self._next_spill_retry = time.monotonic() + SPILL_RETRY_S
+            del self._spill[:moved]
+            if not self._spill:
+                log.info("MQTT: the outbox %s takes writes again; every event kept in memory is stored", self.outbox.path)
+                self._last_error = None
+        if moved:
+            self._wake.set()
+
+    @property
+    def write_failures(self) -> int:
+        """Messages that could not be written to the outbox at once (they waited in memory)."""
+        with self._spill_lock:
+            return self._write_failures
+
+    @property
+    def spilled(self) -> int:
+        """Messages waiting in memory for the outbox to take writes again."""
+        with self._spill_lock:
+            return len(self._spill)
 
     def publish_stats(self, stats: Stats) -> None:
         """Publish stats (retained, QoS 0) when connected; stale stats are not worth queueing."""
@@ -259,15 +337,22 @@ class MqttPublisher:
         return PublisherStatus(
             connected=self._connected.is_set(),
             protocol="5" if self._protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
-            outbox_length=len(self.outbox),
-            dropped=self.outbox.dropped,
+            outbox_length=len(self.outbox) + self.spilled,
+            dropped=self._dropped(),
             last_error=self._last_error,
+            write_failures=self.write_failures,
         )
+
+    def _dropped(self) -> int:
+        try:
+            return self.outbox.dropped + self._spill_dropped
+        except sqlite3.Error:
+            return self._spill_dropped
 
     def wait_until_delivered(self, timeout_s: float) -> bool:
         """Block until the outbox is empty (every event PUBACKed) or the timeout passes."""
         deadline = time.monotonic() + timeout_s
-        while len(self.outbox) > 0:
+        while len(self.outbox) > 0 or self.spilled:
             if time.monotonic() >= deadline:
                 return False
             self._wake.set()
@@ -297,7 +382,12 @@ class MqttPublisher:
                     pass
             client.disconnect()
             client.loop_stop()
+        self._next_spill_retry = 0.0
+        self._flush_spill()
         left = len(self.outbox)
+        if self.spilled:
+            log.error("MQTT: %d event(s) could not be written to the outbox %s (full disk?) and are lost",
+                      self.spilled, self.outbox.path)
         if left:
             log.warning("MQTT: %d event(s) stay in the outbox %s; they are sent at the next start", left, self.outbox.path)
         if self._owns_outbox:
@@ -346,10 +436,18 @@ class MqttPublisher:
         client.on_message = lambda c, u, msg: self._on_message(msg)
         return client
 
+    @property
+    def max_packet_bytes(self) -> int:
+        """The Maximum Packet Size this client announces over MQTT 5."""
+        return self._max_command_bytes + PACKET_OVERHEAD_BYTES
+
     def _connect(self, client: paho.Client) -> None:
         kwargs: dict[str, Any] = {}
         if self._protocol == MQTTProtocolVersion.MQTTv5:
             kwargs["clean_start"] = True
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = self.max_packet_bytes  # the broker drops larger messages for us
+            kwargs["properties"] = properties
         client.connect_async(self.address.host, self.address.port, keepalive=self.config.keepalive_s, **kwargs)
         client.loop_start()
 
@@ -429,6 +527,7 @@ class MqttPublisher:
             while True:
                 self._wake.wait(0.25)
                 self._wake.clear()
+                self._flush_spill()
                 self._collect_acks(pending)
                 if self._fallback.is_set():
                     self._fallback.clear()
@@ -468,11 +567,24 @@ class MqttPublisher:
                 continue
             if reason.is_failure:
                 log.error("MQTT: the broker refused outbox message %d (%s); dropped", seq, reason)
-                self.outbox.drop(seq)
+                try:
+                    self.outbox.drop(seq)
+                except OutboxWriteError as error:
+                    log.error("MQTT: %s", error)
             else:
                 delivered.append(seq)
+        delivered += self._unacked
+        self._unacked = []
         if delivered:
-            self.outbox.ack_many(delivered)
+            try:
+                self.outbox.ack_many(delivered)
+            except OutboxWriteError as error:  # full disk: delete them later (resent meanwhile is fine)
+                if not self._ack_failed:
+                    log.error("MQTT: %s; delivered events stay in the outbox until it can be written", error)
+                self._ack_failed = True
+                self._unacked = delivered
+                return
+            self._ack_failed = False
 
     def _switch_to_v311(self) -> None:
         old = self._client
@@ -491,10 +603,26 @@ class MqttPublisher:
         properties = getattr(message, "properties", None)
         response_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
         correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
+        size = len(message.payload)
+        if size > self._max_command_bytes:  # an MQTT 3.1.1 broker sent it anyway: do not queue a copy
+            reply = CommandReply(ok=False, verb=verb[:64], message=(
+                f"payload too large ({size} bytes, limit {self._max_command_bytes}); send a smaller image"))
+            self._reply(_Command(verb, b"", response_topic or None, correlation), reply.to_json())
+            return
         command = _Command(verb, bytes(message.payload), response_topic or None, correlation)
+        with self._queued_lock:
+            # At most two largest-size commands wait at any time (their handling copies them again).
+            busy = self._queued_bytes + size > 2 * self._max_command_bytes
+            if not busy:
+                self._queued_bytes += size
         try:
+            if busy:
+                raise queue.Full
             self._commands.put_nowait(command)
         except queue.Full:
+            if not busy:
+                with self._queued_lock:
+                    self._queued_bytes -= size
             reply = CommandReply(ok=False, message="station busy: too many commands waiting; retry later", verb=verb[:64])
             self._reply(command, reply.to_json())
 
@@ -503,20 +631,41 @@ class MqttPublisher:
             command = self._commands.get()
             if command is None:
                 return
+            with self._queued_lock:
+                self._queued_bytes -= len(command.payload)
             if self._router is None:
                 continue
             payload = self._router.handle_bytes(command.verb, command.payload)
             self._reply(command, payload)
 
+    def reply_topic_allowed(self, topic: str, verb: str) -> bool:
+        """True for the station's own reply topic of ``verb`` (and topics below it) and topics under
+        ``response_topic_prefix``; never for topics with wildcards or starting with '$'."""
+        if not topic or "+" in topic or "#" in topic or topic.startswith("$") or "\0" in topic:
+            return False
+        own = self.topics.reply(verb)
+        if topic == own or topic.startswith(own + "/"):
+            return True
+        prefix = self.config.response_topic_prefix
+        return prefix is not None and topic.startswith(prefix) and len(topic) > len(prefix)
+
     def _reply(self, command: _Command, payload: bytes) -> None:
-        topic = command.response_topic or self.topics.reply(command.verb)
+        default = self.topics.reply(command.verb)
+        topic = default
+        if command.response_topic is not None:
+            if self.reply_topic_allowed(command.response_topic, command.verb):
+                topic = command.response_topic
+            else:
+                log.info("MQTT: response topic %r of a %s command is not one of this station's reply topics "
+                         "(mqtt.response_topic_prefix); replying on %s", command.response_topic[:200],
+                         command.verb[:64], default)
         properties = None
         if self._protocol == MQTTProtocolVersion.MQTTv5 and command.correlation is not None:
             properties = Properties(PacketTypes.PUBLISH)
             properties.CorrelationData = command.correlation
         try:
             self._client.publish(topic, payload, qos=1, retain=False, properties=properties)
-        except ValueError as error:  # a response topic with wildcards, too long, ...
+        except ValueError as error:  # a response topic too long, not UTF-8, ...
             log.info("MQTT: cannot reply on %r (%s); replying on the default topic", topic, error)
-            if topic != self.topics.reply(command.verb):
-                self._client.publish(self.topics.reply(command.verb), payload, qos=1, retain=False, properties=properties)
+            if topic != default:
+                self._client.publish(default, payload, qos=1, retain=False, properties=properties)

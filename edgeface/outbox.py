@@ -12,8 +12,17 @@ make room for the new one (a fresh "who is here" beats a stale one; retained row
 Assistant discovery configs are kept). Only when every row is retained is the oldest retained row
 dropped. Every dropped row is counted in a persistent counter (``dropped``), reported in Stats.
 
-The file is opened in exclusive locking mode: one process owns an outbox; a second opener gets a
-ConfigError instead of silently sharing it. Thread-safe within the owning process.
+Small on disk: the file is capped at ``max_bytes`` (the oldest non-retained rows make room, counted
+as dropped, like a full outbox), its write-ahead log is checkpointed every ``WAL_AUTOCHECKPOINT_PAGES``
+pages and whenever the outbox has been delivered, and kept to at most ``WAL_MAX_BYTES`` after a
+checkpoint (SQLite's default lets it grow to about 4 MB first).
+
+A write that fails (a full disk, an I/O error) raises :class:`OutboxWriteError`: nothing already in
+the outbox is lost, and the caller (``MqttPublisher``) keeps the message in memory and retries.
+
+The file is created 0600 (its folder 0700) and opened in exclusive locking mode: one process owns an
+outbox; a second opener gets a ConfigError instead of silently sharing it. Thread-safe within the
+owning process.
 """
 
 from __future__ import annotations
@@ -27,10 +36,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgeface.errors import ConfigError
+from edgeface.errors import ConfigError, EdgefaceError
 from edgeface.sqlite_tx import transaction
 
 log = logging.getLogger(__name__)
+
+WAL_AUTOCHECKPOINT_PAGES = 64
+"""Checkpoint the write-ahead log every 64 pages (256 KiB with 4 KiB pages; SQLite's default is 1000)."""
+
+WAL_MAX_BYTES = 512 * 1024
+"""After a checkpoint the write-ahead log file is cut back to this size (kept, not deleted: on a full
+disk, its already allocated space still takes new events)."""
+
+
+class OutboxWriteError(EdgefaceError):
+    """The outbox file could not be written (full disk, I/O error); nothing stored was lost."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -72,17 +92,23 @@ class Outbox:
         *,
         max_rows: int = 100_000,
         synchronous: Literal["NORMAL", "FULL"] = "FULL",
+        max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if max_rows < 1:
             raise ConfigError(f"outbox max_rows must be at least 1, got {max_rows}")
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigError(f"outbox synchronous must be NORMAL or FULL, got {synchronous!r}")
+        if max_bytes < 2 * WAL_MAX_BYTES:
+            raise ConfigError(f"outbox max_bytes must be at least {2 * WAL_MAX_BYTES}, got {max_bytes}")
         self.path = Path(path)
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._full = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            from edgeface.fileperm import create_private_file
+
+            create_private_file(self.path)
             db = sqlite3.connect(
                 str(self.path), timeout=1.0, isolation_level=None, check_same_thread=False
             )
@@ -95,6 +121,11 @@ class Outbox:
             if str(mode).lower() != "wal":
                 raise ConfigError(f"{self.path}: the outbox needs WAL journaling, the file system gave {mode!r}")
             db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_MAX_BYTES}")
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            self._max_pages = max(16, (max_bytes - WAL_MAX_BYTES) // self._page_size)
+            db.execute(f"PRAGMA max_page_count={self._max_pages}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _USER_VERSION):
                 raise ConfigError(f"{self.path}: outbox format {version} is newer than this edgeface; upgrade or move it away")
@@ -124,23 +155,41 @@ class Outbox:
         with self._lock:
             db = self._conn()
             dropped = 0
-            with transaction(db):
-                excess = self._count + 1 - self.max_rows
-                if excess > 0:
-                    dropped = self._drop_oldest(db, excess)
-                cursor = db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, retain, created_s) VALUES (?, ?, ?, ?, ?)",
-                    (topic, payload, qos, int(bool(retain)), time.time()),
-                )
+            try:
+                cursor, dropped = self._insert(db, (topic, payload, qos, int(bool(retain)), time.time()))
+            except sqlite3.Error as error:
+                raise OutboxWriteError(f"cannot write to the outbox {self.path} ({error})") from None
             self._count += 1 - dropped
             seq = int(cursor.lastrowid or 0)
             if dropped and not self._full:
                 log.warning(
-                    "outbox %s is full (%d messages): dropping the oldest events until the broker is reachable",
-                    self.path, self.max_rows,
+                    "outbox %s is full (%d messages or %.0f MiB): dropping the oldest events until the broker is "
+                    "reachable", self.path, self.max_rows, self.max_bytes / 2**20,
                 )
             self._full = self._count >= self.max_rows
             return seq
+
+    def _insert(self, db: sqlite3.Connection, row: tuple[object, ...]) -> tuple[sqlite3.Cursor, int]:
+        """INSERT one row, dropping the oldest to stay within max_rows and, when the file reaches
+        max_bytes, more of them until the row fits. Returns (cursor, rows dropped)."""
+        dropped = 0
+        while True:
+            try:
+                with transaction(db):
+                    excess = self._count - dropped + 1 - self.max_rows
+                    if excess > 0:
+                        dropped += self._drop_oldest(db, excess)
+                    cursor = db.execute(
+                        "INSERT INTO outbox (topic, payload, qos, retain, created_s) VALUES (?, ?, ?, ?, ?)", row)
+                return cursor, dropped
+            except sqlite3.OperationalError as error:
+                needed = (len(row[1]) + len(row[0])) // self._page_size + 4  # type: ignore[arg-type]
+                at_cap = int(db.execute("PRAGMA page_count").fetchone()[0]) + needed > self._max_pages
+                left = self._count - dropped
+                if "full" not in str(error) or not at_cap or left <= 0:
+                    raise
+                with transaction(db):  # the size cap, not the disk: make room (freed pages are reused)
+                    dropped += self._drop_oldest(db, max(1, left // 10))
 
     @staticmethod
     def _drop_oldest(db: sqlite3.Connection, n: int) -> int:
@@ -184,14 +233,22 @@ class Outbox:
             return 0
         with self._lock:
             db = self._conn()
-            with transaction(db):
-                before = db.total_changes
-                db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-                deleted = db.total_changes - before
-                if count_as_dropped and deleted:
-                    db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (deleted,))
+            try:
+                with transaction(db):
+                    before = db.total_changes
+                    db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                    deleted = db.total_changes - before
+                    if count_as_dropped and deleted:
+                        db.execute("UPDATE counters SET value = value + ? WHERE name = 'dropped'", (deleted,))
+            except sqlite3.Error as error:
+                raise OutboxWriteError(f"cannot write to the outbox {self.path} ({error})") from None
             self._count -= deleted
             self._full = self._count >= self.max_rows
+            if self._count == 0 and deleted:
+                try:  # delivered: fold the log into the file now rather than let it grow
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass
             return deleted
 
     # ------------------------------------------------------------------------------------- status

@@ -35,6 +35,10 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
+SOURCE_ENV = "EDGEFACE_SOURCE"
+"""`edgeface run` reads its source here when --source is not given: a URL with a camera password in
+it then stays out of the process list (/proc/PID/cmdline is world-readable; the environment is not)."""
+
 
 def _config(args: argparse.Namespace) -> Any:
     from edgeface.config import load_config
@@ -101,17 +105,18 @@ def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
         if mqtt_url:
             raise ConfigError("--mqtt-url needs --sink mqtt (or no --sink)")
         return JsonlSink(sys.stdout)
-    from edgeface.commands import CommandRouter
     from edgeface.mqtt import MqttConfig, MqttPublisher
-    from edgeface.station import Station, resolve_command_secret
+    from edgeface.station import Station, command_router, log_command_policy
 
     mqtt_config = getattr(config, "mqtt", None) or MqttConfig()
     if mqtt_url:
         mqtt_config = mqtt_config.model_copy(update={"url": mqtt_url})
     config = config.model_copy(update={"mqtt": mqtt_config})
     station = Station(config, gallery=gallery)
-    router = station.register(CommandRouter(secret=resolve_command_secret(mqtt_config))) if mqtt_config.commands else None
+    router = station.register(command_router(mqtt_config, config.station_id)) if mqtt_config.commands else None
     publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
+    if router is not None:
+        log_command_policy(router, mqtt_config)
     station.attach(publisher)
     try:
         station.start()  # before the publisher connects: its first `online` follows the presence states
@@ -170,7 +175,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgeface.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
-    source = _open_source(args.source, args.every_frame, config)  # a bad source fails before anything is created
+    spec = args.source or os.environ.get(SOURCE_ENV, "")
+    if not spec:  # a usage error, like a missing required option
+        print(f"edgeface run: error: the following arguments are required: --source (or set ${SOURCE_ENV}, which "
+              "keeps a camera password out of the process list)", file=sys.stderr)
+        return 2
+    source = _open_source(spec, args.every_frame, config)  # a bad source fails before anything is created
     stop = threading.Event()
     stopper = _StopOnSignals(stop, source)
     sink = None
@@ -183,7 +193,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             sink.station.attach_pipeline(pipeline, source)
         # The watchdog is fed per processed frame only: a hung camera or model makes systemd restart us.
         feeder = WatchdogFeeder(notifier)
-        notifier.ready(f"models loaded, reading {getattr(source, 'description', args.source)}")
+        notifier.ready(f"models loaded, reading {getattr(source, 'description', 'the source')}")
         feeder.start()
         with stopper:
             stats = pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
@@ -448,8 +458,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "cleanly: tracks ended, events flushed); 1 a problem the message explains (config, gallery, no such camera, "
         "source lost after its retries, broker); 2 wrong usage",
     )
-    run.add_argument("--source", required=True, metavar="SRC",
-                     help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image folder")
+    run.add_argument("--source", metavar="SRC",
+                     help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image "
+                     "folder (default: $EDGEFACE_SOURCE; use that for a URL with a password, so that it does not "
+                     "show in the process list)")
     run.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
     run.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db, created empty if absent: unknown faces are clustered there)")
     run.add_argument("--sink", choices=("jsonl", "mqtt"), default=None,

@@ -75,9 +75,16 @@ the attributes topic of an entity still there is logged as `Erroneous JSON`."""
 _DATA_URL = re.compile(r"^data:image/[a-z+.-]+;base64,", re.IGNORECASE)
 
 
+def default_secret_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where `edgeface command-secret` puts a user's secret: $XDG_CONFIG_HOME or ~/.config, /edgeface/command_secret."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgeface" / SECRET_CREDENTIAL
+
+
 def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None) -> bytes | None:
     """The shared secret for signed commands: ``$<command_secret_env>``, else ``command_secret_file``,
-    else ``$CREDENTIALS_DIRECTORY/command_secret``; None when there is none. Never logged."""
+    else ``$CREDENTIALS_DIRECTORY/command_secret``, else :func:`default_secret_file`; None when there
+    is none. Never logged."""
     environ = os.environ if environ is None else environ
     value = environ.get(config.command_secret_env)
     if value:
@@ -87,6 +94,7 @@ def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None
         candidates.append((Path(config.command_secret_file), True))
     if environ.get("CREDENTIALS_DIRECTORY"):
         candidates.append((Path(environ["CREDENTIALS_DIRECTORY"]) / SECRET_CREDENTIAL, False))
+    candidates.append((default_secret_file(environ), False))
     for path, required in candidates:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
@@ -100,6 +108,31 @@ def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None
             raise ConfigError(f"command secret file {path} is empty")
         return lines[0].strip().encode("utf-8")
     return None
+
+
+def command_router(mqtt: MqttConfig, station_id: str, environ: Mapping[str, str] | None = None) -> CommandRouter:
+    """The router `edgeface run` answers commands with: signed with the station's secret when it has
+    one; without, only status is answered (unless mqtt.allow_unsigned_commands). Used signatures are
+    remembered next to the outbox (<outbox>.signatures.sqlite), across restarts."""
+    from edgeface.commands import SeenSignatures
+    from edgeface.mqtt import default_outbox_path
+
+    secret = resolve_command_secret(mqtt, environ)
+    outbox = mqtt.outbox_path or default_outbox_path(station_id, environ)
+    seen = SeenSignatures(outbox.with_name(outbox.stem + ".signatures.sqlite")) if secret is not None else None
+    return CommandRouter(secret=secret, allow_unsigned=mqtt.allow_unsigned_commands, seen=seen)
+
+
+def log_command_policy(router: CommandRouter, mqtt: MqttConfig) -> None:
+    """Say at start who may command the station (after the broker settings were accepted)."""
+    if router.signed:
+        log.info("commands: signed with the command secret; status is open")
+    elif mqtt.allow_unsigned_commands:
+        log.warning("commands: UNSIGNED commands are accepted (mqtt.allow_unsigned_commands): anyone who can publish "
+                    "on the broker can enroll and forget people")
+    else:
+        log.warning("commands: only status is answered; enroll, forget and the others are refused until the station "
+                    "has a command secret (edgeface command-secret; docs/mqtt.md, Security)")
 
 
 def _image_bytes(text: str) -> bytes:
@@ -147,10 +180,12 @@ class Station:
         self._stats_frames = 0
         self._stats_at = clock()
         self.stats_published = 0
+        self._signed = False
 
     # -- wiring --------------------------------------------------------------------------------
 
     def register(self, router: CommandRouter) -> CommandRouter:
+        self._signed = router.signed
         router.register("enroll", self.enroll)
         router.register("name_cluster", self.name_cluster)
         router.register("forget", self.forget)
@@ -263,11 +298,11 @@ class Station:
             return set()
 
     def _save_published(self) -> None:
+        from edgeface.fileperm import write_private_file
+
         path = self._state_file()
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            temporary.write_text(json.dumps({"people": sorted(self._people)}, ensure_ascii=False), encoding="utf-8")
-            os.replace(temporary, path)
+            write_private_file(path, json.dumps({"people": sorted(self._people)}, ensure_ascii=False).encode("utf-8"))
         except OSError as error:
             log.warning("cannot save %s (%s); entities of people removed while the station is down may stay in "
                         "Home Assistant", path, error.strerror or error)
@@ -360,11 +395,12 @@ class Station:
             station=self.config.station_id,
             fps=round(max(fps, 0.0), 3),
             queue_depth=queue_depth,
-            outbox_length=len(self.publisher.outbox),
+            outbox_length=len(self.publisher.outbox) + int(getattr(self.publisher, "spilled", 0)),
             model=f"{DEFAULT_MODEL_ID}-{precision}",
             uptime_s=round(max(now - self._started_at, 0.0), 3),
             quality_rejections=dict(stats.quality_rejections) if stats is not None else {},
-            dropped_events=self.publisher.outbox.dropped,
+            dropped_events=self.publisher.status().dropped,
+            outbox_write_failures=int(getattr(self.publisher, "write_failures", 0)),
         )
 
     def publish_stats(self) -> None:
@@ -533,6 +569,7 @@ class Station:
             "mqtt": None if publisher is None else {
                 "connected": publisher.connected, "protocol": publisher.protocol,
                 "outbox_length": publisher.outbox_length, "dropped": publisher.dropped,
+                "write_failures": publisher.write_failures, "signed_commands": self._signed,
             },
         }
         return CommandResult("ok", result)

@@ -52,7 +52,10 @@ class Gallery:
 
 
 def make_router(secret: bytes | None = None, **kwargs: object) -> tuple[CommandRouter, Gallery]:
+    """A router for the payload tests: unsigned commands allowed unless a secret is given (the station's
+    default, refusing them, is tested on its own below)."""
     gallery = Gallery()
+    kwargs.setdefault("allow_unsigned", secret is None)
     router = CommandRouter(secret=secret, **kwargs)  # type: ignore[arg-type]
     router.register("enroll", gallery.enroll)
     router.register("name_cluster", gallery.name_cluster)
@@ -106,7 +109,7 @@ def test_the_other_verbs() -> None:
         ("enroll", {"name": "A", "image": encoded(".png"), "cluster_id": "unknown-1"}, "exactly one of image"),
         ("enroll", {"name": "A", "image": "!!!notbase64"}, "not valid base64"),
         ("enroll", {"name": "A", "image": base64.b64encode(b"GIF89a....").decode()}, "must be a JPEG or PNG"),
-        ("enroll", {"name": "A", "image": encoded(".jpg")[:60]}, "unreadable"),
+        ("enroll", {"name": "A", "image": encoded(".jpg")[:60]}, "not a readable image (the JPEG header is truncated"),
         ("enroll", {"name": "A", "image": ""}, "empty"),
         ("enroll", {"name": "unknown-3", "cluster_id": "unknown-3"}, "reserved"),
         ("enroll", {"name": 5, "cluster_id": "unknown-3"}, "name"),
@@ -138,7 +141,7 @@ def test_huge_declared_image_is_refused_before_decoding() -> None:
     # rewrite the IHDR size to 100000 x 100000 (the CRC no longer matches: never decoded anyway)
     forged = png[:16] + (100_000).to_bytes(4, "big") * 2 + png[24:]
     reply = handle(make_router()[0], "enroll", {"name": "A", "image": base64.b64encode(forged).decode()})
-    assert not reply.ok and "out of range" in reply.message
+    assert not reply.ok and "image too large (100000x100000 pixels" in reply.message
 
 
 def test_signed_commands() -> None:
@@ -153,8 +156,9 @@ def test_signed_commands() -> None:
     assert "bad signature" in as_other_verb.message
     stale = router.handle("status", sign_command(SECRET, "status", {}, ts=now - 3600))
     assert "away from the station clock" in stale.message
-    unsigned = router.handle("status", b"{}")
+    unsigned = router.handle("reload", b"{}")
     assert not unsigned.ok and "requires signed commands" in unsigned.message
+    assert router.handle("status", b"{}").ok  # read-only: open without a signature
     with pytest.raises(Exception, match="too short"):
         CommandRouter(secret=b"short")
 
@@ -201,3 +205,49 @@ def test_fuzz_more_than_a_thousand_malformed_commands_all_answered() -> None:
     refused = answered.count(False)
     print(f"\nfuzz: {len(answered)} commands, {refused} refused with an error reply, {answered.count(True)} accepted")
     assert refused >= 1000
+
+
+# -- secure by default (issue 15) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["enroll", "name_cluster", "forget", "reload"])
+def test_without_a_secret_only_status_is_answered(verb: str) -> None:
+    gallery = Gallery()
+    router = CommandRouter()  # what `edgeface run` builds when no secret exists
+    router.register("enroll", gallery.enroll)
+    router.register("name_cluster", gallery.name_cluster)
+    router.register("forget", gallery.forget)
+    router.register("reload", lambda _: None)
+    router.register("status", status_handler(lambda: {"fps": 1.0}))
+    reply = handle(router, verb, {"name": "alex_lacamoire", "cluster_id": "unknown-1", "request_id": "x"})
+    assert not reply.ok and reply.request_id == "x"
+    assert f"this station has no command secret, so it refuses {verb}" in reply.message
+    assert "edgeface command-secret" in reply.message and "\n" not in reply.message
+    assert gallery.calls == []  # the handler never ran
+    assert handle(router, "status", {}).ok
+
+
+def test_a_replayed_signature_is_refused_after_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgeface.commands import SeenSignatures
+
+    now = 1_700_000_000.0
+    path = tmp_path / "state" / "outbox-hall.signatures.sqlite"
+    forget = sign_command(SECRET, "reload", {"request_id": "f1"}, ts=now)
+    first = CommandRouter(secret=SECRET, seen=SeenSignatures(path), clock=lambda: now)
+    first.register("reload", lambda _: None)
+    assert first.handle("reload", forget).ok
+    # The station restarts: a new router, a new process memory, the same state file.
+    second = CommandRouter(secret=SECRET, seen=SeenSignatures(path), clock=lambda: now + 60)
+    second.register("reload", lambda _: None)
+    replay = second.handle("reload", forget)
+    assert not replay.ok and "replayed command" in replay.message
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    # Once out of the clock window the signature is forgotten (the ts check refuses it anyway).
+    later = CommandRouter(secret=SECRET, seen=SeenSignatures(path), clock=lambda: now + 3600)
+    later.register("reload", lambda _: None)
+    assert "away from the station clock" in later.handle("reload", forget).message
+    assert later.handle("reload", sign_command(SECRET, "reload", {}, ts=now + 3600)).ok
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] == 1  # the expired one was pruned

@@ -4,6 +4,7 @@ SQLite gallery files, a video file, the file system)."""
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -239,3 +240,60 @@ def test_disk_thresholds(tmp_path: Path) -> None:
     assert statuses(full) == {"fail"} and full[0].fix is not None
     tight = check_disk([tmp_path / "not" / "yet" / "made"], warn_mb=1e12, fail_mb=0)
     assert statuses(tight) == {"warn"} and str(tmp_path) in tight[0].detail
+
+
+# -- issue 15: private files ---------------------------------------------------------------------------
+
+
+def test_files_with_templates_and_events_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Before: with umask 022, gallery.db (and -wal, -shm), the outbox, `gallery export` files and
+    ~/.local/state/edgeface were 0644/0755, and doctor said nothing."""
+    import numpy as np
+
+    from edgeface.doctor import check_permissions, private_paths
+    from edgeface.gallery import Gallery
+    from edgeface.mqtt import MqttConfig, default_outbox_path
+    from edgeface.outbox import Outbox
+
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    outbox_path = default_outbox_path("hall", environ)
+    previous = os.umask(0o022)
+    try:
+        with Gallery(tmp_path / "gallery.db") as gallery:
+            gallery.add_templates("Ada", np.eye(128, dtype=np.float32)[0])
+            gallery.export_to(tmp_path / "export.json")
+            mode = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()}
+        with Outbox(outbox_path) as outbox:
+            outbox.put("t", b"event")
+            outbox_modes = {p.name: p.stat().st_mode & 0o777 for p in outbox_path.parent.iterdir()}
+    finally:
+        os.umask(previous)
+    assert mode == {"gallery.db": 0o600, "gallery.db-wal": 0o600, "gallery.db-shm": 0o600, "export.json": 0o600}
+    assert outbox_modes and set(outbox_modes.values()) == {0o600}
+    assert outbox_path.parent.stat().st_mode & 0o777 == 0o700  # ~/.local/state/edgeface
+    from edgeface.config import Config
+
+    config = Config(station_id="hall", mqtt=MqttConfig())
+    files, folders = private_paths(config, tmp_path / "gallery.db", environ)
+    assert [c.status for c in check_permissions(files, folders)] == ["ok"]
+
+    os.chmod(tmp_path / "gallery.db", 0o644)
+    os.chmod(outbox_path.parent, 0o755)
+    checks = check_permissions(files, folders)
+    assert [(c.status, c.fix) for c in checks] == [
+        ("warn", f"chmod 600 {tmp_path / 'gallery.db'}"), ("warn", f"chmod 700 {outbox_path.parent}")]
+    assert "is 0644 (open to others)" in checks[0].detail
+
+
+def test_doctor_says_whether_commands_are_signed(tmp_path: Path) -> None:
+    from edgeface.doctor import check_commands
+    from edgeface.mqtt import MqttConfig
+
+    empty = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert check_commands(None).status == "ok"
+    unsigned = check_commands(MqttConfig(), empty)
+    assert unsigned.status == "warn" and "answers only status" in unsigned.detail
+    assert "edgeface command-secret" in (unsigned.fix or "")
+    assert check_commands(MqttConfig(allow_unsigned_commands=True), empty).status == "warn"
+    signed = check_commands(MqttConfig(), {**empty, "EDGEFACE_COMMAND_SECRET": "0123456789abcdef0123"})
+    assert signed.status == "ok" and "must be signed" in signed.detail

@@ -199,7 +199,7 @@ def test_command_reply_uses_mqtt5_response_topic_and_correlation(tmp_path: Path,
     collector = Collector(SHARED_PORT, response_topic)
     got: list[paho.MQTTMessage] = []
     collector.client.on_message = lambda c, u, m: got.append(m)
-    with MqttPublisher(config(tmp_path), station, router=make_router()) as publisher:
+    with MqttPublisher(config(tmp_path, response_topic_prefix="test/"), station, router=make_router()) as publisher:
         assert wait(lambda: publisher.connected)
         time.sleep(0.1)  # the station's SUBACK
         properties = Properties(PacketTypes.PUBLISH)
@@ -442,5 +442,123 @@ def test_tls_with_a_private_ca(tmp_path: Path) -> None:
         assert wait(lambda: untrusted.status().last_error is not None, 10)
         assert "TLS handshake failed" in (untrusted.status().last_error or "") and not untrusted.connected
         untrusted.close(flush_timeout_s=0)
+    finally:
+        broker.close()
+
+
+def test_replies_never_go_to_a_foreign_response_topic(tmp_path: Path, station: str) -> None:
+    """Issue 15: an unsigned command naming the response topic of a Home Assistant config got its
+    refusal published there, under the station's identity. Now the reply goes to the station's own
+    reply topic; response topics are honoured only below it or under mqtt.response_topic_prefix."""
+    evil = f"homeassistant/switch/evil-{uuid.uuid4().hex[:8]}/config"
+    own_below = f"edgeface/{station}/cmd/forget/reply/client-7"
+    collector = Collector(SHARED_PORT, f"edgeface/{station}/#")
+    spy = Collector(SHARED_PORT, evil)
+    router = CommandRouter(secret=b"0123456789abcdef0123456789abcdef")
+    router.register("forget", lambda _: None)
+    with MqttPublisher(config(tmp_path), station, router=router) as publisher:
+        assert wait(lambda: publisher.connected)
+        time.sleep(0.2)
+        for topic in (evil, own_below, "edgeface/+/cmd/forget/reply", "$SYS/x"):
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = topic
+            collector.client.publish(f"edgeface/{station}/cmd/forget", b'{"name": "alex_lacamoire"}', qos=1,
+                                     properties=properties)
+        assert collector.wait_for(3, 10, suffix="cmd/forget/reply")
+        assert collector.wait_for(1, 10, suffix="cmd/forget/reply/client-7")
+        time.sleep(0.5)
+    assert spy.messages == []
+    refusals = [json.loads(p) for p in collector.payloads("cmd/forget/reply")]
+    assert len(refusals) == 3 and all(not r["ok"] and "signed" in r["message"] for r in refusals)
+    collector.close()
+    spy.close()
+
+
+def test_unsigned_forget_over_the_broker_is_refused_by_default(tmp_path: Path, station: str) -> None:
+    """Issue 15: `mosquitto_pub -t edgeface/<station>/cmd/forget -m '{"name": "alex_lacamoire"}'` gave
+    ok: true. A station without a command secret now refuses it; status stays open."""
+    forgotten: list[object] = []
+    router = CommandRouter()  # no secret: what `edgeface run` builds by default
+    router.register("forget", forgotten.append)
+    router.register("status", status_handler(lambda: {"state": "running"}))
+    collector = Collector(SHARED_PORT, f"edgeface/{station}/cmd/+/reply")
+    with MqttPublisher(config(tmp_path), station, router=router) as publisher:
+        assert wait(lambda: publisher.connected)
+        time.sleep(0.2)
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(SHARED_PORT), "-q", "1",
+                        "-t", f"edgeface/{station}/cmd/forget", "-m", '{"name": "alex_lacamoire"}'], check=True)
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(SHARED_PORT), "-q", "1",
+                        "-t", f"edgeface/{station}/cmd/status", "-m", "{}"], check=True)
+        assert collector.wait_for(2, 10, suffix="/reply")
+    replies = {json.loads(p)["verb"]: json.loads(p) for t, p, _ in collector.messages}
+    assert replies["forget"]["ok"] is False and forgotten == []
+    assert replies["forget"]["message"].startswith("this station has no command secret, so it refuses forget")
+    assert replies["status"]["ok"] is True
+    collector.close()
+
+
+def test_oversized_commands_never_reach_the_station_over_mqtt5(tmp_path: Path, station: str) -> None:
+    """Issue 15: 250 MB publishes to cmd/enroll were read into memory before being refused. The MQTT 5
+    CONNECT now carries a Maximum Packet Size, so the broker drops them: no reply, no copy in memory,
+    while a normal command still gets its answer."""
+    seen: list[int] = []
+    router = CommandRouter(max_payload_bytes=100_000)
+    router.register("status", lambda c: seen.append(1))
+    collector = Collector(SHARED_PORT, f"edgeface/{station}/cmd/+/reply")
+    with MqttPublisher(config(tmp_path), station, router=router) as publisher:
+        assert wait(lambda: publisher.connected) and publisher.status().protocol == "5"
+        assert publisher.max_packet_bytes == 100_000 + 64 * 1024
+        time.sleep(0.2)
+        big = b'{"pad": "' + b"x" * 2_000_000 + b'"}'
+        collector.client.publish(f"edgeface/{station}/cmd/status", big, qos=1).wait_for_publish(5)
+        collector.client.publish(f"edgeface/{station}/cmd/status", b'{"request_id": "small"}', qos=1)
+        assert collector.wait_for(1, 10, suffix="/reply")
+        time.sleep(0.5)
+    replies = [json.loads(p) for t, p, _ in collector.messages]
+    assert [r["request_id"] for r in replies] == ["small"] and seen == [1]
+    collector.close()
+
+
+def test_oversized_commands_over_mqtt311_are_refused_without_queueing(tmp_path: Path, station: str) -> None:
+    """MQTT 3.1.1 has no Maximum Packet Size: a message larger than the limit is answered at once
+    (payload too large) without being queued for the command thread."""
+    router = CommandRouter(max_payload_bytes=100_000, allow_unsigned=True)
+    router.register("status", lambda c: None)
+    collector = Collector(SHARED_PORT, f"edgeface/{station}/cmd/+/reply", protocol=MQTTProtocolVersion.MQTTv311)
+    with MqttPublisher(config(tmp_path, protocol="3.1.1"), station, router=router) as publisher:
+        assert wait(lambda: publisher.connected)
+        time.sleep(0.2)
+        collector.client.publish(f"edgeface/{station}/cmd/status", b"x" * 300_000, qos=1)
+        assert collector.wait_for(1, 10, suffix="/reply")
+    reply = json.loads(collector.payloads("/reply")[0])
+    assert not reply["ok"] and reply["message"].startswith("payload too large (300000 bytes, limit 100000)")
+    collector.close()
+
+
+def test_mqtt311_fallback_the_broker_limit_keeps_big_messages_away(tmp_path: Path, station: str) -> None:
+    """The documented fallback for 3.1.1 (no Maximum Packet Size there): Mosquitto's max_packet_size.
+    The broker refuses the oversized publish; the station receives nothing and still answers."""
+    broker = PrivateBroker(tmp_path, extra_config="max_packet_size 200000\n")
+    broker.start()
+    received: list[int] = []
+    router = CommandRouter()
+    router.register("status", lambda c: received.append(1))
+    try:
+        collector = Collector(broker.port, f"edgeface/{station}/cmd/+/reply", protocol=MQTTProtocolVersion.MQTTv311)
+        settings = config(tmp_path, url=f"mqtt://127.0.0.1:{broker.port}", protocol="3.1.1")
+        with MqttPublisher(settings, station, router=router) as publisher:
+            assert wait(lambda: publisher.connected)
+            time.sleep(0.2)
+            attacker = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
+            attacker.connect("127.0.0.1", broker.port)
+            attacker.loop_start()
+            attacker.publish(f"edgeface/{station}/cmd/status", b"x" * 1_000_000, qos=1)
+            time.sleep(1.0)
+            attacker.loop_stop()
+            collector.client.publish(f"edgeface/{station}/cmd/status", b'{"request_id": "ok"}', qos=1)
+            assert collector.wait_for(1, 10, suffix="/reply")
+            time.sleep(0.3)
+        assert [json.loads(p)["request_id"] for p in collector.payloads("/reply")] == ["ok"] and received == [1]
+        collector.close()
     finally:
         broker.close()

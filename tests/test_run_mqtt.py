@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from _mjpeg import MjpegServer
 from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgeface.commands import sign_command
 from edgeface.events import parse_event
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -87,8 +89,9 @@ def gallery_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Commander:
     """A paho client that sends commands and waits for the reply carrying its request_id."""
 
-    def __init__(self, station: str) -> None:
+    def __init__(self, station: str, secret: bytes | None = None) -> None:
         self.prefix = f"edgeface/{station}/"
+        self.secret = secret
         self.replies: dict[str, list[dict]] = {}
         self.lock = threading.Lock()
         ready = threading.Event()
@@ -112,7 +115,8 @@ class Commander:
         with self.lock:
             before = len(self.replies.get(key, []))
         if isinstance(payload, dict):
-            payload = json.dumps({**payload, **({"request_id": request_id} if request_id else {})}).encode()
+            command = {**payload, **({"request_id": request_id} if request_id else {})}
+            payload = sign_command(self.secret, verb, command) if self.secret else json.dumps(command).encode()
         self.client.publish(f"{self.prefix}cmd/{verb}", payload, qos=1).wait_for_publish(5)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -148,12 +152,14 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
         "stats_interval_s": 1, "present_timeout_s": 5}}))
     events = Collector(SHARED_PORT, f"edgeface/{station}/#")
     discovery = Collector(SHARED_PORT, f"homeassistant/+/edgeface_{station}/+/config")
-    commander = Commander(station)
+    secret = b"0123456789abcdef0123456789abcdef"
+    commander = Commander(station, secret)
     camera = ClipServer(HAMILTON).start()
     # No --sink: the broker in the config makes MQTT the sink.
     process = subprocess.Popen([sys.executable, "-m", "edgeface.run_cli", "run", "--source", camera.url, "--config",
                                 str(config), "--gallery", str(gallery)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "EDGEFACE_COMMAND_SECRET": secret.decode()})
     published_configs: list[str] = []
     try:
         assert events.wait_for(1, 20, suffix="/status"), "the station never said online"
@@ -231,6 +237,13 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
                 break
             time.sleep(0.05)
         assert cleared, "forgetting a person did not clear their discovery config"
+        # Signed commands are accepted once; a captured one replayed is refused, and unsigned ones too.
+        envelope = sign_command(secret, "reload", {"request_id": "p1"})
+        assert commander.send("reload", envelope, "p1")["ok"]
+        replay = commander.send("reload", envelope, "p1")
+        assert not replay["ok"] and "replayed" in replay["message"], replay
+        unsigned = commander.send("forget", json.dumps({"name": "lin_manuel_miranda", "request_id": "u1"}).encode(), "u1")
+        assert not unsigned["ok"] and "signed" in unsigned["message"], unsigned
         last_reply_at = len(events.messages)
 
         # The loop kept running: events after the last reply, through one more pass of the clip.

@@ -121,7 +121,7 @@ def test_station_router_with_a_secret_refuses_unsigned_commands(tmp_path: Path) 
 def test_commands_without_a_gallery_say_how_to_get_one() -> None:
     from edgeface.station import Station
 
-    router = Station(Config(station_id="hall", mqtt=MqttConfig())).register(CommandRouter())
+    router = Station(Config(station_id="hall", mqtt=MqttConfig())).register(CommandRouter(allow_unsigned=True))
     for verb, payload in [("forget", b'{"name": "Ada"}'), ("name_cluster", b'{"cluster_id": "unknown-3", "name": "Ada"}'),
                           ("reject", b'{"track_id": 3, "name": "Ada"}')]:
         reply = router.handle(verb, payload)
@@ -219,7 +219,7 @@ def fuzz_router(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
     gallery = Gallery(tmp_path_factory.mktemp("fuzz") / "g.db")
     gallery.add_templates("Ada", _unit(1))
-    return Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery).register(CommandRouter()), gallery
+    return Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery).register(CommandRouter(allow_unsigned=True)), gallery
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -252,7 +252,7 @@ def test_cluster_commands_move_a_cluster_into_the_gallery(tmp_path: Path) -> Non
         ids.append(update.cluster.id)
     assert len(set(ids)) == 2
     station = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery, clusters=store)
-    router = station.register(CommandRouter())
+    router = station.register(CommandRouter(allow_unsigned=True))
     named = router.handle("name_cluster", f'{{"cluster_id": "{ids[0]}", "name": "Grace"}}'.encode())
     assert named.ok and named.result["name"] == "Grace" and named.result["templates"] >= 1, named
     # Ada is enrolled and this cluster does not resemble her: refused in one line, unless forced

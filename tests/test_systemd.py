@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edgeface.mqtt import PASSWORD_CREDENTIAL
+from edgeface.station import SECRET_CREDENTIAL
 from edgeface.systemd import (
     Notifier,
     WatchdogFeeder,
@@ -249,7 +250,15 @@ def test_unit_has_the_required_settings() -> None:
     assert "ProcSubset" not in service  # onnxruntime needs /proc/cpuinfo
     # The credential id is the file name edgeface.mqtt looks for under $CREDENTIALS_DIRECTORY.
     credentials = [value for section, key, value in settings if key == "LoadCredential"]
-    assert [value.split(":", 1)[0] for value in credentials] == [PASSWORD_CREDENTIAL]
+    assert [value.split(":", 1)[0] for value in credentials] == [PASSWORD_CREDENTIAL, SECRET_CREDENTIAL]
+    # Issue 15: a memory limit, a network allow list, private state, no source on the command line.
+    assert service["MemoryHigh"] == "512M" and service["MemoryMax"] == "768M"
+    assert service["IPAddressDeny"] == "any" and "192.168.0.0/16" in service["IPAddressAllow"]
+    assert service["StateDirectoryMode"] == "0700" and service["UMask"] == "0077"
+    assert "--source" not in service["ExecStart"] and "EDGEFACE_SOURCE" not in service["ExecStart"]
+    drop_in = unit_settings(UNIT.parent / "no-mqtt-password.conf")
+    assert [value for _, key, value in drop_in if key == "LoadCredential"] == [
+        "", f"{SECRET_CREDENTIAL}:/etc/edgeface/command_secret"]
 
 
 def _installable_copy(directory: Path, drop_ins: list[Path] = ()) -> Path:  # type: ignore[assignment]
