@@ -148,7 +148,7 @@ def test_enroll_cli_and_mqtt_reply_carry_the_warning(tmp_path: Path) -> None:
     assert record["enrolled"] is True and record["warning"].startswith("resembles ")
 
     gallery = Gallery(tmp_path / "station.db")
-    router = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery).register(CommandRouter())
+    router = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery).register(CommandRouter(allow_unsigned=True))
     for name, photo in (("Jeong", first), ("Chen", second)):
         reply = router.handle("enroll", json.dumps({"name": name, "image": base64.b64encode(photo.read_bytes()).decode()}).encode())
         assert reply.ok, reply
