@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeface.errors import ConfigError
+from edgeface.text import first_line
 
 
 class StrictModel(BaseModel):
@@ -132,7 +133,7 @@ class DecisionConfig(StrictModel):
 
 
 class SourceConfig(StrictModel):
-    """`pipeline.source:` how frames are read (edgeface.sources.open_source takes these as arguments)."""
+    """`pipeline.source:` how frames are read (edgeface.io.sources.open_source takes these as arguments)."""
 
     max_fps: float | None = Field(
         None, gt=0.0, le=1000.0,
@@ -217,7 +218,7 @@ class GalleryConfig(StrictModel):
 
 class MqttConfig(StrictModel):
     """`mqtt:` section: how to reach the broker and what the station publishes there. Pure data: files
-    and environment are read by `edgeface.mqtt.MqttPublisher` (this class is re-exported there)."""
+    and environment are read by `edgeface.service.mqtt.client.MqttPublisher` (this class is re-exported there)."""
 
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] (1883) or mqtts://host[:port] (8883, TLS)")
     topic_prefix: str | None = Field(None, description="Topic prefix ending in '/'; default edgeface/<station_id>/")
@@ -280,7 +281,7 @@ class MqttConfig(StrictModel):
 
 
 class ClusterSettings(StrictModel):
-    """Online clustering of unknown faces (edgeface.clusters, where the defaults' measurements are)."""
+    """Online clustering of unknown faces (edgeface.recognition.clusters, where the defaults' measurements are)."""
 
     assign_max_distance: float = Field(
         0.33, gt=0.0, le=2.0,
@@ -400,7 +401,7 @@ def load_config(path: Path | None) -> Config:
                           f"{error.msg}") from None
     except Exception as error:  # yaml's errors carry the place of the problem in problem_mark
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or first_line(error)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise ConfigError(f"config {path} is not valid YAML: {where}{problem}") from None
     if raw is not None and not isinstance(raw, dict):

@@ -21,3 +21,7 @@ class ConfigError(EdgefaceError):
 
 class SourceError(EdgefaceError):
     """A frame source (camera, stream URL, pipeline, video file, image folder) cannot be opened or was lost."""
+
+
+class GalleryError(EdgefaceError):
+    """The gallery file or a gallery operation failed; the message says what to do."""

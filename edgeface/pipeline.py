@@ -1,8 +1,8 @@
 """The camera loop: frame -> detect -> track -> quality gate -> align -> embed -> match -> decide -> sink.
 
 `Pipeline` wires the stages it is given (constructor injection) and adds no business logic of its
-own: tracking is `edgeface.track`, the gate is `edgeface.quality`, decisions and events are
-`edgeface.decide`. Per frame:
+own: tracking is `edgeface.recognition.tracker`, the gate is `edgeface.vision.quality`, decisions and events are
+`edgeface.recognition.decider`. Per frame:
 
 1. detect faces (optionally on a downscaled frame plus tiles, see `TiledDetector`);
 2. a scene cut (edited video: the whole picture changes at once; checked on the detector's own
@@ -34,21 +34,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
-from edgeface.decide import UNKNOWN, Decider, Vote
 from edgeface.events import utc_now
-from edgeface.quality import (
+from edgeface.recognition.decider import UNKNOWN, Decider, Vote
+from edgeface.recognition.tracker import Tracker, iou_matrix
+from edgeface.vision.detections import FaceDetections
+from edgeface.vision.quality import (
     QualityGate,
     QualityMeasures,
     QualityReason,
     measures_before_blur,
     with_blur,
 )
-from edgeface.track import Tracker, iou_matrix
-from edgeface.types import FaceDetections
 
 if TYPE_CHECKING:
-    from edgeface.gallery import Match
-    from edgeface.sinks import EventSink
+    from edgeface.service.sinks import EventSink
+    from edgeface.storage.gallery import Match
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ seconds since the start of the stream (files), placed after the pipeline's start
 
 
 class FrameLike(Protocol):
-    """What the pipeline needs of a frame (edgeface.sources.Frame satisfies it)."""
+    """What the pipeline needs of a frame (edgeface.io.sources.Frame satisfies it)."""
 
     image: np.ndarray
     index: int
@@ -88,7 +88,7 @@ class NoGallery:
 
     def __init__(self) -> None:
         # Imported here, not on the first face (the match stage is timed).
-        from edgeface.gallery import Match
+        from edgeface.storage.gallery import Match
 
         self._match = Match
 
@@ -532,14 +532,14 @@ def build_pipeline(
     """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds.
     `wrap_runner` wraps every detector model runner (the detector's and the keypoint refiner's; e.g. in a
     TimedRunner); `threads` overrides the embedder's (and detectors') thread count."""
-    from edgeface.align import Aligner as BlazeAligner
-    from edgeface.decide import DecisionPolicy
-    from edgeface.detect import make_detector, make_refiner
-    from edgeface.embed import Embedder as OnnxEmbedder
+    from edgeface.recognition.decider import DecisionPolicy
+    from edgeface.vision.align import Aligner as BlazeAligner
+    from edgeface.vision.blazeface import make_detector, make_refiner
+    from edgeface.vision.embed import Embedder as OnnxEmbedder
 
     recognition, p = config.recognition, config.pipeline
     n_threads = threads or recognition.embedder.threads
-    # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.detect).
+    # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.vision.blazeface).
     detector: Any = make_detector(recognition.detector.model, min_score=recognition.detector.min_score,
                                   threads=n_threads, resize="fast", wrap_runner=wrap_runner)
     template_model = detector.model

@@ -30,10 +30,10 @@ class Face:
 @functools.lru_cache(maxsize=1)
 def lfw_faces() -> tuple[Face, ...]:
     """Every returning person's photos, then the distractors; the face nearest each image's centre."""
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.eval_lfw import central_face
-    from edgeface.imageio import read_image
+    from edgeface.eval.lfw import central_face
+    from edgeface.io.images import read_image
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(Config().recognition)
     faces = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeface.align import CHIP_SIZE, DLIB_TEMPLATE, dlib_chip_matrix, similarity_transform
+from edgeface.vision.align import CHIP_SIZE, DLIB_TEMPLATE, dlib_chip_matrix, similarity_transform
 
 
 def umeyama(source: np.ndarray, target: np.ndarray) -> np.ndarray:

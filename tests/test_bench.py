@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.bench import (
+from edgeface.eval.bench import (
     DATA_DIR,
     FRAME_HEIGHT,
     FRAME_WIDTH,

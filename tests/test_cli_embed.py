@@ -261,9 +261,9 @@ def test_path_is_reported_exactly_as_given(files: dict[str, Path]) -> None:
 @pytest.mark.slow
 @needs_lfw
 def test_cli_matches_face_analyzer_in_process(files: dict[str, Path]) -> None:
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import RecognitionConfig
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     run = run_embed("--jsonl", str(files["face"]), str(files["grey"]))
     analyzer = FaceAnalyzer.from_config(RecognitionConfig())
@@ -296,7 +296,7 @@ JPEG_KINDS = {
 
 @pytest.mark.parametrize("kind", sorted(JPEG_KINDS))
 def test_complete_jpegs_are_not_truncated(kind: str) -> None:
-    from edgeface.imageio import jpeg_is_truncated
+    from edgeface.io.images import jpeg_is_truncated
 
     data = _jpeg(JPEG_KINDS[kind])
     assert not jpeg_is_truncated(data)
@@ -307,7 +307,7 @@ def test_complete_jpegs_are_not_truncated(kind: str) -> None:
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.5, 0.9, 0.999])
 def test_cut_jpegs_are_truncated_and_refused(tmp_path: Path, kind: str, fraction: float) -> None:
     from edgeface.errors import ImageError
-    from edgeface.imageio import jpeg_is_truncated, read_image
+    from edgeface.io.images import jpeg_is_truncated, read_image
 
     data = _jpeg(JPEG_KINDS[kind])
     cut = data[: int(len(data) * fraction)]
@@ -320,7 +320,7 @@ def test_cut_jpegs_are_truncated_and_refused(tmp_path: Path, kind: str, fraction
 
 
 def test_a_complete_thumbnail_does_not_hide_a_truncated_main_image() -> None:
-    from edgeface.imageio import jpeg_is_truncated
+    from edgeface.io.images import jpeg_is_truncated
 
     main, thumbnail = _jpeg([]), _jpeg([cv2.IMWRITE_JPEG_QUALITY, 20])
     app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
@@ -330,7 +330,7 @@ def test_a_complete_thumbnail_does_not_hide_a_truncated_main_image() -> None:
 
 
 def test_non_jpeg_data_is_left_to_the_decoder() -> None:
-    from edgeface.imageio import jpeg_is_truncated
+    from edgeface.io.images import jpeg_is_truncated
 
     ok, png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
     assert ok

@@ -16,21 +16,18 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from edgeface.clusters import (
-    ClusterError,
-    ClusterSettings,
-    ClusterStore,
-    OnlineClusters,
-    parse_cluster_id,
-)
-from edgeface.eval_cluster import cluster_scores, measure_speed
+from edgeface.config import ClusterSettings
+from edgeface.errors import GalleryError
+from edgeface.eval.cluster import cluster_scores, measure_speed
 from edgeface.events import (
     ClusterMergedEvent,
     ClusterNamedEvent,
     UnknownEvent,
     parse_event,
 )
-from edgeface.gallery import Gallery, GalleryError
+from edgeface.recognition.clusters import ClusterError, OnlineClusters, parse_cluster_id
+from edgeface.storage.cluster_store import ClusterStore
+from edgeface.storage.gallery import Gallery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster_faces import LFW, lfw_faces, of
@@ -311,7 +308,7 @@ def test_another_process_changes_are_picked_up(tmp_path: Path) -> None:
             camera.observe(face.embedding, ts=T0, track_key=f"c{k}")
         camera.observe(hugo[0].embedding, ts=T0, track_key="h")
         for args in (["name", "unknown-1", "Colin"], ["forget", "unknown-2"]):
-            done = subprocess.run([sys.executable, "-m", "edgeface.clusters_cli", "clusters", *args, "--gallery", str(path)],
+            done = subprocess.run([sys.executable, "-m", "edgeface.cli", "clusters", *args, "--gallery", str(path)],
                                   check=False, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
         # the camera loop's next update sees both changes: Hugo's cluster is not resurrected
@@ -330,7 +327,7 @@ def test_another_process_changes_are_picked_up(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from edgeface.clusters import ClusterStore
+    from edgeface.storage.cluster_store import ClusterStore
     vectors = np.load(sys.argv[2])
     with ClusterStore(sys.argv[1]) as store:
         k = 0
@@ -411,9 +408,9 @@ def test_the_decider_hook_answers_and_publishes_merges(tmp_path: Path) -> None:
     import io
     import json
 
-    from edgeface.clusters import StoreClusterHook
-    from edgeface.decide import ClusterAssignment, UnknownTrack
-    from edgeface.sinks import JsonlSink
+    from edgeface.recognition.decider import ClusterAssignment, UnknownTrack
+    from edgeface.service.sinks import JsonlSink
+    from edgeface.storage.cluster_store import StoreClusterHook
 
     faces = of("Hugo_Chavez")
     a, b, c = _merging_triple(faces)
@@ -509,7 +506,7 @@ def test_naming_respects_cannot_links_resemblance_and_rejections(tmp_path: Path)
 def test_cluster_schema_1_is_migrated_with_its_clusters(tmp_path: Path) -> None:
     """A gallery file written before cannot-links existed (cluster schema 1) opens, keeps its
     clusters and ids, and gains the columns."""
-    from edgeface.clusters import _migrate_0_to_1
+    from edgeface.storage.cluster_store import _migrate_0_to_1
 
     path = tmp_path / "gallery.db"
     Gallery(path).close()

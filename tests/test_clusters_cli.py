@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface import clusters_cli
-from edgeface.clusters import ClusterSettings, ClusterStore
+from edgeface.cli import clusters as clusters_cli
+from edgeface.config import ClusterSettings
 from edgeface.events import ClusterMergedEvent, ClusterNamedEvent, parse_event
-from edgeface.gallery import Gallery
+from edgeface.storage.cluster_store import ClusterStore
+from edgeface.storage.gallery import Gallery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster_faces import LFW, of
@@ -133,7 +134,7 @@ def test_sheet_with_and_without_crops(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_module_entry_exit_codes(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "edgeface.clusters_cli", "clusters", "show", "unknown-1",
+    done = subprocess.run([sys.executable, "-m", "edgeface.cli", "clusters", "show", "unknown-1",
                            "--gallery", str(tmp_path / "none.db")], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.startswith("edgeface: error: no gallery at") and "Traceback" not in done.stderr
 

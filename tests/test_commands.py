@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeface.commands import (
+from edgeface.service.mqtt.commands import (
     CommandFailed,
     CommandReply,
     CommandResult,
@@ -228,7 +228,7 @@ def test_without_a_secret_only_status_is_answered(verb: str) -> None:
 
 
 def test_a_replayed_signature_is_refused_after_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from edgeface.commands import SeenSignatures
+    from edgeface.service.mqtt.commands import SeenSignatures
 
     now = 1_700_000_000.0
     path = tmp_path / "state" / "outbox-hall.signatures.sqlite"

@@ -20,10 +20,10 @@ from edgeface.convert.dlib_shape_predictor import (
     build_shape_predictor,
 )
 from edgeface.convert.resnet_onnx import INPUT_NAME, OUTPUT_NAME, build_resnet_onnx
-from edgeface.embed import MODEL_FILES, SELFCHECK_FILE
 from edgeface.errors import EdgefaceError, ModelFileError
-from edgeface.modelfiles import MANIFEST_NAME, MODELS_DIR_ENV
-from edgeface.runtime.onnx import OnnxRunner
+from edgeface.io.models import MANIFEST_NAME, MODELS_DIR_ENV
+from edgeface.io.runtime.onnx import OnnxRunner
+from edgeface.vision.embed import MODEL_FILES, SELFCHECK_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"

@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from edgeface.decide import (
+from edgeface.events import parse_event
+from edgeface.recognition.decider import (
     UNKNOWN,
     ClusterAssignment,
     Decider,
@@ -15,7 +16,6 @@ from edgeface.decide import (
     aggregate_embedding,
     vote,
 )
-from edgeface.events import parse_event
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 

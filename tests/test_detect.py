@@ -16,7 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeface.detect import (
+from edgeface.errors import ImageError, ModelFileError
+from edgeface.io.images import read_image
+from edgeface.io.models import models_dir
+from edgeface.io.runtime.litert import LiteRTRunner
+from edgeface.vision.blazeface import (
     BlazeFaceDetector,
     ModelName,
     anchors_for,
@@ -25,10 +29,6 @@ from edgeface.detect import (
     decode,
     weighted_nms,
 )
-from edgeface.errors import ImageError, ModelFileError
-from edgeface.imageio import read_image
-from edgeface.modelfiles import models_dir
-from edgeface.runtime.litert import LiteRTRunner
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LFW_IMAGE = DATA / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
@@ -429,7 +429,7 @@ def test_python_and_numpy_post_processing_give_the_same_faces(
     detector: BlazeFaceDetector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A few candidates are decoded and merged on Python floats, many with numpy: same detections."""
-    import edgeface.detect as detect_module
+    import edgeface.vision.blazeface as detect_module
 
     images = [read_image(_data_file(DETECTION / name)) for name in ("2008_002506.jpg", "bald_guys.jpg")]
     images.append(read_image(_data_file(LFW_IMAGE)))
@@ -445,7 +445,7 @@ def test_python_and_numpy_post_processing_give_the_same_faces(
 
 
 def test_letterbox_reuses_its_buffer_and_repads_when_the_size_changes() -> None:
-    from edgeface.detect import Letterboxer
+    from edgeface.vision.blazeface import Letterboxer
 
     letterbox = Letterboxer(128)
     wide = np.full((72, 128, 3), 255, np.uint8)
@@ -496,10 +496,10 @@ def test_small_faces_in_a_big_frame_get_precise_keypoints() -> None:
     pulls different people's embeddings together. Re-detecting on a crop fixes the alignment."""
     import cv2
 
-    from edgeface.align import Aligner
-    from edgeface.detect import KeypointRefiner
-    from edgeface.embed import Embedder
-    from edgeface.types import FaceDetections
+    from edgeface.vision.align import Aligner
+    from edgeface.vision.blazeface import KeypointRefiner
+    from edgeface.vision.detections import FaceDetections
+    from edgeface.vision.embed import Embedder
 
     detector, refiner = BlazeFaceDetector("full"), KeypointRefiner(BlazeFaceDetector("short"))
     embedder = Embedder("fp32", flip=False)
@@ -529,7 +529,7 @@ def test_small_faces_in_a_big_frame_get_precise_keypoints() -> None:
 def test_fast_resize_at_an_odd_whole_factor_is_exactly_bilinear(size: tuple[int, int], target: tuple[int, int]) -> None:
     """At an odd whole shrink factor bilinear samples land on pixel centres; the cheaper nearest-pixel
     path must give the very same model input (other factors stay bilinear)."""
-    from edgeface.detect import _downscale
+    from edgeface.vision.blazeface import _downscale
 
     image = np.random.default_rng(2).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     np.testing.assert_array_equal(_downscale(image, *target, mode="fast"),

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from edgeface.config import Config
-from edgeface.detect import AutoRangeDetector, BlazeFaceDetector, contained_frac, make_detector
-from edgeface.imageio import read_image
+from edgeface.io.images import read_image
+from edgeface.vision.blazeface import AutoRangeDetector, BlazeFaceDetector, contained_frac, make_detector
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "bbt").is_dir(), reason="../shared/data is absent")

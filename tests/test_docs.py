@@ -64,8 +64,8 @@ def test_every_payload_example_validates_against_the_schema(doc: str, schemas: d
 
 
 def test_the_stats_example_uses_the_real_model_and_rejection_names(schemas: dict[str, Any]) -> None:
-    from edgeface.gallery import DEFAULT_MODEL_ID
-    from edgeface.quality import QualityReason
+    from edgeface.storage.gallery import DEFAULT_MODEL_ID
+    from edgeface.vision.quality import QualityReason
 
     [stats] = [e for e in json_examples(REPO / "docs" / "mqtt.md") if _kind(e) == "stats"]
     assert stats["model"] in {f"{DEFAULT_MODEL_ID}-int8", f"{DEFAULT_MODEL_ID}-fp32"}
@@ -88,7 +88,7 @@ def _versionless(value: Any) -> Any:
 
 
 def test_home_assistant_examples_are_the_published_configs() -> None:
-    from edgeface import homeassistant as ha
+    from edgeface.service import homeassistant as ha
 
     topics = ha.HaTopics("hall", "edgeface/hall/")
     real = {c["unique_id"]: c for c in [*ha.station_configs(topics).values(), ha.person_config(topics, "Ada Lovelace")]}

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from _mqtt_helpers import PrivateBroker, free_port
 
-from edgeface import doctor_cli
-from edgeface.doctor import (
+from edgeface.cli import doctor as doctor_cli
+from edgeface.io.models import MODELS_DIR_ENV, models_dir
+from edgeface.service.doctor import (
     Check,
     DoctorOptions,
     check_broker,
@@ -26,8 +27,7 @@ from edgeface.doctor import (
     check_models,
     run_checks,
 )
-from edgeface.gallery import Gallery
-from edgeface.modelfiles import MODELS_DIR_ENV, models_dir
+from edgeface.storage.gallery import Gallery
 
 
 def run_doctor(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -250,10 +250,11 @@ def test_files_with_templates_and_events_are_private_whatever_the_umask(tmp_path
     ~/.local/state/edgeface were 0644/0755, and doctor said nothing."""
     import numpy as np
 
-    from edgeface.doctor import check_permissions, private_paths
-    from edgeface.gallery import Gallery
-    from edgeface.mqtt import MqttConfig, default_outbox_path
-    from edgeface.outbox import Outbox
+    from edgeface.config import MqttConfig
+    from edgeface.service.doctor import check_permissions, private_paths
+    from edgeface.service.mqtt.client import default_outbox_path
+    from edgeface.storage.gallery import Gallery
+    from edgeface.storage.outbox import Outbox
 
     environ = {"XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     outbox_path = default_outbox_path("hall", environ)
@@ -286,8 +287,8 @@ def test_files_with_templates_and_events_are_private_whatever_the_umask(tmp_path
 
 
 def test_doctor_says_whether_commands_are_signed(tmp_path: Path) -> None:
-    from edgeface.doctor import check_commands
-    from edgeface.mqtt import MqttConfig
+    from edgeface.config import MqttConfig
+    from edgeface.service.doctor import check_commands
 
     empty = {"XDG_CONFIG_HOME": str(tmp_path)}
     assert check_commands(None).status == "ok"

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from edgeface.convert.manifest import record_model_file
-from edgeface.embed import (
+from edgeface.errors import ModelFileError
+from edgeface.io.models import MANIFEST_NAME
+from edgeface.io.runtime.onnx import OnnxRunner
+from edgeface.vision.embed import (
     EMBEDDING_DIM,
     MODEL_FILES,
     SELFCHECK_FILE,
@@ -22,9 +25,6 @@ from edgeface.embed import (
     normalise,
     self_check,
 )
-from edgeface.errors import ModelFileError
-from edgeface.modelfiles import MANIFEST_NAME
-from edgeface.runtime.onnx import OnnxRunner
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
@@ -198,18 +198,18 @@ def test_broken_int8_model_fails_the_self_check(broken_models: Path) -> None:
 def test_self_check_falls_back_to_fp32(
     broken_models: Path, fp32: Embedder, chips: np.ndarray, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="edgeface.embed"):
+    with caplog.at_level(logging.WARNING, logger="edgeface.vision.embed"):
         embedder = Embedder("int8", threads=1, models_directory=broken_models)
     assert embedder.requested_precision == "int8"
     assert embedder.precision == "fp32"
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "edgeface.embed"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "edgeface.vision.embed"]
     assert len(warnings) == 1 and "falling back" in warnings[0].getMessage()
     assert "\n" not in warnings[0].getMessage()
     np.testing.assert_array_equal(embedder.embed(chips), fp32.embed(chips))
 
 
 def test_working_int8_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="edgeface.embed"):
+    with caplog.at_level(logging.WARNING, logger="edgeface.vision.embed"):
         embedder = Embedder("int8", threads=1, models_directory=MODELS)
     assert embedder.precision == "int8"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

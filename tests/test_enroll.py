@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.enroll import (
+from edgeface.storage.enroll import (
     Enroller,
     EnrollmentError,
     Reason,
@@ -13,7 +13,7 @@ from edgeface.enroll import (
     person_folders,
     prepare_requests,
 )
-from edgeface.gallery import Gallery, InvalidNameError
+from edgeface.storage.gallery import Gallery, InvalidNameError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PEOPLE = DATA / "people"
@@ -79,8 +79,8 @@ def test_person_folders_skip_underscore_folders(tmp_path: Path) -> None:
 def analyzer():
     if not PEOPLE.is_dir():
         pytest.skip("../shared/data is absent")
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     return FaceAnalyzer.from_config(Config().recognition)
 
@@ -140,7 +140,7 @@ def test_group_photos_are_rejected_for_the_right_reasons(analyzer, gallery: Gall
 def test_largest_face_is_taken_only_when_it_dominates(analyzer, gallery: Gallery, tmp_path: Path) -> None:
     import cv2
 
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     joe = read_image(PEOPLE / "joe_biden" / "2.jpg")
     obama_face = read_image(PEOPLE / "barack_obama" / "1.jpg")[92:467, 297:674]
@@ -160,7 +160,7 @@ def test_largest_face_is_taken_only_when_it_dominates(analyzer, gallery: Gallery
 def test_degraded_photos_are_rejected(analyzer, gallery: Gallery, tmp_path: Path) -> None:
     import cv2
 
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     joe = read_image(PEOPLE / "joe_biden" / "2.jpg")
     h, w = joe.shape[:2]
@@ -182,7 +182,7 @@ def test_degraded_photos_are_rejected(analyzer, gallery: Gallery, tmp_path: Path
 def test_a_resized_recompressed_copy_is_a_duplicate(analyzer, gallery: Gallery, tmp_path: Path) -> None:
     import cv2
 
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     joe = read_image(PEOPLE / "joe_biden" / "2.jpg")
     cv2.imwrite(str(tmp_path / "copy.jpg"), cv2.resize(joe, (600, 600), interpolation=cv2.INTER_AREA),
@@ -201,7 +201,7 @@ def test_photo_resembling_another_person_is_enrolled_with_a_warning(analyzer, ga
     barack_obama. Enrolled, and the warning names him with the distance."""
     import cv2
 
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     enroller = Enroller(analyzer, gallery)
     _enroll_people(enroller)
@@ -219,7 +219,7 @@ def test_photo_filed_under_the_wrong_name_is_refused(analyzer, gallery: Gallery,
     near barack_obama's, so refused; in a batch with joe's own photo the same holds."""
     import cv2
 
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     enroller = Enroller(analyzer, gallery)
     _enroll_people(enroller)

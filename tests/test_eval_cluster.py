@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgeface.errors import EdgefaceError
-from edgeface.eval_cluster import (
+from edgeface.eval.cluster import (
     average_linkage,
     cluster_scores,
     cut_curve,
@@ -125,7 +125,7 @@ def test_selection_caps_people_and_picks_distractors(tmp_path: Path) -> None:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgeface.clusters_cli", "eval", "cluster", *args],
+    return subprocess.run([sys.executable, "-m", "edgeface.cli", "eval", "cluster", *args],
                           check=False, capture_output=True, text=True, timeout=900)
 
 

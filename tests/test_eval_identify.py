@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeface.errors import EdgefaceError
-from edgeface.eval_identify import (
+from edgeface.eval.identify import (
     dataset_people,
     identification_figures,
     run_identify_evaluation,
@@ -55,8 +55,8 @@ def test_dataset_needs_people_with_two_images(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (DATA / "orl").is_dir(), reason="../shared/data is absent")
 def test_real_faces_cast_plus_strangers(tmp_path: Path) -> None:
     """bbt's 8 people (5 crops each) enrolled; one photo each of 40 ORL people as strangers."""
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     for person in (DATA / "bbt").iterdir():
         if not person.name.startswith("_"):

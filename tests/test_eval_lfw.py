@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.eval_data import FaceTable, default_face_rule
-from edgeface.eval_lfw import run_lfw_evaluation
-from edgeface.verification import read_lfw_pairs
+from edgeface.eval.data import FaceTable, default_face_rule
+from edgeface.eval.lfw import run_lfw_evaluation
+from edgeface.eval.verification import read_lfw_pairs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CELEBA = DATA / "celeba"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edgeface import mqtt_cli
+from edgeface.cli import mqtt as mqtt_cli
 from edgeface.errors import ConfigError
 from edgeface.events import (
     EVENT_TYPES,

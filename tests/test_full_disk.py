@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from _mqtt_helpers import Collector, PrivateBroker, make_events, unique_station
 
-from edgeface.mqtt import MqttConfig, MqttPublisher
-from edgeface.outbox import WAL_MAX_BYTES, Outbox, OutboxWriteError
+from edgeface.config import MqttConfig
+from edgeface.service.mqtt.client import MqttPublisher
+from edgeface.storage.outbox import WAL_MAX_BYTES, Outbox, OutboxWriteError
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

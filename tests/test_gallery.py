@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.gallery import (
+from edgeface.errors import GalleryError
+from edgeface.storage.gallery import (
     DEFAULT_MATCH_MAX_DISTANCE,
     EXPORT_FORMAT_VERSION,
     MEAN_THRESHOLD_TIGHTENING,
     SCHEMA_VERSION,
     DuplicateNameError,
     Gallery,
-    GalleryError,
     GallerySnapshot,
     GalleryVersionError,
     InvalidNameError,
@@ -177,9 +177,9 @@ def faces() -> dict[str, np.ndarray]:
     """Embedding of the largest face of each people/ and bbt/ photo, keyed like 'barack_obama/1.jpg'."""
     if not (DATA / "people").is_dir():
         pytest.skip("../shared/data is absent")
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(Config().recognition)
     out = {}

@@ -1,4 +1,4 @@
-"""The gallery commands, run as real processes (`python -m edgeface.gallery_cli`, the same handlers
+"""The gallery commands, run as real processes (`python -m edgeface.cli.gallery`, the same handlers
 `edgeface` registers) on real photos and real gallery files."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.gallery import Gallery
+from edgeface.storage.gallery import Gallery
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PEOPLE = DATA / "people"
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not PEOPLE.is_dir(), reason="../shared/data is a
 
 
 def _command(*args: object) -> list[str]:
-    return [sys.executable, "-m", "edgeface.gallery_cli", *map(str, args)]
+    return [sys.executable, "-m", "edgeface.cli", *map(str, args)]
 
 
 def run(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -191,9 +191,9 @@ def _committed_identities(path: Path) -> int:
 @pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw is absent")
 @pytest.mark.slow
 def test_kill_9_mid_enrollment_leaves_no_half_enrolled_identity(tmp_path: Path) -> None:
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.enroll import Enroller, person_folders, prepare_requests
+    from edgeface.storage.enroll import Enroller, person_folders, prepare_requests
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     _lfw_people(tmp_path / "people", count=16, photos=6)
     with Gallery(tmp_path / "reference.db") as reference:  # what a complete run enrolls, person by person
@@ -226,9 +226,9 @@ def test_kill_9_mid_enrollment_leaves_no_half_enrolled_identity(tmp_path: Path) 
 
 
 def test_two_processes_enroll_while_a_third_matches(tmp_path: Path) -> None:
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(Config().recognition)
     probes = np.stack([analyzer.analyze(read_image(PEOPLE / p)).embeddings[0]

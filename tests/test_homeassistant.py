@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
 
-from edgeface.commands import CommandRouter
 from edgeface.config import Config, MqttConfig
 from edgeface.errors import ConfigError
 from edgeface.events import RecognizedEvent, TrackEndedEvent, UnknownEvent
-from edgeface.gallery import Gallery
-from edgeface.homeassistant import (
+from edgeface.service.homeassistant import (
     HaTopics,
     PresenceTracker,
     encode,
@@ -31,7 +29,9 @@ from edgeface.homeassistant import (
     station_configs,
     unknown_visitor_config,
 )
-from edgeface.station import REMOVAL_DELAY_S
+from edgeface.service.mqtt.commands import CommandRouter
+from edgeface.service.station import REMOVAL_DELAY_S
+from edgeface.storage.gallery import Gallery
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -179,8 +179,8 @@ def wait_until(condition, timeout_s: float = 5.0) -> bool:  # type: ignore[no-un
 
 
 def _station(tmp_path: Path, station_id: str, gallery: Gallery, clock: Clock):  # type: ignore[no-untyped-def]
-    from edgeface.mqtt import MqttPublisher
-    from edgeface.station import Station
+    from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.service.station import Station
 
     mqtt = MqttConfig(url=f"mqtt://127.0.0.1:{SHARED_PORT}", outbox_path=tmp_path / "outbox.sqlite",
                       homeassistant=True, present_timeout_s=5, stats_interval_s=1, reconnect_min_s=0.1)
@@ -283,8 +283,8 @@ def seen_messages(collector: Collector) -> list[tuple[str, bytes]]:
 
 @needs_broker
 def test_homeassistant_off_publishes_no_discovery(tmp_path: Path) -> None:
-    from edgeface.mqtt import MqttPublisher
-    from edgeface.station import Station
+    from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.service.station import Station
 
     station_id = f"ha-{uuid.uuid4().hex[:8]}"
     gallery = Gallery(tmp_path / "gallery.db")
@@ -351,7 +351,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from test_homeassistant import Clock, _recognized, _station
-from edgeface.gallery import Gallery
+from edgeface.storage.gallery import Gallery
 station, _ = _station(Path(sys.argv[1]), sys.argv[2], Gallery(Path(sys.argv[1]) / "gallery.db"), Clock())
 station.sink.publish(_recognized(1, "Ada Lovelace"))
 assert station.publisher.wait_until_delivered(10)

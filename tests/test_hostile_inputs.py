@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from edgeface.errors import ImageError
-from edgeface.gallery import Gallery
-from edgeface.imageio import decode_image, read_image
+from edgeface.io.images import decode_image, read_image
+from edgeface.storage.gallery import Gallery
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PEOPLE = DATA / "people"
@@ -37,7 +37,7 @@ UNPRIVILEGED = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "
 override file modes (needs util-linux's setpriv)."""
 
 
-def run(*args: object, cwd: Path, module: str = "edgeface.gallery_cli", unprivileged: bool = False,
+def run(*args: object, cwd: Path, module: str = "edgeface.cli", unprivileged: bool = False,
         env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k not in ("EDGEFACE_GALLERY", "EDGEFACE_SOURCE")}
     environment.update(env or {})
@@ -90,7 +90,7 @@ def test_huge_png_costs_no_memory_in_any_command(huge_png: Path, tmp_path: Path,
         gallery.add_templates("Ada", np.eye(128, dtype=np.float32)[0])
     args = {"identify": ["identify", huge_png, "--gallery", "gallery.db"], "embed": ["embed", huge_png],
             "enroll": ["enroll", "Bob", huge_png, "--jsonl", "--gallery", "gallery.db"]}[command]
-    code = ("import resource, sys\nfrom edgeface.cli import main\nrc = main(sys.argv[1:])\n"
+    code = ("import resource, sys\nfrom edgeface.cli.main import main\nrc = main(sys.argv[1:])\n"
             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)\n")
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
@@ -103,7 +103,7 @@ def test_huge_png_costs_no_memory_in_any_command(huge_png: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tiff", ".ppm", ".pgm", ".pbm"])
 def test_the_header_size_of_every_format_read(tmp_path: Path, ext: str) -> None:
-    from edgeface.imageio import image_header
+    from edgeface.io.images import image_header
 
     image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
     path = tmp_path / f"a{ext}"
@@ -145,9 +145,9 @@ def test_exif_orientation_matches_what_opencv_shows(orientation: int) -> None:
 def test_a_phone_portrait_with_orientation_6_is_enrolled_upright(tmp_path: Path) -> None:
     """Issue 12: a portrait stored lying on its side with EXIF orientation 6 was refused as
     `extreme_pose: head tilted 84 deg`. Now it is read upright everywhere a photo is read."""
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.enroll import Enroller
+    from edgeface.storage.enroll import Enroller
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     upright = cv2.imread(str(PEOPLE / "barack_obama" / "1.jpg"))
     stored = cv2.rotate(upright, cv2.ROTATE_90_COUNTERCLOCKWISE)  # how the phone's sensor wrote it
@@ -173,7 +173,7 @@ def test_a_phone_portrait_with_orientation_6_is_enrolled_upright(tmp_path: Path)
     # The MQTT enroll path decodes the same way.
     import base64
 
-    from edgeface.commands import decode_image_base64
+    from edgeface.service.mqtt.commands import decode_image_base64
 
     assert decode_image_base64(base64.b64encode(photo.read_bytes()).decode()).shape == upright.shape
 
@@ -209,7 +209,7 @@ def test_identify_and_embed_do_not_hang_on_a_fifo(tmp_path: Path, command: list[
 
 
 def test_a_symlink_loop_is_not_called_missing(tmp_path: Path) -> None:
-    from edgeface.enroll import EnrollmentError, image_files
+    from edgeface.storage.enroll import EnrollmentError, image_files
 
     loop = tmp_path / "a.jpg"
     os.symlink(tmp_path / "b.jpg", loop)
@@ -258,9 +258,9 @@ def test_one_unreadable_or_badly_named_folder_does_not_stop_the_batch(tmp_path: 
 
 @needs_data
 def test_identify_needs_only_read_access_and_keeps_one_line_per_face(tmp_path: Path) -> None:
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.enroll import Enroller
+    from edgeface.storage.enroll import Enroller
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     folder = tmp_path / "station"
     folder.mkdir()
@@ -292,7 +292,7 @@ def test_enroll_jsonl_reports_enrolled_only_once_committed(tmp_path: Path) -> No
     root = _people(tmp_path / "people", ["alex", "joe_biden", "obama"])
     for attempt in range(3):
         gallery = tmp_path / f"g{attempt}.db"
-        process = subprocess.Popen([sys.executable, "-m", "edgeface.gallery_cli", "enroll", "--from-folders", root,
+        process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "enroll", "--from-folders", root,
                                     "--jsonl", "--gallery", gallery], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert process.stdout is not None
         reported = None
@@ -326,7 +326,7 @@ def test_nfc_and_nfd_spellings_are_one_person(tmp_path: Path) -> None:
         assert gallery.show(nfd).name == nfc
         gallery.rename(nfd, "Zoe")
         assert [i.name for i in gallery.list_identities()] == ["Zoe"]
-    from edgeface.enroll import prepare_requests
+    from edgeface.storage.enroll import prepare_requests
 
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"x")
@@ -345,7 +345,7 @@ def test_a_camera_password_stays_out_of_the_process_list(tmp_path: Path) -> None
     url = "http://viewer:hunter2-secret@127.0.0.1:9/stream.mjpg"
     config = tmp_path / "c.json"
     config.write_text('{"pipeline": {"source": {"max_retries": 0}}}')
-    process = subprocess.Popen([sys.executable, "-m", "edgeface.run_cli", "run", "--config", config], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", "--config", config], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "EDGEFACE_SOURCE": url})
     cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
     _, err = process.communicate(timeout=120)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgeface.errors import ImageError
-from edgeface.imageio import read_image, to_bgr8
+from edgeface.io.images import read_image, to_bgr8
 
 
 def _write(path: Path, image: np.ndarray) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.imageio import read_image
-from edgeface.landmarks import ShapePredictor
+from edgeface.io.images import read_image
+from edgeface.vision.landmarks import ShapePredictor
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "dlib_landmark_reference.json"
 SHARED_LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.decide import Decider, Vote
-from edgeface.enroll import Enroller
-from edgeface.gallery import Gallery
+from edgeface.recognition.decider import Decider, Vote
+from edgeface.storage.enroll import Enroller
+from edgeface.storage.gallery import Gallery
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LFW = DATA / "lfw" / "images"
@@ -34,8 +34,8 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 @cache
 def _analyzer():
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     return FaceAnalyzer.from_config(Config().recognition)
 
@@ -46,8 +46,8 @@ def analyzer():
 
 
 def _labelled(analyzer, path: Path, rule: str) -> np.ndarray:
-    from edgeface.eval_lfw import central_face
-    from edgeface.imageio import read_image
+    from edgeface.eval.lfw import central_face
+    from edgeface.io.images import read_image
 
     image = read_image(path)
     faces = analyzer.analyze(image)
@@ -111,14 +111,14 @@ def test_enroll_cli_and_mqtt_reply_carry_the_warning(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from edgeface.commands import CommandRouter
     from edgeface.config import Config, MqttConfig
-    from edgeface.station import Station
+    from edgeface.service.mqtt.commands import CommandRouter
+    from edgeface.service.station import Station
 
     first, second = LFW / "Jeong_Se-hyun" / "Jeong_Se-hyun_0001.jpg", LFW / "Chen_Shui-bian" / "Chen_Shui-bian_0001.jpg"
 
     def edgeface(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "edgeface.gallery_cli", *map(str, args), "--gallery",
+        return subprocess.run([sys.executable, "-m", "edgeface.cli", *map(str, args), "--gallery",
                                tmp_path / "cli.db"], capture_output=True, text=True, timeout=300, check=False)
 
     def enroll(*args: object) -> subprocess.CompletedProcess[str]:

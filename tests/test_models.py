@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from edgeface.errors import ModelFileError
-from edgeface.modelfiles import (
+from edgeface.io.models import (
     MANIFEST_NAME,
     MODELS_DIR_ENV,
     read_manifest,
     verified_model_path,
 )
-from edgeface.runtime.onnx import OnnxRunner
+from edgeface.io.runtime.onnx import OnnxRunner
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"

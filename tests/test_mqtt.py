@@ -33,7 +33,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeface.commands import CommandRouter, status_handler
+from edgeface.config import MqttConfig
 from edgeface.errors import ConfigError
 from edgeface.events import (
     ClusterMergedEvent,
@@ -42,8 +42,9 @@ from edgeface.events import (
     Stats,
     event_json_schema,
 )
-from edgeface.mqtt import MqttConfig, MqttPublisher, parse_mqtt_url, resolve_password
-from edgeface.outbox import Outbox
+from edgeface.service.mqtt.client import MqttPublisher, parse_mqtt_url, resolve_password
+from edgeface.service.mqtt.commands import CommandRouter, status_handler
+from edgeface.storage.outbox import Outbox
 
 TESTS = Path(__file__).parent
 
@@ -130,7 +131,7 @@ _PUBLISHER_PROCESS = textwrap.dedent(
     import sys, time
     sys.path.insert(0, sys.argv[4])
     from _mqtt_helpers import make_events
-    from edgeface.mqtt import MqttConfig, MqttPublisher
+    from edgeface.service.mqtt.client import MqttConfig, MqttPublisher
     station, outbox, url = sys.argv[1:4]
     publisher = MqttPublisher(MqttConfig(url=url, outbox_path=outbox, reconnect_min_s=0.05,
                                          reconnect_max_s=0.5), station).start()

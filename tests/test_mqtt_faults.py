@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from _mqtt_helpers import Collector, Gate, PrivateBroker, make_events, unique_station
 
+from edgeface.config import MqttConfig
 from edgeface.events import Event
-from edgeface.mqtt import MqttConfig, MqttPublisher
-from edgeface.sinks import JsonlSink
+from edgeface.service.mqtt.client import MqttPublisher
+from edgeface.service.sinks import JsonlSink
 
 
 def broker_free_run(events: list[Event]) -> list[dict[str, object]]:

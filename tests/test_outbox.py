@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeface.errors import ConfigError
-from edgeface.outbox import Outbox
+from edgeface.storage.outbox import Outbox
 
 
 def test_fifo_order_and_ack(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_closed_outbox_refuses_use(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent(
     """
     import sys
-    from edgeface.outbox import Outbox
+    from edgeface.storage.outbox import Outbox
     box = Outbox(sys.argv[1], synchronous=sys.argv[2])
     i = 0
     while True:

@@ -42,8 +42,8 @@ class ListSink:
 
 
 def video_frames(path: Path):
-    pytest.importorskip("edgeface.sources")
-    from edgeface.sources import open_source
+    pytest.importorskip("edgeface.io.sources")
+    from edgeface.io.sources import open_source
 
     with open_source(path, every_frame=True) as source:
         yield from source
@@ -53,9 +53,9 @@ def video_frames(path: Path):
 def gallery(tmp_path_factory):
     if not PEOPLE.is_dir():
         pytest.skip("../shared/data is absent")
-    from edgeface.analyze import FaceAnalyzer
-    from edgeface.enroll import Enroller, image_files, person_folders
-    from edgeface.gallery import Gallery
+    from edgeface.storage.enroll import Enroller, image_files, person_folders
+    from edgeface.storage.gallery import Gallery
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     gallery = Gallery(tmp_path_factory.mktemp("gallery") / "gallery.db")
     enroller = Enroller(FaceAnalyzer.from_config(Config().recognition), gallery)
@@ -108,7 +108,7 @@ def test_hamilton_recognises_miranda_once_per_track_and_nobody_else_as_him(galle
 
 def _track_at(results, frame: int, box: tuple[float, float, float, float]) -> int:
     """The track of the face on `frame` that overlaps `box` most."""
-    from edgeface.track import iou_matrix
+    from edgeface.recognition.tracker import iou_matrix
 
     faces = next(r for r in results if r.index == frame).faces
     overlaps = iou_matrix(np.array([box]), np.array([f.box for f in faces]))[0]
@@ -153,8 +153,8 @@ def test_crowd_walk_gives_several_unknown_tracks_without_swaps() -> None:
 
 @pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data is absent")
 def test_tiles_find_small_faces_the_whole_frame_misses() -> None:
-    from edgeface.detect import BlazeFaceDetector
     from edgeface.pipeline import TiledDetector
+    from edgeface.vision.blazeface import BlazeFaceDetector
 
     frames = [f.image for f in video_frames(CROWD)][::10]
     short = BlazeFaceDetector("short")

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.quality import (
+from edgeface.vision.quality import (
     NOSE_DEPTH_PER_EYE_DISTANCE,
     QualityGate,
     QualityMeasures,
@@ -80,8 +80,8 @@ def test_gate_refuses_impossible_thresholds(bad: dict[str, float]) -> None:
 
 @pytest.fixture(scope="module")
 def analyzer():
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     return FaceAnalyzer.from_config(Config().recognition)
 
@@ -97,7 +97,7 @@ def _assess(analyzer, image: np.ndarray):
 def test_real_photo_passes_and_its_degraded_copies_fail_for_the_right_reason(analyzer) -> None:
     import cv2
 
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     photo = read_image(DATA / "people" / "joe_biden" / "2.jpg")
     sharp = _assess(analyzer, photo)
@@ -115,7 +115,7 @@ def test_real_photo_passes_and_its_degraded_copies_fail_for_the_right_reason(ana
 
 @needs_data
 def test_greyscale_crops_pass(analyzer) -> None:
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     results = [_assess(analyzer, read_image(path)) for path in sorted((DATA / "bbt").glob("*/*1.png"))]
     assert len(results) == 8

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from edgeface.convert.chips import warp_chip
-from edgeface.embed import SELFCHECK_MAX_DISTANCE, Embedder
-from edgeface.imageio import read_image
+from edgeface.io.images import read_image
+from edgeface.vision.embed import SELFCHECK_MAX_DISTANCE, Embedder
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "dlib_resnet_reference.json"
 SHARED_LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"

@@ -22,13 +22,13 @@ HAMILTON = DATA / "video" / "hamilton_clip.mp4"
 PEOPLE = DATA / "people"
 needs_data = pytest.mark.skipif(not (HAMILTON.is_file() and PEOPLE.is_dir()), reason="../shared/data is absent")
 needs_sources = pytest.mark.skipif(
-    not (Path(__file__).resolve().parents[1] / "edgeface" / "sources.py").is_file(), reason="edgeface.sources is missing")
+    not (Path(__file__).resolve().parents[1] / "edgeface" / "sources.py").is_file(), reason="edgeface.io.sources is missing")
 
 
 def edgeface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     # Without --gallery, `run` creates the default gallery: keep that in a fresh folder, not the checkout.
     env = {**os.environ, "EDGEFACE_GALLERY": str(Path(tempfile.mkdtemp(prefix="edgeface-test-")) / "gallery.db")}
-    return subprocess.run([sys.executable, "-m", "edgeface.run_cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgeface.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
@@ -36,10 +36,10 @@ def edgeface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def gallery_file(tmp_path_factory) -> Path:
     if not PEOPLE.is_dir():
         pytest.skip("../shared/data is absent")
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.enroll import Enroller, image_files, person_folders
-    from edgeface.gallery import Gallery
+    from edgeface.storage.enroll import Enroller, image_files, person_folders
+    from edgeface.storage.gallery import Gallery
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     path = tmp_path_factory.mktemp("gallery") / "gallery.db"
     gallery = Gallery(path)
@@ -157,7 +157,7 @@ class _VideoMjpeg:
 def test_signal_stops_a_live_run_cleanly_with_track_ended(gallery_file: Path, sig: signal.Signals) -> None:
     camera = _VideoMjpeg(HAMILTON, 90, 200)  # Miranda's close shot, looped
     try:
-        process = subprocess.Popen([sys.executable, "-m", "edgeface.run_cli", "run", "--source", camera.url,
+        process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", "--source", camera.url,
                                     "--gallery", str(gallery_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
         lines = []

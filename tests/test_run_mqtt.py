@@ -23,8 +23,8 @@ from _mjpeg import MjpegServer
 from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgeface.commands import sign_command
 from edgeface.events import parse_event
+from edgeface.service.mqtt.commands import sign_command
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HAMILTON = DATA / "video" / "hamilton_clip.mp4"
@@ -73,10 +73,10 @@ class ClipServer(MjpegServer):
 
 @pytest.fixture(scope="module")
 def gallery_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.enroll import Enroller, image_files, person_folders
-    from edgeface.gallery import Gallery
+    from edgeface.storage.enroll import Enroller, image_files, person_folders
+    from edgeface.storage.gallery import Gallery
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     path = tmp_path_factory.mktemp("gallery") / "gallery.db"
     with Gallery(path) as gallery:
@@ -156,7 +156,7 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
     commander = Commander(station, secret)
     camera = ClipServer(HAMILTON).start()
     # No --sink: the broker in the config makes MQTT the sink.
-    process = subprocess.Popen([sys.executable, "-m", "edgeface.run_cli", "run", "--source", camera.url, "--config",
+    process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", "--source", camera.url, "--config",
                                 str(config), "--gallery", str(gallery)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "EDGEFACE_COMMAND_SECRET": secret.decode()})
@@ -282,7 +282,8 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
     ended = {e.track_id for e in all_events if e.type == "track_ended"}
     assert opened <= ended
     # The negative stored by reject is the track's face: near the person's template (it matched it).
-    from edgeface.gallery import Gallery, pairwise_distances
+    from edgeface.recognition.vectors import pairwise_distances
+    from edgeface.storage.gallery import Gallery
 
     with Gallery(gallery, create=False) as stored:
         assert stored.show("lin_manuel_miranda").negative_count == 1

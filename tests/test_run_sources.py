@@ -61,7 +61,7 @@ class Run:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "EDGEFACE_GALLERY"}  # no gallery: every face is unknown
-        self.process = subprocess.Popen([sys.executable, "-m", "edgeface.run_cli", "run", *args], cwd=tmp_path,
+        self.process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", *args], cwd=tmp_path,
                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: list = []
         self.stderr: list[str] = []
@@ -181,8 +181,8 @@ def test_a_video_file_truncated_mid_stream_ends_cleanly(tmp_path: Path) -> None:
 
 @needs_video
 def test_the_configs_source_options_reach_the_source(tmp_path: Path) -> None:
+    from edgeface.cli.run import _open_source
     from edgeface.config import load_config
-    from edgeface.run_cli import _open_source
 
     config_file = tmp_path / "edgeface.yaml"
     config_file.write_text("pipeline:\n  source:\n    roi: [100, 50, 320, 240]\n    max_fps: 10\n")

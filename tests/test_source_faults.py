@@ -18,7 +18,7 @@ import pytest
 from _mjpeg import make_frame
 
 from edgeface.errors import SourceError
-from edgeface.sources import SourceState, open_source
+from edgeface.io.sources import SourceState, open_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_edgeface_run_on_a_stalling_stream_exits_1_with_one_line(tmp_path: Path)
     config.write_text('{"pipeline": {"source": {"max_retries": 2, "backoff_initial_s": 0.05, '
                       '"backoff_max_s": 0.1, "open_timeout_s": 2, "read_timeout_s": 1}}}')
     try:
-        done = subprocess.run([sys.executable, "-m", "edgeface.run_cli", "run", "--source", server.url, "--config",
+        done = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", server.url, "--config",
                                str(config), "--gallery", str(tmp_path / "none.db")], capture_output=True, text=True,
                               timeout=120, cwd=tmp_path)
     finally:
@@ -118,7 +118,7 @@ def test_a_garbage_stream_does_not_flood_stderr() -> None:
     server = StallingServer(garbage=True)
     code = (
         "import sys, time\n"
-        "from edgeface.sources import open_source\n"
+        "from edgeface.io.sources import open_source\n"
         f"s = open_source({server.url!r}, max_retries=1000, backoff_initial_s=0.05, backoff_max_s=0.1,"
         " open_timeout_s=1, read_timeout_s=1)\n"
         "time.sleep(3)\n"

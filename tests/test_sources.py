@@ -17,7 +17,7 @@ import pytest
 from _mjpeg import MjpegServer, frame_number, free_port, make_frame
 
 from edgeface.errors import EdgefaceError, SourceError
-from edgeface.sources import (
+from edgeface.io.sources import (
     Frame,
     FrameSource,
     ImageFolderSource,
@@ -106,7 +106,7 @@ def test_truncated_avi_ends_cleanly_with_the_frames_it_has(tmp_path: Path, caplo
     whole = write_numbered_video(tmp_path / "whole.avi", 40).read_bytes()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(whole[: len(whole) // 2])
-    with caplog.at_level(logging.WARNING, logger="edgeface.sources"), open_source(cut) as source:
+    with caplog.at_level(logging.WARNING, logger="edgeface.io.sources"), open_source(cut) as source:
         frames = list(source)
     assert 5 < len(frames) < 40
     assert [frame_number(f.image) for f in frames[:-1]] == list(range(len(frames) - 1))
@@ -229,7 +229,7 @@ def test_image_folder_natural_order_skips_unreadable_images(tmp_path: Path, capl
     (tmp_path / "frame5.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])  # truncated JPEG
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / ".hidden.png").write_bytes(b"ignored")
-    with caplog.at_level(logging.WARNING, logger="edgeface.sources"):
+    with caplog.at_level(logging.WARNING, logger="edgeface.io.sources"):
         source = open_source(tmp_path, every_frame=True)
         frames = list(source)
     assert isinstance(source, ImageFolderSource)
@@ -343,7 +343,7 @@ def test_a_missing_camera_device_is_a_configuration_error_at_once(spec: str | in
 
 
 def test_retry_span_is_the_sum_of_the_capped_backoffs() -> None:
-    from edgeface.sources import _duration, retry_span_s
+    from edgeface.io.sources import _duration, retry_span_s
 
     # the defaults: 0.5 + 1 + 2 + 4 + 8 + 16 + 4 x 30 s
     assert retry_span_s(10, 0.5, 30.0) == pytest.approx(151.5)
@@ -403,7 +403,7 @@ def test_mjpeg_stream_drops_reconnects_and_carries_on() -> None:
 
 
 def test_mjpeg_server_that_never_returns_fails_after_the_retries(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="edgeface.sources")
+    caplog.set_level(logging.WARNING, logger="edgeface.io.sources")
     server = MjpegServer(fps=30).start()
     source = open_source(server.url, max_retries=3, **FAST_RETRY)
     seen: list[SourceState] = []

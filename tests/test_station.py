@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.commands import CommandRouter, sign_command
 from edgeface.config import Config, MqttConfig, load_config
-from edgeface.decide import Decider, DecisionPolicy, Vote
 from edgeface.errors import ConfigError
-from edgeface.gallery import Gallery
-from edgeface.station import resolve_command_secret
+from edgeface.recognition.decider import Decider, DecisionPolicy, Vote
+from edgeface.service.mqtt.commands import CommandRouter, sign_command
+from edgeface.service.station import resolve_command_secret
+from edgeface.storage.gallery import Gallery
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -39,7 +39,7 @@ def test_config_mqtt_section(tmp_path: Path) -> None:
     path.write_text("station_id: hall\nmqtt:\n  url: mqtt://broker:1884\n  homeassistant: true\n  stats_interval_s: 5\n")
     config = load_config(path)
     assert config.mqtt == MqttConfig(url="mqtt://broker:1884", homeassistant=True, stats_interval_s=5)
-    from edgeface.mqtt import MqttConfig as Reexported
+    from edgeface.config import MqttConfig as Reexported
 
     assert Reexported is MqttConfig
 
@@ -61,7 +61,7 @@ def test_bad_mqtt_config_is_one_line(tmp_path: Path, text: str, where: str) -> N
 def _run(*args: str) -> subprocess.CompletedProcess:
     # Without --gallery, `run` creates the default gallery: keep that in a fresh folder, not the checkout.
     env = {**os.environ, "EDGEFACE_GALLERY": str(Path(tempfile.mkdtemp(prefix="edgeface-test-")) / "gallery.db")}
-    return subprocess.run([sys.executable, "-m", "edgeface.run_cli", "run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edgeface.cli", "run", *args], capture_output=True, text=True,
                           timeout=120, check=False, env=env)
 
 
@@ -102,7 +102,7 @@ def test_command_secret_sources(tmp_path: Path) -> None:
 
 
 def test_station_router_with_a_secret_refuses_unsigned_commands(tmp_path: Path) -> None:
-    from edgeface.station import Station
+    from edgeface.service.station import Station
 
     secret = b"0123456789abcdef0123456789abcdef"
     gallery = Gallery(tmp_path / "g.db")
@@ -119,7 +119,7 @@ def test_station_router_with_a_secret_refuses_unsigned_commands(tmp_path: Path) 
 
 
 def test_commands_without_a_gallery_say_how_to_get_one() -> None:
-    from edgeface.station import Station
+    from edgeface.service.station import Station
 
     router = Station(Config(station_id="hall", mqtt=MqttConfig())).register(CommandRouter(allow_unsigned=True))
     for verb, payload in [("forget", b'{"name": "Ada"}'), ("name_cluster", b'{"cluster_id": "unknown-3", "name": "Ada"}'),
@@ -215,7 +215,7 @@ _fields = st.dictionaries(
 
 @pytest.fixture(scope="module")
 def fuzz_router(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from edgeface.station import Station
+    from edgeface.service.station import Station
 
     gallery = Gallery(tmp_path_factory.mktemp("fuzz") / "g.db")
     gallery.add_templates("Ada", _unit(1))
@@ -238,8 +238,8 @@ def test_station_answers_every_malformed_command(fuzz_router, verb: str, body) -
 
 
 def test_cluster_commands_move_a_cluster_into_the_gallery(tmp_path: Path) -> None:
-    from edgeface.clusters import ClusterStore
-    from edgeface.station import Station
+    from edgeface.service.station import Station
+    from edgeface.storage.cluster_store import ClusterStore
 
     gallery = Gallery(tmp_path / "g.db")
     gallery.add_templates("Ada", _unit(1))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeface.mqtt import PASSWORD_CREDENTIAL
-from edgeface.station import SECRET_CREDENTIAL
-from edgeface.systemd import (
+from edgeface.service.mqtt.client import PASSWORD_CREDENTIAL
+from edgeface.service.station import SECRET_CREDENTIAL
+from edgeface.service.systemd import (
     Notifier,
     WatchdogFeeder,
     socket_address,
@@ -116,7 +116,7 @@ def test_abstract_namespace_socket() -> None:
 
 
 def test_a_child_process_notifies_from_its_environment(fake_systemd: FakeSystemd) -> None:
-    code = "from edgeface.systemd import Notifier; Notifier().ready('child up')"
+    code = "from edgeface.service.systemd import Notifier; Notifier().ready('child up')"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    env={**os.environ, "NOTIFY_SOCKET": fake_systemd.env_value})
     assert fake_systemd.receive() == {"READY": "1", "STATUS": "child up"}
@@ -248,7 +248,7 @@ def test_unit_has_the_required_settings() -> None:
     device_allow = [value for section, key, value in settings if key == "DeviceAllow"]
     assert "char-video4linux rw" in device_allow
     assert "ProcSubset" not in service  # onnxruntime needs /proc/cpuinfo
-    # The credential id is the file name edgeface.mqtt looks for under $CREDENTIALS_DIRECTORY.
+    # The credential id is the file name edgeface.service.mqtt.client looks for under $CREDENTIALS_DIRECTORY.
     credentials = [value for section, key, value in settings if key == "LoadCredential"]
     assert [value.split(":", 1)[0] for value in credentials] == [PASSWORD_CREDENTIAL, SECRET_CREDENTIAL]
     # Issue 15: a memory limit, a network allow list, private state, no source on the command line.

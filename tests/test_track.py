@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeface.track import Tracker, iou_matrix
-from edgeface.types import FaceDetections
+from edgeface.recognition.tracker import Tracker, iou_matrix
+from edgeface.vision.detections import FaceDetections
 
 
 def faces(*boxes: tuple[float, float, float, float]) -> FaceDetections:
@@ -25,7 +25,7 @@ def test_iou_matrix() -> None:
 
 
 def test_iou_matrix_python_and_numpy_paths_agree_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface.track as track_module
+    import edgeface.recognition.tracker as track_module
 
     rng = np.random.default_rng(3)
     pairs = []

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.verification import best_threshold, read_lfw_pairs, tar_at_far, ten_fold_accuracy
+from edgeface.eval.verification import best_threshold, read_lfw_pairs, tar_at_far, ten_fold_accuracy
 
 SHARED_LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
 

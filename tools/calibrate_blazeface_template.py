@@ -1,4 +1,4 @@
-"""Measure where BlazeFace's keypoints land on dlib's 150x150 face chip: edgeface.align.BLAZEFACE_TEMPLATES.
+"""Measure where BlazeFace's keypoints land on dlib's 150x150 face chip: edgeface.vision.align.BLAZEFACE_TEMPLATES.
 
 For LFW images of people outside every pair list (the INT8 calibration set, so evaluation never
 sees them): BlazeFace (short or full range) finds the face, dlib's 5-point shape predictor places the chip
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.align import DLIB_TEMPLATE, Aligner, dlib_chip_matrix
 from edgeface.convert.chips import calibration_images
-from edgeface.detect import BlazeFaceDetector
-from edgeface.imageio import read_image
+from edgeface.io.images import read_image
+from edgeface.vision.align import DLIB_TEMPLATE, Aligner, dlib_chip_matrix
+from edgeface.vision.blazeface import BlazeFaceDetector
 
 KEYPOINT_NAMES = ("right eye", "left eye", "nose tip", "mouth", "right ear", "left ear")
 

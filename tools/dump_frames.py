@@ -23,16 +23,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeface.align import Aligner
-from edgeface.analyze import FaceAnalyzer
-from edgeface.clusters import ClusterStore, StoreClusterHook
 from edgeface.config import Config
-from edgeface.detect import make_detector, make_refiner
-from edgeface.embed import Embedder
-from edgeface.enroll import Enroller, image_files, person_folders
-from edgeface.gallery import Gallery
+from edgeface.io.sources import open_source
 from edgeface.pipeline import build_pipeline
-from edgeface.sources import open_source
+from edgeface.storage.cluster_store import ClusterStore, StoreClusterHook
+from edgeface.storage.enroll import Enroller, image_files, person_folders
+from edgeface.storage.gallery import Gallery
+from edgeface.vision.align import Aligner
+from edgeface.vision.analyzer import FaceAnalyzer
+from edgeface.vision.blazeface import make_detector, make_refiner
+from edgeface.vision.embed import Embedder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

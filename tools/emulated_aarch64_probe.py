@@ -20,10 +20,10 @@ def main(paths: list[str]) -> int:
     import numpy as np
     import onnxruntime
 
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import RecognitionConfig
-    from edgeface.embed import Embedder
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
+    from edgeface.vision.analyzer import FaceAnalyzer
+    from edgeface.vision.embed import Embedder
 
     started = time.perf_counter()
     recognition = RecognitionConfig()

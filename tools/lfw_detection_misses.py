@@ -30,9 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgeface.detect import BlazeFaceDetector
-from edgeface.imageio import read_image
-from edgeface.types import FaceDetections
+from edgeface.io.images import read_image
+from edgeface.vision.blazeface import BlazeFaceDetector
+from edgeface.vision.detections import FaceDetections
 
 SWEEP_LOW_SCORE = 0.05
 """Detections are collected once at this score; the misses at every higher threshold follow from it."""

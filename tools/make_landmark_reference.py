@@ -8,7 +8,7 @@ gives the same pixels):
         --models-dir /path/to/face_recognition_models/models
 
 For every --every-th distinct image of LFW View 1 pairsDevTest.txt (sorted 'Name/Name_NNNN.jpg'),
-read with edgeface.imageio.read_image (BGR) and flipped to RGB, dlib's HOG detector (upsample 1)
+read with edgeface.io.images.read_image (BGR) and flipped to RGB, dlib's HOG detector (upsample 1)
 gives the largest face box, and dlib.shape_predictor(shape_predictor_5_face_landmarks.dat) gives
 the 5 landmarks (dlib's integer points). Three sets of cases, all numbers, no pixels:
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "tools"))
 from make_resnet_reference import CHIP_PADDING, chip_matrix, pair_images
 
 from edgeface.convert.chips import CHIP_SIZE
-from edgeface.imageio import read_image
+from edgeface.io.images import read_image
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ def main() -> None:
     fixture = {
         "how": (
             f"tools/make_landmark_reference.py with dlib {dlib.__version__}: every {args.every}th distinct image of LFW "
-            "pairsDevTest.txt (sorted 'Name/Name_NNNN.jpg' under lfw/images), read with edgeface.imageio.read_image "
+            "pairsDevTest.txt (sorted 'Name/Name_NNNN.jpg' under lfw/images), read with edgeface.io.images.read_image "
             "(BGR) and flipped to RGB; box = dlib HOG detector (upsample 1), largest face, as dlib rectangle corners "
             "[left, top, right, bottom]; landmarks = dlib.shape_predictor(model_file)(rgb, box) parts 0-4 (dlib's "
             "integers); chip_to_image = get_face_chip_details(shape, 150, 0.25) as a 2x3 chip (col, row, 1) -> image "

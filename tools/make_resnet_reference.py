@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgeface.convert.chips import CHIP_SIZE, calibration_images, warp_chip
-from edgeface.imageio import read_image
+from edgeface.io.images import read_image
 
 CHIP_PADDING = 0.25
 
@@ -123,7 +123,7 @@ def main() -> None:
             "LFW pairsDevTest.txt (sorted 'Name/Name_NNNN.jpg' under lfw/images), dlib HOG detector (upsample 1, "
             "largest face), shape_predictor_5_face_landmarks, get_face_chip_details(shape, 150, 0.25) -> chip_to_image "
             "(2x3, maps chip (col, row, 1) to image (x, y)); the chip is edgeface.convert.chips.warp_chip(rgb, "
-            "chip_to_image) of the image read with edgeface.imageio.read_image and flipped BGR->RGB (float64 "
+            "chip_to_image) of the image read with edgeface.io.images.read_image and flipped BGR->RGB (float64 "
             "bilinear, outside = 0, round half up, uint8 RGB); chip_rgb_sha256 is sha256 of its bytes; descriptor is "
             "dlib.face_recognition_model_v1(dat).compute_face_descriptor(chip) (raw, float32 values)"
         ),

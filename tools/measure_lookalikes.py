@@ -9,7 +9,7 @@ Printed, per data set:
 
 1. genuine and impostor distance distributions (LFW: View 1 pairsDevTrain + pairsDevTest; CelebA:
    every same-person pair and 20,000 random different-person pairs), with the percentiles the
-   enrollment thresholds (edgeface.enroll) are read from;
+   enrollment thresholds (edgeface.storage.enroll) are read from;
 2. bulk enrollment, one photo per person (LFW: every person with >= 2 photos, in folder order as
    `enroll --from-folders` does; CelebA: half the 100 people, seed 0): how many are refused as
    resembling someone, before (the old rule) and after (this rule); how many wrong-name photos (a
@@ -35,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.enroll import PhotoOutcome, Reason, check_resemblance
-from edgeface.eval_identify import dataset_people
-from edgeface.gallery import DEFAULT_MATCH_MAX_DISTANCE, EMBEDDING_DIM, GallerySnapshot, pairwise_distances
+from edgeface.eval.data import EMBEDDING_DIM
+from edgeface.eval.identify import dataset_people
+from edgeface.recognition.vectors import pairwise_distances
+from edgeface.storage.enroll import PhotoOutcome, Reason, check_resemblance
+from edgeface.storage.gallery import DEFAULT_MATCH_MAX_DISTANCE, GallerySnapshot
 
 NAN = np.full(EMBEDDING_DIM, np.nan, np.float32)
 
@@ -55,12 +57,12 @@ def analyse(root: Path, largest: bool, cache: Path) -> tuple[list[Path], list[st
             return files, owners, stored["probes"], stored["templates"], [str(v) for v in stored["verdicts"]]
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
-    from edgeface.enroll import Enroller
-    from edgeface.eval_lfw import central_face
-    from edgeface.gallery import Gallery
-    from edgeface.imageio import read_image
+    from edgeface.eval.lfw import central_face
+    from edgeface.io.images import read_image
+    from edgeface.storage.enroll import Enroller
+    from edgeface.storage.gallery import Gallery
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(Config().recognition)
     probes, templates, verdicts = [], [], []
@@ -275,9 +277,9 @@ def study(name: str, files: list[Path], owners: list[str], probes: np.ndarray, t
 def tracks(snapshot: GallerySnapshot, probes: np.ndarray, owners: list[str], by_person: dict[str, list[int]],
            enrolled: dict[str, list[int]], strangers: list[str], threshold: float, rng: np.random.Generator) -> None:
     """Tracks simulated from photos: 6 random photos of one person (an enrolled person's other photos,
-    or a never-enrolled person's) vote as a track's faces do (`edgeface.decide.vote`, weight 1). Photos
+    or a never-enrolled person's) vote as a track's faces do (`edgeface.recognition.decider.vote`, weight 1). Photos
     are more varied than a video's frames, so extra votes help here at least as much as on a camera."""
-    from edgeface.decide import DecisionPolicy, Vote, vote
+    from edgeface.recognition.decider import DecisionPolicy, Vote, vote
 
     policy = DecisionPolicy()
     cases = [(p, True) for p in enrolled] + [(p, False) for p in strangers]

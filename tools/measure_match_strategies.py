@@ -1,5 +1,5 @@
 """Nearest template ("min") or mean template ("mean") per identity: which accepts more genuine faces
-at the same false-accept rate, and at which threshold (edgeface.gallery.MEAN_THRESHOLD_TIGHTENING).
+at the same false-accept rate, and at which threshold (edgeface.storage.gallery.MEAN_THRESHOLD_TIGHTENING).
 
     edgeface eval identify --data ../shared/data/lfw/images --cache emb.npz   # embeddings, default pipeline
     python tools/measure_match_strategies.py --cache emb.npz

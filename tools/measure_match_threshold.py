@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.analyze import FaceAnalyzer
 from edgeface.config import Config
-from edgeface.eval_lfw import central_face
-from edgeface.imageio import read_image
-from edgeface.verification import read_lfw_pairs, tar_at_far
+from edgeface.eval.lfw import central_face
+from edgeface.eval.verification import read_lfw_pairs, tar_at_far
+from edgeface.io.images import read_image
+from edgeface.vision.analyzer import FaceAnalyzer
 
 
 def main(argv: list[str] | None = None) -> int:

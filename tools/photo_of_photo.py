@@ -30,10 +30,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgeface.analyze import FaceAnalyzer
 from edgeface.config import Config
-from edgeface.enroll import Enroller
-from edgeface.gallery import Gallery
+from edgeface.storage.enroll import Enroller
+from edgeface.storage.gallery import Gallery
+from edgeface.vision.analyzer import FaceAnalyzer
 
 SHOWN = ["barack_obama/1.jpg", "joe_biden/1.jpg", "alex_lacamoire/1.png",  # the enrolled photo, printed or on a phone
          "barack_obama/2.jpg", "joe_biden/2.jpg", "alex_lacamoire/2.jpg"]  # another photo of them
@@ -114,11 +114,11 @@ def main() -> int:
                 path = args.out / f"{shown.replace('/', '_').rsplit('.', 1)[0]}-{kind}-{width_px}px.jpg"
                 cv2.imwrite(str(path), render(photo, kind, width_px, seed=len(renders)))
                 renders.append((shown, kind, width_px, path))
-    baseline = subprocess.run([sys.executable, "-m", "edgeface.gallery_cli", "identify", "--gallery", str(gallery_path),
+    baseline = subprocess.run([sys.executable, "-m", "edgeface.cli", "identify", "--gallery", str(gallery_path),
                                *[str(people / shown) for shown in SHOWN]], capture_output=True, text=True, check=False)
     for line in baseline.stdout.splitlines():
         print("as is: " + line.replace(str(people) + "/", ""))
-    done = subprocess.run([sys.executable, "-m", "edgeface.gallery_cli", "identify", "--jsonl", "--gallery",
+    done = subprocess.run([sys.executable, "-m", "edgeface.cli", "identify", "--jsonl", "--gallery",
                            str(gallery_path), *[str(r[3]) for r in renders]], capture_output=True, text=True, check=False)
     results = []
     for (person, kind, width_px, path), line in zip(renders, done.stdout.splitlines()):

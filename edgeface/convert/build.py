@@ -149,8 +149,8 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
     from edgeface.convert.dlib_shape_predictor import build_shape_predictor
     from edgeface.convert.manifest import record_model_file
     from edgeface.convert.quantize import DEFAULT_SCHEME, quantize_embedder
-    from edgeface.embed import MODEL_FILES, SELFCHECK_FILE, chips_to_input
-    from edgeface.runtime.onnx import OnnxRunner
+    from edgeface.io.runtime.onnx import OnnxRunner
+    from edgeface.vision.embed import MODEL_FILES, SELFCHECK_FILE, chips_to_input
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,6 @@ def lfw_centre_chip(bgr: np.ndarray) -> np.ndarray:
 
 def calibration_chips(lfw_dir: Path, count: int = 300) -> np.ndarray:
     """(count, 150, 150, 3) uint8 BGR calibration chips (see the module docstring)."""
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     return np.stack([lfw_centre_chip(read_image(path)) for path in calibration_images(lfw_dir, count)])

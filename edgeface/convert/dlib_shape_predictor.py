@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +33,13 @@ import numpy as np
 from edgeface.convert.dlib_format import DlibReader
 from edgeface.convert.manifest import record_model_file
 from edgeface.errors import ModelFileError
+from edgeface.vision.landmarks import (
+    SHAPE_PREDICTOR_NAME,
+    ShapePredictorArrays,
+)
 
 log = logging.getLogger(__name__)
 
-SHAPE_PREDICTOR_NAME = "shape_predictor_5.npz"
-FORMAT_VERSION = 1
-_ARRAY_NAMES = ("initial_shape", "split_feature", "split_thresh", "leaf_values", "anchor_idx", "deltas", "format_version")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _MAX_COUNT = 1 << 20  # no sane model has a vector longer than this
 
@@ -52,37 +52,6 @@ MADE_BY = (
     "edgeface.convert.dlib_shape_predictor.build_shape_predictor: the .dat parsed with DlibReader, the same "
     "float32/integer values stored as fixed-shape numpy arrays in an uncompressed, timestamp-free npz"
 )
-
-
-@dataclass(frozen=True)
-class ShapePredictorArrays:
-    """The model as numpy arrays (see the module docstring for shapes)."""
-
-    initial_shape: np.ndarray
-    split_feature: np.ndarray
-    split_thresh: np.ndarray
-    leaf_values: np.ndarray
-    anchor_idx: np.ndarray
-    deltas: np.ndarray
-
-    @property
-    def num_levels(self) -> int:
-        return int(self.split_thresh.shape[0])
-
-    @property
-    def num_parts(self) -> int:
-        return int(self.initial_shape.shape[0])
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return {
-            "initial_shape": self.initial_shape,
-            "split_feature": self.split_feature,
-            "split_thresh": self.split_thresh,
-            "leaf_values": self.leaf_values,
-            "anchor_idx": self.anchor_idx,
-            "deltas": self.deltas,
-            "format_version": np.asarray(FORMAT_VERSION, dtype=np.int32),
-        }
 
 
 def _as_float32(values: np.ndarray, what: str, name: str) -> np.ndarray:
@@ -188,36 +157,6 @@ def write_npz_deterministic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(path)
-
-
-def load_shape_predictor_npz(path: Path) -> ShapePredictorArrays:
-    """Read and shape-check the npz (not its sha256: use modelfiles.verified_model_path for that)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in _ARRAY_NAMES}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
-        raise ModelFileError(f"shape predictor model {path} is unreadable ({error}); run `edgeface models build`") from error
-    if int(arrays["format_version"]) != FORMAT_VERSION:
-        raise ModelFileError(f"shape predictor model {path} has format {int(arrays['format_version'])}, expected {FORMAT_VERSION}; run `edgeface models build`")
-    model = ShapePredictorArrays(**{key: arrays[key] for key in _ARRAY_NAMES if key != "format_version"})
-    levels, trees, splits = model.split_thresh.shape
-    parts = model.num_parts
-    feats = model.anchor_idx.shape[1] if model.anchor_idx.ndim == 2 else -1
-    expected = {
-        "initial_shape": ((parts, 2), np.float32),
-        "split_feature": ((levels, trees, splits, 2), np.uint16),
-        "split_thresh": ((levels, trees, splits), np.float32),
-        "leaf_values": ((levels, trees, splits + 1, parts, 2), np.float32),
-        "anchor_idx": ((levels, feats), np.uint8),
-        "deltas": ((levels, feats, 2), np.float32),
-    }
-    for key, (shape, dtype) in expected.items():
-        value = getattr(model, key)
-        if value.shape != shape or value.dtype != dtype:
-            raise ModelFileError(f"shape predictor model {path}: {key} is {value.dtype}{value.shape}, expected {np.dtype(dtype)}{shape}")
-    if (splits + 1) & splits or model.split_feature.max(initial=0) >= feats or model.anchor_idx.max(initial=0) >= parts:
-        raise ModelFileError(f"shape predictor model {path} is inconsistent; run `edgeface models build`")
-    return model
 
 
 def build_shape_predictor(dat_path: Path, out_dir: Path) -> Path:

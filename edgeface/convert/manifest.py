@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeface.modelfiles import MANIFEST_NAME, sha256_of
+from edgeface.io.models import MANIFEST_NAME, sha256_of
 
 
 def record_model_file(directory: Path, name: str, *, source: str, license: str, made_by: str) -> None:

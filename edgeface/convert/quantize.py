@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from edgeface.embed import chips_to_input
+from edgeface.vision.embed import chips_to_input
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,502 @@
+"""`edgeface run`, `edgeface annotate` and `edgeface bench pipeline`: the camera loop on the command line.
+
+Wired into the `edgeface` command by `run_cli.register(commands)` and
+`run_cli.add_bench_pipeline(bench_kinds)` in edgeface/cli.py.
+
+`edgeface run --source SRC` exit codes (the rule of every command, edgeface/cli.py):
+  0    the source ended (a file or folder was read to its end), or SIGTERM stopped the loop;
+  130  Ctrl-C (SIGINT) stopped the loop;
+       either way every open track got its track_ended event and the sink was flushed and closed;
+  1    a problem the one-line message explains: bad config, gallery or source spec, a camera device
+       that does not exist, a live source that failed after its retries, a broker refused...;
+  2    wrong command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("edgeface.run")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+SOURCE_ENV = "EDGEFACE_SOURCE"
+"""`edgeface run` reads its source here when --source is not given: a URL with a camera password in
+it then stays out of the process list (/proc/PID/cmdline is world-readable; the environment is not)."""
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from edgeface.config import load_config
+
+    config = load_config(getattr(args, "config", None))
+    station = getattr(args, "station_id", None)
+    if station:
+        from pydantic import ValidationError
+
+        from edgeface.errors import ConfigError
+
+        try:
+            config = config.model_validate({**config.model_dump(), "station_id": station})
+        except ValidationError:
+            raise ConfigError(f"--station-id {station!r} is invalid: use 1-64 letters, digits, '_' or '-'") from None
+    return config
+
+
+def _gallery(path: Path | None, required: bool, create_default: bool = False) -> Any:
+    """The gallery to match against: --gallery FILE (must exist), else $EDGEFACE_GALLERY or ./gallery.db
+    when present (created empty when `create_default`: unknown faces are clustered in it), else None
+    (every face is unknown)."""
+    from edgeface.storage.gallery import Gallery
+    from edgeface.storage.paths import default_gallery_path
+
+    if path is not None:
+        return Gallery(path, create=False)
+    default = default_gallery_path()
+    if default.is_file():
+        return Gallery(default, create=False)
+    if create_default:
+        log.info("created an empty gallery at %s: unknown faces are clustered there; enroll people with "
+                 "`edgeface enroll`", default)
+        return Gallery(default, create=True)
+    if required:
+        from edgeface.errors import ConfigError
+
+        raise ConfigError(f"no gallery at {default}; pass --gallery FILE")
+    log.warning("no gallery (%s does not exist): every face will be unknown; enroll people or pass --gallery FILE",
+                default)
+    return None
+
+
+def _open_source(spec: str, every_frame: bool, config: Any = None, decode_threads: int | None = None) -> Any:
+    """open_source with the config's `pipeline.source` options (frame-rate cap, ROI, retries, backoff, timeouts)."""
+    from edgeface.io.sources import open_source
+
+    options: dict[str, Any] = {}
+    if config is not None:
+        options = config.pipeline.source.model_dump()
+    return open_source(int(spec) if spec.isdigit() else spec, every_frame=every_frame, decode_threads=decode_threads,
+                       **options)
+
+
+def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
+    """jsonl on stdout, or MQTT (--sink mqtt, or a broker in the config or --mqtt-url without --sink):
+    the publisher with the station's commands, Home Assistant discovery and stats (edgeface.service.station)."""
+    from edgeface.errors import ConfigError
+    from edgeface.service.sinks import JsonlSink
+
+    mqtt_url = getattr(args, "mqtt_url", None)
+    kind = args.sink or ("mqtt" if getattr(config, "mqtt", None) is not None or mqtt_url else "jsonl")
+    if kind == "jsonl":
+        if mqtt_url:
+            raise ConfigError("--mqtt-url needs --sink mqtt (or no --sink)")
+        return JsonlSink(sys.stdout)
+    from edgeface.config import MqttConfig
+    from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.service.station import Station, command_router, log_command_policy
+
+    mqtt_config = getattr(config, "mqtt", None) or MqttConfig()
+    if mqtt_url:
+        mqtt_config = mqtt_config.model_copy(update={"url": mqtt_url})
+    config = config.model_copy(update={"mqtt": mqtt_config})
+    station = Station(config, gallery=gallery)
+    router = station.register(command_router(mqtt_config, config.station_id)) if mqtt_config.commands else None
+    publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
+    if router is not None:
+        log_command_policy(router, mqtt_config)
+    station.attach(publisher)
+    try:
+        station.start()  # before the publisher connects: its first `online` follows the presence states
+        publisher.start()
+    except BaseException:
+        station.close()
+        publisher.close(flush_timeout_s=0)
+        raise
+    return station.sink
+
+
+class _StopOnSignals:
+    """SIGTERM/SIGINT set `stop` and close the source (from a helper thread, so a source waiting for
+    a frame wakes up); the previous handlers come back on exit."""
+
+    def __init__(self, stop: threading.Event, source: Any) -> None:
+        self.stop, self.source = stop, source
+        self._previous: dict[int, Any] = {}
+        self.closer: threading.Thread | None = None
+        self.signal: signal.Signals | None = None
+        """The first signal received, if any."""
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if not self.stop.is_set():
+            self.signal = signal.Signals(signum)
+            log.info("%s: stopping after the current frame", signal.Signals(signum).name)
+            self.stop.set()
+            self.closer = threading.Thread(target=self.source.close, name="edgeface-stop", daemon=True)
+            self.closer.start()
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self.closer is not None:  # let the source finish closing (its capture thread must not be killed at exit)
+            self.closer.join()
+
+
+def _cluster_hook(config: Any, gallery: Any, sink: Any) -> Any:
+    """Unknown tracks are clustered in the gallery's file; without a gallery they stay plain unknowns."""
+    if gallery is None:
+        return None
+    from edgeface.storage.cluster_store import ClusterStore, StoreClusterHook
+
+    store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
+    return StoreClusterHook(store, sink)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edgeface.pipeline import build_pipeline
+    from edgeface.service.systemd import Notifier, WatchdogFeeder
+
+    config = _config(args)
+    spec = args.source or os.environ.get(SOURCE_ENV, "")
+    if not spec:  # a usage error, like a missing required option
+        print(f"edgeface run: error: the following arguments are required: --source (or set ${SOURCE_ENV}, which "
+              "keeps a camera password out of the process list)", file=sys.stderr)
+        return 2
+    source = _open_source(spec, args.every_frame, config)  # a bad source fails before anything is created
+    stop = threading.Event()
+    stopper = _StopOnSignals(stop, source)
+    sink = None
+    notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
+    try:
+        gallery = _gallery(args.gallery, required=False, create_default=True)
+        sink = _sink(args, config, gallery)
+        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
+        if hasattr(sink, "station"):  # MQTT: commands and stats need the running pipeline
+            sink.station.attach_pipeline(pipeline, source)
+        # The watchdog is fed per processed frame only: a hung camera or model makes systemd restart us.
+        feeder = WatchdogFeeder(notifier)
+        notifier.ready(f"models loaded, reading {getattr(source, 'description', 'the source')}")
+        feeder.start()
+        with stopper:
+            stats = pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
+        log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
+                 stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
+    finally:
+        notifier.stopping("closing tracks and flushing events")
+        source.close()
+        if sink is not None:
+            sink.close()
+        notifier.close()
+    return EXIT_INTERRUPTED if stopper.signal is signal.SIGINT else EXIT_OK
+
+
+# -- annotate ------------------------------------------------------------------------------------
+
+COLOURS = {"known": (60, 200, 60), "unknown": (0, 140, 255), "undecided": (180, 180, 180)}
+
+
+def draw(image: Any, result: Any, offset: tuple[int, int] = (0, 0)) -> Any:
+    """Boxes, track ids and labels of one FrameResult drawn on a copy of the frame."""
+    import cv2
+
+    out = image.copy()
+    for face in result.faces:
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
+        x1, x2 = x1 + offset[0], x2 + offset[0]
+        y1, y2 = y1 + offset[1], y2 + offset[1]
+        if face.label is None:
+            colour, text = COLOURS["undecided"], f"#{face.track_id}"
+        elif face.label == "unknown" or face.label.startswith("unknown-"):
+            colour, text = COLOURS["unknown"], f"#{face.track_id} {face.label}"
+        else:
+            colour, text = COLOURS["known"], f"#{face.track_id} {face.label}"
+        thickness = max(2, out.shape[1] // 480)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        scale = max(0.5, out.shape[1] / 1280)
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1 + thickness // 2)
+        ty = y1 - 4 if y1 - h - 6 > 0 else y2 + h + 4
+        cv2.rectangle(out, (x1, ty - h - 3), (x1 + w + 4, ty + base), colour, -1)
+        cv2.putText(out, text, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1 + thickness // 2,
+                    cv2.LINE_AA)
+    return out
+
+
+def _scratch_copy(gallery: Any, path: Path) -> Any:
+    """An open copy of `gallery` at `path` (an empty gallery when there is none), `gallery` closed."""
+    import sqlite3
+
+    from edgeface.storage.gallery import Gallery
+
+    if gallery is None:
+        return Gallery(path, create=True)
+    source, copy = sqlite3.connect(gallery.path), sqlite3.connect(path)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+        gallery.close()
+    return Gallery(path, create=False, match_max_distance=gallery.match_max_distance)
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edgeface.errors import EdgefaceError
+    from edgeface.pipeline import build_pipeline
+    from edgeface.service.sinks import JsonlSink
+
+    config = _config(args)
+    if args.output.suffix.lower() not in (".mp4", ".avi", ".mkv"):
+        raise EdgefaceError(f"output {args.output} must end in .mp4, .avi or .mkv")
+    if not args.output.parent.is_dir():
+        raise EdgefaceError(f"output folder {args.output.parent} does not exist")
+    source = _open_source(str(args.video), every_frame=True, config=config)
+    gallery = _gallery(args.gallery, required=False)
+    writer = None
+    sink = JsonlSink(sys.stdout)
+    scratch = tempfile.TemporaryDirectory(prefix="edgeface-annotate-")
+    try:
+        # Unknown faces are clustered in a scratch copy of the gallery: the video shows cluster ids
+        # (continuing the gallery's) and the user's gallery is left as it was.
+        gallery = _scratch_copy(gallery, Path(scratch.name) / "gallery.db")
+        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
+        fps = source.fps or 25.0
+        for frame in source:
+            result = pipeline.process(frame)
+            if writer is None:
+                h, w = frame.image.shape[:2]
+                fourcc = cv2.VideoWriter_fourcc(  # type: ignore[attr-defined]
+                    *("mp4v" if args.output.suffix.lower() == ".mp4" else "MJPG"))
+                writer = cv2.VideoWriter(str(args.output), fourcc, fps, (w, h))
+                if not writer.isOpened():
+                    raise EdgefaceError(f"cannot write video {args.output} (no encoder for it in this OpenCV)")
+            writer.write(draw(frame.image, result))
+        pipeline.flush()
+        stats = pipeline.stats
+        print(f"annotated {stats.frames} frames -> {args.output}: {stats.tracks_started} track"
+              f"{'' if stats.tracks_started == 1 else 's'}, events "
+              f"{dict(stats.events)}", file=sys.stderr)
+    finally:
+        source.close()
+        if writer is not None:
+            writer.release()
+        if gallery is not None:
+            gallery.close()
+        scratch.cleanup()
+    if pipeline.stats.frames == 0:
+        raise EdgefaceError(f"{args.video}: no frames could be read")
+    return EXIT_OK
+
+
+# -- bench pipeline ------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def rss_split_mb() -> dict[str, float]:
+    """The current RSS as private memory (RssAnon) and mapped files (RssFile: the libraries' code, shared
+    with the page cache), MiB, from /proc/self/status; {} where there is none. The file part depends on
+    how the kernel holds those files in its cache (seen here: 38 to 89 MB for the same libraries)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    split = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile") and value.strip().endswith("kB"):
+            split[f"rss_{key[3:].lower()}_mb"] = round(int(value.split()[0]) / 1024, 1)
+    return split
+
+
+class _CountingSink:
+    """Counts events (the benchmark publishes nothing)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def publish(self, event: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
+def bench_once(config: Any, source_spec: str, gallery: Any, threads: int) -> dict[str, Any]:
+    """One pass over every frame of a video: wall fps, per-stage ms, model floor, events."""
+    from edgeface.pipeline import TimedRunner, build_pipeline, use_opencv_threads
+
+    use_opencv_threads(threads)
+    timers: list[TimedRunner] = []
+
+    def timed(runner: Any) -> TimedRunner:
+        timers.append(TimedRunner(runner))
+        return timers[-1]
+
+    sink = _CountingSink()
+    pipeline = build_pipeline(config, sink=sink, matcher=gallery, wrap_runner=timed, threads=threads)
+    source = _open_source(source_spec, every_frame=True, config=config, decode_threads=threads)
+    decode_s = 0.0
+    started = time.perf_counter()
+    try:
+        frames: Iterator[Any] = iter(source)
+        while True:
+            t = time.perf_counter()
+            frame = next(frames, None)
+            decode_s += time.perf_counter() - t
+            if frame is None:
+                break
+            pipeline.process(frame)
+        pipeline.flush()
+    finally:
+        source.close()
+    wall_s = time.perf_counter() - started
+    stats = pipeline.stats
+    detector_s = sum(timer.seconds for timer in timers)  # the detector's runs and the keypoint refiner's
+    model_s = detector_s + stats.stage_s["embed"]
+    return {
+        "frames": stats.frames,
+        "fps": stats.frames / wall_s if wall_s > 0 else 0.0,
+        "pipeline_fps": stats.frames / stats.process_s if stats.process_s > 0 else 0.0,
+        "pipeline_ms_per_frame": 1000 * stats.process_s / max(stats.frames, 1),
+        "decode_ms_per_frame": 1000 * decode_s / max(stats.frames, 1),
+        "model_ms_per_frame": 1000 * model_s / max(stats.frames, 1),
+        "detector_model_ms_per_frame": 1000 * detector_s / max(stats.frames, 1),
+        "model_floor_ratio": stats.process_s / model_s if model_s > 0 else float("inf"),
+        "stage_ms": {k: round(v, 4) for k, v in stats.stage_ms_per_frame().items()},
+        "faces": stats.faces,
+        "embedded": stats.embedded,
+        "tracks": stats.tracks_started,
+        "events": dict(stats.events),
+    }
+
+
+def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    config = _config(args)
+    gallery = _gallery(args.gallery, required=False) if args.gallery else None
+    runs = []
+    for i in range(args.repeats):
+        run = bench_once(config, args.source, gallery, args.threads)
+        runs.append(run)
+        print(f"run {i + 1}/{args.repeats}: {run['fps']:.1f} fps end to end, {run['pipeline_fps']:.1f} fps pipeline, "
+              f"model floor ratio {run['model_floor_ratio']:.3f}", file=sys.stderr if args.json else sys.stdout)
+    best = max(runs, key=lambda r: r["fps"])
+    summary = {
+        "source": args.source,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "fps": round(best["fps"], 2),
+        "fps_median": round(statistics.median(r["fps"] for r in runs), 2),
+        "pipeline_fps": round(best["pipeline_fps"], 2),
+        "model_floor_ratio": round(min(r["model_floor_ratio"] for r in runs), 4),
+        "model_floor_ratio_median": round(statistics.median(r["model_floor_ratio"] for r in runs), 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        **rss_split_mb(),
+        "load_average": round(os.getloadavg()[0], 2),
+        "best_run": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in best.items()},
+    }
+    out = sys.stderr if args.json else sys.stdout
+    print(f"edgeface bench pipeline: {args.source}, every frame, {args.threads} thread(s), {args.repeats} run(s)", file=out)
+    print(f"  fps (end to end, decode included): best {summary['fps']}, median {summary['fps_median']}", file=out)
+    print(f"  pipeline ms/frame {best['pipeline_ms_per_frame']:.3f} (model {best['model_ms_per_frame']:.3f}, "
+          f"decode {best['decode_ms_per_frame']:.3f} outside it)", file=out)
+    print(f"  model floor ratio (pipeline time / model run time): best {summary['model_floor_ratio']}, "
+          f"median {summary['model_floor_ratio_median']}", file=out)
+    print("  per stage ms/frame: " + ", ".join(f"{k} {v:.3f}" for k, v in best["stage_ms"].items()), file=out)
+    split = f" (now {summary['rss_anon_mb']} MB private, {summary['rss_file_mb']} MB mapped files)" if "rss_anon_mb" in summary else ""
+    print(f"  peak RSS {summary['peak_rss_mb']} MB{split}; faces {best['faces']}, embedded {best['embedded']}, "
+          f"tracks {best['tracks']}, events {best['events']}", file=out)
+    if args.json:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+# -- registration --------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `run` and `annotate` to the `edgeface` sub-commands."""
+    run = subparsers.add_parser(
+        "run", help="the camera loop: recognise faces and publish events",
+        description="Read frames from SRC, track and recognise faces, publish one event per decision "
+        "(jsonl on stdout by default). SIGTERM/SIGINT stop it cleanly: every open track gets its "
+        "track_ended and the sink is flushed.",
+        epilog="exit codes: 0 the source ended, or SIGTERM stopped the loop; 130 Ctrl-C (SIGINT) stopped it (both "
+        "cleanly: tracks ended, events flushed); 1 a problem the message explains (config, gallery, no such camera, "
+        "source lost after its retries, broker); 2 wrong usage",
+    )
+    run.add_argument("--source", metavar="SRC",
+                     help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image "
+                     "folder (default: $EDGEFACE_SOURCE; use that for a URL with a password, so that it does not "
+                     "show in the process list)")
+    run.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
+    run.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db, created empty if absent: unknown faces are clustered there)")
+    run.add_argument("--sink", choices=("jsonl", "mqtt"), default=None,
+                     help="where events go (default: mqtt when the config has an mqtt section or --mqtt-url is "
+                     "given, else jsonl on stdout)")
+    run.add_argument("--mqtt-url", metavar="URL", help="mqtt://host[:port] or mqtts://... (overrides mqtt.url of the config)")
+    run.add_argument("--station-id", metavar="ID", help="station id in events and topics (overrides the config)")
+    run.add_argument("--every-frame", action="store_true", help="files and folders: process every frame in order")
+    run.set_defaults(handler=_cmd_run)
+
+    annotate = subparsers.add_parser(
+        "annotate", help="draw boxes, track ids and names on a video",
+        description="Run the pipeline on every frame of VIDEO and write OUT with each face's box, track id and "
+        "its decision (name, cluster id or 'unknown'; grey while undecided). Events go to stdout as jsonl.",
+    )
+    annotate.add_argument("video", type=Path, metavar="VIDEO")
+    annotate.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.mp4")
+    annotate.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db if it exists)")
+    annotate.add_argument("--config", type=Path, help="YAML or JSON config file")
+    annotate.set_defaults(handler=_cmd_annotate)
+
+
+def add_bench_pipeline(bench_subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `pipeline` to the `edgeface bench` sub-commands."""
+    bench = bench_subparsers.add_parser(
+        "pipeline", help="frames/s of the whole pipeline on a video, every frame",
+        description="Every frame of VIDEO through the whole pipeline: frames/s, per-stage ms, the ratio of "
+        "pipeline time to model run time (model floor), peak RSS. With --json the last line is one JSON object "
+        "with at least fps, model_floor_ratio and peak_rss_mb.",
+    )
+    bench.add_argument("--source", required=True, metavar="VIDEO")
+    bench.add_argument("--threads", type=_positive_int, default=1, help="model threads (default 1)")
+    bench.add_argument("--repeats", type=_positive_int, default=1, help="passes over the video; best and median reported")
+    bench.add_argument("--gallery", type=Path, help="gallery to match against (default: none, every face unknown)")
+    bench.add_argument("--config", type=Path, help="YAML or JSON config file")
+    bench.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench.set_defaults(handler=_cmd_bench_pipeline)

@@ -1,0 +1,276 @@
+"""`edgeface eval identify`: open-set identification on any folder-per-person dataset.
+
+Protocol: every image is analysed as `edgeface identify` does it; the labelled person is the face
+nearest the image centre on LFW and the largest face elsewhere (`--face`; an image without a face is a
+miss when mated and never a false alarm). Gallery = the first `templates` image(s) (sorted by file
+name) of each enrolled person, always leaving that person at least one probe; mated probes = their
+other images; non-mated probes = every image of people never enrolled. Matching is the gallery's own
+(`GallerySnapshot`). Who is enrolled:
+
+- a dataset with one-image people (LFW): everyone with >= 2 images; the one-image people are the
+  strangers ("full gallery"), plus the station galleries below;
+- a dataset where everyone has several images (CelebA): half the people, drawn with a fixed seed
+  per split (`--seeds` splits), are enrolled and the other half are strangers ("half split").
+
+- rank-1: share of mated probes whose nearest identity is the right one;
+- DIR at FAR x: the threshold t lets at most x of the non-mated probes match anyone (distance < t);
+  DIR = share of mated probes matched to the right identity below t;
+- station: 50 random people with >= 2 images form the gallery (5 seeds); mated probes are their
+  other images, non-mated probes every image of everyone else.
+
+`--faces FILE` scores another system's faces (face_recognition's, tools/face_recognition_faces.py)
+by the same protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edgeface.errors import EdgefaceError
+from edgeface.eval.data import FaceRule, dataset_faces, default_face_rule, images_root
+from edgeface.eval.data import dataset_people as _folder_people
+from edgeface.eval.report import print_figures
+from edgeface.recognition.vectors import EMBEDDING_DIM
+from edgeface.storage.gallery import GallerySnapshot, MatchStrategy
+
+FARS = (0.01, 0.001)
+STATION_PEOPLE = 50
+STATION_SEEDS = 5
+
+
+def dataset_people(root: Path) -> dict[str, list[Path]]:
+    """person -> sorted image files, for each sub-folder of root (or of root/images) with images."""
+    root = images_root(root)
+    if not root.is_dir():
+        raise EdgefaceError(f"{root}: not a folder; --data takes a folder with one sub-folder per person")
+    people = _folder_people(root)
+    if sum(len(f) >= 2 for f in people.values()) < 2:
+        raise EdgefaceError(f"{root}: needs at least two sub-folders (people) with two or more images each")
+    return people
+
+
+@dataclass(frozen=True)
+class Figures:
+    rank1: float
+    dir_at_far: dict[float, float | None]
+    """None when there are no non-mated probes (or too few) to measure the false-alarm rate on."""
+    threshold_at_far: dict[float, float | None]
+    gallery_people: int
+    mated: int
+    non_mated: int
+
+
+def identification_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated: np.ndarray, mated_owner: np.ndarray,
+                           non_mated: np.ndarray, fars: tuple[float, ...] = FARS, strategy: MatchStrategy = "min") -> Figures:
+    """gallery (g, d) unit rows owned by people gallery_owner (g,) ints; probes as (n, d) rows (NaN rows:
+    no face found), mated_owner (m,) ints."""
+    names = sorted(set(gallery_owner.tolist()))
+    snapshot = GallerySnapshot.build([(f"{o:09d}", i, v) for i, (o, v) in enumerate(zip(gallery_owner, gallery))], [])
+    owners = np.array(names)
+
+    def nearest(probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = ~np.isnan(probes).any(axis=1)
+        who = np.full(len(probes), -1)
+        distance = np.full(len(probes), np.inf)
+        for start in range(0, int(found.sum()), 4096):
+            rows = np.flatnonzero(found)[start:start + 4096]
+            d = snapshot.distances(probes[rows], strategy)
+            best = np.argmin(d, axis=1)
+            who[rows], distance[rows] = owners[best], d[np.arange(len(rows)), best]
+        return who, distance
+
+    mated_who, mated_distance = nearest(mated)
+    _, non_mated_distance = nearest(non_mated)
+    correct = mated_who == mated_owner
+    ordered = np.sort(non_mated_distance)
+    dir_at_far: dict[float, float | None] = {}
+    thresholds: dict[float, float | None] = {}
+    for far in fars:  # undefined without strangers to measure false alarms on
+        allowed = int(np.floor(far * len(ordered)))
+        threshold = float(ordered[allowed]) if allowed < len(ordered) and np.isfinite(ordered[allowed]) else None
+        thresholds[far] = threshold
+        dir_at_far[far] = None if threshold is None else float(np.mean(correct & (mated_distance < threshold)))
+    return Figures(float(np.mean(correct)), dir_at_far, thresholds, len(names), len(mated), len(non_mated))
+
+
+@dataclass
+class IdentifyReport:
+    full: Figures | None
+    """Everyone with >= 2 images enrolled, one-image people as strangers; None without one-image people."""
+    station: list[Figures]
+    """Station galleries (LFW-like data) or half splits (everyone has several images)."""
+    protocol: Literal["station", "half split"]
+    images: int
+    images_without_face: int
+    seconds_per_image: float
+    templates: int
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def _station_label(self) -> str:
+        if self.protocol == "half split":
+            return f"half split ({self.station[0].gallery_people} people enrolled, the rest strangers; {len(self.station)} seeds)"
+        return f"station gallery ({STATION_PEOPLE} people x {len(self.station)} seeds)"
+
+    def lines(self) -> list[str]:
+        def far(figures: Figures) -> str:
+            return ", ".join(f"DIR {_fmt(figures.dir_at_far[f])} at FAR {100 * f:g}% "
+                             f"(threshold {_fmt(figures.threshold_at_far[f])})" for f in FARS)
+
+        def spread(values: list[float | None]) -> str:
+            known = [v for v in values if v is not None]
+            if len(known) != len(values) or not known:
+                return "n/a"
+            return f"{np.median(known):.3f} (range {min(known):.3f}-{max(known):.3f})"
+
+        station_far = ", ".join(f"DIR {spread([s.dir_at_far[f] for s in self.station])} at FAR {100 * f:g}%" for f in FARS)
+        lines = [(f"{self.images} images, {self.images_without_face} without a face, "
+                  f"{1000 * self.seconds_per_image:.1f} ms/image; {self.templates} template(s) per person; {self.settings}")]
+        if self.full is not None:
+            lines.append(f"full gallery: {self.full.gallery_people} people, {self.full.mated} mated and {self.full.non_mated} "
+                         f"non-mated probes: rank-1 {self.full.rank1:.3f}, {far(self.full)}")
+        lines.append(f"{self._station_label()}: rank-1 {spread([s.rank1 for s in self.station])}, {station_far}")
+        return lines
+
+    def as_dict(self) -> dict[str, object]:
+        def r(value: float | None) -> float | None:
+            return None if value is None else round(value, 4)
+
+        out: dict[str, object] = {"protocol": self.protocol}
+        if self.full is not None:
+            out.update({
+                "rank1": r(self.full.rank1),
+                "dir_at_far_1pct": r(self.full.dir_at_far[0.01]),
+                "dir_at_far_0_1pct": r(self.full.dir_at_far[0.001]),
+                "threshold_at_far_1pct": r(self.full.threshold_at_far[0.01]),
+                "threshold_at_far_0_1pct": r(self.full.threshold_at_far[0.001]),
+                "gallery_people": self.full.gallery_people, "mated": self.full.mated, "non_mated": self.full.non_mated,
+            })
+        out.update({
+            "station_rank1": r(float(np.mean([s.rank1 for s in self.station]))),
+            "station_dir_at_far_1pct": r(_mean([s.dir_at_far[0.01] for s in self.station])),
+            "station_dir_at_far_0_1pct": r(_mean([s.dir_at_far[0.001] for s in self.station])),
+            "station_dir_at_far_1pct_per_seed": [r(s.dir_at_far[0.01]) for s in self.station],
+            "station_threshold_at_far_1pct_per_seed": [r(s.threshold_at_far[0.01]) for s in self.station],
+            "images": self.images, "images_without_face": self.images_without_face,
+            "ms_per_image": round(1000 * self.seconds_per_image, 2), "templates": self.templates, **self.settings,
+        })
+        return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known and len(known) == len(values) else None
+
+
+def _min(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.min(known)) if known and len(known) == len(values) else None
+
+
+def central_embedding(analyzer: Any, path: Path) -> np.ndarray:
+    """Embedding of the face nearest the image centre; NaN row when no face is found (or the file
+    cannot be read)."""
+    from edgeface.errors import ImageError
+    from edgeface.eval.lfw import central_face
+    from edgeface.io.images import read_image
+
+    try:
+        image = read_image(path)
+    except ImageError as error:
+        logging.getLogger(__name__).warning("%s; counted as an image without a face", error)
+        return np.full(EMBEDDING_DIM, np.nan, np.float32)
+    faces = analyzer.analyze(image)
+    index = central_face(faces.detections, image.shape[1], image.shape[0])
+    return np.full(EMBEDDING_DIM, np.nan, np.float32) if index is None else faces.embeddings[index]
+
+
+def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templates: int = 1,
+                            strategy: MatchStrategy = "mean", progress: bool = True, seeds: int = STATION_SEEDS,
+                            cache: Path | None = None, cache_key: str = "", *, face_rule: FaceRule | None = None,
+                            faces_file: Path | None = None) -> IdentifyReport:
+    """cache: an .npz of every face (edgeface.eval.data), reused and extended when made with the same
+    cache_key (the pipeline settings), so gallery variants can be compared without analysing again."""
+    if templates < 1:
+        raise EdgefaceError("--templates must be at least 1")
+    if seeds < 1:
+        raise EdgefaceError("--seeds must be at least 1")
+    people = dataset_people(data)
+    root = images_root(data)
+    relative = {f: f.relative_to(root).as_posix() for images in people.values() for f in images}
+    table = dataset_faces(data, list(relative.values()), faces_file=faces_file, make_analyzer=make_analyzer,
+                          key=cache_key, cache=cache, progress=progress)
+    picked = table.pick(face_rule or default_face_rule(data), list(relative.values()))
+    vectors = dict(zip(relative, picked))
+
+    ids = {name: i for i, name in enumerate(people)}
+    several = [name for name, images in people.items() if len(images) >= 2]
+    split = {name: min(templates, len(people[name]) - 1) for name in several}
+
+    def stack(pairs: list[tuple[str, Path]]) -> tuple[np.ndarray, np.ndarray]:
+        if not pairs:
+            return np.zeros((0, EMBEDDING_DIM), np.float32), np.zeros(0, int)
+        return np.stack([vectors[f] for _, f in pairs]), np.array([ids[n] for n, _ in pairs])
+
+    def figures(chosen: list[str], strangers: list[str]) -> Figures:
+        gallery_pairs = [(n, f) for n in chosen for f in people[n][:split[n]]]
+        kept = [(n, v) for n, v in gallery_pairs if not np.isnan(vectors[v]).any()]
+        gallery, owner = stack(kept)
+        mated, mated_owner = stack([(n, f) for n in chosen for f in people[n][split[n]:]])
+        non_mated, _ = stack([(n, f) for n in strangers for f in people[n]])
+        return identification_figures(gallery, owner, mated, mated_owner, non_mated, strategy=strategy)
+
+    singles = [n for n, images in people.items() if len(images) == 1]
+    full = figures(several, singles) if singles else None
+    station = []
+    for seed in range(seeds):
+        size = min(STATION_PEOPLE, len(several)) if singles else len(several) // 2
+        chosen = sorted(np.random.default_rng(seed).choice(several, size=size, replace=False))
+        station.append(figures(chosen, [n for n in people if n not in set(chosen)]))
+    missing = int(np.isnan(picked).any(axis=1).sum())
+    return IdentifyReport(full, station, "station" if singles else "half split", len(relative), missing,
+                          table.seconds_per_image, templates, {"strategy": strategy})
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edgeface.config import load_config
+    from edgeface.vision.analyzer import FaceAnalyzer
+
+    recognition = load_config(args.config).recognition
+    settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
+                "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
+    report = run_identify_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), templates=args.templates,
+                                     strategy=args.strategy, progress=not args.json, cache=args.cache,
+                                     cache_key=json.dumps(settings, sort_keys=True), seeds=args.seeds,
+                                     face_rule=args.face, faces_file=args.faces)
+    report.settings.update({"faces": str(args.faces)} if args.faces else settings)
+    return print_figures(report.lines(), report.as_dict(), args.json)
+
+
+def register_eval(eval_kinds: argparse._SubParsersAction) -> None:
+    """Add `identify` under `edgeface eval`."""
+    parser = eval_kinds.add_parser("identify", help="open-set identification on a folder-per-person dataset")
+    parser.add_argument("--data", type=Path, required=True, help="folder with one sub-folder of images per person")
+    parser.add_argument("--templates", type=int, default=1, help="gallery images per person (default 1)")
+    parser.add_argument("--strategy", choices=["min", "mean"], default="mean",
+                        help="distance to a person: nearest template (min) or mean template (mean)")
+    parser.add_argument("--cache", type=Path, help="faces .npz, reused and extended when the settings match")
+    parser.add_argument("--seeds", type=int, default=STATION_SEEDS,
+                        help=f"station galleries or half splits drawn (default {STATION_SEEDS})")
+    parser.add_argument("--face", choices=["largest", "central"],
+                        help="which face is the labelled person (default: central on LFW, largest elsewhere)")
+    parser.add_argument("--faces", type=Path, help="score another system's faces (.npz from tools/face_recognition_faces.py)")
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
+    parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
+    parser.set_defaults(handler=_run)

@@ -1,0 +1,828 @@
+"""The gallery: known people and their face templates in one SQLite file, searched in memory.
+
+Storage: tables `identities` (name, created, metadata), `templates` (unit float32 embedding,
+quality, source-file sha256, created, model id), `negatives` (faces that were wrongly matched to an
+identity: "this was not NAME") and `schema_version`, upgraded by MIGRATIONS. The file runs in WAL
+mode, so a camera loop reads while `edgeface enroll` writes from another process. Every change is
+one transaction: a process killed mid-enrollment leaves each identity either complete or absent.
+
+Search: a `GallerySnapshot` (template matrix grouped by identity, per-identity mean templates,
+negatives) lives in memory; `Gallery.match` checks `PRAGMA data_version` (a few microseconds) and
+reloads it when another connection committed a change.
+
+Matching is open-set: the nearest identity answers only when its distance is below
+`match_max_distance`; otherwise the face is unknown. Distances are euclidean between unit vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeface.config import GalleryConfig
+from edgeface.errors import GalleryError
+from edgeface.recognition.vectors import EMBEDDING_DIM, pairwise_distances, unit_rows
+from edgeface.storage.sqlite import apply_migrations, transaction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "dlib_resnet_v1"
+"""The embedding space of every template written by this edgeface (dlib's ResNet; its FP32 and INT8
+builds agree to ~0.07 and share it). Templates of another model id are never compared with it."""
+
+DEFAULT_MATCH_MAX_DISTANCE = GalleryConfig().match_max_distance
+"""The config's `gallery.match_max_distance` default (0.3776). Accept a match when distance < this.
+Measured, not guessed: the distance at a false-accept rate of 0.1% on LFW View 1 `pairsDevTrain.txt`
+(1 of 1,100 different-person pairs accepted; TAR 0.943 there) with the default pipeline of 2026-11-23
+(`Config().recognition`: BlazeFace short, blazeface alignment, INT8 embedder, flip on; the face nearest
+the image centre), printed by `python tools/measure_match_threshold.py` (FAR 1%: 0.4201, TAR 0.990;
+without flip the same run gave 0.3896). 1,100 impostor pairs make the 0.1% point coarse; re-measure
+whenever the pipeline's defaults change.
+
+This is a per-comparison rate: a stranger is compared with every identity, so the share of strangers
+matched to someone grows with the gallery (LFW, one template per person, shape_predictor alignment:
+3-6% for 50 people, 54% for 1,680), which the per-track vote has to absorb."""
+
+MEAN_THRESHOLD_TIGHTENING = (0.0, 0.0, 0.0166, 0.0221)
+"""With the "mean" strategy, an identity with k templates is matched below match_max_distance minus
+MEAN_THRESHOLD_TIGHTENING[min(k, 3)]: a mean of several faces lies nearer to everyone, strangers
+included, so the same false-accept rate needs a tighter threshold. Measured on LFW (people with >= 4
+images: the first k images make the identity, the others are genuine probes; every one-image person
+is a stranger probe; default pipeline, flip on; python tools/measure_match_strategies.py): the
+distance at a false-accept rate of 0.1% per identity is 0.3741 (k=1), 0.3575 (k=2), 0.3520 (k=3). At
+that rate the mean template accepts 98.5% (k=2) and 99.0% (k=3) of genuine probes against 97.6% and
+98.3% for the nearest template, so "mean" is the default; with one template both are the same."""
+
+MatchStrategy = Literal["min", "mean"]
+MATCH_STRATEGIES: tuple[str, ...] = ("min", "mean")
+"""min: distance to an identity = to its nearest template; mean: to its normalised mean template."""
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+MAX_NAME_CHARS = 64
+SAME_TEMPLATE_MAX_DISTANCE = 1e-3
+"""Import: an incoming template (or negative) this close to a stored one of its identity is already there."""
+EXPORT_FORMAT: Literal["edgeface-gallery"] = "edgeface-gallery"
+EXPORT_FORMAT_VERSION = 1
+
+
+class InvalidNameError(GalleryError):
+    pass
+
+
+class DuplicateNameError(GalleryError):
+    pass
+
+
+class UnknownIdentityError(GalleryError):
+    pass
+
+
+class ModelMismatchError(GalleryError):
+    pass
+
+
+class GalleryVersionError(GalleryError):
+    pass
+
+
+# -- names -----------------------------------------------------------------------------------
+
+_FORBIDDEN_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character",
+                         "Cs": "a surrogate", "Co": "a private-use character", "Cn": "an unassigned character",
+                         "Zl": "a line separator", "Zp": "a paragraph separator"}
+
+
+def validate_name(name: object) -> str:
+    """The name in Unicode NFC form, or InvalidNameError saying which rule it breaks.
+
+    Any script is fine ("Zoë", "李雷"). Refused: empty, leading/trailing whitespace, "/" or "\\",
+    "." and "..", control and invisible characters, more than MAX_NAME_CHARS characters."""
+    if not isinstance(name, str):
+        raise InvalidNameError(f"invalid name {name!r}: must be text")
+    normal = unicodedata.normalize("NFC", name)
+    if not normal.strip():
+        raise InvalidNameError("invalid name: must not be empty")
+    for char in normal:
+        category = unicodedata.category(char)
+        if category in _FORBIDDEN_CATEGORIES:
+            raise InvalidNameError(f"invalid name {name!r}: contains {_FORBIDDEN_CATEGORIES[category]} (U+{ord(char):04X})")
+    if normal != normal.strip():
+        raise InvalidNameError(f"invalid name {name!r}: must not start or end with a space")
+    if "/" in normal or "\\" in normal:
+        raise InvalidNameError(f"invalid name {name!r}: must not contain a path separator ('/' or '\\')")
+    if normal in (".", ".."):
+        raise InvalidNameError(f"invalid name {name!r}: '.' and '..' are reserved")
+    if len(normal) > MAX_NAME_CHARS:
+        raise InvalidNameError(f"invalid name {normal[:20]!r}...: {len(normal)} characters, at most {MAX_NAME_CHARS}")
+    return normal
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) else name
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+
+def _to_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def _from_blob(blob: bytes, what: str) -> np.ndarray:
+    if len(blob) != 4 * EMBEDDING_DIM:
+        raise GalleryError(f"{what} holds {len(blob) // 4} numbers, expected {EMBEDDING_DIM}; the file is damaged")
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, EMBEDDING_DIM), np.float32)
+    return unit_rows(np.stack([_from_blob(b, what) for b in blobs]))
+
+
+def _check_sha256(value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or len(value) != 64
+                              or any(c not in "0123456789abcdef" for c in value)):
+        raise GalleryError(f"source hash {value!r} is not a lowercase hex sha256")
+    return value
+
+
+def _row_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT just wrote."""
+    if cursor.lastrowid is None:
+        raise GalleryError("the gallery did not report the id of a new row")
+    return int(cursor.lastrowid)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _metadata_json(metadata: dict[str, Any]) -> str:
+    if not isinstance(metadata, dict):
+        raise GalleryError("identity metadata must be a JSON object")
+    try:
+        return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise GalleryError(f"identity metadata is not JSON-serialisable: {error}") from None
+
+
+# -- schema and migrations: MIGRATIONS[i] takes a file from version i to i + 1 inside the caller's
+# transaction (never executescript: it commits). Append new steps; never edit old ones.
+
+
+def _migrate_0_to_1(db: sqlite3.Connection) -> None:
+    """The first layout: names and their templates."""
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("CREATE TABLE identities (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created TEXT NOT NULL)")
+    db.execute("CREATE TABLE templates (id INTEGER PRIMARY KEY,"
+               " identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,"
+               " embedding BLOB NOT NULL, source_sha256 TEXT, created TEXT NOT NULL)")
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Identity metadata, template quality and model id (version-1 templates were all made by
+    dlib_resnet_v1), negatives."""
+    db.execute("ALTER TABLE identities ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+    db.execute("ALTER TABLE templates ADD COLUMN quality REAL NOT NULL DEFAULT 1.0")
+    db.execute("ALTER TABLE templates ADD COLUMN model_id TEXT NOT NULL DEFAULT 'dlib_resnet_v1'")
+    db.execute("CREATE INDEX templates_by_identity ON templates(identity_id)")
+    db.execute("CREATE TABLE negatives (id INTEGER PRIMARY KEY,"
+               " identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,"
+               " embedding BLOB NOT NULL, created TEXT NOT NULL, model_id TEXT NOT NULL)")
+    db.execute("CREATE INDEX negatives_by_identity ON negatives(identity_id)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _stored_version(db: sqlite3.Connection, path: Path) -> int:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "schema_version" not in tables:
+        if tables:
+            raise GalleryVersionError(f"{path} is an SQLite file but not an edgeface gallery; choose another path")
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    if row[0] is None:
+        raise GalleryVersionError(f"{path}: schema_version is empty; the file is damaged, restore it from an export")
+    return int(row[0])
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """One probe's answer. name is None for an unknown face; distance is then to the nearest identity
+    (inf for an empty gallery) and nearest_name says who that was."""
+
+    name: str | None
+    distance: float
+    nearest_name: str | None = None
+    template_id: int | None = None
+    vetoed_by_negative: bool = False
+    """A below-threshold identity was refused because the probe is nearer one of its negatives."""
+    runner_up: str | None = None
+    """The nearest identity other than the answer (other than nearest_name for an unknown face);
+    None when the gallery has one identity."""
+    runner_up_distance: float = math.inf
+
+    def close_runner_up(self, margin: float) -> bool:
+        """A named match whose runner-up is less than `margin` farther than the answer: a look-alike."""
+        return self.name is not None and self.runner_up_distance - self.distance < margin
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    id: int
+    quality: float
+    source_sha256: str | None
+    created: str
+    model_id: str
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    name: str
+    created: str
+    metadata: dict[str, Any]
+    template_count: int
+    negative_count: int
+    templates: tuple[TemplateInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    identities_created: int
+    identities_merged: int
+    templates_added: int
+    templates_skipped: int
+    negatives_added: int
+
+
+# -- in-memory search ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GallerySnapshot:
+    """Everything matching needs, as arrays. Identity k (with at least one template) owns template
+    rows starts[k]:ends[k]; negatives[j] belongs to identity negative_owner[j]."""
+
+    names: tuple[str, ...]
+    starts: np.ndarray
+    ends: np.ndarray
+    templates: np.ndarray
+    template_ids: np.ndarray
+    means: np.ndarray
+    negatives: np.ndarray
+    negative_owner: np.ndarray
+
+    @staticmethod
+    def build(rows: Sequence[tuple[str, int, np.ndarray]], negative_rows: Sequence[tuple[str, np.ndarray]]) -> GallerySnapshot:
+        """rows: (identity name, template id, unit embedding); negative_rows: (identity name, unit embedding)."""
+        rows = sorted(rows, key=lambda r: (r[0], r[1]))
+        names = tuple(sorted({r[0] for r in rows}))
+        index = {name: k for k, name in enumerate(names)}
+        owner = np.array([index[r[0]] for r in rows], dtype=np.int64)
+        templates = np.stack([r[2] for r in rows]).astype(np.float32) if rows else np.zeros((0, EMBEDDING_DIM), np.float32)
+        starts = np.searchsorted(owner, np.arange(len(names)), side="left")
+        ends = np.searchsorted(owner, np.arange(len(names)), side="right")
+        means = unit_rows(np.add.reduceat(templates, starts, axis=0)) if names else templates[:0]
+        negatives = [(index[n], v) for n, v in negative_rows if n in index]
+        return GallerySnapshot(
+            names=names, starts=starts, ends=ends, templates=templates,
+            template_ids=np.array([r[1] for r in rows], dtype=np.int64), means=means,
+            negatives=np.stack([v for _, v in negatives]) if negatives else np.zeros((0, EMBEDDING_DIM), np.float32),
+            negative_owner=np.array([k for k, _ in negatives], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def distances(self, probes: np.ndarray, strategy: MatchStrategy = "min") -> np.ndarray:
+        """(n, identities) distances from unit probes to each identity under the strategy."""
+        if strategy == "mean":
+            return pairwise_distances(probes, self.means)
+        if not self.names:
+            return np.zeros((len(probes), 0), np.float32)
+        return np.minimum.reduceat(pairwise_distances(probes, self.templates), self.starts, axis=1)
+
+    def match(self, embeddings: np.ndarray, max_distance: float, strategy: MatchStrategy = "min") -> list[Match]:
+        """Open-set search, one Match per row. Identities are tried nearest first while below
+        max_distance; one is refused when the probe is at least as near one of its negatives as to
+        its nearest template (the next one may then answer)."""
+        if strategy not in MATCH_STRATEGIES:
+            raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
+        probes = unit_rows(embeddings) if len(embeddings) else np.zeros((0, EMBEDDING_DIM), np.float32)
+        if not self.names:
+            return [Match(None, math.inf) for _ in probes]
+        to_templates = pairwise_distances(probes, self.templates)
+        nearest_template = np.minimum.reduceat(to_templates, self.starts, axis=1)
+        by_identity = nearest_template if strategy == "min" else pairwise_distances(probes, self.means)
+        limits = [max_distance] * len(self.names)
+        if strategy == "mean":
+            tightest = len(MEAN_THRESHOLD_TIGHTENING) - 1
+            limits = [max_distance - MEAN_THRESHOLD_TIGHTENING[min(int(end - start), tightest)]
+                      for start, end in zip(self.starts.tolist(), self.ends.tolist())]
+        to_negatives = pairwise_distances(probes, self.negatives) if len(self.negatives) else None
+        results = []
+        # Python floats for the loop over identities (a few per probe): numpy scalar indexing costs more.
+        for i, (row, nearest_row) in enumerate(zip(by_identity.tolist(), nearest_template.tolist())):
+            order = sorted(range(len(row)), key=row.__getitem__)  # stable, as argsort(kind="stable")
+            nearest = self.names[order[0]]
+            answer = Match(None, row[order[0]], nearest)
+            vetoed = False
+            for k in order:
+                if not row[k] < max_distance:
+                    break
+                if not row[k] < limits[k]:
+                    continue
+                if to_negatives is not None:
+                    mine = to_negatives[i, self.negative_owner == k]
+                    if mine.size and mine.min() <= nearest_row[k]:
+                        vetoed = True
+                        continue
+                start, end = int(self.starts[k]), int(self.ends[k])
+                best_row = start + int(np.argmin(to_templates[i, start:end]))
+                answer = Match(self.names[k], row[k], nearest, int(self.template_ids[best_row]))
+                break
+            chosen = answer.name or nearest
+            second = next((k for k in order if self.names[k] != chosen), None)
+            results.append(Match(answer.name, answer.distance, nearest, answer.template_id, vetoed,
+                                 None if second is None else self.names[second],
+                                 math.inf if second is None else row[second]))
+        return results
+
+
+# -- export file format ----------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _TemplateRecord(_Strict):
+    embedding_f32le_b64: str
+    quality: float = Field(1.0, ge=0.0, le=1.0)
+    source_sha256: str | None = None
+    created: str
+
+
+class _NegativeRecord(_Strict):
+    embedding_f32le_b64: str
+    created: str
+
+
+class _IdentityRecord(_Strict):
+    name: str
+    created: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    templates: list[_TemplateRecord] = Field(default_factory=list)
+    negatives: list[_NegativeRecord] = Field(default_factory=list)
+
+
+class _ExportFile(_Strict):
+    format: Literal["edgeface-gallery"]
+    format_version: int = Field(ge=1)
+    model_id: str = Field(min_length=1)
+    dim: int
+    exported: str
+    identities: list[_IdentityRecord]
+
+
+def _encode(vector: np.ndarray) -> str:
+    return base64.b64encode(_to_blob(vector)).decode("ascii")
+
+
+def _decode(text: str, what: str) -> np.ndarray:
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise GalleryError(f"{what}: embedding is not valid base64") from None
+    return unit_rows(_from_blob(blob, what))[0]
+
+
+def _read_export(path: Path) -> _ExportFile:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GalleryError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GalleryError(f"cannot read {path}: {error}") from None
+    except ValueError as error:
+        raise GalleryError(f"{path} is not JSON ({error}); is it an edgeface gallery export?") from None
+    if not isinstance(raw, dict) or raw.get("format") != EXPORT_FORMAT:
+        raise GalleryError(f"{path} is not an edgeface gallery export (no \"format\": \"{EXPORT_FORMAT}\")")
+    version = raw.get("format_version")
+    if isinstance(version, int) and version > EXPORT_FORMAT_VERSION:
+        raise GalleryVersionError(f"{path} is export format version {version}, written by a newer edgeface "
+                                  f"(this one reads up to {EXPORT_FORMAT_VERSION}); upgrade edgeface to import it")
+    try:
+        return _ExportFile.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise GalleryError(f"{path} is not a valid gallery export: "
+                           f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+# -- the gallery -----------------------------------------------------------------------------
+
+
+class Gallery:
+    """One gallery file. Safe to share between threads; several processes may open the same file.
+
+    create=False refuses a path where no gallery exists yet (for commands that only read).
+    read_only=True opens it without writing anything (a user who may read the file but not write it,
+    or its folder, can still list and identify); writes then fail. A new file is created 0600."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model_id: str = DEFAULT_MODEL_ID,
+        match_max_distance: float = DEFAULT_MATCH_MAX_DISTANCE,
+        strategy: MatchStrategy = "mean",
+        create: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        read_only: bool = False,
+    ) -> None:
+        if strategy not in MATCH_STRATEGIES:
+            raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
+        if not 0 < match_max_distance <= 2:
+            raise GalleryError(f"match_max_distance must be in (0, 2], got {match_max_distance}")
+        self.path = Path(path)
+        self.model_id = model_id
+        self.match_max_distance = match_max_distance
+        self.strategy: MatchStrategy = strategy
+        self.busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.RLock()
+        self._snapshot: GallerySnapshot | None = None
+        self._data_version = -1
+        self.read_only = read_only
+        self._db = self._open_read_only() if read_only else self._open(create)
+
+    def _connect_read_only(self, immutable: bool) -> sqlite3.Connection:
+        from urllib.parse import quote
+
+        option = "immutable=1" if immutable else "mode=ro"
+        return sqlite3.connect(f"file:{quote(str(self.path.absolute()))}?{option}", uri=True,
+                               timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise GalleryError(f"gallery path {self.path} is a folder; give a file name such as {self.path / 'gallery.db'}")
+        if not self.path.exists():
+            raise GalleryError(f"no gallery at {self.path}; enroll someone first or pass --gallery FILE")
+        try:
+            db = self._connect_read_only(immutable=False)
+            try:
+                version = _stored_version(db, self.path)
+            except sqlite3.OperationalError:
+                # A WAL file whose -shm cannot be created (read-only folder, no writer running): read
+                # the file as it is. Nothing can change it meanwhile without write access anyway.
+                db.close()
+                db = self._connect_read_only(immutable=True)
+                version = _stored_version(db, self.path)
+        except GalleryError:
+            raise
+        except sqlite3.DatabaseError as error:
+            raise GalleryError(f"cannot open gallery {self.path} read-only: {error} (is it an edgeface gallery?)") from None
+        if version != SCHEMA_VERSION:
+            db.close()
+            newer = "a newer edgeface (upgrade edgeface)" if version > SCHEMA_VERSION else \
+                "an older edgeface: open it once with write access to upgrade it"
+            raise GalleryVersionError(f"gallery {self.path} has schema version {version}, written by {newer}")
+        return db
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise GalleryError(f"gallery path {self.path} is a folder; give a file name such as {self.path / 'gallery.db'}")
+        if not self.path.exists():
+            if not create:
+                raise GalleryError(f"no gallery at {self.path}; enroll someone first or pass --gallery FILE")
+            if not self.path.parent.is_dir():
+                raise GalleryError(f"cannot create gallery {self.path}: folder {self.path.parent} does not exist")
+            from edgeface.storage.fileperm import create_private_file
+
+            try:
+                create_private_file(self.path)  # 0600 before SQLite creates it (and its -wal, -shm) by the umask
+            except OSError as error:
+                raise GalleryError(f"cannot create gallery {self.path}: {error.strerror or error}") from None
+        try:
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                                 check_same_thread=False)
+        except sqlite3.Error as error:
+            raise GalleryError(f"cannot open gallery {self.path}: {error}") from None
+        try:
+            db.execute("PRAGMA foreign_keys = ON")
+            version = _stored_version(db, self.path)
+            if version > SCHEMA_VERSION:
+                raise GalleryVersionError(f"gallery {self.path} has schema version {version}, written by a newer "
+                                          f"edgeface (this one reads up to {SCHEMA_VERSION}); upgrade edgeface")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")  # enrollments are rare; survive power cuts on SD cards
+            if version < SCHEMA_VERSION:
+                self._migrate(db)
+        except GalleryError:
+            db.close()
+            raise
+        except sqlite3.DatabaseError as error:
+            db.close()
+            raise GalleryError(f"cannot open gallery {self.path}: {error} (is it an edgeface gallery?)") from None
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        with transaction(db):
+            version = _stored_version(db, self.path)  # another process may have migrated meanwhile
+            apply_migrations(db, "schema_version", version, MIGRATIONS)
+        if 0 < version < SCHEMA_VERSION:
+            log.info("gallery %s upgraded from schema version %d to %d", self.path, version, SCHEMA_VERSION)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """A write transaction commits all or nothing; a read sees one committed state throughout."""
+        with self._lock:
+            try:
+                try:
+                    with transaction(self._db, write) as db:
+                        yield db
+                finally:
+                    if write:
+                        self._snapshot = None  # our own commits do not change data_version
+            except sqlite3.OperationalError as error:
+                if "locked" in str(error) or "busy" in str(error):
+                    raise GalleryError(f"gallery {self.path} is busy: another process held it for more than "
+                                       f"{self.busy_timeout_ms} ms; try again") from None
+                raise GalleryError(f"gallery {self.path}: {error}") from None
+            except sqlite3.DatabaseError as error:
+                raise GalleryError(f"gallery {self.path} is damaged ({error}); restore it from an export") from None
+
+    @staticmethod
+    def _find_id(db: sqlite3.Connection, name: str) -> int | None:
+        row = db.execute("SELECT id FROM identities WHERE name = ?", (_nfc(name),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _identity_id(self, db: sqlite3.Connection, name: str) -> int:
+        identity_id = self._find_id(db, name)
+        if identity_id is None:
+            raise UnknownIdentityError(f"no identity named {name!r} in gallery {self.path}")
+        return identity_id
+
+    def _insert_template(self, db: sqlite3.Connection, identity_id: int, vector: np.ndarray, quality: float,
+                         source: str | None, created: str) -> int:
+        return _row_id(db.execute(
+            "INSERT INTO templates (identity_id, embedding, quality, source_sha256, created, model_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)", (identity_id, _to_blob(vector), quality, source, created, self.model_id),
+        ))
+
+    def _insert_negative(self, db: sqlite3.Connection, identity_id: int, vector: np.ndarray, created: str) -> int:
+        return _row_id(db.execute("INSERT INTO negatives (identity_id, embedding, created, model_id) VALUES (?, ?, ?, ?)",
+                              (identity_id, _to_blob(vector), created, self.model_id)))
+
+    def _templates_of(self, db: sqlite3.Connection, identity_id: int) -> tuple[list[int], np.ndarray, set[str]]:
+        rows = db.execute("SELECT id, embedding, source_sha256 FROM templates WHERE identity_id = ? AND model_id = ?"
+                          " ORDER BY id", (identity_id, self.model_id)).fetchall()
+        return [r[0] for r in rows], _stack([r[1] for r in rows], "a template"), {r[2] for r in rows if r[2]}
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def add_templates(
+        self,
+        name: str,
+        embeddings: np.ndarray,
+        qualities: Sequence[float] | None = None,
+        source_sha256s: Sequence[str | None] | None = None,
+        *,
+        create: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Store templates for NAME in ONE transaction, creating the identity when `create` (metadata
+        applies to a new identity). Returns the new template ids. Nothing is written on error."""
+        name = validate_name(name)
+        vectors = unit_rows(embeddings)
+        count = len(vectors)
+        qualities = [1.0] * count if qualities is None else [float(q) for q in qualities]
+        sources = [None] * count if source_sha256s is None else [_check_sha256(s) for s in source_sha256s]
+        if count == 0:
+            raise GalleryError(f"no embeddings given for {name!r}; nothing was written")
+        if len(qualities) != count or len(sources) != count:
+            raise GalleryError(f"{count} embeddings but {len(qualities)} qualities and {len(sources)} source hashes")
+        if not all(0.0 <= q <= 1.0 for q in qualities):
+            raise GalleryError("template qualities must be in [0, 1]")
+        encoded = _metadata_json(metadata or {})
+        with self._transaction(write=True) as db:
+            identity_id = self._find_id(db, name) if create else self._identity_id(db, name)
+            if identity_id is None:
+                identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, ?)",
+                                             (name, _now(), encoded)))
+            created = _now()
+            return [self._insert_template(db, identity_id, v, q, s, created) for v, q, s in zip(vectors, qualities, sources)]
+
+    def rename(self, old_name: str, new_name: str) -> None:
+        new_name = validate_name(new_name)
+        with self._transaction(write=True) as db:
+            identity_id = self._identity_id(db, old_name)
+            if new_name != _nfc(old_name) and self._find_id(db, new_name) is not None:
+                raise DuplicateNameError(f"cannot rename {old_name!r}: an identity named {new_name!r} already exists")
+            db.execute("UPDATE identities SET name = ? WHERE id = ?", (new_name, identity_id))
+
+    def remove(self, name: str) -> None:
+        """Delete the identity with its templates and negatives."""
+        with self._transaction(write=True) as db:
+            db.execute("DELETE FROM identities WHERE id = ?", (self._identity_id(db, name),))
+
+    def remove_template(self, template_id: int) -> None:
+        with self._transaction(write=True) as db:
+            if db.execute("DELETE FROM templates WHERE id = ?", (int(template_id),)).rowcount == 0:
+                raise GalleryError(f"no template with id {template_id} in gallery {self.path}")
+
+    def reject_match(self, name: str, embedding: np.ndarray) -> int | None:
+        """"This face was not NAME", in one transaction: the face is kept as a negative of NAME (a later
+        probe nearer to it than to NAME's templates is not labelled NAME), and when exactly one of NAME's
+        templates is below the match threshold from it and NAME has others, that template (a bad
+        enrollment photo) is deleted. Returns the deleted template's id, or None."""
+        vector = unit_rows(embedding)
+        if len(vector) != 1:
+            raise GalleryError(f"reject_match takes one embedding, got {len(vector)}")
+        with self._transaction(write=True) as db:
+            identity_id = self._identity_id(db, name)
+            ids, stored, _ = self._templates_of(db, identity_id)
+            removed = None
+            offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < self.match_max_distance)
+            if len(ids) > 1 and len(offending) == 1:
+                removed = ids[int(offending[0])]
+                db.execute("DELETE FROM templates WHERE id = ?", (removed,))
+                log.info("removed template %d of %r: it alone matched a face that was not them", removed, name)
+            self._insert_negative(db, identity_id, vector[0], _now())
+        return removed
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def list_identities(self) -> list[IdentityInfo]:
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT i.name, i.created, i.metadata,"
+                " (SELECT COUNT(*) FROM templates t WHERE t.identity_id = i.id),"
+                " (SELECT COUNT(*) FROM negatives n WHERE n.identity_id = i.id)"
+                " FROM identities i ORDER BY i.name").fetchall()
+        return [IdentityInfo(r[0], r[1], json.loads(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    def show(self, name: str) -> IdentityInfo:
+        with self._transaction(write=False) as db:
+            identity_id = self._identity_id(db, name)
+            created, metadata = db.execute("SELECT created, metadata FROM identities WHERE id = ?", (identity_id,)).fetchone()
+            templates = db.execute("SELECT id, quality, source_sha256, created, model_id FROM templates"
+                                   " WHERE identity_id = ? ORDER BY id", (identity_id,)).fetchall()
+            negatives = db.execute("SELECT COUNT(*) FROM negatives WHERE identity_id = ?", (identity_id,)).fetchone()[0]
+        infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4]) for t in templates)
+        return IdentityInfo(_nfc(name), created, json.loads(metadata), len(infos), int(negatives), infos)
+
+    def source_hashes(self) -> dict[str, str]:
+        """sha256 of every enrolled source file -> the identity it belongs to."""
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT t.source_sha256, i.name FROM templates t JOIN identities i ON i.id = t.identity_id"
+                              " WHERE t.source_sha256 IS NOT NULL").fetchall()
+        return dict(rows)
+
+    # -- search ------------------------------------------------------------------------------
+
+    def snapshot(self) -> GallerySnapshot:
+        """The search structure, reloaded when this or another process changed the file."""
+        with self._lock:
+            try:
+                version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as error:
+                raise GalleryError(f"gallery {self.path}: {error}") from None
+            if self._snapshot is None or version != self._data_version:
+                with self._transaction(write=False) as db:
+                    templates = db.execute("SELECT i.name, t.id, t.embedding FROM templates t JOIN identities i"
+                                           " ON i.id = t.identity_id WHERE t.model_id = ?", (self.model_id,)).fetchall()
+                    negatives = db.execute("SELECT i.name, n.embedding FROM negatives n JOIN identities i"
+                                           " ON i.id = n.identity_id WHERE n.model_id = ?", (self.model_id,)).fetchall()
+                    other = db.execute("SELECT COUNT(*) FROM templates WHERE model_id != ?", (self.model_id,)).fetchone()[0]
+                if other:
+                    log.warning("gallery %s: %d templates from another model than %s are ignored; re-enroll those people",
+                                self.path, other, self.model_id)
+                vectors = _stack([t[2] for t in templates], "a template")
+                negative_vectors = _stack([n[1] for n in negatives], "a negative")
+                self._snapshot = GallerySnapshot.build(
+                    [(t[0], t[1], vectors[i]) for i, t in enumerate(templates)],
+                    [(n[0], negative_vectors[i]) for i, n in enumerate(negatives)],
+                )
+                self._data_version = version
+                log.debug("gallery %s loaded: %d identities", self.path, len(self._snapshot))
+            return self._snapshot
+
+    def match(self, embeddings: np.ndarray, max_distance: float | None = None) -> list[Match]:
+        """One Match per row of embeddings (n, 128): a name, or None (unknown), and the distance."""
+        return self.snapshot().match(embeddings, self.match_max_distance if max_distance is None else max_distance,
+                                     self.strategy)
+
+    # -- export / import ---------------------------------------------------------------------
+
+    def export_to(self, path: str | Path) -> tuple[int, int]:
+        """Write every identity with its templates and negatives of this gallery's model (embeddings
+        and metadata only, never photos) as versioned JSON, replacing `path` atomically.
+        Returns (identities, templates)."""
+        path = Path(path)
+        records: dict[int, _IdentityRecord] = {}
+        with self._transaction(write=False) as db:
+            for iid, name, created, metadata in db.execute("SELECT id, name, created, metadata FROM identities ORDER BY name"):
+                records[iid] = _IdentityRecord(name=name, created=created, metadata=json.loads(metadata))
+            for iid, blob, quality, source, created in db.execute(
+                    "SELECT identity_id, embedding, quality, source_sha256, created FROM templates WHERE model_id = ?"
+                    " ORDER BY id", (self.model_id,)):
+                records[iid].templates.append(_TemplateRecord(embedding_f32le_b64=_encode(_from_blob(blob, "a template")),
+                                                              quality=quality, source_sha256=source, created=created))
+            for iid, blob, created in db.execute("SELECT identity_id, embedding, created FROM negatives"
+                                                 " WHERE model_id = ? ORDER BY id", (self.model_id,)):
+                records[iid].negatives.append(_NegativeRecord(embedding_f32le_b64=_encode(_from_blob(blob, "a negative")),
+                                                              created=created))
+        document = _ExportFile(format=EXPORT_FORMAT, format_version=EXPORT_FORMAT_VERSION, model_id=self.model_id,
+                               dim=EMBEDDING_DIM, exported=_now(), identities=list(records.values()))
+        from edgeface.storage.fileperm import write_private_file
+
+        try:
+            write_private_file(path, document.model_dump_json(indent=1).encode("utf-8"))  # templates: 0600
+        except OSError as error:
+            raise GalleryError(f"cannot write {path}: {error.strerror or error}") from None
+        return len(records), sum(len(r.templates) for r in records.values())
+
+    def import_from(self, path: str | Path) -> ImportReport:
+        """Add an export file's identities in ONE transaction; an existing name is merged (templates it
+        already has are skipped). Refused, with nothing written, when the file was made by another
+        model or a newer edgeface, or holds a bad name or embedding."""
+        path = Path(path)
+        document = _read_export(path)
+        if document.model_id != self.model_id or document.dim != EMBEDDING_DIM:
+            raise ModelMismatchError(
+                f"{path} holds embeddings from model {document.model_id!r} ({document.dim}-d) but this gallery uses "
+                f"{self.model_id!r} ({EMBEDDING_DIM}-d); embeddings of different models cannot be compared: "
+                "re-enroll from the photos instead")
+        incoming = []
+        for record in document.identities:
+            name = validate_name(record.name)
+            where = f"{path}: {name!r}"
+            for t in record.templates:
+                _check_sha256(t.source_sha256)
+            incoming.append((name, record,
+                             [(_decode(t.embedding_f32le_b64, f"{where} template {j}"), t) for j, t in enumerate(record.templates)],
+                             [(_decode(n.embedding_f32le_b64, f"{where} negative {j}"), n) for j, n in enumerate(record.negatives)]))
+        if len({name for name, *_ in incoming}) != len(incoming):
+            raise GalleryError(f"{path} lists the same name twice; nothing was imported")
+        created = merged = added = skipped = negatives_added = 0
+        with self._transaction(write=True) as db:
+            for name, record, templates, negatives in incoming:
+                identity_id = self._find_id(db, name)
+                if identity_id is None:
+                    identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, ?)",
+                                                 (name, record.created, _metadata_json(record.metadata))))
+                    created += 1
+                else:
+                    merged += 1
+                _, have, have_sources = self._templates_of(db, identity_id)
+                have_negatives = _stack([r[0] for r in db.execute(
+                    "SELECT embedding FROM negatives WHERE identity_id = ? AND model_id = ?",
+                    (identity_id, self.model_id))], "a negative")
+                for vector, t in templates:
+                    if (t.source_sha256 and t.source_sha256 in have_sources) or \
+                            (len(have) and pairwise_distances(vector[None], have).min() <= SAME_TEMPLATE_MAX_DISTANCE):
+                        skipped += 1
+                        continue
+                    self._insert_template(db, identity_id, vector, t.quality, t.source_sha256, t.created)
+                    have = np.vstack([have, vector[None]])
+                    have_sources.add(t.source_sha256 or "")
+                    added += 1
+                for vector, n in negatives:
+                    if len(have_negatives) and pairwise_distances(vector[None], have_negatives).min() <= SAME_TEMPLATE_MAX_DISTANCE:
+                        continue
+                    self._insert_negative(db, identity_id, vector, n.created)
+                    have_negatives = np.vstack([have_negatives, vector[None]])
+                    negatives_added += 1
+        return ImportReport(created, merged, added, skipped, negatives_added)
