@@ -323,6 +323,13 @@ class Config(StrictModel):
         None, description="MQTT broker: when set, `edgeface run` publishes there unless --sink jsonl is given",
     )
 
+    @property
+    def match_max_distance(self) -> float:
+        """The one gallery match threshold of `run`, `identify` and the eval commands:
+        `gallery.match_max_distance`, unless `pipeline.decision.match_max_distance` overrides it."""
+        override = self.pipeline.decision.match_max_distance
+        return self.gallery.match_max_distance if override is None else override
+
 
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     """The keys the model allows at `loc` (for "did you mean"), [] where that is not a model."""

@@ -1,19 +1,22 @@
-"""The camera loop: frame -> detect -> track -> quality gate -> align -> embed -> match -> decide -> sink.
+"""The camera loop: frame -> detect -> track -> schedule -> gate -> align -> embed -> match -> decide -> cluster -> bus.
 
 `Pipeline` wires the stages it is given (constructor injection) and adds no business logic of its
-own: tracking is `edgeface.recognition.tracker`, the gate is `edgeface.vision.quality`, decisions and events are
-`edgeface.recognition.decider`. Per frame:
+own: detection is `edgeface.vision`, tracking `edgeface.recognition.tracker`, the gate
+`edgeface.vision.quality`, decisions `edgeface.recognition.decider`, clustering a `ClusterStage`
+(`edgeface.storage.cluster_store`), and every event leaves through the `EventBus` (`edgeface.bus`).
+One `FrameFaces` per frame carries the columns the stages add; each stage returns a new one. Per frame:
 
-1. detect faces (optionally on a downscaled frame plus tiles, see `TiledDetector`);
+1. detect faces (optionally on a downscaled frame plus tiles, see `edgeface.vision.tiling`);
 2. a scene cut (edited video: the whole picture changes at once; checked on the detector's own
    shrunk copy of the frame) ends every open track;
 3. track: every face gets a track id; ties between overlapping faces are settled by embedding
    distance (the tracker asks for those embeddings through a callback);
-4. only faces whose track the decider wants embedded now (a new track; then every K frames until
-   decided; then an occasional re-check) go on: cheap gate checks first (score, size, pose), then
-   alignment, the blur check on the chip (a blurred face waits K frames before its next try), and
-   ONE embedder call for all of them;
-5. the gallery matches them, the decider votes, and the events it returns go to the sink.
+4. schedule: only faces whose track the decider wants embedded now (a new track; then every K frames
+   until decided; then an occasional re-check) go on: cheap gate checks first (score, size, pose),
+   then alignment, the blur check on the chip (a blurred face waits K frames before its next try),
+   and ONE embedder call for all of them;
+5. the gallery matches them and the decider votes; the unknown tracks it decided go to the cluster
+   stage, whose merges and answers (cluster fields) join the frame's events; all of them go to the bus.
 
 Every stage is timed (`PipelineStats.stage_s`); the model runs are timed separately when the
 detectors' runners are wrapped in `TimedRunner`s (`bench pipeline` does this) so that the overhead
@@ -27,16 +30,18 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
-from edgeface.events import utc_now
-from edgeface.recognition.decider import UNKNOWN, Decider, Vote
-from edgeface.recognition.tracker import Tracker, iou_matrix
+from edgeface.bus import EventBus
+from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
+from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
+from edgeface.recognition.tracker import Tracker
+from edgeface.vision.analyzer import FaceAnalyzer, camera_models
 from edgeface.vision.detections import FaceDetections
 from edgeface.vision.quality import (
     QualityGate,
@@ -45,14 +50,15 @@ from edgeface.vision.quality import (
     measures_before_blur,
     with_blur,
 )
+from edgeface.vision.scene import SceneCutDetector
 
 if TYPE_CHECKING:
-    from edgeface.service.sinks import EventSink
+    from edgeface.config import Config
     from edgeface.storage.gallery import Match
 
 log = logging.getLogger(__name__)
 
-STAGES = ("detect", "track", "quality", "align", "embed", "match", "decide", "sink")
+STAGES = ("detect", "track", "quality", "align", "embed", "match", "decide", "cluster", "sink")
 
 EPOCH_TS_MIN = 1e9
 """Frame timestamps at or above this are seconds since the Unix epoch (live sources); smaller ones are
@@ -81,6 +87,13 @@ class Embedder(Protocol):
 
 class Matcher(Protocol):
     def match(self, embeddings: np.ndarray) -> list[Match]: ...
+
+
+class ClusterStage(Protocol):
+    """Clusters an unknown track: its cluster (None when it could not be clustered) and the events the
+    update caused (merges, events other processes queued), published before the frame's own."""
+
+    def assign(self, track: UnknownTrack) -> tuple[ClusterAssignment | None, list[Event]]: ...
 
 
 class NoGallery:
@@ -114,133 +127,37 @@ class TimedRunner:
             self.calls += 1
 
 
-# -- detection on big frames ---------------------------------------------------------------------
+# -- the per-frame object, results and stats -----------------------------------------------------
 
 
-def nms_merge(detections: Sequence[FaceDetections], iou_threshold: float = 0.3) -> FaceDetections:
-    """Merge detections from overlapping views: best score first, a face overlapping a kept one by
-    IoU > iou_threshold (or lying mostly inside it) is the same face and dropped."""
-    parts = [d for d in detections if len(d)]
-    if not parts:
-        return FaceDetections()
-    xyxy = np.concatenate([d.xyxy for d in parts])
-    score = np.concatenate([d.score for d in parts])
-    kps = np.concatenate([d.kps for d in parts])
-    order = np.argsort(-score, kind="stable")
-    keep: list[int] = []
-    for i in order:
-        if keep:
-            kept = xyxy[keep]
-            iou = iou_matrix(xyxy[i][None], kept)[0]
-            inter_w = np.clip(np.minimum(kept[:, 2], xyxy[i, 2]) - np.maximum(kept[:, 0], xyxy[i, 0]), 0, None)
-            inter_h = np.clip(np.minimum(kept[:, 3], xyxy[i, 3]) - np.maximum(kept[:, 1], xyxy[i, 1]), 0, None)
-            area = max(float((xyxy[i, 2] - xyxy[i, 0]) * (xyxy[i, 3] - xyxy[i, 1])), 1e-6)
-            if np.any(iou > iou_threshold) or np.any(inter_w * inter_h / area > 0.7):
-                continue
-        keep.append(int(i))
-    index = np.array(keep, dtype=np.int64)
-    return FaceDetections(xyxy[index], score[index], kps[index])
+@dataclass(frozen=True)
+class FrameFaces:
+    """One frame's faces as the stages see them, one column per stage; a stage returns a copy with its
+    column added (`dataclasses.replace`) and never changes the one it was given. Columns keyed by face
+    index (the row of `detections`) hold only the faces the stage worked on."""
 
+    index: int
+    ts: datetime
+    detections: FaceDetections
+    """Boxes, scores, keypoints (detect)."""
+    scene_cut: bool = False
+    track_ids: tuple[int, ...] = ()
+    """One per face (track)."""
+    due: tuple[int, ...] = ()
+    """Faces whose track wants an embedding now (schedule)."""
+    rejected: Mapping[int, QualityReason] = field(default_factory=dict)
+    """Faces the quality gate refused, with the reason (gate)."""
+    weights: Mapping[int, float] = field(default_factory=dict)
+    """Faces that passed the gate, with their quality weight (gate)."""
+    chips: Mapping[int, np.ndarray] = field(default_factory=dict)
+    """Aligned chips (align; the tracker may ask for some to settle a tie)."""
+    embeddings: Mapping[int, np.ndarray] = field(default_factory=dict)
+    """Embeddings (embed)."""
+    matches: Mapping[int, Match] = field(default_factory=dict)
+    """Gallery matches of the faces that passed the gate (match)."""
 
-def tile_grid(width: int, height: int, tiles_x: int, tiles_y: int, overlap_frac: float) -> list[tuple[int, int, int, int]]:
-    """(x0, y0, x1, y1) of tiles_x * tiles_y tiles covering the frame, neighbours overlapping by
-    overlap_frac of a tile's size (so a face cut by one tile's edge is whole in the next)."""
-    boxes = []
-    tile_w = width / (tiles_x - (tiles_x - 1) * overlap_frac)
-    tile_h = height / (tiles_y - (tiles_y - 1) * overlap_frac)
-    for j in range(tiles_y):
-        for i in range(tiles_x):
-            x0 = round(i * tile_w * (1 - overlap_frac))
-            y0 = round(j * tile_h * (1 - overlap_frac))
-            boxes.append((x0, y0, min(round(x0 + tile_w), width), min(round(y0 + tile_h), height)))
-    return boxes
-
-
-class TiledDetector:
-    """Detect on the whole frame plus a grid of overlapping tiles, merged by NMS.
-
-    BlazeFace sees a whole image at 128 (short) or 192 (full) pixels, so a face smaller than about a
-    tenth (short) or a twentieth (full) of the frame's long side is lost; a tile is a closer look at
-    part of the frame. The frame is first downscaled ONCE so that its long side is at most
-    `work_long_side_px` (resizing each full-resolution tile separately costs more than the model);
-    boxes come back in source pixels. Frames whose long side is at most `min_side_px_for_tiles` are
-    detected whole, as by the plain detector."""
-
-    def __init__(self, detector: Any, tiles_x: int = 2, tiles_y: int = 2, overlap_frac: float = 0.2,
-                 whole_frame: bool = True, min_side_px_for_tiles: int = 1000, work_long_side_px: int = 960) -> None:
-        if tiles_x < 1 or tiles_y < 1:
-            raise ValueError("tiles_x and tiles_y must be >= 1")
-        if not 0.0 <= overlap_frac < 0.5:
-            raise ValueError(f"overlap_frac must be in [0, 0.5), got {overlap_frac}")
-        if work_long_side_px < 64:
-            raise ValueError(f"work_long_side_px must be >= 64, got {work_long_side_px}")
-        self.detector = detector
-        self.tiles_x, self.tiles_y, self.overlap_frac = tiles_x, tiles_y, overlap_frac
-        self.whole_frame = whole_frame
-        self.min_side_px_for_tiles = min_side_px_for_tiles
-        self.work_long_side_px = work_long_side_px
-
-    def detect(self, image: np.ndarray) -> FaceDetections:
-        import cv2
-
-        height, width = image.shape[:2]
-        if max(width, height) <= self.min_side_px_for_tiles or self.tiles_x * self.tiles_y == 1:
-            return self.detector.detect(image)
-        scale = min(1.0, self.work_long_side_px / max(width, height))
-        work = image
-        if scale < 1.0:
-            work = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                              interpolation=cv2.INTER_AREA)
-        h, w = work.shape[:2]
-        views: list[FaceDetections] = []
-        if self.whole_frame:
-            views.append(self.detector.detect(work))
-        for x0, y0, x1, y1 in tile_grid(w, h, self.tiles_x, self.tiles_y, self.overlap_frac):
-            found = self.detector.detect(work[y0:y1, x0:x1])
-            if len(found):
-                shift = np.array([x0, y0], np.float32)
-                views.append(FaceDetections((found.xyxy.reshape(-1, 2, 2) + shift).reshape(-1, 4), found.score,
-                                            found.kps + shift))
-        merged = nms_merge(views)
-        if scale < 1.0 and len(merged):
-            merged = FaceDetections(merged.xyxy / np.float32(scale), merged.score, merged.kps / np.float32(scale))
-        return merged
-
-
-# -- scene cuts ----------------------------------------------------------------------------------
-
-
-class SceneCutDetector:
-    """Mean absolute difference of consecutive 32x18 thumbnails (0..255, over all colour channels; it
-    separates as the grey difference did, at one OpenCV call less). Above min_diff the picture changed
-    at once: a cut in edited video (hamilton_clip: 26.2-29.7 at its three cuts, at most 13.0 elsewhere;
-    crowd_walk at most 8.1, both detectors' thumbnails). A fixed camera sees one when the lights switch.
-
-    Any picture of the whole frame will do: the thumbnail is point-sampled at 64x36 (INTER_NEAREST_EXACT
-    reads only the rows it samples) and averaged 2x2 down to 32x18. The camera loop hands it the
-    detector's own shrunk copy of the frame (128x72 for a 640x360 frame), so the frame is not read a
-    second time: ~0.005 ms instead of ~0.015 ms on the full frame after the model run (and 2 ms for a
-    full-frame grey conversion and INTER_AREA at 1080p)."""
-
-    THUMB = (32, 18)
-
-    def __init__(self, min_diff: float = 20.0) -> None:
-        self.min_diff = min_diff
-        self._previous: np.ndarray | None = None
-
-    def __call__(self, image: np.ndarray) -> bool:
-        import cv2
-
-        w, h = self.THUMB
-        small = cv2.resize(image, (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST_EXACT)
-        small = cv2.resize(small, (w, h), interpolation=cv2.INTER_AREA)
-        if small.ndim == 3 and small.shape[2] == 4:
-            small = small[:, :, :3]
-        previous, self._previous = self._previous, small
-        if previous is None or self.min_diff <= 0 or previous.shape != small.shape:
-            return False
-        channels = 1 if small.ndim == 2 else small.shape[2]
-        return sum(cv2.mean(cv2.absdiff(small, previous))[:channels]) / channels > self.min_diff
+    def __len__(self) -> int:
+        return len(self.detections)
 
 
 # -- results and stats ---------------------------------------------------------------------------
@@ -282,6 +199,10 @@ class PipelineStats:
     process_s: float = 0.0
     """Wall time inside Pipeline.process (all stages + glue), seconds."""
 
+    def count_event(self, event: Event) -> None:
+        """A bus subscriber: every event of the station, whichever stage or command published it."""
+        self.events[event.type] += 1
+
     def stage_ms_per_frame(self) -> dict[str, float]:
         return {k: 1000 * v / max(self.frames, 1) for k, v in self.stage_s.items()}
 
@@ -298,10 +219,11 @@ class Pipeline:
         embedder: Embedder,
         matcher: Matcher | None,
         decider: Decider,
-        sink: EventSink,
+        bus: EventBus,
         tracker: Tracker | None = None,
         gate: QualityGate | None = None,
         scene_cut: SceneCutDetector | None = None,
+        clusters: ClusterStage | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.detector = detector
@@ -309,11 +231,13 @@ class Pipeline:
         self.embedder = embedder
         self.matcher = matcher or NoGallery()
         self.decider = decider
-        self.sink = sink
+        self.bus = bus
         self.tracker = tracker if tracker is not None else Tracker()  # (an empty Tracker is falsy: len 0)
         self.gate = gate or QualityGate()
         self.scene_cut = scene_cut
+        self.clusters = clusters
         self.stats = PipelineStats()
+        bus.subscribe(self.stats.count_event, name="pipeline stats")
         self._clock = clock
         self._start = clock()
         self._last_ts = self._start
@@ -333,19 +257,175 @@ class Pipeline:
             when = self._clock()
         return max(when, self._last_ts)
 
-    def _publish(self, events: Iterable[Any]) -> list[Any]:
-        out = []
-        for event in events:
-            self.sink.publish(event)
-            self.stats.events[event.type] += 1
-            out.append(event)
-        return out
-
     def _label(self, track_id: int) -> str | None:
         decision = self.decider.decision(track_id)
         if decision == UNKNOWN:
             return self.decider.cluster_of(track_id) or UNKNOWN
         return decision
+
+    # -- the stages ---------------------------------------------------------------------------
+
+    def _detect(self, image: np.ndarray, index: int, ts: datetime) -> FrameFaces:
+        t = time.perf_counter()
+        detections = self.detector.detect(image)
+        self.stats.stage_s["detect"] += time.perf_counter() - t
+        cut = False
+        if self.scene_cut is not None:  # on the detector's shrunk copy of the frame when it has one
+            thumbnail = getattr(self.detector, "last_thumbnail", None)
+            cut = self.scene_cut(image if thumbnail is None else thumbnail)
+        return FrameFaces(index, ts, detections, cut)
+
+    def _align(self, image: np.ndarray, faces: FrameFaces, indices: Sequence[int]) -> FrameFaces:
+        wanted = [i for i in indices if i not in faces.chips]
+        if not wanted:
+            return faces
+        a = time.perf_counter()
+        chips = dict(faces.chips)
+        chips.update(zip(wanted, self.aligner.align(image, faces.detections[np.array(wanted)])))
+        self.stats.stage_s["align"] += time.perf_counter() - a
+        return dataclasses.replace(faces, chips=chips)
+
+    def _embed(self, faces: FrameFaces, indices: Sequence[int]) -> FrameFaces:
+        wanted = [i for i in indices if i not in faces.embeddings]
+        if not wanted:
+            return faces
+        a = time.perf_counter()
+        vectors = self.embedder.embed(np.stack([faces.chips[i] for i in wanted]))
+        self.stats.stage_s["embed"] += time.perf_counter() - a
+        self.stats.embedded += len(wanted)
+        embeddings = dict(faces.embeddings)
+        embeddings.update(zip(wanted, vectors))
+        return dataclasses.replace(faces, embeddings=embeddings)
+
+    def _track(self, image: np.ndarray, faces: FrameFaces, source_ts: float) -> tuple[FrameFaces, list[Any], int]:
+        """Track ids for every face (and the chips and embeddings the tracker asked for to settle ties);
+        returns the tracks that ended and how many tracks started."""
+        ended = list(self.tracker.end_all()) if faces.scene_cut else []
+        if faces.scene_cut:
+            self.stats.scene_cuts += 1
+        current = faces
+
+        def embed_for_tracker(indices: Sequence[int]) -> np.ndarray:
+            nonlocal current
+            current = self._embed(self._align(image, current, indices), indices)
+            return np.stack([current.embeddings[i] for i in indices])
+
+        def will_embed(track_id: int, i: int) -> bool:  # the same tests as the schedule and gate below, before the chip
+            return self.decider.wants_embedding(track_id, faces.index) and \
+                self.gate.judge(measures_before_blur(faces.detections, [i])[0]).reason is None
+
+        t = time.perf_counter()
+        update = self.tracker.update(faces.detections, source_ts, faces.index, embed=embed_for_tracker,
+                                     will_embed=will_embed)
+        self.stats.stage_s["track"] += time.perf_counter() - t
+        self.stats.ambiguous += update.ambiguous
+        return dataclasses.replace(current, track_ids=tuple(update.track_ids.tolist())), ended + list(update.ended), \
+            len(update.new)
+
+    def _schedule(self, faces: FrameFaces, ended: Sequence[Any], started: int) -> tuple[FrameFaces, list[Event]]:
+        """End the tracks that ended, note the ones on screen, and pick the faces to embed now."""
+        t = time.perf_counter()
+        events: list[Event] = []
+        for track in ended:  # noticed now; the event says when the face was last seen (`ended`)
+            events += self.decider.end_track(track.id, now=faces.ts)
+        self.stats.tracks_ended += len(ended)
+        self.stats.tracks_started += started
+        for track_id in faces.track_ids:
+            self.decider.seen(track_id, faces.ts)
+        if len(faces.track_ids) > 1:
+            self.decider.seen_together(faces.track_ids)
+        due = tuple(i for i, t_id in enumerate(faces.track_ids) if self.decider.wants_embedding(t_id, faces.index))
+        self.stats.stage_s["decide"] += time.perf_counter() - t
+        return dataclasses.replace(faces, due=due), events
+
+    def _gate_before_chip(self, faces: FrameFaces) -> tuple[FrameFaces, list[tuple[int, QualityMeasures]]]:
+        """Score, size and pose need no chip."""
+        t = time.perf_counter()
+        rejected: dict[int, QualityReason] = {}
+        passing: list[tuple[int, QualityMeasures]] = []
+        if faces.due:
+            for i, m in zip(faces.due, measures_before_blur(faces.detections, list(faces.due))):
+                result = self.gate.judge(m)
+                if result.reason is not None:
+                    rejected[i] = result.reason
+                else:
+                    passing.append((i, m))
+        self.stats.stage_s["quality"] += time.perf_counter() - t
+        return dataclasses.replace(faces, rejected=rejected), passing
+
+    def _gate_on_chip(self, faces: FrameFaces, passing: Sequence[tuple[int, QualityMeasures]]) -> FrameFaces:
+        """Blur is measured on the chip; a face refused here waits before its next try."""
+        t = time.perf_counter()
+        rejected = dict(faces.rejected)
+        weights: dict[int, float] = {}
+        for i, m in passing:
+            result = self.gate.judge(with_blur(m, faces.chips[i]))
+            if result.reason is not None:
+                rejected[i] = result.reason
+                self.decider.refused_on_chip(faces.track_ids[i], faces.index)
+            else:
+                weights[i] = result.weight
+        for reason in rejected.values():
+            self.stats.quality_rejections[reason.value] += 1
+        self.stats.stage_s["quality"] += time.perf_counter() - t
+        return dataclasses.replace(faces, rejected=rejected, weights=weights)
+
+    def _match(self, faces: FrameFaces) -> FrameFaces:
+        good = list(faces.weights)
+        t = time.perf_counter()
+        matches = self.matcher.match(np.stack([faces.embeddings[i] for i in good]))
+        self.stats.stage_s["match"] += time.perf_counter() - t
+        return dataclasses.replace(faces, matches=dict(zip(good, matches)))
+
+    def _decide(self, faces: FrameFaces) -> list[Event]:
+        t = time.perf_counter()
+        events: list[Event] = []
+        for i, weight in faces.weights.items():
+            track_id, vector, match = faces.track_ids[i], faces.embeddings[i], faces.matches[i]
+            self.tracker.observe(track_id, vector)
+            vote = Vote(vector, weight, match.name, float(match.distance) if np.isfinite(match.distance) else 2.0,
+                        faces.index, faces.chips[i], match.runner_up, float(match.runner_up_distance))
+            events += self.decider.add_vote(track_id, vote, faces.ts)
+        self.stats.stage_s["decide"] += time.perf_counter() - t
+        return events
+
+    def _cluster(self, events: list[Event]) -> list[Event]:
+        """The unknown tracks the decider decided go to the cluster stage; its answer fills the cluster
+        fields of their unknown (and, for a track decided as it ended, track_ended) events. The events
+        the updates caused come first."""
+        tracks = {track.track_id: track for track in self.decider.take_unknown_tracks()}
+        if not tracks or self.clusters is None:
+            return events
+        t = time.perf_counter()
+        caused: list[Event] = []
+        out: list[Event] = []
+        assigned: dict[int, str] = {}
+        for event in events:
+            if isinstance(event, UnknownEvent) and event.track_id in tracks:
+                assignment, side = self.clusters.assign(tracks.pop(event.track_id))
+                caused += side
+                if assignment is not None:
+                    assigned[event.track_id] = assignment.cluster_id
+                    self.decider.assign_cluster(event.track_id, assignment.cluster_id)
+                    event = UnknownEvent.model_validate({
+                        **event.model_dump(), "cluster_id": assignment.cluster_id,
+                        "cluster_status": assignment.status, "visit_count": assignment.visit_count,
+                        "first_seen": assignment.first_seen, "last_seen": assignment.last_seen})
+            elif isinstance(event, TrackEndedEvent) and event.decision == UNKNOWN and event.track_id in assigned \
+                    and event.cluster_id is None:
+                event = TrackEndedEvent.model_validate({**event.model_dump(), "cluster_id": assigned[event.track_id]})
+            out.append(event)
+        self.stats.stage_s["cluster"] += time.perf_counter() - t
+        return caused + out
+
+    def _publish(self, events: Iterable[Event]) -> list[Event]:
+        t = time.perf_counter()
+        out = []
+        for event in events:
+            self.bus.publish(event)
+            out.append(event)
+        self.stats.stage_s["sink"] += time.perf_counter() - t
+        return out
 
     # -- one frame ----------------------------------------------------------------------------
 
@@ -357,128 +437,32 @@ class Pipeline:
 
     def _process(self, frame: FrameLike) -> FrameResult:
         started = time.perf_counter()
-        stage = self.stats.stage_s
         image, index = frame.image, int(frame.index)
         ts = self.frame_time(float(frame.ts))
         self._last_ts = max(self._last_ts, ts)
-        events: list[Any] = []
 
-        t0 = time.perf_counter()
-        detections = self.detector.detect(image)
-        t1 = time.perf_counter()
-        stage["detect"] += t1 - t0
-        cut = False
-        if self.scene_cut is not None:  # on the detector's shrunk copy of the frame when it has one
-            thumbnail = getattr(self.detector, "last_thumbnail", None)
-            cut = self.scene_cut(image if thumbnail is None else thumbnail)
+        faces = self._detect(image, index, ts)
+        faces, ended, new_tracks = self._track(image, faces, float(frame.ts))
+        faces, events = self._schedule(faces, ended, new_tracks)
+        faces, passing = self._gate_before_chip(faces)
+        faces = self._align(image, faces, [i for i, _ in passing])
+        faces = self._gate_on_chip(faces, passing)
+        if faces.weights:
+            good = list(faces.weights)
+            faces = self._match(self._embed(faces, good))
+            events += self._decide(faces)
+        published = self._publish(self._cluster(events))
 
-        ended = []
-        if cut:
-            self.stats.scene_cuts += 1
-            ended = list(self.tracker.end_all())
-
-        chips: dict[int, np.ndarray] = {}
-        embeddings: dict[int, np.ndarray] = {}
-
-        def align(indices: Sequence[int]) -> None:
-            wanted = [i for i in indices if i not in chips]
-            if wanted:
-                a = time.perf_counter()
-                for i, chip in zip(wanted, self.aligner.align(image, detections[np.array(wanted)])):
-                    chips[i] = chip
-                stage["align"] += time.perf_counter() - a
-
-        def embed_for_tracker(indices: Sequence[int]) -> np.ndarray:
-            align(indices)
-            wanted = [i for i in indices if i not in embeddings]
-            if wanted:
-                a = time.perf_counter()
-                vectors = self.embedder.embed(np.stack([chips[i] for i in wanted]))
-                stage["embed"] += time.perf_counter() - a
-                self.stats.embedded += len(wanted)
-                embeddings.update(zip(wanted, vectors))
-            return np.stack([embeddings[i] for i in indices])
-
-        t2 = time.perf_counter()
-        def will_embed(track_id: int, i: int) -> bool:  # the same tests as below, before the chip
-            return self.decider.wants_embedding(track_id, index) and \
-                self.gate.judge(measures_before_blur(detections, [i])[0]).reason is None
-
-        update = self.tracker.update(detections, float(frame.ts), index, embed=embed_for_tracker,
-                                     will_embed=will_embed)
-        ended += list(update.ended)
-        self.stats.ambiguous += update.ambiguous
-        track_ids: list[int] = update.track_ids.tolist()
-        stage["track"] += time.perf_counter() - t2 - 0.0
-
-        t3 = time.perf_counter()
-        for track in ended:  # noticed now; the event says when the face was last seen (`ended`)
-            events += self.decider.end_track(track.id, now=ts)
-        self.stats.tracks_ended += len(ended)
-        self.stats.tracks_started += len(update.new)
-        for track_id in track_ids:
-            self.decider.seen(track_id, ts)
-        if len(track_ids) > 1:
-            self.decider.seen_together(track_ids)
-        due = [i for i, t in enumerate(track_ids) if self.decider.wants_embedding(t, index)]
-        stage["decide"] += time.perf_counter() - t3
-
-        # Quality gate: score, size and pose need no chip; blur is measured on the chip.
-        t4 = time.perf_counter()
-        rejected: dict[int, QualityReason] = {}
-        passing: list[tuple[int, QualityMeasures]] = []
-        if due:
-            for i, m in zip(due, measures_before_blur(detections, due)):
-                result = self.gate.judge(m)
-                if result.reason is not None:
-                    rejected[i] = result.reason
-                else:
-                    passing.append((i, m))
-        stage["quality"] += time.perf_counter() - t4
-        align([i for i, _ in passing])
-        t5 = time.perf_counter()
-        good: list[tuple[int, float]] = []
-        if passing:
-            for i, m in passing:
-                result = self.gate.judge(with_blur(m, chips[i]))
-                if result.reason is not None:
-                    rejected[i] = result.reason
-                    self.decider.refused_on_chip(track_ids[i], index)
-                else:
-                    good.append((i, result.weight))
-        for reason in rejected.values():
-            self.stats.quality_rejections[reason.value] += 1
-        stage["quality"] += time.perf_counter() - t5
-
-        if good:
-            vectors = embed_for_tracker([i for i, _ in good])
-            t6 = time.perf_counter()
-            matches = self.matcher.match(vectors)
-            t7 = time.perf_counter()
-            stage["match"] += t7 - t6
-            for (i, weight), vector, match in zip(good, vectors, matches):
-                track_id = track_ids[i]
-                self.tracker.observe(track_id, vector)
-                vote = Vote(vector, weight, match.name, float(match.distance) if np.isfinite(match.distance) else 2.0,
-                            index, chips[i], match.runner_up, float(match.runner_up_distance))
-                events += self.decider.add_vote(track_id, vote, ts)
-            stage["decide"] += time.perf_counter() - t7
-
-        t8 = time.perf_counter()
-        published = self._publish(events)
-        stage["sink"] += time.perf_counter() - t8
-
-        good_ids = {i for i, _ in good}
-        boxes = detections.xyxy.copy()
-        faces = tuple(
-            FaceResult(boxes[i], track_ids[i], self._label(track_ids[i]), i in good_ids,
-                       rejected[i].value if i in rejected else None)
-            for i in range(len(detections))
+        boxes = faces.detections.xyxy.copy()
+        results = tuple(
+            FaceResult(boxes[i], faces.track_ids[i], self._label(faces.track_ids[i]), i in faces.weights,
+                       faces.rejected[i].value if i in faces.rejected else None)
+            for i in range(len(faces))
         )
         self.stats.frames += 1
-        self.stats.faces += len(detections)
+        self.stats.faces += len(faces)
         self.stats.process_s += time.perf_counter() - started
-        return FrameResult(index, ts, faces, tuple(published), cut)
+        return FrameResult(index, ts, results, tuple(published), faces.scene_cut)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -498,17 +482,21 @@ class Pipeline:
             self.flush()
         return self.stats
 
-    def flush(self) -> list[Any]:
+    def analyzer(self) -> FaceAnalyzer:
+        """The camera loop's models as a photo analyzer (enrollment over MQTT), used under the loop's lock:
+        the models are not shared between threads at once, and a photo waits for the frame in progress."""
+        return FaceAnalyzer(self.detector, self.aligner, self.embedder, lock=self._lock)  # type: ignore[arg-type]
+
+    def flush(self) -> list[Event]:
         """End every open track (each gets its track_ended) and publish those events."""
         with self._lock:
-            events: list[Any] = []
+            events: list[Event] = []
             for track in self.tracker.end_all():
                 events += self.decider.end_track(track.id, now=self._last_ts)
                 self.stats.tracks_ended += 1
             for track_id in self.decider.open_tracks():  # tracks the tracker no longer knows (never expected)
                 events += self.decider.end_track(track_id, now=self._last_ts)
-            return self._publish(events)
-
+            return self._publish(self._cluster(events))
 
 def use_opencv_threads(threads: int) -> None:
     """Give OpenCV (resizing, colour conversion, warping: process-wide) the camera loop's thread count.
@@ -519,62 +507,58 @@ def use_opencv_threads(threads: int) -> None:
     cv2.setNumThreads(max(int(threads), 1))
 
 
+class ThresholdedMatcher:
+    """A gallery matched at the configured threshold (`Config.match_max_distance`), whatever the gallery
+    object was opened with."""
+
+    def __init__(self, gallery: Any, max_distance: float) -> None:
+        self.gallery = gallery
+        self.max_distance = max_distance
+
+    def match(self, embeddings: np.ndarray) -> list[Match]:
+        return self.gallery.match(embeddings, self.max_distance)  # type: ignore[no-any-return]
+
+
+def decision_policy(config: Config) -> DecisionPolicy:
+    """The decider's policy from `pipeline.decision` (the fields they share)."""
+    d = config.pipeline.decision
+    shared = {f.name for f in dataclasses.fields(DecisionPolicy)} & set(type(d).model_fields)
+    return DecisionPolicy(**d.model_dump(include=shared), max_votes_kept=max(32, d.max_faces_undecided))
+
+
 def build_pipeline(
-    config: Any,
+    config: Config,
     *,
-    sink: EventSink,
-    matcher: Matcher | None = None,
-    cluster_hook: Any = None,
+    bus: EventBus,
+    matcher: Any = None,
+    clusters: ClusterStage | None = None,
     wrap_runner: Callable[[Any], Any] | None = None,
     threads: int | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> Pipeline:
-    """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds.
-    `wrap_runner` wraps every detector model runner (the detector's and the keypoint refiner's; e.g. in a
-    TimedRunner); `threads` overrides the embedder's (and detectors') thread count."""
-    from edgeface.recognition.decider import DecisionPolicy
-    from edgeface.vision.align import Aligner as BlazeAligner
-    from edgeface.vision.blazeface import make_detector, make_refiner
-    from edgeface.vision.embed import Embedder as OnnxEmbedder
-
-    recognition, p = config.recognition, config.pipeline
-    n_threads = threads or recognition.embedder.threads
-    # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.vision.blazeface).
-    detector: Any = make_detector(recognition.detector.model, min_score=recognition.detector.min_score,
-                                  threads=n_threads, resize="fast", wrap_runner=wrap_runner)
-    template_model = detector.model
-    if p.detect_tiles_x * p.detect_tiles_y > 1:
-        detector = TiledDetector(detector, p.detect_tiles_x, p.detect_tiles_y, p.detect_tile_overlap_frac,
-                                 min_side_px_for_tiles=p.detect_tiles_min_side_px,
-                                 work_long_side_px=p.detect_work_long_side_px)
-    refiner = make_refiner(p.refine_face_max_frac, threads=n_threads, wrap_runner=wrap_runner)
-    d = p.decision
-    shared = {f.name for f in dataclasses.fields(DecisionPolicy)} & set(type(d).model_fields)
-    policy = DecisionPolicy(**d.model_dump(include=shared), max_votes_kept=max(32, d.max_faces_undecided))
-    if matcher is not None and d.match_max_distance is not None:
-        base, threshold = matcher, d.match_max_distance
-
-        class _Thresholded:
-            def match(self, embeddings: np.ndarray) -> list[Match]:
-                return base.match(embeddings, threshold)  # type: ignore[call-arg]
-
-        matcher = _Thresholded()
-    q, t = p.quality, p.tracking
+    """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds; the
+    gallery (`matcher`) is matched at `config.match_max_distance`. `clusters`: where unknown tracks are
+    clustered (None: they stay plain unknowns). `wrap_runner` wraps every detector model runner (the
+    detector's and the keypoint refiner's; e.g. in a TimedRunner); `threads` overrides the embedder's
+    (and detectors') thread count."""
+    p = config.pipeline
+    models = camera_models(config, wrap_runner=wrap_runner, threads=threads)
+    q, t, d = p.quality, p.tracking, p.decision
     return Pipeline(
-        detector=detector,
-        aligner=BlazeAligner(method=recognition.alignment.method, detector_model=template_model,
-                             refiner=refiner),
-        embedder=OnnxEmbedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip),
-        matcher=matcher,
-        decider=Decider(config.station_id, p.camera, policy, cluster_hook=cluster_hook,
+        detector=models.detector,
+        aligner=models.aligner,
+        embedder=models.embedder,
+        matcher=None if matcher is None else ThresholdedMatcher(matcher, config.match_max_distance),
+        decider=Decider(config.station_id, p.camera, decision_policy(config), clustering=clusters is not None,
                         embed_every_frames=p.embed_every_frames, recheck_every_frames=p.recheck_every_frames,
                         recent_tracks=d.recent_tracks_kept),
-        sink=sink,
+        bus=bus,
         tracker=Tracker(iou_min=t.iou_min, max_missed_frames=t.track_max_missed_frames, tie_iou_margin=t.tie_iou_margin,
                         appearance_max_distance=t.appearance_max_distance, confirm_iou_below=t.confirm_iou_below,
                         max_gap_s=t.track_max_gap_s, max_unconfirmed_frames=t.track_max_unconfirmed_frames),
         gate=QualityGate(min_face_px=q.min_face_px, blur_min_var=q.blur_min_var, max_yaw_deg=q.max_yaw_deg,
                          max_roll_deg=q.max_roll_deg, min_score=q.min_score),
         scene_cut=SceneCutDetector(t.scene_cut_min_diff) if t.scene_cut_min_diff > 0 else None,
+        clusters=clusters,
         clock=clock,
     )

@@ -23,10 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgeface.bus import EventBus
 from edgeface.config import Config
 from edgeface.io.sources import open_source
 from edgeface.pipeline import build_pipeline
-from edgeface.storage.cluster_store import ClusterStore, StoreClusterHook
+from edgeface.storage.cluster_store import ClusterStage, ClusterStore
 from edgeface.storage.enroll import Enroller, image_files, person_folders
 from edgeface.storage.gallery import Gallery
 from edgeface.vision.align import Aligner
@@ -72,7 +73,7 @@ def dump(video: Path, people: Path | None) -> dict[str, Any]:
                 enroll_people(gallery, people, config)
             sink = _ListSink()
             store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
-            pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=StoreClusterHook(store, sink),
+            pipeline = build_pipeline(config, bus=EventBus(sink), matcher=gallery, clusters=ClusterStage(store),
                                       threads=1)
             frames: list[list[Any]] = []
 

@@ -32,7 +32,6 @@ from typing import Any
 log = logging.getLogger("edgeface.run")
 
 EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 SOURCE_ENV = "EDGEFACE_SOURCE"
@@ -57,31 +56,6 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _gallery(path: Path | None, required: bool, create_default: bool = False) -> Any:
-    """The gallery to match against: --gallery FILE (must exist), else $EDGEFACE_GALLERY or ./gallery.db
-    when present (created empty when `create_default`: unknown faces are clustered in it), else None
-    (every face is unknown)."""
-    from edgeface.storage.gallery import Gallery
-    from edgeface.storage.paths import default_gallery_path
-
-    if path is not None:
-        return Gallery(path, create=False)
-    default = default_gallery_path()
-    if default.is_file():
-        return Gallery(default, create=False)
-    if create_default:
-        log.info("created an empty gallery at %s: unknown faces are clustered there; enroll people with "
-                 "`edgeface enroll`", default)
-        return Gallery(default, create=True)
-    if required:
-        from edgeface.errors import ConfigError
-
-        raise ConfigError(f"no gallery at {default}; pass --gallery FILE")
-    log.warning("no gallery (%s does not exist): every face will be unknown; enroll people or pass --gallery FILE",
-                default)
-    return None
-
-
 def _open_source(spec: str, every_frame: bool, config: Any = None, decode_threads: int | None = None) -> Any:
     """open_source with the config's `pipeline.source` options (frame-rate cap, ROI, retries, backoff, timeouts)."""
     from edgeface.io.sources import open_source
@@ -91,42 +65,6 @@ def _open_source(spec: str, every_frame: bool, config: Any = None, decode_thread
         options = config.pipeline.source.model_dump()
     return open_source(int(spec) if spec.isdigit() else spec, every_frame=every_frame, decode_threads=decode_threads,
                        **options)
-
-
-def _sink(args: argparse.Namespace, config: Any, gallery: Any = None) -> Any:
-    """jsonl on stdout, or MQTT (--sink mqtt, or a broker in the config or --mqtt-url without --sink):
-    the publisher with the station's commands, Home Assistant discovery and stats (edgeface.service.station)."""
-    from edgeface.errors import ConfigError
-    from edgeface.service.sinks import JsonlSink
-
-    mqtt_url = getattr(args, "mqtt_url", None)
-    kind = args.sink or ("mqtt" if getattr(config, "mqtt", None) is not None or mqtt_url else "jsonl")
-    if kind == "jsonl":
-        if mqtt_url:
-            raise ConfigError("--mqtt-url needs --sink mqtt (or no --sink)")
-        return JsonlSink(sys.stdout)
-    from edgeface.config import MqttConfig
-    from edgeface.service.mqtt.client import MqttPublisher
-    from edgeface.service.station import Station, command_router, log_command_policy
-
-    mqtt_config = getattr(config, "mqtt", None) or MqttConfig()
-    if mqtt_url:
-        mqtt_config = mqtt_config.model_copy(update={"url": mqtt_url})
-    config = config.model_copy(update={"mqtt": mqtt_config})
-    station = Station(config, gallery=gallery)
-    router = station.register(command_router(mqtt_config, config.station_id)) if mqtt_config.commands else None
-    publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
-    if router is not None:
-        log_command_policy(router, mqtt_config)
-    station.attach(publisher)
-    try:
-        station.start()  # before the publisher connects: its first `online` follows the presence states
-        publisher.start()
-    except BaseException:
-        station.close()
-        publisher.close(flush_timeout_s=0)
-        raise
-    return station.sink
 
 
 class _StopOnSignals:
@@ -161,18 +99,8 @@ class _StopOnSignals:
             self.closer.join()
 
 
-def _cluster_hook(config: Any, gallery: Any, sink: Any) -> Any:
-    """Unknown tracks are clustered in the gallery's file; without a gallery they stay plain unknowns."""
-    if gallery is None:
-        return None
-    from edgeface.storage.cluster_store import ClusterStore, StoreClusterHook
-
-    store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
-    return StoreClusterHook(store, sink)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edgeface.pipeline import build_pipeline
+    from edgeface.service.app import build_station, open_gallery, sink_kind
     from edgeface.service.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
@@ -181,30 +109,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"edgeface run: error: the following arguments are required: --source (or set ${SOURCE_ENV}, which "
               "keeps a camera password out of the process list)", file=sys.stderr)
         return 2
+    mqtt_url = getattr(args, "mqtt_url", None)
+    kind = sink_kind(config, args.sink, mqtt_url)
     source = _open_source(spec, args.every_frame, config)  # a bad source fails before anything is created
     stop = threading.Event()
     stopper = _StopOnSignals(stop, source)
-    sink = None
+    running = None
     notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
     try:
-        gallery = _gallery(args.gallery, required=False, create_default=True)
-        sink = _sink(args, config, gallery)
-        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
-        if hasattr(sink, "station"):  # MQTT: commands and stats need the running pipeline
-            sink.station.attach_pipeline(pipeline, source)
+        gallery = open_gallery(config, args.gallery, create_default=True)
+        running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url, source=source)
         # The watchdog is fed per processed frame only: a hung camera or model makes systemd restart us.
         feeder = WatchdogFeeder(notifier)
         notifier.ready(f"models loaded, reading {getattr(source, 'description', 'the source')}")
         feeder.start()
         with stopper:
-            stats = pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
+            stats = running.pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
         log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
                  stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
     finally:
         notifier.stopping("closing tracks and flushing events")
         source.close()
-        if sink is not None:
-            sink.close()
+        if running is not None:
+            running.close()
         notifier.close()
     return EXIT_INTERRUPTED if stopper.signal is signal.SIGINT else EXIT_OK
 
@@ -262,8 +189,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     import cv2
 
     from edgeface.errors import EdgefaceError
-    from edgeface.pipeline import build_pipeline
-    from edgeface.service.sinks import JsonlSink
+    from edgeface.service.app import build_station, open_gallery
 
     config = _config(args)
     if args.output.suffix.lower() not in (".mp4", ".avi", ".mkv"):
@@ -271,15 +197,16 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():
         raise EdgefaceError(f"output folder {args.output.parent} does not exist")
     source = _open_source(str(args.video), every_frame=True, config=config)
-    gallery = _gallery(args.gallery, required=False)
+    gallery = open_gallery(config, args.gallery)
     writer = None
-    sink = JsonlSink(sys.stdout)
+    running = None
     scratch = tempfile.TemporaryDirectory(prefix="edgeface-annotate-")
     try:
         # Unknown faces are clustered in a scratch copy of the gallery: the video shows cluster ids
         # (continuing the gallery's) and the user's gallery is left as it was.
         gallery = _scratch_copy(gallery, Path(scratch.name) / "gallery.db")
-        pipeline = build_pipeline(config, sink=sink, matcher=gallery, cluster_hook=_cluster_hook(config, gallery, sink))
+        running = build_station(config, gallery=gallery, stdout=sys.stdout)
+        pipeline = running.pipeline
         fps = source.fps or 25.0
         for frame in source:
             result = pipeline.process(frame)
@@ -300,6 +227,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         source.close()
         if writer is not None:
             writer.release()
+        if running is not None:
+            running.close()
         if gallery is not None:
             gallery.close()
         scratch.cleanup()
@@ -333,21 +262,9 @@ def rss_split_mb() -> dict[str, float]:
     return split
 
 
-class _CountingSink:
-    """Counts events (the benchmark publishes nothing)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def publish(self, event: Any) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        pass
-
-
 def bench_once(config: Any, source_spec: str, gallery: Any, threads: int) -> dict[str, Any]:
     """One pass over every frame of a video: wall fps, per-stage ms, model floor, events."""
+    from edgeface.bus import EventBus
     from edgeface.pipeline import TimedRunner, build_pipeline, use_opencv_threads
 
     use_opencv_threads(threads)
@@ -357,8 +274,7 @@ def bench_once(config: Any, source_spec: str, gallery: Any, threads: int) -> dic
         timers.append(TimedRunner(runner))
         return timers[-1]
 
-    sink = _CountingSink()
-    pipeline = build_pipeline(config, sink=sink, matcher=gallery, wrap_runner=timed, threads=threads)
+    pipeline = build_pipeline(config, bus=EventBus(), matcher=gallery, wrap_runner=timed, threads=threads)  # counted only
     source = _open_source(source_spec, every_frame=True, config=config, decode_threads=threads)
     decode_s = 0.0
     started = time.perf_counter()
@@ -396,8 +312,10 @@ def bench_once(config: Any, source_spec: str, gallery: Any, threads: int) -> dic
 
 
 def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from edgeface.service.app import open_gallery
+
     config = _config(args)
-    gallery = _gallery(args.gallery, required=False) if args.gallery else None
+    gallery = open_gallery(config, args.gallery) if args.gallery else None
     runs = []
     for i in range(args.repeats):
         run = bench_once(config, args.source, gallery, args.threads)

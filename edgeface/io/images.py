@@ -301,6 +301,11 @@ def describe_os_error(path: Path, error: OSError) -> str:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as uint8 BGR, upright. Raises ImageError with a one-line reason on any
     failure; never blocks on a FIFO or device and never reads a file larger than MAX_IMAGE_FILE_BYTES."""
+    return decode_image(read_image_bytes(path), str(path))
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file (for `decode_image`), with `read_image`'s checks and one-line errors."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -322,4 +327,4 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(describe_os_error(path, error)) from None
     finally:
         os.close(fd)
-    return decode_image(data, str(path))
+    return data

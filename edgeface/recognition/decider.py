@@ -20,9 +20,9 @@ weight and gallery match) and turns them into events:
   `recheck_window` re-checks decide, by the same vote rules, for another outcome, the decision
   switches and the new outcome gets its event (a track can switch people when boxes swap).
 - **unknown**: the track's best faces (`unknown_best_faces`, by weight) are averaged (mean of the
-  unit embeddings, renormalised) into one embedding, handed to the clustering hook (a callable, or
-  None while clustering does not exist), whose answer fills the cluster fields of the event. With it
-  go the tracks that were on a frame together with this one (`seen_together`): two faces on one
+  unit embeddings, renormalised) into one embedding, an `UnknownTrack` that the pipeline's cluster stage
+  takes (`take_unknown_tracks`) and answers for (`assign_cluster`); the stage fills the cluster fields
+  of the unknown event. The decider never calls the clustering itself. With the track go the tracks that were on a frame together with this one (`seen_together`): two faces on one
   frame are two people, so clustering never puts them in one cluster (cannot-links), and a name any
   of them was recognised as is not this track's name.
 - **recent tracks**: the last `recent_tracks` decided tracks keep, per name they were decided as,
@@ -39,7 +39,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -103,7 +103,7 @@ class UnknownTrack:
 
 @dataclass(frozen=True)
 class ClusterAssignment:
-    """The clustering hook's answer for an unknown track (the fields of the unknown event)."""
+    """The cluster stage's answer for an unknown track (the fields of the unknown event)."""
 
     cluster_id: str
     status: str
@@ -111,9 +111,6 @@ class ClusterAssignment:
     visit_count: int
     first_seen: datetime
     last_seen: datetime
-
-
-ClusterHook = Callable[[UnknownTrack], ClusterAssignment | None]
 
 
 @dataclass(frozen=True)
@@ -264,7 +261,7 @@ class Decider:
         camera: str,
         policy: DecisionPolicy | None = None,
         *,
-        cluster_hook: ClusterHook | None = None,
+        clustering: bool = False,
         embed_every_frames: int = 3,
         recheck_every_frames: int = 30,
         recent_tracks: int = 100,
@@ -279,7 +276,9 @@ class Decider:
         self.station = station
         self.camera = camera
         self.policy = policy or DecisionPolicy()
-        self.cluster_hook = cluster_hook
+        self.clustering = clustering
+        """Keep each unknown track's `UnknownTrack` for the cluster stage (`take_unknown_tracks`)."""
+        self._unclustered: list[UnknownTrack] = []
         self.embed_every_frames = embed_every_frames
         self.recheck_every_frames = recheck_every_frames
         self._tracks: dict[int, _TrackState] = {}
@@ -311,6 +310,18 @@ class Decider:
     def decision(self, track_id: int) -> str | None:
         state = self._tracks.get(track_id)
         return state.decision if state else None
+
+    def take_unknown_tracks(self) -> list[UnknownTrack]:
+        """The tracks decided unknown since the last call, for the cluster stage (with `clustering`)."""
+        tracks, self._unclustered = self._unclustered, []
+        return tracks
+
+    def assign_cluster(self, track_id: int, cluster_id: str) -> None:
+        """The cluster stage put this open track's unknown face in `cluster_id` (its label, and its
+        track_ended's cluster_id)."""
+        state = self._tracks.get(track_id)
+        if state is not None and state.decision == UNKNOWN:
+            state.cluster_id = cluster_id
 
     def cluster_of(self, track_id: int) -> str | None:
         state = self._tracks.get(track_id)
@@ -431,22 +442,16 @@ class Decider:
             )]
         embedding, quality, used = aggregate_embedding(state.votes, self.policy.unknown_best_faces)
         self._remember(state, UNKNOWN, embedding, ts)
-        assignment = None
-        if self.cluster_hook is not None:
+        state.cluster_id = None
+        if self.clustering:
             best = max(state.votes, key=lambda v: v.weight)
             others = sorted(state.together.values(), key=lambda o: o.track_id)
             apart = tuple(track_key(self.camera, o.track_id, o.started) for o in others)
             names = tuple(sorted({o.decision for o in others if o.decision not in (None, UNKNOWN)}))  # type: ignore[misc]
-            assignment = self.cluster_hook(UnknownTrack(self.camera, state.track_id, embedding, quality, used,
-                                                        state.started, state.last_seen, best.chip, apart, names))
-        state.cluster_id = assignment.cluster_id if assignment else None
-        cluster_fields = {}
-        if assignment is not None:
-            cluster_fields = {"cluster_id": assignment.cluster_id, "cluster_status": assignment.status,
-                              "visit_count": assignment.visit_count, "first_seen": assignment.first_seen,
-                              "last_seen": assignment.last_seen}
+            self._unclustered.append(UnknownTrack(self.camera, state.track_id, embedding, quality, used,
+                                                  state.started, state.last_seen, best.chip, apart, names))
         return [UnknownEvent(ts=ts, station=self.station, camera=self.camera, track_id=state.track_id,
-                             faces_used=used, **cluster_fields)]
+                             faces_used=used)]
 
     def end_track(self, track_id: int, ended: datetime | None = None, *,
                   now: datetime | None = None) -> list[RecognizedEvent | UnknownEvent | TrackEndedEvent]:

@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edgeface.vision.boxes import SMALL_IOU_PAIRS, iou_matrix, pair_iou
 from edgeface.vision.detections import FaceDetections
 
 EmbedFn = Callable[[Sequence[int]], np.ndarray]
@@ -63,41 +64,6 @@ DEFAULT_CONFIRM_IOU_BELOW = 0.5
 was) is confirmed by embedding distance when the track has a reference embedding."""
 VELOCITY_SMOOTHING = 0.5
 """Weight of the newest box motion in the velocity estimate (exponential smoothing)."""
-
-
-_SMALL_IOU = 64
-"""Up to this many box pairs, IoUs are computed on Python floats (the same float64 arithmetic, in the
-same order, as the numpy path; a few pairs cost less that way than a dozen numpy calls)."""
-
-
-def _iou(p: Sequence[float], q: Sequence[float]) -> float:
-    w = min(p[2], q[2]) - max(p[0], q[0])
-    h = min(p[3], q[3]) - max(p[1], q[1])
-    inter = max(0.0, w) * max(0.0, h)
-    area_p = max(0.0, p[2] - p[0]) * max(0.0, p[3] - p[1])
-    area_q = max(0.0, q[2] - q[0]) * max(0.0, q[3] - q[1])
-    union = area_p + area_q - inter
-    return inter / union if union > 0 else 0.0
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU (len(a), len(b)) between xyxy boxes."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    if len(a) * len(b) <= _SMALL_IOU:
-        return np.array([[_iou(p, q) for q in b.tolist()] for p in a.tolist()], dtype=np.float64)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    # np.maximum(x, 0) rather than np.clip: the same values, a fraction of np.clip's call overhead.
-    inter = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
-    area_a = np.maximum(a[:, 2] - a[:, 0], 0.0) * np.maximum(a[:, 3] - a[:, 1], 0.0)
-    area_b = np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 Box = tuple[float, float, float, float]
@@ -232,13 +198,13 @@ class Tracker:
         # Each track's predicted box and, for a face that stopped moving, its plain last box: the better
         # IoU of the two per pair.
         iou: list[list[float]]
-        if tracks and n and len(tracks) * n <= _SMALL_IOU // 2:
-            iou = [[max(_iou(predicted, q), _iou(t.box, q)) for q in boxes]
+        if tracks and n and len(tracks) * n <= SMALL_IOU_PAIRS // 2:
+            iou = [[max(pair_iou(predicted, q), pair_iou(t.box, q)) for q in boxes]
                    for t in tracks for predicted in [t.predicted_box(frame_index - t.last_frame)]]
         elif tracks and n:
             both = np.array([t.predicted_box(frame_index - t.last_frame) for t in tracks] + [t.box for t in tracks])
-            pair_iou = iou_matrix(both, np.array(boxes))
-            iou = np.maximum(pair_iou[: len(tracks)], pair_iou[len(tracks) :]).tolist()
+            both_iou = iou_matrix(both, np.array(boxes))
+            iou = np.maximum(both_iou[: len(tracks)], both_iou[len(tracks) :]).tolist()
         else:
             iou = [[] for _ in tracks]
         det_embeddings: dict[int, np.ndarray] = {}

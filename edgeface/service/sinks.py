@@ -1,21 +1,11 @@
-"""Where events go: the EventSink protocol and the simplest sink, JSON Lines on a text stream."""
+"""The simplest event sink: JSON Lines on a text stream (a subscriber of the event bus, edgeface.bus)."""
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol, TextIO, runtime_checkable
+from typing import TextIO
 
 from edgeface.events import Event
-
-
-@runtime_checkable
-class EventSink(Protocol):
-    """Anything that takes events. ``publish`` must not block for long and must not raise for
-    transport trouble (a sink that can lose its transport queues instead)."""
-
-    def publish(self, event: Event) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class JsonlSink:

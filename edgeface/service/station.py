@@ -2,8 +2,10 @@
 periodic stats. It joins the camera loop (`Pipeline`), the gallery, the clusters and the MQTT
 publisher, which know nothing of each other.
 
-Threads: the pipeline publishes events on the camera thread (`StationSink.publish` -> outbox +
-presence); commands run one at a time on the publisher's command thread; a ticker thread publishes
+Built by `edgeface.service.app.build_station`, the only place that wires a station. Events: every
+event reaches the MQTT outbox (a required subscriber of the event bus) and then `on_event` (presence,
+an optional one); the events commands cause (cluster_named, person_forgotten, events queued by other
+processes) are published on the same bus. Threads: the pipeline publishes on the camera thread; commands run one at a time on the publisher's command thread; a ticker thread publishes
 stats every `mqtt.stats_interval_s`, turns `present` sensors off after `mqtt.present_timeout_s`,
 keeps the Home Assistant person entities in step with the gallery (another process may enroll or
 remove people) and forwards events that `edgeface clusters` queued in the gallery file. The gallery
@@ -23,14 +25,14 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeface import __version__
+from edgeface.bus import EventBus
 from edgeface.config import Config, MqttConfig
 from edgeface.errors import ConfigError
 from edgeface.events import PersonForgottenEvent, Stats
@@ -55,6 +57,13 @@ from edgeface.service.mqtt.commands import (
     ReloadCommand,
     StatusCommand,
 )
+from edgeface.service.mqtt.secrets import read_secret
+
+if TYPE_CHECKING:
+    from edgeface.pipeline import Pipeline
+    from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.storage.cluster_store import ClusterStage
+    from edgeface.vision.analyzer import FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -86,28 +95,10 @@ def resolve_command_secret(config: Any, environ: Mapping[str, str] | None = None
     else ``$CREDENTIALS_DIRECTORY/command_secret``, else :func:`default_secret_file`; None when there
     is none. Never logged."""
     environ = os.environ if environ is None else environ
-    value = environ.get(config.command_secret_env)
-    if value:
-        return value.encode("utf-8")
-    candidates: list[tuple[Path, bool]] = []
-    if config.command_secret_file is not None:
-        candidates.append((Path(config.command_secret_file), True))
-    if environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append((Path(environ["CREDENTIALS_DIRECTORY"]) / SECRET_CREDENTIAL, False))
-    candidates.append((default_secret_file(environ), False))
-    for path, required in candidates:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            if required:
-                raise ConfigError(f"command secret file {path} does not exist") from None
-            continue
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"cannot read the command secret file {path}: {type(error).__name__}") from None
-        if not lines or not lines[0].strip():
-            raise ConfigError(f"command secret file {path} is empty")
-        return lines[0].strip().encode("utf-8")
-    return None
+    secret = read_secret("command secret", env=config.command_secret_env, file=config.command_secret_file,
+                         credential=SECRET_CREDENTIAL, fallbacks=[default_secret_file(environ)], strip=True,
+                         environ=environ)
+    return None if secret is None else secret.encode("utf-8")
 
 
 def command_router(mqtt: MqttConfig, station_id: str, environ: Mapping[str, str] | None = None) -> CommandRouter:
@@ -150,7 +141,6 @@ class Station:
         *,
         gallery: Any = None,
         clusters: Any = None,
-        analyzer_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -160,13 +150,13 @@ class Station:
         self.gallery = gallery
         self._clusters = clusters
         self._owns_clusters = False
-        self._analyzer_factory = analyzer_factory
-        self._analyzer: Any = None
-        self._cluster_hook: Any = None
+        self._analyzer: FaceAnalyzer | None = None
+        self._cluster_stage: ClusterStage | None = None
+        self.bus: EventBus | None = None
         self._clock = clock
         self._started_at = clock()
-        self.publisher: Any = None
-        self.pipeline: Any = None
+        self.publisher: MqttPublisher | None = None
+        self.pipeline: Pipeline | None = None
         self.source: Any = None
         self.ha: HaTopics | None = None
         self._presence = PresenceTracker(self.mqtt.present_timeout_s)
@@ -194,29 +184,32 @@ class Station:
         router.register("status", self.status)
         return router
 
-    def attach(self, publisher: Any) -> None:
+    @property
+    def _pub(self) -> MqttPublisher:
+        if self.publisher is None:
+            raise RuntimeError("attach the publisher first")
+        return self.publisher
+
+    def attach(self, publisher: MqttPublisher, bus: EventBus) -> None:
+        """The publisher (presence and discovery messages go straight to it) and the bus the station's
+        own events (from commands) are published on."""
         self.publisher = publisher
+        self.bus = bus
         if self.mqtt.homeassistant:
             self.ha = HaTopics(self.config.station_id, publisher.topics.prefix, self.mqtt.discovery_prefix)
 
-    def attach_pipeline(self, pipeline: Any, source: Any = None) -> None:
-        """The running pipeline (for reject, status, stats) and its source (queue depth). When the
-        pipeline clusters unknowns through a store (edgeface.recognition.clusters.StoreClusterHook), the cluster
-        commands use that same store."""
+    def attach_pipeline(self, pipeline: Pipeline, source: Any = None, clusters: ClusterStage | None = None) -> None:
+        """The running pipeline (for reject, status, stats, and its models for enrollment), its source
+        (queue depth) and its cluster stage, whose store the cluster commands then use."""
         self.pipeline = pipeline
         self.source = source
-        hook = getattr(getattr(pipeline, "decider", None), "cluster_hook", None)
-        store = getattr(hook, "store", None)
-        if store is not None:
-            with self._command_lock:
+        with self._command_lock:
+            self._analyzer = None  # enrollment now uses the camera loop's models
+            if clusters is not None:
                 if self._owns_clusters and self._clusters is not None:
                     self._clusters.close()
-                self._clusters, self._owns_clusters = store, False
-                self._cluster_hook = hook
-
-    @property
-    def sink(self) -> StationSink:
-        return StationSink(self)
+                self._clusters, self._owns_clusters = clusters.store, False
+                self._cluster_stage = clusters
 
     def start(self) -> Station:
         """Queue the discovery configs and presence states; start it before the publisher connects, so
@@ -226,8 +219,8 @@ class Station:
         if self.ha is not None:
             self.publisher.before_online = self.presence_states
             for topic, payload in station_configs(self.ha).items():
-                self.publisher.publish_raw(topic, encode(payload), retain=True)
-            self.publisher.publish_raw(self.ha.unknown_presence, PAYLOAD_OFF.encode(), retain=True)
+                self._pub.publish_raw(topic, encode(payload), retain=True)
+            self._pub.publish_raw(self.ha.unknown_presence, PAYLOAD_OFF.encode(), retain=True)
             self._people = self._load_published()
             self.sync_people(force=True)
         self._ticker.start()
@@ -256,11 +249,11 @@ class Station:
             return
         with self._lock:
             if getattr(event, "type", None) == "recognized":
-                self.publisher.publish_raw(self.ha.last_person, event.to_json().encode("utf-8"), retain=True)
+                self._pub.publish_raw(self.ha.last_person, event.to_json().encode("utf-8"), retain=True)
                 if event.name in self._people:  # the attributes first: the ON must not show the last visit's
                     attributes = {"camera": event.camera, "track_id": event.track_id, "confidence": event.confidence,
                                   "last_recognized": event.to_dict()["ts"]}
-                    self.publisher.publish_raw(self.ha.presence_attributes(event.name), encode(attributes),
+                    self._pub.publish_raw(self.ha.presence_attributes(event.name), encode(attributes),
                                                retain=True)
             for key, on in self._presence.on_event(event, self._clock()):
                 self._publish_presence(key, on)
@@ -282,12 +275,12 @@ class Station:
         if key is not None and key not in self._people:
             return  # recognised under a name that has no entity (yet); the next sync adds it
         topic = self.ha.unknown_presence if key is None else self.ha.presence(key)
-        self.publisher.publish_raw(topic, (PAYLOAD_ON if on else PAYLOAD_OFF).encode(), retain=True)
+        self._pub.publish_raw(topic, (PAYLOAD_ON if on else PAYLOAD_OFF).encode(), retain=True)
 
     # -- Home Assistant person entities ---------------------------------------------------------
 
     def _state_file(self) -> Path:
-        return Path(self.publisher.outbox.path).with_suffix(".homeassistant.json")
+        return Path(self._pub.outbox.path).with_suffix(".homeassistant.json")
 
     def _load_published(self) -> set[str]:
         """People whose entities an earlier run published (so that ones removed meanwhile are cleared)."""
@@ -320,8 +313,8 @@ class Station:
                 self._clear_person(name)
             for name in added:
                 if name not in self._presence.on_keys():  # the state first: the new entity starts OFF
-                    self.publisher.publish_raw(self.ha.presence(name), PAYLOAD_OFF.encode(), retain=True)
-                self.publisher.publish_raw(self.ha.person_config(name), encode(person_config(self.ha, name)), retain=True)
+                    self._pub.publish_raw(self.ha.presence(name), PAYLOAD_OFF.encode(), retain=True)
+                self._pub.publish_raw(self.ha.person_config(name), encode(person_config(self.ha, name)), retain=True)
             changed = set(added) != set() or bool(removed) or force
             self._people = set(names)
             if changed:
@@ -334,7 +327,7 @@ class Station:
         """The entity goes now (empty config); its state and attributes topics REMOVAL_DELAY_S later."""
         assert self.ha is not None
         self._presence.forget(name)
-        self.publisher.publish_raw(self.ha.person_config(name), removal(), retain=True)
+        self._pub.publish_raw(self.ha.person_config(name), removal(), retain=True)
         self._pending_clears.append((self._clock() + REMOVAL_DELAY_S,
                                      [self.ha.presence(name), self.ha.presence_attributes(name)]))
 
@@ -344,7 +337,7 @@ class Station:
         self._pending_clears = [(when, topics) for when, topics in self._pending_clears if when > now]
         for topics in due:
             for topic in topics:
-                self.publisher.publish_raw(topic, removal(), retain=True)
+                self._pub.publish_raw(topic, removal(), retain=True)
 
     # -- ticker --------------------------------------------------------------------------------
 
@@ -395,33 +388,35 @@ class Station:
             station=self.config.station_id,
             fps=round(max(fps, 0.0), 3),
             queue_depth=queue_depth,
-            outbox_length=len(self.publisher.outbox) + int(getattr(self.publisher, "spilled", 0)),
+            outbox_length=len(self._pub.outbox) + int(getattr(self.publisher, "spilled", 0)),
             model=f"{DEFAULT_MODEL_ID}-{precision}",
             uptime_s=round(max(now - self._started_at, 0.0), 3),
             quality_rejections=dict(stats.quality_rejections) if stats is not None else {},
-            dropped_events=self.publisher.status().dropped,
+            dropped_events=self._pub.status().dropped,
             outbox_write_failures=int(getattr(self.publisher, "write_failures", 0)),
         )
 
     def publish_stats(self) -> None:
-        self.publisher.publish_stats(self.stats())
+        self._pub.publish_stats(self.stats())
         self.stats_published += 1
 
     def _forward_cluster_events(self) -> None:
         """Publish the cluster events `edgeface clusters ...` queued from another process."""
-        publish_pending = getattr(self._cluster_hook, "publish_pending", None)
-        if callable(publish_pending):
-            publish_pending()
+        if self._cluster_stage is not None:
+            events = self._cluster_stage.take_pending()
         elif self._clusters is not None:
-            for event in self._clusters.take_events():
-                self.sink.publish(event)
+            events = self._clusters.take_events()
+        else:
+            return
+        for event in events:
+            self._emit(event)
 
     # -- commands --------------------------------------------------------------------------------
 
     def _emit(self, event: Any) -> None:
-        """Publish an event a command caused (through the outbox, like the pipeline's)."""
-        if self.publisher is not None:
-            self.sink.publish(event)
+        """Publish an event a command caused (on the bus, like the pipeline's)."""
+        if self.bus is not None:
+            self.bus.publish(event)
 
     def _require_gallery(self) -> Any:
         if self.gallery is None:
@@ -448,28 +443,27 @@ class Station:
             self._owns_clusters = True
         return self._clusters
 
-    def _analyze(self) -> Any:
+    def _analyze(self) -> FaceAnalyzer:
+        """The camera loop's models (`Pipeline.analyzer`); before the pipeline is attached, the same models
+        built from the config."""
         if self._analyzer is None:
-            if self._analyzer_factory is None:
+            if self.pipeline is not None:
+                self._analyzer = self.pipeline.analyzer()
+            else:
                 from edgeface.vision.analyzer import FaceAnalyzer
 
-                self._analyzer = FaceAnalyzer.from_config(self.config.recognition)
-            else:
-                self._analyzer = self._analyzer_factory()
+                self._analyzer = FaceAnalyzer.for_camera(self.config)
         return self._analyzer
 
     def enroll(self, command: EnrollCommand) -> CommandResult:
         if command.cluster_id is not None:
             result = self._name_cluster(command.cluster_id, command.name)
             return CommandResult(f"enrolled {result['name']} from {command.cluster_id}", result)
-        from edgeface.storage.enroll import Enroller
+        from edgeface.storage.enroll import Enroller, Photo
 
         gallery = self._require_gallery()
-        data = _image_bytes(command.image or "")
-        suffix = ".png" if data.startswith(b"\x89PNG") else ".jpg"
-        with self._command_lock, tempfile.TemporaryDirectory(prefix="edgeface-enroll-") as folder:
-            photo = Path(folder) / f"photo{suffix}"
-            photo.write_bytes(data)
+        photo = Photo(Path("photo"), _image_bytes(command.image or ""))
+        with self._command_lock:
             enroller = Enroller(self._analyze(), gallery)
             plan = enroller.examine(command.name, [photo])
             outcome = plan.outcomes[0]
@@ -554,7 +548,7 @@ class Station:
 
     def status(self, _: StatusCommand) -> CommandResult:
         stats = self.stats(advance=False) if self.publisher is not None else None
-        publisher = self.publisher.status() if self.publisher is not None else None
+        publisher = self._pub.status() if self.publisher is not None else None
         pipeline = self.pipeline
         result: dict[str, Any] = {
             "station": self.config.station_id,
@@ -574,24 +568,3 @@ class Station:
             },
         }
         return CommandResult("ok", result)
-
-
-class StationSink:
-    """The EventSink `edgeface run --sink mqtt` gives the pipeline: the publisher's outbox, then the
-    station (presence). Closing it stops the station, then flushes and closes the publisher."""
-
-    def __init__(self, station: Station) -> None:
-        self.station = station
-
-    def publish(self, event: Any) -> None:
-        self.station.publisher.publish(event)
-        try:
-            self.station.on_event(event)
-        except Exception:  # presence is a convenience; the event itself is safe in the outbox
-            log.exception("Home Assistant presence update failed for a %s event", getattr(event, "type", "?"))
-
-    def close(self) -> None:
-        try:
-            self.station.close()
-        finally:
-            self.station.publisher.close()

@@ -51,7 +51,6 @@ from edgeface.storage.sqlite import apply_migrations, transaction
 
 if TYPE_CHECKING:
     from edgeface.recognition.decider import ClusterAssignment, UnknownTrack
-    from edgeface.service.sinks import EventSink
 
 log = logging.getLogger(__name__)
 
@@ -507,20 +506,17 @@ def _encode_crop(chip: np.ndarray) -> bytes:
 # -- the camera loop's hook ------------------------------------------------------------------
 
 
-class StoreClusterHook:
-    """`Decider(cluster_hook=...)`: clusters each unknown track in the store and answers with the
-    cluster fields of its unknown event (edgeface.recognition.decider.ClusterAssignment). Merge events go straight
-    to the sink (before the Decider publishes the unknown event); events queued by other processes
-    (`edgeface clusters name|merge` run from a shell) are published on the way too, or by calling
-    `publish_pending()` now and then. A storage failure is logged and the track stays without a
-    cluster: the camera loop never stops for the clustering."""
+class ClusterStage:
+    """The camera loop's cluster stage (`Pipeline(clusters=...)`): clusters each unknown track in the
+    store and answers with the cluster fields of its unknown event, and the events the update caused:
+    merges, and events other processes queued in the file (`edgeface clusters name|merge` run from a
+    shell; `take_pending()` collects those between tracks too). A storage failure is logged and the
+    track stays without a cluster: the camera loop never stops for the clustering."""
 
-    def __init__(self, store: ClusterStore, sink: EventSink | None = None) -> None:
+    def __init__(self, store: ClusterStore) -> None:
         self.store = store
-        self.sink = sink
-        """Where merge and queued events go; None: they are dropped."""
 
-    def __call__(self, track: UnknownTrack) -> ClusterAssignment | None:
+    def assign(self, track: UnknownTrack) -> tuple[ClusterAssignment | None, list[Event]]:
         from edgeface.recognition.decider import ClusterAssignment
 
         quality = min(max(float(track.quality), 0.0), 1.0)
@@ -529,24 +525,17 @@ class StoreClusterHook:
                                         crop=track.chip, apart_from=track.apart_from, not_names=track.not_names)
         except ClusterError as error:
             log.warning("track %s of %s was not clustered: %s", track.track_id, track.camera, error)
-            return None
-        for kept, gone in update.merged:
-            self._publish(ClusterMergedEvent(station=self.store.station, kept_id=kept, merged_id=gone))
-        self.publish_pending()
+            return None, []
+        caused: list[Event] = [ClusterMergedEvent(station=self.store.station, kept_id=kept, merged_id=gone)
+                               for kept, gone in update.merged]
+        caused += self.take_pending()
         info = update.cluster
-        return ClusterAssignment(info.id, info.status, info.visits, info.first_seen, info.last_seen)
+        return ClusterAssignment(info.id, info.status, info.visits, info.first_seen, info.last_seen), caused
 
-    def publish_pending(self) -> int:
-        """Publish the events other processes queued; returns how many."""
+    def take_pending(self) -> list[Event]:
+        """The events other processes queued (none when they cannot be read now: logged)."""
         try:
-            events = self.store.take_events()
+            return list(self.store.take_events())
         except ClusterError as error:
             log.warning("queued cluster events not read: %s", error)
-            return 0
-        for event in events:
-            self._publish(event)
-        return len(events)
-
-    def _publish(self, event: Event) -> None:
-        if self.sink is not None:
-            self.sink.publish(event)
+            return []

@@ -194,8 +194,12 @@ def prepare_requests(requests: Sequence[tuple[str, Sequence[Path]]], enrolled: M
 # -- examine and commit ------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@dataclass(frozen=True)
+class Photo:
+    """A photo given as its file's bytes (an MQTT enroll command's image); `path` names it in reports."""
+
+    path: Path
+    data: bytes
 
 
 def check_resemblance(name: str, outcomes: list[PhotoOutcome], snapshot: GallerySnapshot, match_max_distance: float,
@@ -254,16 +258,18 @@ class Enroller:
         self.duplicate_max_distance = duplicate_max_distance
         self.wrong_name_min_distance = wrong_name_min_distance
 
-    def _face(self, path: Path, name: str) -> PhotoOutcome:
-        """Read, hash, analyse and quality-check one photo: accepted with its embedding, or rejected."""
-        from edgeface.io.images import read_image
+    def _face(self, photo: Path | Photo, name: str) -> PhotoOutcome:
+        """Read (once), hash, decode (once), analyse and quality-check one photo: accepted with its
+        embedding, or rejected."""
+        from edgeface.io.images import decode_image, read_image_bytes
 
+        path = photo.path if isinstance(photo, Photo) else photo
         try:
-            image = read_image(path)
-            digest = _sha256(path)
+            data = photo.data if isinstance(photo, Photo) else read_image_bytes(path)
+            image = decode_image(data, str(path))
         except (ImageError, OSError) as error:
             return PhotoOutcome(path, name, Reason.UNREADABLE, str(error).removeprefix(f"{path}: "))
-        return self.judge_faces(self.analyzer.analyze(image), path, name, digest)
+        return self.judge_faces(self.analyzer.analyze(image), path, name, hashlib.sha256(data).hexdigest())
 
     def judge_faces(self, faces: AnalyzedFaces, path: Path, name: str, digest: str | None = None) -> PhotoOutcome:
         """The per-photo checks on an analysed photo: one dominant face of enrollment quality, with its
@@ -297,7 +303,7 @@ class Enroller:
             return PhotoOutcome(path, name, _QUALITY_REASONS[result.reason], detail, sha256=digest)
         return PhotoOutcome(path, name, None, "", result.weight, digest, faces.embeddings[index])
 
-    def examine(self, name: str, files: Sequence[Path],
+    def examine(self, name: str, files: Sequence[Path | Photo],
                 on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:
         """Decide every photo of one person; writes nothing. on_photo sees each rejection as it is
         found (acceptances are only final after the cross-checks at the end)."""
@@ -305,8 +311,9 @@ class Enroller:
         snapshot = self.gallery.snapshot()
         stored_hashes = self.gallery.source_hashes()
         outcomes: list[PhotoOutcome] = []
-        for path in files:
-            outcome = self._face(path, name)
+        for photo in files:
+            outcome = self._face(photo, name)
+            path = outcome.path
             if outcome.accepted and outcome.sha256 in stored_hashes:
                 outcome = PhotoOutcome(path, name, Reason.DUPLICATE,
                                        f"this file is already enrolled for {stored_hashes[outcome.sha256]}", sha256=outcome.sha256)

@@ -1,19 +1,31 @@
-"""Still-image recognition core: detect -> align -> embed, with the stages injected."""
+"""Detect -> align -> embed on one image, with the stages injected; and the camera loop's models.
+
+`camera_models(config)` builds the detector (tiled when the config says so), aligner and embedder of
+the camera loop; `FaceAnalyzer.for_camera(config)` runs those same models on a photo, so that enrolled
+templates come from the chips the probes they are matched against come from (enrollment, on the
+command line and over MQTT). `FaceAnalyzer.from_config` is the photo commands' analyzer (identify,
+embed, eval): the configured detector at its area resize, every face's keypoints refined.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from edgeface.vision.detections import FaceDetections
 
 if TYPE_CHECKING:
-    from edgeface.config import RecognitionConfig
+    from edgeface.config import Config, RecognitionConfig
     from edgeface.vision.align import Aligner
-    from edgeface.vision.blazeface import AutoRangeDetector, BlazeFaceDetector
     from edgeface.vision.embed import Embedder
+
+
+class Detector(Protocol):
+    def detect(self, image: np.ndarray) -> FaceDetections: ...
 
 
 @dataclass(frozen=True)
@@ -28,16 +40,56 @@ class AnalyzedFaces:
         return len(self.detections)
 
 
+@dataclass(frozen=True)
+class CameraModels:
+    """The camera loop's detector (tiled when configured), aligner (with its keypoint refiner) and embedder."""
+
+    detector: Any
+    aligner: Aligner
+    embedder: Embedder
+
+
+def camera_models(config: Config, *, wrap_runner: Callable[[Any], Any] | None = None,
+                  threads: int | None = None) -> CameraModels:
+    """The models of the camera loop from a config. `wrap_runner` wraps every detector model runner (the
+    detector's and the keypoint refiner's; e.g. in a TimedRunner); `threads` overrides the embedder's
+    (and detectors') thread count."""
+    from edgeface.vision.align import Aligner
+    from edgeface.vision.blazeface import make_detector, make_refiner
+    from edgeface.vision.embed import Embedder
+    from edgeface.vision.tiling import TiledDetector
+
+    recognition, p = config.recognition, config.pipeline
+    n_threads = threads or recognition.embedder.threads
+    # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.vision.blazeface).
+    detector: Any = make_detector(recognition.detector.model, min_score=recognition.detector.min_score,
+                                  threads=n_threads, resize="fast", wrap_runner=wrap_runner)
+    template_model = detector.model
+    if p.detect_tiles_x * p.detect_tiles_y > 1:
+        detector = TiledDetector(detector, p.detect_tiles_x, p.detect_tiles_y, p.detect_tile_overlap_frac,
+                                 min_side_px_for_tiles=p.detect_tiles_min_side_px,
+                                 work_long_side_px=p.detect_work_long_side_px)
+    refiner = make_refiner(p.refine_face_max_frac, threads=n_threads, wrap_runner=wrap_runner)
+    return CameraModels(
+        detector,
+        Aligner(method=recognition.alignment.method, detector_model=template_model, refiner=refiner),
+        Embedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip),
+    )
+
+
 class FaceAnalyzer:
-    def __init__(self, detector: BlazeFaceDetector | AutoRangeDetector, aligner: Aligner, embedder: Embedder) -> None:
+    def __init__(self, detector: Detector, aligner: Aligner, embedder: Embedder,
+                 lock: threading.Lock | None = None) -> None:
         self.detector = detector
         self.aligner = aligner
         self.embedder = embedder
+        self._lock = lock
+        """Held around each analysis when the models are shared with a running camera loop."""
 
     @classmethod
     def from_config(cls, config: RecognitionConfig, precision: Literal["int8", "fp32"] | None = None) -> FaceAnalyzer:
         """The photo commands' analyzer: the configured detector, and every face's keypoints re-detected on
-        a crop before alignment (a photo has time for it; the camera loop does it for embedded faces)."""
+        a crop before alignment."""
         from edgeface.vision.align import Aligner
         from edgeface.vision.blazeface import make_detector, make_refiner
         from edgeface.vision.embed import Embedder
@@ -52,7 +104,19 @@ class FaceAnalyzer:
                      flip=config.embedder.flip),
         )
 
+    @classmethod
+    def for_camera(cls, config: Config) -> FaceAnalyzer:
+        """The camera loop's models on their own (enrollment without a running station)."""
+        models = camera_models(config)
+        return cls(models.detector, models.aligner, models.embedder)
+
     def analyze(self, image: np.ndarray) -> AnalyzedFaces:
+        if self._lock is None:
+            return self._analyze(image)
+        with self._lock:
+            return self._analyze(image)
+
+    def _analyze(self, image: np.ndarray) -> AnalyzedFaces:
         detections = self.detector.detect(image)
         chips = self.aligner.align(image, detections)
         return AnalyzedFaces(detections, chips, self.embedder.embed(chips))

@@ -41,6 +41,7 @@ import numpy as np
 
 from edgeface.errors import ImageError
 from edgeface.io.runtime import Runner
+from edgeface.vision.boxes import box_iou, contained_frac, weighted_nms_rows
 from edgeface.vision.detections import NUM_KEYPOINTS, FaceDetections
 
 logger = logging.getLogger(__name__)
@@ -316,108 +317,6 @@ def _decode_flat(raw_boxes: np.ndarray, anchors: np.ndarray, input_size_px: int)
     return np.asarray(raw_boxes, np.float32) @ _decode_matrix(input_size_px) + anchor_offsets(anchors)
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box (4,) with many (n, 4)."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def _pairwise_iou(boxes: np.ndarray) -> np.ndarray:
-    """IoU (n, n) among xyxy boxes (n, 4), computed as `box_iou` does row by row."""
-    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)  # as np.clip(.., 0, None), without its overhead
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = areas[:, None] + areas[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def weighted_nms(
-    xyxy: np.ndarray, kps: np.ndarray, scores: np.ndarray, iou_threshold: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """MediaPipe-style blending NMS. Returns merged (xyxy, kps, scores), best score first.
-
-    Repeatedly takes the best remaining box; every remaining box with IoU > iou_threshold against it
-    (itself included) is removed and contributes to a score-weighted mean of boxes and keypoints.
-    The merged detection keeps the best box's score.
-    """
-    n = len(scores)
-    flat = np.concatenate([np.asarray(xyxy, np.float32).reshape(n, 4),
-                           np.asarray(kps, np.float32).reshape(n, _NUM_COORDS - 4)], axis=1)
-    merged, merged_scores = _weighted_nms_flat(flat, np.asarray(scores, np.float32), iou_threshold)
-    return merged[:, :4], merged[:, 4:].reshape(-1, NUM_KEYPOINTS, 2), merged_scores
-
-
-def _weighted_nms_flat(flat: np.ndarray, scores: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """`weighted_nms` on rows x1, y1, x2, y2, keypoints...; the IoUs of all pairs are computed at once (the
-    candidates are the few anchors above the score threshold), so each output costs one row lookup."""
-    n = len(scores)
-    if n <= 1:
-        return flat.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
-    order = np.argsort(-scores, kind="stable")
-    flat, scores = flat[order], scores[order]
-    overlap = _pairwise_iou(flat[:, :4]) > iou_threshold
-    np.fill_diagonal(overlap, True)
-    remaining = np.ones(n, bool)
-    out_flat: list[np.ndarray] = []
-    out_scores: list[float] = []
-    best = 0
-    while best < n:
-        members = overlap[best] & remaining
-        remaining &= ~members
-        weights = scores[members]
-        total = float(weights.sum())
-        out_flat.append(weights @ flat[members] / total if total > 0 else flat[best])
-        out_scores.append(float(scores[best]))
-        rest = np.flatnonzero(remaining[best:])
-        best = best + int(rest[0]) if len(rest) else n
-    return np.asarray(out_flat, np.float32), np.asarray(out_scores, np.float32)
-
-
-_SMALL_NMS = 32
-"""Up to this many candidates, weighted NMS compares boxes on Python floats (a few boxes cost fewer
-microseconds that way than an IoU matrix); above it, one numpy IoU matrix. Both give the same faces."""
-
-
-def _weighted_nms_small(flat: np.ndarray, boxes: list[list[float]], scores: list[float], candidates: list[int],
-                        iou_threshold: float) -> tuple[list[list[float]], list[float]]:
-    """`_weighted_nms_flat` of the rows `candidates` of `flat` (`boxes`: their first four columns as
-    lists), for a few of them: the greedy grouping on Python floats (IoU as `box_iou`), then each
-    group's score-weighted mean in one small matrix product. Returns the merged rows as lists."""
-    order = sorted(candidates, key=scores.__getitem__, reverse=True)  # stable for ties, as argsort(kind="stable")
-    groups: list[list[int]] = []
-    while order:
-        lx1, ly1, lx2, ly2 = boxes[order[0]]
-        leader_area = (lx2 - lx1) * (ly2 - ly1)
-        members: list[int] = [order[0]]
-        rest: list[int] = []
-        for i in order[1:]:
-            x1, y1, x2, y2 = boxes[i]
-            inter = max(0.0, min(lx2, x2) - max(lx1, x1)) * max(0.0, min(ly2, y2) - max(ly1, y1))
-            union = leader_area + (x2 - x1) * (y2 - y1) - inter
-            (members if union > 0 and inter / union > iou_threshold else rest).append(i)
-        groups.append(members)
-        order = rest
-    merged = []
-    for members in groups:
-        weights = [scores[i] for i in members]
-        total = sum(weights)
-        if len(members) == 1 or total <= 0:  # a lone box, or zero scores: the leader's own row
-            merged.append(flat[members[0]].tolist())
-        else:
-            merged.append((np.array(weights, np.float32) @ flat[members] / np.float32(total)).tolist())
-    return merged, [scores[members[0]] for members in groups]
-
-
 @dataclass(frozen=True)
 class _Candidates:
     """The decoded boxes of the anchors scoring at least the lowest threshold that will be asked for (kept
@@ -543,12 +442,7 @@ class BlazeFaceDetector:
                 if score >= score_threshold and b[2] >= b[0] and b[3] >= b[1]]
         if not kept:
             return FaceDetections()
-        if len(kept) <= _SMALL_NMS:
-            merged, merged_scores = _weighted_nms_small(flat, boxes, scores, kept, self.nms_iou_threshold)
-        else:
-            array_scores = np.array(scores, np.float32)[kept]
-            merged_array, array_scores = _weighted_nms_flat(flat[kept], array_scores, self.nms_iou_threshold)
-            merged, merged_scores = merged_array.tolist(), array_scores.tolist()
+        merged, merged_scores = weighted_nms_rows(flat, boxes, scores, kept, self.nms_iou_threshold)
         box = candidates.letterbox
         w, h = box.source_w, box.source_h
         rows, out_scores = [], []
@@ -660,20 +554,6 @@ class KeypointRefiner:
                 kps[i] = found.kps[best] + offset
                 refined[i] = True
         return FaceDetections(faces.xyxy, faces.score, kps), refined
-
-
-def contained_frac(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection of `box` with each of `boxes`, as a fraction of the smaller of the two areas: 1 when
-    one box lies inside the other (a loose and a tight box on one face), whatever their IoU."""
-    x1 = np.maximum(box[0], boxes[:, 0])
-    y1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[2], boxes[:, 2])
-    y2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    smaller = np.minimum(area, areas)
-    return np.where(smaller > 0, inter / np.where(smaller > 0, smaller, 1), 0.0)
 
 
 class AutoRangeDetector:

@@ -64,6 +64,7 @@ from edgeface.config import MqttConfig
 from edgeface.errors import ConfigError, EdgefaceError
 from edgeface.events import Event, Stats, Topics, check_prefix
 from edgeface.service.mqtt.commands import MAX_COMMAND_BYTES, CommandReply, CommandRouter
+from edgeface.service.mqtt.secrets import read_secret
 from edgeface.storage.outbox import Outbox, OutboxWriteError
 from edgeface.text import first_line
 
@@ -121,30 +122,8 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
 
 def resolve_password(config: MqttConfig, environ: Mapping[str, str] | None = None) -> str | None:
     """The broker password from the environment, ``password_file`` or ``$CREDENTIALS_DIRECTORY``."""
-    environ = os.environ if environ is None else environ
-    value = environ.get(config.password_env)
-    if value:
-        return value
-    candidates: list[tuple[Path, bool]] = []
-    if config.password_file is not None:
-        candidates.append((config.password_file, True))
-    if environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append((Path(environ["CREDENTIALS_DIRECTORY"]) / PASSWORD_CREDENTIAL, False))
-    for path, required in candidates:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            if required:
-                raise ConfigError(f"MQTT password file {path} does not exist") from None
-            continue
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
-            raise ConfigError(f"cannot read the MQTT password file {path}: {reason}") from None
-        lines = text.splitlines()
-        if not lines or not lines[0]:
-            raise ConfigError(f"MQTT password file {path} is empty")
-        return lines[0]
-    return None
+    return read_secret("MQTT password", env=config.password_env, file=config.password_file,
+                       credential=PASSWORD_CREDENTIAL, environ=environ)
 
 
 def default_outbox_path(station_id: str, environ: Mapping[str, str] | None = None) -> Path:

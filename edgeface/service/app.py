@@ -1,0 +1,168 @@
+"""The one place that builds a station: the event bus and its subscribers, the gallery and clusters,
+the pipeline, and (with MQTT) the command side, Home Assistant and stats. `edgeface run`, `edgeface
+annotate` and the tests use it.
+
+    bus ── required: JSONL on stdout, or the MQTT publisher's outbox
+        └─ optional: Home Assistant presence (Station.on_event), the pipeline's event counts
+
+`build_station` wires everything with typed dependencies; `RunningStation.close()` ends it: the
+station's presence goes off, the outbox is flushed, the clusters and the gallery are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from edgeface.bus import EventBus
+from edgeface.errors import ConfigError
+from edgeface.events import utc_now
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from edgeface.config import Config
+    from edgeface.pipeline import Pipeline
+    from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.service.station import Station
+    from edgeface.storage.cluster_store import ClusterStage
+    from edgeface.storage.gallery import Gallery
+
+log = logging.getLogger(__name__)
+
+SinkKind = Literal["jsonl", "mqtt"]
+
+
+def open_gallery(config: Config, path: Path | None, *, required: bool = False,
+                 create_default: bool = False) -> Gallery | None:
+    """The gallery to match against, at the configured threshold (`Config.match_max_distance`):
+    PATH (must exist), else $EDGEFACE_GALLERY or ./gallery.db when present (created empty when
+    `create_default`: unknown faces are clustered in it), else None (every face is unknown)."""
+    from edgeface.storage.gallery import Gallery
+    from edgeface.storage.paths import default_gallery_path
+
+    threshold = config.match_max_distance
+    if path is not None:
+        return Gallery(path, create=False, match_max_distance=threshold)
+    default = default_gallery_path()
+    if default.is_file():
+        return Gallery(default, create=False, match_max_distance=threshold)
+    if create_default:
+        log.info("created an empty gallery at %s: unknown faces are clustered there; enroll people with "
+                 "`edgeface enroll`", default)
+        return Gallery(default, create=True, match_max_distance=threshold)
+    if required:
+        raise ConfigError(f"no gallery at {default}; pass --gallery FILE")
+    log.warning("no gallery (%s does not exist): every face will be unknown; enroll people or pass --gallery FILE",
+                default)
+    return None
+
+
+def sink_kind(config: Config, requested: SinkKind | None, mqtt_url: str | None) -> SinkKind:
+    """jsonl unless MQTT is asked for (--sink mqtt, an mqtt section in the config, or --mqtt-url)."""
+    kind: SinkKind = requested or ("mqtt" if config.mqtt is not None or mqtt_url else "jsonl")
+    if kind == "jsonl" and mqtt_url:
+        raise ConfigError("--mqtt-url needs --sink mqtt (or no --sink)")
+    return kind
+
+
+@dataclass
+class RunningStation:
+    """What `build_station` made. `close()` is idempotent."""
+
+    config: Config
+    bus: EventBus
+    pipeline: Pipeline
+    gallery: Gallery | None
+    clusters: ClusterStage | None
+    station: Station | None
+    publisher: MqttPublisher | None
+    _closed: bool = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.bus.close()  # the station (presence off), then the publisher (flush) or the JSONL stream
+        finally:
+            if self.clusters is not None:
+                self.clusters.store.close()
+
+
+def _mqtt_side(config: Config, bus: EventBus, gallery: Gallery | None, mqtt_url: str | None
+               ) -> tuple[Station, MqttPublisher]:
+    """The publisher with the station's commands, Home Assistant discovery and stats, subscribed to the
+    bus and started (the station before the publisher connects: its first `online` follows the presence
+    states)."""
+    from edgeface.config import MqttConfig
+    from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.service.station import Station, command_router, log_command_policy
+
+    mqtt_config = config.mqtt or MqttConfig()
+    if mqtt_url:
+        mqtt_config = mqtt_config.model_copy(update={"url": mqtt_url})
+    config = config.model_copy(update={"mqtt": mqtt_config})
+    station = Station(config, gallery=gallery)
+    router = station.register(command_router(mqtt_config, config.station_id)) if mqtt_config.commands else None
+    publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
+    if router is not None:
+        log_command_policy(router, mqtt_config)
+    station.attach(publisher, bus)
+    try:
+        station.start()
+        publisher.start()
+    except BaseException:
+        station.close()
+        publisher.close(flush_timeout_s=0)
+        raise
+    bus.add_sink(publisher, "mqtt outbox")
+    bus.subscribe(station.on_event, name="home assistant")
+    bus.on_close(station.close, "station")  # closed before the publisher: presence goes off, then the flush
+    return station, publisher
+
+
+def build_station(
+    config: Config,
+    *,
+    gallery: Gallery | None,
+    sink: SinkKind = "jsonl",
+    stdout: TextIO | None = None,
+    mqtt_url: str | None = None,
+    source: Any = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> RunningStation:
+    """Everything `edgeface run` runs, wired: the bus with JSONL on `stdout` or MQTT, unknown tracks
+    clustered in the gallery's file (without a gallery they stay plain unknowns), the pipeline and, with
+    MQTT, the station that answers commands on that pipeline and source."""
+    from edgeface.pipeline import build_pipeline
+    from edgeface.service.sinks import JsonlSink
+    from edgeface.storage.cluster_store import ClusterStage, ClusterStore
+
+    bus = EventBus()
+    station = publisher = None
+    if sink == "mqtt":
+        station, publisher = _mqtt_side(config, bus, gallery, mqtt_url)
+    else:
+        import sys
+
+        bus.add_sink(JsonlSink(stdout or sys.stdout), "jsonl")
+    clusters = None
+    try:
+        if gallery is not None:
+            store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
+            clusters = ClusterStage(store)
+        pipeline = build_pipeline(config, bus=bus, matcher=gallery, clusters=clusters, clock=clock)
+    except BaseException:
+        try:
+            bus.close()
+        finally:
+            if clusters is not None:
+                clusters.store.close()
+        raise
+    if station is not None:
+        station.attach_pipeline(pipeline, source, clusters)
+    return RunningStation(config, bus, pipeline, gallery, clusters, station, publisher)
