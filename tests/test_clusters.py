@@ -404,34 +404,31 @@ def test_max_clusters_drops_the_least_recently_seen_tentative_one(tmp_path: Path
 
 
 @needs_lfw
-def test_the_decider_hook_answers_and_publishes_merges(tmp_path: Path) -> None:
-    import io
-    import json
-
+def test_the_cluster_stage_answers_with_merges_and_queued_events(tmp_path: Path) -> None:
     from edgeface.recognition.decider import ClusterAssignment, UnknownTrack
-    from edgeface.service.sinks import JsonlSink
-    from edgeface.storage.cluster_store import StoreClusterHook
+    from edgeface.storage.cluster_store import ClusterStage
 
     faces = of("Hugo_Chavez")
     a, b, c = _merging_triple(faces)
-    out = io.StringIO()
     with _store(tmp_path) as store:
-        hook = StoreClusterHook(store, JsonlSink(out))
-        answers = [hook(UnknownTrack("cam1", k, faces[i].embedding, 0.7, 5, T0 + timedelta(minutes=k),
-                                     T0 + timedelta(minutes=k, seconds=20)))
+        stage = ClusterStage(store)
+        answers = [stage.assign(UnknownTrack("cam1", k, faces[i].embedding, 0.7, 5, T0 + timedelta(minutes=k),
+                                             T0 + timedelta(minutes=k, seconds=20)))
                    for k, i in enumerate((a, b, c))]
-        assert all(isinstance(x, ClusterAssignment) for x in answers)
-        assert [x.cluster_id for x in answers] == ["unknown-1", "unknown-2", "unknown-1"]
-        assert answers[2].status == "confirmed" and answers[2].last_seen == T0 + timedelta(minutes=2, seconds=20)
-        published = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [(e["type"], e["kept_id"], e["merged_id"]) for e in published] == [("cluster_merged", "unknown-1", "unknown-2")]
+        assert all(isinstance(x, ClusterAssignment) for x, _ in answers)
+        assert [x.cluster_id for x, _ in answers if x] == ["unknown-1", "unknown-2", "unknown-1"]
+        third = answers[2][0]
+        assert third is not None and third.status == "confirmed"
+        assert third.last_seen == T0 + timedelta(minutes=2, seconds=20)
+        caused = [e for _, events in answers for e in events]
+        assert [(e.type, e.kept_id, e.merged_id) for e in caused] == [("cluster_merged", "unknown-1", "unknown-2")]
         with ClusterStore(tmp_path / "gallery.db") as shell:  # `edgeface clusters name` from a shell
             shell.name("unknown-1", "Hugo", queue_event=True)
         colin = of("Colin_Powell")[0]
-        answer = hook(UnknownTrack("cam1", 9, colin.embedding, 0.7, 5, T0 + timedelta(hours=1), T0 + timedelta(hours=1)))
+        answer, events = stage.assign(UnknownTrack("cam1", 9, colin.embedding, 0.7, 5, T0 + timedelta(hours=1),
+                                                   T0 + timedelta(hours=1)))
         assert answer is not None and answer.cluster_id == "unknown-3"
-        published = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [e["type"] for e in published] == ["cluster_merged", "cluster_named"] and published[1]["name"] == "Hugo"
+        assert [e.type for e in events] == ["cluster_named"] and events[0].name == "Hugo"
 
 
 # -- cannot-links -------------------------------------------------------------------------------

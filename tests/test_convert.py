@@ -15,15 +15,13 @@ from _model_sources import RESNET_DAT, SHAPE_DAT, dlib_dat
 
 from edgeface.convert.build import SOURCE_SHA256, check_source, read_member
 from edgeface.convert.dlib_resnet import DlibResnet, forward_reference, read_dlib_resnet
-from edgeface.convert.dlib_shape_predictor import (
-    SHAPE_PREDICTOR_NAME,
-    build_shape_predictor,
-)
+from edgeface.convert.dlib_shape_predictor import build_shape_predictor
 from edgeface.convert.resnet_onnx import INPUT_NAME, OUTPUT_NAME, build_resnet_onnx
 from edgeface.errors import EdgefaceError, ModelFileError
 from edgeface.io.models import MANIFEST_NAME, MODELS_DIR_ENV
 from edgeface.io.runtime.onnx import OnnxRunner
 from edgeface.vision.embed import MODEL_FILES, SELFCHECK_FILE
+from edgeface.vision.landmarks import SHAPE_PREDICTOR_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"

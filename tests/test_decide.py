@@ -8,10 +8,8 @@ import pytest
 from edgeface.events import parse_event
 from edgeface.recognition.decider import (
     UNKNOWN,
-    ClusterAssignment,
     Decider,
     DecisionPolicy,
-    UnknownTrack,
     Vote,
     aggregate_embedding,
     vote,
@@ -102,21 +100,21 @@ def test_unknown_needs_more_faces_than_a_name() -> None:
 
 
 def test_unknown_track_goes_to_clustering_with_one_aggregated_embedding() -> None:
-    seen: list[UnknownTrack] = []
-
-    def hook(track: UnknownTrack) -> ClusterAssignment:
-        seen.append(track)
-        return ClusterAssignment("unknown-4", "tentative", 1, T0, T0 + timedelta(seconds=5))
-
+    """The decider hands each unknown track to the cluster stage (it never calls the clustering itself);
+    the stage's answer is the track's cluster, in its label and its track_ended."""
     policy = DecisionPolicy(min_good_faces=2, min_good_faces_unknown=3, max_faces_undecided=4, unknown_best_faces=2)
-    decider = Decider("hall", "door", policy, cluster_hook=hook)
+    decider = Decider("hall", "door", policy, clustering=True)
     votes = [v(None, 0.9, seed=1), v(None, 0.2, seed=2), v(None, 0.8, seed=3)]
     events = feed(decider, 3, votes)
-    assert [e.type for e in events] == ["unknown"] and events[0].cluster_id == "unknown-4"
+    assert [e.type for e in events] == ["unknown"] and events[0].cluster_id is None
+    seen = decider.take_unknown_tracks()
+    assert decider.take_unknown_tracks() == []
     assert len(seen) == 1 and seen[0].faces_used == 2 and seen[0].track_id == 3 and seen[0].camera == "door"
     expected = unit(1) + unit(3)  # the two best faces (weights 0.9 and 0.8), not the 0.2 one
     np.testing.assert_allclose(seen[0].embedding, expected / np.linalg.norm(expected), atol=1e-6)
     assert seen[0].quality == pytest.approx(0.85)
+    decider.assign_cluster(3, "unknown-4")
+    assert decider.cluster_of(3) == "unknown-4"
     ended = decider.end_track(3, T0 + timedelta(seconds=9))
     assert ended[-1].decision == UNKNOWN and ended[-1].cluster_id == "unknown-4"
     roundtrip(events + ended)
@@ -185,13 +183,8 @@ def test_a_face_refused_on_its_chip_is_tried_again_embed_every_frames_later() ->
 def test_tracks_on_one_frame_reach_the_clusterer_as_apart() -> None:
     """Two faces on one frame are two people: the unknown track's hook call names the other tracks
     (by key) and the names they were recognised as."""
-    seen: list[UnknownTrack] = []
-
-    def hook(track: UnknownTrack) -> None:
-        seen.append(track)
-
     decider = Decider("hall", "door", DecisionPolicy(min_good_faces=1, min_good_faces_unknown=1, max_faces_undecided=1),
-                      cluster_hook=hook)
+                      clustering=True)
     for track_id in (1, 2, 3):
         decider.seen(track_id, T0)
     decider.seen_together([1, 2, 3])
@@ -200,7 +193,7 @@ def test_tracks_on_one_frame_reach_the_clusterer_as_apart() -> None:
     decider.end_track(3, T0)  # an ended track still counts
     decider.add_vote(1, v(None, seed=1), T0 + timedelta(seconds=1))
     decider.add_vote(4, v(None, seed=4), T0 + timedelta(seconds=6))
-    first, alone = seen
+    first, alone = decider.take_unknown_tracks()
     assert first.key == f"door:1:{T0.timestamp():.3f}"
     assert first.apart_from == (f"door:2:{T0.timestamp():.3f}", f"door:3:{T0.timestamp():.3f}")
     assert first.not_names == ("ada",)

@@ -20,15 +20,8 @@ from edgeface.errors import ImageError, ModelFileError
 from edgeface.io.images import read_image
 from edgeface.io.models import models_dir
 from edgeface.io.runtime.litert import LiteRTRunner
-from edgeface.vision.blazeface import (
-    BlazeFaceDetector,
-    ModelName,
-    anchors_for,
-    box_iou,
-    build_anchors,
-    decode,
-    weighted_nms,
-)
+from edgeface.vision.blazeface import BlazeFaceDetector, ModelName, anchors_for, build_anchors, decode
+from edgeface.vision.boxes import box_iou, weighted_nms
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LFW_IMAGE = DATA / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
@@ -429,12 +422,12 @@ def test_python_and_numpy_post_processing_give_the_same_faces(
     detector: BlazeFaceDetector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A few candidates are decoded and merged on Python floats, many with numpy: same detections."""
-    import edgeface.vision.blazeface as detect_module
+    import edgeface.vision.boxes as boxes_module
 
     images = [read_image(_data_file(DETECTION / name)) for name in ("2008_002506.jpg", "bald_guys.jpg")]
     images.append(read_image(_data_file(LFW_IMAGE)))
     small = [(detector.detect(im), detector.detect_central(im)) for im in images]
-    monkeypatch.setattr(detect_module, "_SMALL_NMS", -1)  # every image through the numpy path
+    monkeypatch.setattr(boxes_module, "_SMALL_NMS", -1)  # every image through the numpy path
     for image, (faces, central) in zip(images, small):
         numpy_faces = detector.detect(image)
         assert len(faces) == len(numpy_faces) >= 1

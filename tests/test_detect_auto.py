@@ -12,7 +12,8 @@ import pytest
 
 from edgeface.config import Config
 from edgeface.io.images import read_image
-from edgeface.vision.blazeface import AutoRangeDetector, BlazeFaceDetector, contained_frac, make_detector
+from edgeface.vision.blazeface import AutoRangeDetector, BlazeFaceDetector, make_detector
+from edgeface.vision.boxes import contained_frac
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "bbt").is_dir(), reason="../shared/data is absent")

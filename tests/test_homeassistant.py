@@ -179,18 +179,14 @@ def wait_until(condition, timeout_s: float = 5.0) -> bool:  # type: ignore[no-un
 
 
 def _station(tmp_path: Path, station_id: str, gallery: Gallery, clock: Clock):  # type: ignore[no-untyped-def]
-    from edgeface.service.mqtt.client import MqttPublisher
-    from edgeface.service.station import Station
+    from edgeface.bus import EventBus
+    from edgeface.service.app import start_mqtt_station
 
     mqtt = MqttConfig(url=f"mqtt://127.0.0.1:{SHARED_PORT}", outbox_path=tmp_path / "outbox.sqlite",
                       homeassistant=True, present_timeout_s=5, stats_interval_s=1, reconnect_min_s=0.1)
     config = Config(station_id=station_id, mqtt=mqtt)
-    station = Station(config, gallery=gallery, clock=clock)
-    router = station.register(CommandRouter(allow_unsigned=True))
-    publisher = MqttPublisher(mqtt, station_id, router=router)
-    station.attach(publisher)
-    station.start()
-    publisher.start()
+    router = CommandRouter(allow_unsigned=True)
+    station, _ = start_mqtt_station(config, EventBus(), gallery, router=router, clock=clock)
     return station, router
 
 
@@ -220,7 +216,7 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         assert states == {topics.presence(n): b"OFF" for n in ["Ada Lovelace", "Bob", "Zoë"]} | {topics.unknown_presence: b"OFF"}
 
         # Recognised: ON at once; the track ends; OFF only once the timeout has passed.
-        station.sink.publish(_recognized(1, "Ada Lovelace"))
+        station.bus.publish(_recognized(1, "Ada Lovelace"))
         presence = topics.presence("Ada Lovelace")
         attributes = topics.presence_attributes("Ada Lovelace")
         assert wait_until(lambda: (presence, b"ON") in [(t, p) for t, p in seen_messages(seen)])
@@ -228,7 +224,7 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         # rather than reading them the moment the ON is seen
         assert wait_until(lambda: attributes in retained(attributes, 0.2))
         assert json.loads(retained(attributes)[attributes])["track_id"] == 1
-        station.sink.publish(_ended(1))
+        station.bus.publish(_ended(1))
         time.sleep(1.5)  # several ticks, clock not advanced: still on
         assert [p for t, p in seen_messages(seen) if t == presence][-1] == b"ON"
         clock.advance(6)
@@ -258,7 +254,7 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         everything |= set(configs)
         assert topics.person_config("Grace") in configs and topics.person_config("Zoë") not in configs
     finally:
-        station.sink.close()
+        station.bus.close()
         seen.close()
 
     # Ada is removed while the station is down: the next start clears her entity too.
@@ -269,7 +265,7 @@ def test_station_publishes_configs_presence_and_clears_a_forgotten_person(tmp_pa
         configs = retained(configs_filter)
         assert topics.person_config("Ada Lovelace") not in configs and topics.person_config("Grace") in configs
     finally:
-        station.sink.close()
+        station.bus.close()
         gallery.close()
         leftovers = set(retained(f"edgeface/{station_id}/#")) | set(retained(configs_filter))
         clear_retained(station_id, topics=sorted(leftovers | everything))
@@ -283,25 +279,22 @@ def seen_messages(collector: Collector) -> list[tuple[str, bytes]]:
 
 @needs_broker
 def test_homeassistant_off_publishes_no_discovery(tmp_path: Path) -> None:
-    from edgeface.service.mqtt.client import MqttPublisher
-    from edgeface.service.station import Station
+    from edgeface.bus import EventBus
+    from edgeface.service.app import start_mqtt_station
 
     station_id = f"ha-{uuid.uuid4().hex[:8]}"
     gallery = Gallery(tmp_path / "gallery.db")
     gallery.add_templates("Ada", _unit(1))
     mqtt = MqttConfig(url=f"mqtt://127.0.0.1:{SHARED_PORT}", outbox_path=tmp_path / "outbox.sqlite")
-    station = Station(Config(station_id=station_id, mqtt=mqtt), gallery=gallery)
-    publisher = MqttPublisher(mqtt, station_id, router=station.register(CommandRouter(allow_unsigned=True)))
-    station.attach(publisher)
-    publisher.start()
-    station.start()
+    station, publisher = start_mqtt_station(Config(station_id=station_id, mqtt=mqtt), EventBus(), gallery,
+                                            router=CommandRouter(allow_unsigned=True))
     try:
-        station.sink.publish(_recognized(1, "Ada"))
+        station.bus.publish(_recognized(1, "Ada"))
         assert publisher.wait_until_delivered(10)
         assert not retained(f"homeassistant/+/edgeface_{station_id}/+/config", 0.3)
         assert not retained(f"edgeface/{station_id}/presence/#", 0.1)
     finally:
-        station.sink.close()
+        station.bus.close()
         gallery.close()
         clear_retained(station_id)
 
@@ -353,7 +346,7 @@ sys.path.insert(0, sys.argv[3])
 from test_homeassistant import Clock, _recognized, _station
 from edgeface.storage.gallery import Gallery
 station, _ = _station(Path(sys.argv[1]), sys.argv[2], Gallery(Path(sys.argv[1]) / "gallery.db"), Clock())
-station.sink.publish(_recognized(1, "Ada Lovelace"))
+station.bus.publish(_recognized(1, "Ada Lovelace"))
 assert station.publisher.wait_until_delivered(10)
 print("ON", flush=True)
 time.sleep(60)
@@ -396,7 +389,7 @@ def test_message_order_on_the_broker_is_the_one_home_assistant_needs(tmp_path: P
 
         # 3. Recognised: the attributes (and the retained last person) before the ON.
         mark = watch.mark()
-        station.sink.publish(_recognized(5, "Ada Lovelace"))
+        station.bus.publish(_recognized(5, "Ada Lovelace"))
         assert wait_until(lambda: (topics.presence("Ada Lovelace"), b"ON") in watch.since(mark))
         # (start-up messages of the station may still arrive after the mark on a loaded machine: find the ON)
         messages = watch.since(mark)
@@ -425,7 +418,7 @@ def test_message_order_on_the_broker_is_the_one_home_assistant_needs(tmp_path: P
     finally:
         watch.close()
         if station is not None:
-            station.sink.close()
+            station.bus.close()
             station.gallery.close()
         leftovers = set(retained(f"edgeface/{station_id}/#")) | set(retained(f"homeassistant/+/{node}/+/config"))
         clear_retained(station_id, topics=sorted(leftovers))

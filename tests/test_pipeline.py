@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeface.bus import EventBus
 from edgeface.config import Config
 from edgeface.events import parse_event
 
@@ -70,7 +71,7 @@ def run(path: Path, config: Config, matcher=None):
     from edgeface.pipeline import build_pipeline
 
     sink = ListSink()
-    pipeline = build_pipeline(config, sink=sink, matcher=matcher)
+    pipeline = build_pipeline(config, bus=EventBus(sink), matcher=matcher)
     results = []
     pipeline.run(video_frames(path), on_frame=results.append)
     return pipeline, sink.events, results
@@ -108,7 +109,7 @@ def test_hamilton_recognises_miranda_once_per_track_and_nobody_else_as_him(galle
 
 def _track_at(results, frame: int, box: tuple[float, float, float, float]) -> int:
     """The track of the face on `frame` that overlaps `box` most."""
-    from edgeface.recognition.tracker import iou_matrix
+    from edgeface.vision.boxes import iou_matrix
 
     faces = next(r for r in results if r.index == frame).faces
     overlaps = iou_matrix(np.array([box]), np.array([f.box for f in faces]))[0]
@@ -153,8 +154,8 @@ def test_crowd_walk_gives_several_unknown_tracks_without_swaps() -> None:
 
 @pytest.mark.skipif(not CROWD.is_file(), reason="../shared/data is absent")
 def test_tiles_find_small_faces_the_whole_frame_misses() -> None:
-    from edgeface.pipeline import TiledDetector
     from edgeface.vision.blazeface import BlazeFaceDetector
+    from edgeface.vision.tiling import TiledDetector
 
     frames = [f.image for f in video_frames(CROWD)][::10]
     short = BlazeFaceDetector("short")
@@ -177,7 +178,7 @@ def test_every_detector_runner_can_be_wrapped(refine: float) -> None:
         timers.append(TimedRunner(runner))
         return timers[-1]
 
-    pipeline = build_pipeline(config, sink=ListSink(), wrap_runner=wrap, threads=1)
+    pipeline = build_pipeline(config, bus=EventBus(ListSink()), wrap_runner=wrap, threads=1)
     assert len(timers) == (3 if refine else 2)  # full and short range for the frame, short range for the refiner
     pipeline.detector.detect(np.zeros((360, 640, 3), np.uint8))
     assert timers[0].calls == 1 and timers[0].seconds > 0

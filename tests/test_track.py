@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeface.recognition.tracker import Tracker, iou_matrix
+from edgeface.recognition.tracker import Tracker
+from edgeface.vision.boxes import iou_matrix
 from edgeface.vision.detections import FaceDetections
 
 
@@ -25,7 +26,7 @@ def test_iou_matrix() -> None:
 
 
 def test_iou_matrix_python_and_numpy_paths_agree_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeface.recognition.tracker as track_module
+    import edgeface.vision.boxes as track_module
 
     rng = np.random.default_rng(3)
     pairs = []
@@ -35,7 +36,7 @@ def test_iou_matrix_python_and_numpy_paths_agree_exactly(monkeypatch: pytest.Mon
         a[:, 2:] = a[:, :2] + rng.uniform(-5, 40, (len(a), 2))  # some boxes inside out: zero area
         b[:, 2:] = b[:, :2] + rng.uniform(-5, 40, (len(b), 2))
         pairs.append((a, b, iou_matrix(a, b)))
-    monkeypatch.setattr(track_module, "_SMALL_IOU", -1)
+    monkeypatch.setattr(track_module, "SMALL_IOU_PAIRS", -1)
     for a, b, small in pairs:
         np.testing.assert_array_equal(small, iou_matrix(a, b))
 

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.eval.data import EMBEDDING_DIM
 from edgeface.eval.identify import dataset_people
-from edgeface.recognition.vectors import pairwise_distances
+from edgeface.recognition.vectors import EMBEDDING_DIM, pairwise_distances
 from edgeface.storage.enroll import PhotoOutcome, Reason, check_resemblance
 from edgeface.storage.gallery import DEFAULT_MATCH_MAX_DISTANCE, GallerySnapshot
 

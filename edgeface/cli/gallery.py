@@ -31,18 +31,28 @@ def _open(args: argparse.Namespace, create: bool = False, read_only: bool = Fals
     kwargs: dict[str, Any] = {"read_only": read_only} if read_only else {}
     if getattr(args, "max_distance", None) is not None:
         kwargs["match_max_distance"] = args.max_distance
-    elif getattr(args, "config", None) is not None:
+    elif hasattr(args, "config"):  # the one threshold of the config (gallery.match_max_distance)
         from edgeface.config import load_config
 
-        kwargs["match_max_distance"] = load_config(args.config).gallery.match_max_distance
+        kwargs["match_max_distance"] = load_config(args.config).match_max_distance
     return Gallery(args.gallery or default_gallery_path(), create=create, **kwargs)
 
 
 def _analyzer(args: argparse.Namespace):
+    """The photo commands' analyzer (identify)."""
     from edgeface.config import load_config
     from edgeface.vision.analyzer import FaceAnalyzer
 
     return FaceAnalyzer.from_config(load_config(args.config).recognition)
+
+
+def _camera_analyzer(args: argparse.Namespace):
+    """The camera loop's models (enroll, reject): templates and negatives come from the chips the camera's
+    probes come from."""
+    from edgeface.config import load_config
+    from edgeface.vision.analyzer import FaceAnalyzer
+
+    return FaceAnalyzer.for_camera(load_config(args.config))
 
 
 # -- enroll ----------------------------------------------------------------------------------
@@ -87,7 +97,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     prepared = prepare_requests(requests, enrolled, add=args.add)  # every user error before anything is written
     if not prepared:
         raise EnrollmentError(f"{args.from_folders}: no person folder could be read; nothing was written")
-    analyzer = _analyzer(args)
+    analyzer = _camera_analyzer(args)
     written = 0
     failed: list[str] = []
     photos = sum(len(files) for _, files in prepared)
@@ -263,7 +273,7 @@ def _cmd_reject(args: argparse.Namespace) -> int:
     from edgeface.errors import EdgefaceError
     from edgeface.io.images import read_image
 
-    analyzer = _analyzer(args)
+    analyzer = _camera_analyzer(args)
     with _open(args) as gallery:
         gallery.show(args.name)  # an unknown name fails before the photo is analysed
         faces = analyzer.analyze(read_image(args.photo))

@@ -106,7 +106,7 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
     report = run_lfw_evaluation(
         args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
         progress=not args.json, face_rule=args.face, faces_file=args.faces, cache_dir=args.cache_dir,
-        match_max_distance=config.gallery.match_max_distance, max_pairs_per_fold=args.max_pairs_per_fold,
+        match_max_distance=config.match_max_distance, max_pairs_per_fold=args.max_pairs_per_fold,
     )
     return print_figures(report.summary_lines(), report.as_dict(), args.json)
 

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ASSIGN_MAX_DISTANCE = 0.33  # the config's clusters.assign_max_distance default
+DEFAULT_ASSIGN_MAX_DISTANCE = ClusterSettings().assign_max_distance
 """Root-mean-squared euclidean distance (unit vectors; less the spread discount, see the module doc)
 from a face to a cluster's members below which it joins the cluster; also the cluster-to-cluster merge
 threshold. Measured with `edgeface eval cluster` (3 seeds) on LFW (people with >= 4 images capped at
@@ -79,7 +79,7 @@ face_recognition's faces (bound 0.940). Plain average linkage (discount 0) at 0.
 0.846 / 0.792 / 0.816, recall 0.74. Grid: discount 0.4-0.6 x threshold 0.32-0.34; the choice held on
 the even and the odd half of the people alike (LFW 0.959 / 0.951, CelebA 0.912 / 0.903)."""
 
-DEFAULT_NAME_MAX_DISTANCE = 0.45  # the config's clusters.name_max_distance default
+DEFAULT_NAME_MAX_DISTANCE = ClusterSettings().name_max_distance
 """Median distance from a cluster's faces to a person's nearest template above which naming the
 cluster after that (enrolled) person needs force. Measured: 3 photos as templates, up to 8 others as
 the cluster; the right person's median was at most 0.41 (LFW 311 people, CelebA 100, both detectors
@@ -87,13 +87,6 @@ and face_recognition), so 0.45 refuses nobody right and refuses any clearly diff
 nearest look-alike among 100 is below it 86-96% of the time: it is a check against naming the
 wrong cluster, not a verifier)."""
 
-DEFAULT_MIN_OBSERVATIONS = 3
-"""A cluster is tentative until it has this many observations (from >= min_tracks tracks). Measured
-with `edgeface eval cluster` on the LFW stream above (each image one track, 3 seeds): N = 2 confirms
-1,062 clusters of which 294 (28%) are spurious (their majority is a one-image person, i.e. nobody who
-came back) and 99.7% of the 610 returning people; N = 3: 656 confirmed, 34 (5%) spurious, 95.7% of
-returning people; N = 4: 554, 6 spurious, 87.7% (LFW people with 4 images cannot reach more). N = 3
-cuts spurious clusters 9x for 4% of returning people confirmed later; it is Immich's core-point rule too."""
 
 SPREAD_CAP = 0.05
 """A cluster's spread counts for the discount up to this much (about a real person's spread on CelebA):

@@ -45,11 +45,15 @@ from datetime import datetime
 
 import numpy as np
 
+from edgeface.config import PipelineConfig
 from edgeface.events import RecognizedEvent, RunnerUp, TrackEndedEvent, UnknownEvent
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+
+_PIPELINE = PipelineConfig()  # the defaults are the config's: nothing states them twice
+_DECISION = _PIPELINE.decision
 """The decision for a track that is nobody enrolled (also the value of `track_ended.decision`)."""
 
 
@@ -129,15 +133,15 @@ class Outcome:
 class DecisionPolicy:
     """The thresholds of the vote; see the module docstring."""
 
-    min_good_faces: int = 3
-    min_good_faces_unknown: int = 6
-    max_faces_undecided: int = 12
-    min_vote_share: float = 0.6
-    max_runner_up_ratio: float = 0.5
-    unknown_best_faces: int = 5
+    min_good_faces: int = _DECISION.min_good_faces
+    min_good_faces_unknown: int = _DECISION.min_good_faces_unknown
+    max_faces_undecided: int = _DECISION.max_faces_undecided
+    min_vote_share: float = _DECISION.min_vote_share
+    max_runner_up_ratio: float = _DECISION.max_runner_up_ratio
+    unknown_best_faces: int = _DECISION.unknown_best_faces
     max_votes_kept: int = 32
-    recheck_window: int = 3
-    runner_up_margin: float = 0.04
+    recheck_window: int = _DECISION.recheck_window
+    runner_up_margin: float = _DECISION.runner_up_margin
     """Flag only: a close runner-up is reported on the recognized event and does not change the decision.
     Measured (python tools/measure_lookalikes.py, one photo per person enrolled): a single face whose
     runner-up is within 0.04 is given a wrong name 29% (LFW) / 34% (CelebA) of the time against 0.4% /
@@ -262,9 +266,9 @@ class Decider:
         policy: DecisionPolicy | None = None,
         *,
         clustering: bool = False,
-        embed_every_frames: int = 3,
-        recheck_every_frames: int = 30,
-        recent_tracks: int = 100,
+        embed_every_frames: int = _PIPELINE.embed_every_frames,
+        recheck_every_frames: int = _PIPELINE.recheck_every_frames,
+        recent_tracks: int = _DECISION.recent_tracks_kept,
     ) -> None:
         if embed_every_frames < 1 or recheck_every_frames < 1:
             raise ValueError("embed_every_frames and recheck_every_frames must be >= 1")

@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from edgeface.config import TrackingConfig
 from edgeface.vision.boxes import SMALL_IOU_PAIRS, iou_matrix, pair_iou
 from edgeface.vision.detections import FaceDetections
 
@@ -49,17 +50,18 @@ EmbedFn = Callable[[Sequence[int]], np.ndarray]
 WillEmbedFn = Callable[[int, int], bool]
 """Given a track id and a detection index: will the caller embed that face on this frame anyway?"""
 
-DEFAULT_IOU_MIN = 0.2
-DEFAULT_MAX_MISSED_FRAMES = 10
-DEFAULT_TIE_IOU_MARGIN = 0.15
-DEFAULT_APPEARANCE_MAX_DISTANCE = 0.6
+_CONFIG = TrackingConfig()  # the defaults are the config's: nothing states them twice
+DEFAULT_IOU_MIN = _CONFIG.iou_min
+DEFAULT_MAX_MISSED_FRAMES = _CONFIG.track_max_missed_frames
+DEFAULT_TIE_IOU_MARGIN = _CONFIG.tie_iou_margin
+DEFAULT_APPEARANCE_MAX_DISTANCE = _CONFIG.appearance_max_distance
 """Euclidean distance between unit embeddings above which two faces are not the same person for the
 tracker. Deliberately loose (the gallery's same-person threshold is ~0.38; different people in LFW
 are ~0.75 apart on average): it only has to catch a swap, never split a person."""
-DEFAULT_MAX_UNCONFIRMED_FRAMES = 30
+DEFAULT_MAX_UNCONFIRMED_FRAMES = _CONFIG.track_max_unconfirmed_frames
 """A track that was never embedded (every face refused by the quality gate: turned away, too small,
 blurred) ends after this many frames (1 s at 30 fps); its next face starts a new track."""
-DEFAULT_CONFIRM_IOU_BELOW = 0.5
+DEFAULT_CONFIRM_IOU_BELOW = _CONFIG.confirm_iou_below
 """An association with IoU below this (a weak overlap: a fast face, or another face next to where one
 was) is confirmed by embedding distance when the track has a reference embedding."""
 VELOCITY_SMOOTHING = 0.5
@@ -124,8 +126,8 @@ class Tracker:
         tie_iou_margin: float = DEFAULT_TIE_IOU_MARGIN,
         appearance_max_distance: float = DEFAULT_APPEARANCE_MAX_DISTANCE,
         confirm_iou_below: float = DEFAULT_CONFIRM_IOU_BELOW,
-        max_gap_s: float | None = None,
-        max_unconfirmed_frames: int | None = None,
+        max_gap_s: float | None = _CONFIG.track_max_gap_s,
+        max_unconfirmed_frames: int | None = DEFAULT_MAX_UNCONFIRMED_FRAMES,
         first_id: int = 1,
     ) -> None:
         if not 0.0 < iou_min <= 1.0:

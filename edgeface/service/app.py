@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from edgeface.config import Config
     from edgeface.pipeline import Pipeline
     from edgeface.service.mqtt.client import MqttPublisher
+    from edgeface.service.mqtt.commands import CommandRouter
     from edgeface.service.station import Station
     from edgeface.storage.cluster_store import ClusterStage
     from edgeface.storage.gallery import Gallery
@@ -93,11 +94,13 @@ class RunningStation:
                 self.clusters.store.close()
 
 
-def _mqtt_side(config: Config, bus: EventBus, gallery: Gallery | None, mqtt_url: str | None
-               ) -> tuple[Station, MqttPublisher]:
+def start_mqtt_station(config: Config, bus: EventBus, gallery: Gallery | None, *, mqtt_url: str | None = None,
+                       router: CommandRouter | None = None, clock: Callable[[], float] | None = None,
+                       ) -> tuple[Station, MqttPublisher]:
     """The publisher with the station's commands, Home Assistant discovery and stats, subscribed to the
     bus and started (the station before the publisher connects: its first `online` follows the presence
-    states)."""
+    states). `router`: the command router (default: signed with the station's secret, when
+    mqtt.commands); `clock`: the station's monotonic clock (tests)."""
     from edgeface.config import MqttConfig
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.service.station import Station, command_router, log_command_policy
@@ -106,8 +109,11 @@ def _mqtt_side(config: Config, bus: EventBus, gallery: Gallery | None, mqtt_url:
     if mqtt_url:
         mqtt_config = mqtt_config.model_copy(update={"url": mqtt_url})
     config = config.model_copy(update={"mqtt": mqtt_config})
-    station = Station(config, gallery=gallery)
-    router = station.register(command_router(mqtt_config, config.station_id)) if mqtt_config.commands else None
+    station = Station(config, gallery=gallery, **({} if clock is None else {"clock": clock}))
+    if router is None and mqtt_config.commands:
+        router = command_router(mqtt_config, config.station_id)
+    if router is not None:
+        station.register(router)
     publisher = MqttPublisher(mqtt_config, config.station_id, router=router)
     if router is not None:
         log_command_policy(router, mqtt_config)
@@ -145,7 +151,7 @@ def build_station(
     bus = EventBus()
     station = publisher = None
     if sink == "mqtt":
-        station, publisher = _mqtt_side(config, bus, gallery, mqtt_url)
+        station, publisher = start_mqtt_station(config, bus, gallery, mqtt_url=mqtt_url)
     else:
         import sys
 

@@ -26,6 +26,7 @@ from enum import Enum
 
 import numpy as np
 
+from edgeface.config import QualityGateConfig
 from edgeface.vision.detections import FaceDetections
 
 NOSE_DEPTH_PER_EYE_DISTANCE = 0.6
@@ -37,17 +38,18 @@ BLUR_CHIP_PX = 150
 """Chips of another size are resized to this before measuring blur, so that blur_min_var keeps its
 meaning whatever the embedder's chip size (dlib's ResNet uses 150x150)."""
 
-DEFAULT_MIN_SCORE = 0.5
+_CONFIG = QualityGateConfig()  # the defaults are the config's: nothing states them twice
+DEFAULT_MIN_SCORE = _CONFIG.min_score
 """The short-range detector's own default threshold; see QualityGate.for_enrollment for a stricter one."""
-DEFAULT_MIN_FACE_PX = 40.0
+DEFAULT_MIN_FACE_PX = _CONFIG.min_face_px
 """Shorter box side. Below ~40 px a 150 px chip is mostly interpolation (see the calibration notes)."""
-DEFAULT_BLUR_MIN_VAR = 10.0
+DEFAULT_BLUR_MIN_VAR = _CONFIG.blur_min_var
 """Measured on 331 LFW images (every 40th, default pipeline): sharp chips have blur_var 11.8 / 18.4 / 43
 at the 1st / 5th / 50th percentile; the same images under a Gaussian blur of sigma 3 px give 4.1 median,
 8.9 at the 99th percentile, and move the embedding by 0.3 (median), most of a match threshold."""
-DEFAULT_MAX_YAW_DEG = 40.0
+DEFAULT_MAX_YAW_DEG = _CONFIG.max_yaw_deg
 """|yaw| of LFW faces (same sample): 11.8 median, 29 at the 95th and 39 at the 99th percentile."""
-DEFAULT_MAX_ROLL_DEG = 35.0
+DEFAULT_MAX_ROLL_DEG = _CONFIG.max_roll_deg
 """|roll| of LFW faces: 1.9 median, 12 at the 99th percentile."""
 
 ENROLL_MIN_SCORE = 0.7

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeface.config import TrackingConfig
+
 
 class SceneCutDetector:
     """Mean absolute difference of consecutive 32x18 thumbnails (0..255, over all colour channels; it
@@ -19,7 +21,7 @@ class SceneCutDetector:
 
     THUMB = (32, 18)
 
-    def __init__(self, min_diff: float = 20.0) -> None:
+    def __init__(self, min_diff: float = TrackingConfig().scene_cut_min_diff) -> None:
         self.min_diff = min_diff
         self._previous: np.ndarray | None = None
 

@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from edgeface.config import PipelineConfig
 from edgeface.vision.boxes import inside_frac, iou_matrix
 from edgeface.vision.detections import FaceDetections
+
+_CONFIG = PipelineConfig()  # the defaults are the config's (but for the grid: a TiledDetector has tiles)
 
 
 def nms_merge(detections: Sequence[FaceDetections], iou_threshold: float = 0.3) -> FaceDetections:
@@ -57,8 +60,10 @@ class TiledDetector:
     boxes come back in source pixels. Frames whose long side is at most `min_side_px_for_tiles` are
     detected whole, as by the plain detector."""
 
-    def __init__(self, detector: Any, tiles_x: int = 2, tiles_y: int = 2, overlap_frac: float = 0.2,
-                 whole_frame: bool = True, min_side_px_for_tiles: int = 1000, work_long_side_px: int = 960) -> None:
+    def __init__(self, detector: Any, tiles_x: int = 2, tiles_y: int = 2,
+                 overlap_frac: float = _CONFIG.detect_tile_overlap_frac, whole_frame: bool = True,
+                 min_side_px_for_tiles: int = _CONFIG.detect_tiles_min_side_px,
+                 work_long_side_px: int = _CONFIG.detect_work_long_side_px) -> None:
         if tiles_x < 1 or tiles_y < 1:
             raise ValueError("tiles_x and tiles_y must be >= 1")
         if not 0.0 <= overlap_frac < 0.5:
