@@ -286,15 +286,15 @@ class ClusterSettings(StrictModel):
     assign_max_distance: float = Field(
         0.33, gt=0.0, le=2.0,
         description="Root-mean-squared distance to a cluster's members (less the spread discount) below which a "
-        "face joins it and two clusters merge; measured on LFW and CelebA, see edgeface/clusters.py")
+        "face joins it and two clusters merge; measured on LFW and CelebA, see edgeface/recognition/clusters.py")
     spread_discount: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Share of the clusters' own spread (mean squared distance of their members to their mean) "
-        "taken off the squared linkage: 0 is plain average linkage, 1 centroid linkage; see edgeface/clusters.py")
+        "taken off the squared linkage: 0 is plain average linkage, 1 centroid linkage; see edgeface/recognition/clusters.py")
     name_max_distance: float = Field(
         0.45, gt=0.0, le=2.0,
         description="Naming a cluster after a person already in the gallery is refused (unless forced) when its "
-        "faces' median distance to the person's nearest template is above this; see edgeface/clusters.py")
+        "faces' median distance to the person's nearest template is above this; see edgeface/recognition/clusters.py")
     min_observations: int = Field(
         3, ge=1, le=1000,
         description="Observations (tracks) a cluster needs before it is confirmed instead of tentative")

@@ -321,11 +321,6 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def topic_for(prefix: str, event: Event) -> str:
-    """The topic an event is published on: ``<prefix>events/<type>``."""
-    return f"{prefix}events/{event.type}"
-
-
 @dataclass(frozen=True)
 class Topics:
     """All topic names of one station, derived from a prefix ending in '/'."""
@@ -341,10 +336,6 @@ class Topics:
 
     def event(self, event_type: str) -> str:
         return f"{self.prefix}events/{event_type}"
-
-    @property
-    def events_filter(self) -> str:
-        return f"{self.prefix}events/+"
 
     @property
     def status(self) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgeface.cli import clusters as clusters_cli
+from edgeface.cli.main import main as edgeface_main
 from edgeface.config import ClusterSettings
 from edgeface.events import ClusterMergedEvent, ClusterNamedEvent, parse_event
 from edgeface.storage.cluster_store import ClusterStore
@@ -25,7 +26,7 @@ T0 = datetime(2026, 5, 1, 8, 0, tzinfo=timezone.utc)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = clusters_cli.main(list(args))
+    code = edgeface_main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -361,16 +361,6 @@ def _fmt(value: float | None) -> str:
 # -- the whole evaluation --------------------------------------------------------------------
 
 
-@dataclass
-class Selection:
-    files: list[Path]
-    labels: np.ndarray
-    returning: set
-    """Labels of people with >= min_images images."""
-    distractors: int
-    without_face: int
-
-
 def select(people: dict[str, list[Path]], min_images: int = MIN_IMAGES, max_per_person: int = MAX_PER_PERSON,
            distractors: int | None = None) -> tuple[list[Path], list[int], set[int]]:
     """(files, label per file, labels of returning people): people with >= min_images images (the

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeface.errors import EdgefaceError
+from edgeface.io.images import IMAGE_SUFFIXES
 from edgeface.recognition.vectors import EMBEDDING_DIM
-from edgeface.storage.enroll import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 

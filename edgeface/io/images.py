@@ -28,6 +28,10 @@ MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024
 
 FORMATS = "JPEG, PNG, BMP, WebP, TIFF, GIF or PNM"
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"})
+"""Files with these suffixes are the images inside folders (enrollment folders, image-folder sources,
+evaluation data); a file named explicitly is always tried."""
+
 
 def to_bgr8(image: np.ndarray) -> np.ndarray:
     """Any decoded image (grey, BGR, BGRA; 8- or 16-bit; float in [0, 1]) as contiguous uint8 BGR."""

@@ -56,13 +56,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edgeface.errors import ImageError, SourceError
+from edgeface.io.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 _S = TypeVar("_S", bound="FrameSource")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm"})
-"""Files in an image folder with other suffixes (or hidden files) are ignored."""
 
 URL_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt"})
 

@@ -84,11 +84,6 @@ class HaTopics:
         return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
 
     @property
-    def config_filter(self) -> str:
-        """Every discovery config of this station (for a subscriber)."""
-        return f"{self.discovery_prefix}/+/{self.node_id}/+/config"
-
-    @property
     def availability(self) -> str:
         return f"{self.prefix}status"
 

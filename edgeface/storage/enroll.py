@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeface.errors import EdgefaceError, ImageError
+from edgeface.io.images import IMAGE_SUFFIXES
 from edgeface.recognition.vectors import pairwise_distances
 from edgeface.storage.gallery import Gallery, GallerySnapshot, validate_name
 from edgeface.text import plural
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"})
-"""Files with these suffixes are the photos inside folders; a file named explicitly is always tried."""
 
 DOMINANT_FACE_AREA_RATIO = 2.25
 """With several faces, the largest is enrolled only when its box area is at least this many times the

@@ -657,11 +657,6 @@ class Gallery:
         with self._transaction(write=True) as db:
             db.execute("DELETE FROM identities WHERE id = ?", (self._identity_id(db, name),))
 
-    def remove_template(self, template_id: int) -> None:
-        with self._transaction(write=True) as db:
-            if db.execute("DELETE FROM templates WHERE id = ?", (int(template_id),)).rowcount == 0:
-                raise GalleryError(f"no template with id {template_id} in gallery {self.path}")
-
     def reject_match(self, name: str, embedding: np.ndarray) -> int | None:
         """"This face was not NAME", in one transaction: the face is kept as a negative of NAME (a later
         probe nearer to it than to NAME's templates is not labelled NAME), and when exactly one of NAME's

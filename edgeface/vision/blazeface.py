@@ -245,13 +245,6 @@ class Letterboxer:
         return self._tensor, box
 
 
-def letterbox_tensor(image: np.ndarray, size_px: int) -> tuple[np.ndarray, Letterbox]:
-    """uint8 grey/BGR/BGRA (h, w[, c]) -> float32 (1, size, size, 3) RGB in [-1, 1], plus the placement.
-    (A new array per call; `Letterboxer` reuses one.)"""
-    tensor, box = Letterboxer(size_px)(image)
-    return tensor, box
-
-
 def decode(
     raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, input_size_px: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

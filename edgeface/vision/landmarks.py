@@ -125,13 +125,6 @@ class ShapePredictor:
         self._setup(load_shape_predictor_npz(path))
         log.debug("loaded shape predictor %s", path)
 
-    @classmethod
-    def from_arrays(cls, model: ShapePredictorArrays) -> ShapePredictor:
-        """A predictor over already-loaded arrays (tests, tools); no manifest check."""
-        predictor = cls.__new__(cls)
-        predictor._setup(model)
-        return predictor
-
     def _setup(self, model: ShapePredictorArrays) -> None:
         levels, trees, splits = model.split_thresh.shape
         parts = model.num_parts

@@ -78,11 +78,6 @@ class QualityReason(str, Enum):
     EXTREME_ROLL = "extreme_roll"
     BLURRED = "blurred"
 
-    @property
-    def is_pose(self) -> bool:
-        return self in (QualityReason.EXTREME_YAW, QualityReason.EXTREME_ROLL)
-
-
 @dataclass(frozen=True)
 class QualityMeasures:
     score: float
