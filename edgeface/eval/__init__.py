@@ -1,1 +1,1 @@
-"""eval"""
+"""Measurements: LFW verification, identification, clustering, benchmarks and how they are printed."""

@@ -1,1 +1,1 @@
-"""service/mqtt"""
+"""MQTT: the publisher with its outbox (`client`), commands and their signatures (`commands`), secrets."""
