@@ -1,6 +1,6 @@
 """Reference faces for `edgeface eval ... --faces FILE`: every face face_recognition 1.3 finds in a
 folder-per-person dataset, with its box and 128-d encoding, in the same .npz format as edgeface's own
-face cache (edgeface/eval_data.py), so every evaluation scores both systems with one protocol.
+face cache (edgeface/eval/data.py), so every evaluation scores both systems with one protocol.
 
 A developer tool, run by hand in a throwaway venv with real dlib (never a dependency of edgeface):
 

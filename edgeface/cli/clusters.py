@@ -1,6 +1,6 @@
 """The `edgeface clusters` commands (list | show ID | name ID NAME | merge A B | forget ID | sheet -o FILE)
 and `edgeface eval cluster`. `register(subparsers)` adds `clusters` to the main parser and
-`add_eval_cluster(eval_subparsers)` adds `cluster` under `edgeface eval` (edgeface/cli.py wires both).
+`add_eval_cluster(eval_subparsers)` adds `cluster` under `edgeface eval` (edgeface/cli/main.py wires both).
 
 The clusters live in the gallery file: --gallery FILE, else $EDGEFACE_GALLERY, else ./gallery.db.
 name, merge and forget also queue their event in the file; the station process publishes it

@@ -393,6 +393,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     identify.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     identify.add_argument("--jsonl", action="store_true", help="one JSON object per photo")
     identify.add_argument("--max-distance", type=float,
-                          help="match threshold (default: measured at FAR 0.1%% on LFW, see edgeface/gallery.py)")
+                          help="match threshold (default: measured at FAR 0.1%% on LFW, see edgeface/storage/gallery.py)")
     _common(identify, config=True)
     identify.set_defaults(handler=_cmd_identify)

@@ -1,7 +1,7 @@
 """`edgeface run`, `edgeface annotate` and `edgeface bench pipeline`: the camera loop on the command line.
 
 Wired into the `edgeface` command by `run_cli.register(commands)` and
-`run_cli.add_bench_pipeline(bench_kinds)` in edgeface/cli.py.
+`run_cli.add_bench_pipeline(bench_kinds)` in edgeface/cli/main.py.
 
 `edgeface run --source SRC` exit codes (the rule of every command, edgeface/cli.py):
   0    the source ended (a file or folder was read to its end), or SIGTERM stopped the loop;

@@ -5,7 +5,7 @@ Selection: every person with >= `min_images` images (at most `max_per_person`, t
 name) plus a distractor stream: every person with exactly one image (`--distractors` caps it, a
 fixed random subset). LFW: 610 people with >= 4 images + 4,069 one-image distractors; CelebA: all
 100 people (15 photos each), no distractors. Every face of every image is analysed once
-(edgeface/eval_data.py, cached with --cache) and the labelled person's face is chosen by `--face`:
+(edgeface/eval/data.py, cached with --cache) and the labelled person's face is chosen by `--face`:
 the central face on LFW (pre-aligned), the largest elsewhere (whole-scene photos). `--faces FILE`
 scores another system's precomputed faces (e.g. face_recognition's, tools/face_recognition_faces.py)
 by the same protocol. Images without a face are left out. Each image stands for one unknown *track*.
