@@ -21,8 +21,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HAMILTON = DATA / "video" / "hamilton_clip.mp4"
 PEOPLE = DATA / "people"
 needs_data = pytest.mark.skipif(not (HAMILTON.is_file() and PEOPLE.is_dir()), reason="../shared/data is absent")
-needs_sources = pytest.mark.skipif(
-    not (Path(__file__).resolve().parents[1] / "edgeface" / "sources.py").is_file(), reason="edgeface.io.sources is missing")
 
 
 def edgeface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -54,7 +52,6 @@ def events_of(stdout: str) -> list:
 
 
 @needs_data
-@needs_sources
 def test_run_on_a_file_prints_events_and_closes_every_track(gallery_file: Path) -> None:
     from datetime import datetime, timezone
 
@@ -152,7 +149,6 @@ class _VideoMjpeg:
 
 
 @needs_data
-@needs_sources
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_a_live_run_cleanly_with_track_ended(gallery_file: Path, sig: signal.Signals) -> None:
     camera = _VideoMjpeg(HAMILTON, 90, 200)  # Miranda's close shot, looped
@@ -185,7 +181,6 @@ def test_signal_stops_a_live_run_cleanly_with_track_ended(gallery_file: Path, si
 
 
 @needs_data
-@needs_sources
 @pytest.mark.slow
 def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path) -> None:
     import cv2
@@ -218,7 +213,6 @@ def test_annotate_draws_names_on_every_frame(gallery_file: Path, tmp_path: Path)
 
 
 @needs_data
-@needs_sources
 @pytest.mark.slow
 def test_annotate_labels_unknown_faces_with_their_cluster_ids(tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
@@ -231,7 +225,6 @@ def test_annotate_labels_unknown_faces_with_their_cluster_ids(tmp_path: Path) ->
 
 
 @needs_data
-@needs_sources
 def test_bench_pipeline_json_last_line() -> None:
     done = edgeface("bench", "pipeline", "--source", str(HAMILTON), "--json")
     assert done.returncode == 0, done.stderr
