@@ -42,6 +42,15 @@ def wait_port(port: int, timeout_s: float = 5.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
+def shared_broker_up() -> bool:
+    """Whether the shared Mosquitto answers on 127.0.0.1:1883."""
+    try:
+        wait_port(SHARED_PORT, 1.0)
+        return True
+    except TimeoutError:
+        return False
+
+
 def unique_station() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
+from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, shared_broker_up
 
 from edgeface.config import Config, MqttConfig
 from edgeface.errors import ConfigError
@@ -126,15 +126,7 @@ def test_presence_follows_a_track_that_switches_people_and_unknowns() -> None:
 # -- the station against the shared broker -----------------------------------------------------
 
 
-def _broker_up() -> bool:
-    try:
-        wait_port(SHARED_PORT, 1.0)
-        return True
-    except TimeoutError:
-        return False
-
-
-needs_broker = pytest.mark.skipif(not _broker_up(), reason="no Mosquitto on 127.0.0.1:1883")
+needs_broker = pytest.mark.skipif(not shared_broker_up(), reason="no Mosquitto on 127.0.0.1:1883")
 
 
 class Clock:

@@ -20,7 +20,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 from _mjpeg import MjpegServer
-from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, wait_port
+from _mqtt_helpers import SHARED_PORT, Collector, clear_retained, shared_broker_up
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeface.events import parse_event
@@ -33,14 +33,6 @@ LFW = DATA / "lfw" / "images"
 NEWCOMER = LFW / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
 pytestmark = pytest.mark.skipif(not (HAMILTON.is_file() and PEOPLE.is_dir() and NEWCOMER.is_file()),
                                 reason="../shared/data is absent")
-
-
-def _broker_up() -> bool:
-    try:
-        wait_port(SHARED_PORT, 1.0)
-        return True
-    except TimeoutError:
-        return False
 
 
 class ClipServer(MjpegServer):
@@ -138,7 +130,7 @@ def _events(collector: Collector, start: int = 0) -> list:
     return [parse_event(p) for t, p, _ in messages if "/events/" in t]
 
 
-@pytest.mark.skipif(not _broker_up(), reason="no Mosquitto on 127.0.0.1:1883")
+@pytest.mark.skipif(not shared_broker_up(), reason="no Mosquitto on 127.0.0.1:1883")
 @pytest.mark.slow
 def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path, gallery_file: Path) -> None:
     import shutil
