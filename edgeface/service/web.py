@@ -299,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("X-Frame-Options", "DENY")
-        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Referrer-Policy", "same-origin")  # no-referrer would make Chromium send `Origin: null`
         self.send_header("Content-Security-Policy",
                          "default-src 'self'; img-src 'self'; frame-ancestors 'none'; form-action 'self'")
         for key, value in (headers or {}).items():
