@@ -166,10 +166,10 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
 
         browser = _browser(412, 915)  # a phone's screen
         browser.get(f"{base}/unknown")
-        assert browser.title.startswith("Log in")
+        _wait(lambda: browser.title.startswith("Log in"), what="the login page")
         browser.find_element(By.NAME, "password").send_keys("wrong")
         browser.find_element(By.CSS_SELECTOR, "form button").click()
-        assert "Wrong password." in browser.page_source
+        _wait(lambda: "Wrong password." in browser.page_source, what="the refusal of a wrong password")
 
         browser.find_element(By.NAME, "password").send_keys(PASSWORD)
         browser.find_element(By.CSS_SELECTOR, "form button").click()
