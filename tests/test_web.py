@@ -222,3 +222,51 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
     events = [parse_event(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     named = [e for e in events if e.type == "cluster_named"]
     assert [(e.cluster_id, e.name) for e in named] == [(cluster_id, "Visitor A")]  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed (to make a test certificate)")
+def test_https_page_next_to_mqtt(tmp_path: Path) -> None:
+    """With a certificate the page is HTTPS (Secure cookie); with MQTT its status shows the broker."""
+    import ssl
+    import uuid
+    from http.cookiejar import CookieJar
+
+    import cv2
+    import numpy as np
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True, timeout=60)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "0.png"), np.zeros((64, 64, 3), np.uint8))
+    (tmp_path / "edgeface.yaml").write_text(f"web: {{cert_file: {tmp_path / 'cert.pem'}, key_file: {tmp_path / 'key.pem'}}}\n"
+                                            f"mqtt: {{outbox_path: {tmp_path / 'outbox.sqlite'}}}\n")
+    env = {**os.environ, "EDGEFACE_WEB_PASSWORD": PASSWORD, "XDG_CONFIG_HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgeface.cli", "run", "--source", str(frames), "--config", str(tmp_path / "edgeface.yaml"),
+         "--web", "127.0.0.1:0", "--mqtt-url", "mqtt://127.0.0.1:1883", "--station-id", f"web{uuid.uuid4().hex[:8]}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "the source ended" in line:
+                break
+        base = re.search(r"station page on (https://127\.0\.0\.1:\d+)/", "".join(lines))
+        assert base, "".join(lines)
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        jar = CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                             urllib.request.HTTPCookieProcessor(jar))
+        opener.open(f"{base.group(1)}/login", data=urllib.parse.urlencode({"password": PASSWORD}).encode(), timeout=30)
+        [cookie] = list(jar)
+        assert cookie.secure and cookie.name == "edgeface_session"
+        deadline = time.monotonic() + 30
+        while "<th>broker</th><td>connected</td>" not in (page := opener.open(f"{base.group(1)}/status").read().decode()):
+            assert time.monotonic() < deadline, page
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
