@@ -309,7 +309,27 @@ class ClusterSettings(StrictModel):
         20000, ge=10, le=1_000_000,
         description="Live clusters at most; beyond it the least recently seen tentative cluster is dropped")
     store_face_crops: bool = Field(
-        False, description="Keep each exemplar's face chip (JPEG) for `edgeface clusters sheet`; off for privacy")
+        True, description="Keep each exemplar's face chip (JPEG, in the gallery file, which is 0600) for the station "
+        "page and `edgeface clusters sheet`: naming unknown people needs their faces. Crops older than "
+        "crop_retention_days are erased, and forgetting a cluster or naming it erases its crops")
+    crop_retention_days: float = Field(
+        30.0, gt=0.0, le=3650.0,
+        description="Face crops of unknown clusters older than this many days are erased (the clusters stay)")
+
+
+class WebConfig(StrictModel):
+    """`web:` section: the station page (`edgeface run --web HOST:PORT`), served by the running station."""
+
+    listen: str | None = Field(
+        None, description="HOST:PORT to serve the page on (off when unset); a bare PORT binds 127.0.0.1 only")
+    password_env: str = Field("EDGEFACE_WEB_PASSWORD", description="Environment variable holding the page's password")
+    password_file: Path | None = Field(None, description="File holding the page's password (first line)")
+    cert_file: Path | None = Field(None, description="PEM certificate: serve HTTPS (with key_file)")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    live_max_fps: float = Field(5.0, gt=0.0, le=30.0,
+                                description="Frames per second at most in the live view (encoded only while watched)")
+    session_max_age_s: float = Field(12 * 3600.0, gt=0.0, description="A login lasts this many seconds")
+    max_upload_bytes: int = Field(10_000_000, ge=1000, description="Largest enrollment photo accepted, bytes")
 
 
 class Config(StrictModel):
@@ -319,6 +339,7 @@ class Config(StrictModel):
     gallery: GalleryConfig = GalleryConfig()
     clusters: ClusterSettings = ClusterSettings()
     pipeline: PipelineConfig = PipelineConfig()
+    web: WebConfig = WebConfig()
     mqtt: MqttConfig | None = Field(
         None, description="MQTT broker: when set, `edgeface run` publishes there unless --sink jsonl is given",
     )

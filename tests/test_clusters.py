@@ -288,15 +288,31 @@ def test_naming_moves_the_cluster_into_the_gallery(tmp_path: Path) -> None:
 @needs_lfw
 def test_face_crops_are_stored_only_when_allowed(tmp_path: Path) -> None:
     face = of("Colin_Powell")[0]
-    with ClusterStore(tmp_path / "off.db") as store:
+    with ClusterStore(tmp_path / "off.db", ClusterSettings(store_face_crops=False)) as store:
         store.observe(face.embedding, ts=T0, track_key="a", crop=face.chip)
         assert store.crops("unknown-1", 5) == []
-    with ClusterStore(tmp_path / "on.db", ClusterSettings(store_face_crops=True)) as store:
+    with ClusterStore(tmp_path / "on.db") as store:  # stored by default (the station page shows them)
         store.observe(face.embedding, ts=T0, track_key="a", crop=face.chip)
         [jpeg] = store.crops("unknown-1", 5)
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == face.chip.shape
     assert np.abs(decoded.astype(int) - face.chip.astype(int)).mean() < 6  # the real chip, JPEG-compressed
+
+
+@needs_lfw
+def test_face_crops_are_erased_after_their_retention(tmp_path: Path) -> None:
+    face = of("Colin_Powell")[0]
+    settings = ClusterSettings(crop_retention_days=30, tentative_max_age_s=365 * 86400.0)
+    with ClusterStore(tmp_path / "g.db", settings) as store:
+        store.observe(face.embedding, ts=T0, track_key="a", crop=face.chip)
+        store.observe(face.embedding, ts=T0 + timedelta(days=20), track_key="b", crop=face.chip)
+        assert len(store.crops("unknown-1", 5)) == 2
+        assert store.erase_old_crops(T0 + timedelta(days=31)) == 1  # the first one only
+        assert len(store.crops("unknown-1", 5)) == 1
+        assert store.show("unknown-1")[0].observations == 2  # the cluster stays
+        # The camera loop erases them as it goes (at most hourly, in observed time).
+        store.observe(face.embedding, ts=T0 + timedelta(days=52), track_key="c", crop=face.chip)
+        assert len(store.crops("unknown-1", 5)) == 1  # the day-20 crop went, the day-52 one came
 
 
 @needs_lfw

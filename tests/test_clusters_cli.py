@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cluster_faces import LFW, of
 
 needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason="../shared/data/lfw is absent")
-T0 = datetime(2026, 5, 1, 8, 0, tzinfo=timezone.utc)
+# Recent: crops older than clusters.crop_retention_days are erased when the gallery is opened.
+T0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -72,7 +73,7 @@ def test_list_show_merge_forget(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = _cli(capsys, "clusters", "list", "--status", "tentative", *g)
     assert code == 0 and out.splitlines()[0].startswith("unknown-3\ttentative")
     code, out, err = _cli(capsys, "clusters", "show", "unknown-2", *g)
-    assert code == 0 and "seen 3 times on 3 visits" in out and out.count("exemplar") == 3 and "not stored" in err
+    assert code == 0 and "seen 3 times on 3 visits" in out and out.count("exemplar") == 3 and "no crop" in out
     code, out, _ = _cli(capsys, "clusters", "merge", "unknown-3", "unknown-2", "--json", *g)
     event = parse_event(out)
     assert code == 0 and isinstance(event, ClusterMergedEvent) and (event.kept_id, event.merged_id) == ("unknown-2", "unknown-3")
@@ -125,8 +126,8 @@ def test_sheet_with_and_without_crops(tmp_path: Path, capsys: pytest.CaptureFixt
     tiles = sheet[60:, clusters_cli.SHEET_LABEL_PX:]
     assert tiles.std() > 30
     code, out, err = _cli(capsys, "clusters", "sheet", "-o", str(tmp_path / "off.png"), "--gallery", str(without))
-    assert code == 0 and "0 with face crops" in out and "face crops are not stored" in err
-    blank = cv2.imread(str(tmp_path / "off.png"))[60:, clusters_cli.SHEET_LABEL_PX + 260:]
+    assert code == 0 and "0 with face crops" in out  # stored by default; this gallery was filled without
+    blank = cv2.imread(str(tmp_path / "off.png"))[60:, clusters_cli.SHEET_LABEL_PX + 380:]
     assert (blank >= 200).all()  # white with grey row separators: no face anywhere, only the note
     code, _, err = _cli(capsys, "clusters", "sheet", "-o", str(tmp_path / "sheet.gif"), "--gallery", str(with_crops))
     assert code == 1 and ".png" in err and err.count("\n") == 1

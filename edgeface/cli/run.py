@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeface.service.overlay import COLOURS, draw  # noqa: F401  (COLOURS: tools import it from here)
+
 log = logging.getLogger("edgeface.run")
 
 EXIT_OK = 0
@@ -116,56 +118,72 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stopper = _StopOnSignals(stop, source)
     running = None
     notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
+    listen = getattr(args, "web", None) or config.web.listen
+    page = None
     try:
+        password = None
+        if listen:
+            from edgeface.service.web import parse_listen, resolve_password
+
+            parse_listen(listen)
+            password = resolve_password(config.web)  # no page without a password: fail before loading models
         gallery = open_gallery(config, args.gallery, create_default=True)
-        running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url, source=source)
+        running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url, source=source,
+                                commands=bool(listen))
+        if listen and password is not None:
+            from edgeface.service.web import StationPage
+
+            page = StationPage(running, listen, password).start()
         # The watchdog is fed per processed frame only: a hung camera or model makes systemd restart us.
         feeder = WatchdogFeeder(notifier)
         notifier.ready(f"models loaded, reading {getattr(source, 'description', 'the source')}")
         feeder.start()
         with stopper:
-            stats = running.pipeline.run(source, stop, on_frame=lambda _result: feeder.frame_processed())
-        log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
-                 stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
+            stats = running.pipeline.run(_frames_for(source, page), stop,
+                                         on_frame=_on_frame(feeder, page))
+            log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
+                     stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
+            if page is not None and not stop.is_set():
+                log.info("the source ended; the station page stays up on %s until Ctrl-C or SIGTERM", page.url)
+                while not stop.wait(0.5):
+                    pass
     finally:
         notifier.stopping("closing tracks and flushing events")
         source.close()
+        if page is not None:
+            page.close()
         if running is not None:
             running.close()
         notifier.close()
     return EXIT_INTERRUPTED if stopper.signal is signal.SIGINT else EXIT_OK
 
 
+def _frames_for(source: Any, page: Any) -> Any:
+    """The source's frames; with the station page, each frame's image is kept for its live view."""
+    if page is None:
+        return source
+
+    def frames() -> Iterator[Any]:
+        for frame in source:
+            page.live.pending = frame.image
+            yield frame
+
+    return frames()
+
+
+def _on_frame(feeder: Any, page: Any) -> Any:
+    if page is None:
+        return lambda _result: feeder.frame_processed()
+    live = page.live
+
+    def on_frame(result: Any) -> None:
+        feeder.frame_processed()
+        live.offer(live.pending, result)
+
+    return on_frame
+
+
 # -- annotate ------------------------------------------------------------------------------------
-
-COLOURS = {"known": (60, 200, 60), "unknown": (0, 140, 255), "undecided": (180, 180, 180)}
-
-
-def draw(image: Any, result: Any, offset: tuple[int, int] = (0, 0)) -> Any:
-    """Boxes, track ids and labels of one FrameResult drawn on a copy of the frame."""
-    import cv2
-
-    out = image.copy()
-    for face in result.faces:
-        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        x1, x2 = x1 + offset[0], x2 + offset[0]
-        y1, y2 = y1 + offset[1], y2 + offset[1]
-        if face.label is None:
-            colour, text = COLOURS["undecided"], f"#{face.track_id}"
-        elif face.label == "unknown" or face.label.startswith("unknown-"):
-            colour, text = COLOURS["unknown"], f"#{face.track_id} {face.label}"
-        else:
-            colour, text = COLOURS["known"], f"#{face.track_id} {face.label}"
-        thickness = max(2, out.shape[1] // 480)
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        scale = max(0.5, out.shape[1] / 1280)
-        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1 + thickness // 2)
-        ty = y1 - 4 if y1 - h - 6 > 0 else y2 + h + 4
-        cv2.rectangle(out, (x1, ty - h - 3), (x1 + w + 4, ty + base), colour, -1)
-        cv2.putText(out, text, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1 + thickness // 2,
-                    cv2.LINE_AA)
-    return out
-
 
 def _scratch_copy(gallery: Any, path: Path) -> Any:
     """An open copy of `gallery` at `path` (an empty gallery when there is none), `gallery` closed."""
@@ -389,6 +407,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     run.add_argument("--mqtt-url", metavar="URL", help="mqtt://host[:port] or mqtts://... (overrides mqtt.url of the config)")
     run.add_argument("--station-id", metavar="ID", help="station id in events and topics (overrides the config)")
     run.add_argument("--every-frame", action="store_true", help="files and folders: process every frame in order")
+    run.add_argument("--web", metavar="HOST:PORT",
+                     help="serve the station page (live view, name unknown people, enroll) on HOST:PORT; a bare PORT "
+                     "binds 127.0.0.1 (overrides web.listen; password: $EDGEFACE_WEB_PASSWORD, web.password_file or "
+                     "the systemd credential web_password). With a file source the page stays up after it ends")
     run.set_defaults(handler=_cmd_run)
 
     annotate = subparsers.add_parser(

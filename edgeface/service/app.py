@@ -140,10 +140,11 @@ def build_station(
     mqtt_url: str | None = None,
     source: Any = None,
     clock: Callable[[], datetime] = utc_now,
+    commands: bool = False,
 ) -> RunningStation:
     """Everything `edgeface run` runs, wired: the bus with JSONL on `stdout` or MQTT, unknown tracks
     clustered in the gallery's file (without a gallery they stay plain unknowns), the pipeline and, with
-    MQTT, the station that answers commands on that pipeline and source."""
+    MQTT or `commands` (the station page), the station that answers commands on that pipeline and source."""
     from edgeface.pipeline import build_pipeline
     from edgeface.service.sinks import JsonlSink
     from edgeface.storage.cluster_store import ClusterStage, ClusterStore
@@ -156,6 +157,11 @@ def build_station(
         import sys
 
         bus.add_sink(JsonlSink(stdout or sys.stdout), "jsonl")
+        if commands:
+            from edgeface.service.station import Station
+
+            station = Station(config, gallery=gallery)
+            station.bus = bus  # no publisher, no Home Assistant: the page's commands and their events only
     clusters = None
     try:
         if gallery is not None:

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from edgeface import __version__
 from edgeface.bus import EventBus
 from edgeface.config import Config, MqttConfig
-from edgeface.errors import ConfigError
 from edgeface.events import PersonForgottenEvent, Stats
 from edgeface.service.homeassistant import (
     PAYLOAD_OFF,
@@ -144,9 +143,7 @@ class Station:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        if config.mqtt is None:
-            raise ConfigError("the station needs an mqtt section (or --sink mqtt)")
-        self.mqtt: MqttConfig = config.mqtt
+        self.mqtt: MqttConfig = config.mqtt or MqttConfig()  # without MQTT only the station page commands it
         self.gallery = gallery
         self._clusters = clusters
         self._owns_clusters = False
@@ -491,6 +488,20 @@ class Station:
     def name_cluster(self, command: NameClusterCommand) -> CommandResult:
         result = self._name_cluster(command.cluster_id, command.name, command.force)
         return CommandResult(f"{result['cluster_id']} is now {result['name']}", result)
+
+    def merge_clusters(self, a: str, b: str, force: bool = False) -> CommandResult:
+        """Two clusters are one person (the station page; `edgeface clusters merge` from a shell)."""
+        with self._command_lock:
+            event = self._cluster_store().merge(a, b, force=force)
+        self._emit(event)
+        return CommandResult(f"merged {event.merged_id} into {event.kept_id}",
+                             {"kept_id": event.kept_id, "merged_id": event.merged_id})
+
+    def forget_cluster(self, cluster_id: str) -> CommandResult:
+        """Not a face, or someone not to keep: the cluster goes with its face crops."""
+        with self._command_lock:
+            gone = self._cluster_store().forget(cluster_id)
+        return CommandResult(f"forgot {gone} and its face crops", {"cluster_id": gone})
 
     def forget(self, command: ForgetCommand) -> CommandResult:
         gallery = self._require_gallery()

@@ -84,6 +84,9 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE cluster_clusters ADD COLUMN not_names TEXT NOT NULL DEFAULT '[]'")
 
 
+CROP_ERASE_INTERVAL_S = 3600.0
+"""How often (in observed time) the camera loop erases crops past their retention."""
+
 CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2)
 
 
@@ -117,6 +120,7 @@ class ClusterStore:
         self._data_version = -1
         self.clusters = OnlineClusters(self.settings)
         self._db: sqlite3.Connection | None = None
+        self._crops_erased_at = 0.0
         try:
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None,
                                        check_same_thread=False)
@@ -126,6 +130,7 @@ class ClusterStore:
             self._migrate()
             with self._transaction(write=False):
                 pass  # loads the clusters
+            self.erase_old_crops()
         except (sqlite3.DatabaseError, ClusterError) as error:
             if self._db is not None:
                 self._db.close()
@@ -287,7 +292,23 @@ class ClusterStore:
                 self._history(db, parse_cluster_id(gone), "merged", parse_cluster_id(kept), ts=when)
             for gone in update.expired:
                 self._history(db, parse_cluster_id(gone), "expired", ts=when)
+        if when - self._crops_erased_at >= CROP_ERASE_INTERVAL_S:
+            self.erase_old_crops(when)
         return update
+
+    def erase_old_crops(self, now: datetime | float | None = None) -> int:
+        """Erase the face crops older than clusters.crop_retention_days (the clusters and their embeddings
+        stay); returns how many were erased."""
+        when = to_epoch(now)
+        self._crops_erased_at = when
+        cutoff = when - self.settings.crop_retention_days * 86400.0
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?", (cutoff,))
+            erased = cursor.rowcount
+        if erased:
+            log.info("erased %d face crop%s older than %g days", erased, "" if erased == 1 else "s",
+                     self.settings.crop_retention_days)
+        return erased
 
     def _seed_for_benchmark(self, states: Sequence[ClusterState]) -> None:
         """Add ready-made clusters in one transaction (for timing at scale; not for production)."""
