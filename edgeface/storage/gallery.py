@@ -879,11 +879,17 @@ class Gallery:
         infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4]) for t in templates)
         return IdentityInfo(_nfc(name), created, json.loads(metadata), len(infos), int(negatives), infos)
 
-    def source_hashes(self) -> dict[str, str]:
-        """sha256 of every enrolled source file -> the identity it belongs to."""
+    def source_hashes(self, among: Sequence[str] | None = None) -> dict[str, str]:
+        """sha256 of every enrolled source file (or only of those `among` these) -> its identity."""
+        query = ("SELECT t.source_sha256, i.name FROM templates t JOIN identities i ON i.id = t.identity_id"
+                 " WHERE t.source_sha256 IS NOT NULL")
+        wanted = [] if among is None else sorted(set(among))
+        if among is not None:
+            if not wanted:
+                return {}
+            query += f" AND t.source_sha256 IN ({', '.join('?' * len(wanted))})"
         with self._transaction(write=False) as db:
-            rows = db.execute("SELECT t.source_sha256, i.name FROM templates t JOIN identities i ON i.id = t.identity_id"
-                              " WHERE t.source_sha256 IS NOT NULL").fetchall()
+            rows = db.execute(query, wanted).fetchall()
         return dict(rows)
 
     # -- search ------------------------------------------------------------------------------
