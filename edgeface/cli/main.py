@@ -112,9 +112,9 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_models(args: argparse.Namespace) -> int:
-    from edgeface.eval.bench import bench_models
+    from edgeface.eval.bench import bench_models, find_data_dir
 
-    figures = bench_models(repeats=args.repeats)
+    figures = bench_models(repeats=args.repeats, data_dir=find_data_dir(args.data))
     return print_figures(figures.table_lines(), figures.as_dict(), args.json)
 
 
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_models_parser = bench_kinds.add_parser("models", help="median latency of each model, 1 and 2 threads")
     bench_models_parser.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per figure")
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench_models_parser.add_argument("--data", type=Path, help="evaluation data folder for the frame "
+                                     "(default: ../shared/data from here, else a synthetic frame)")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
     bench_gallery_parser = bench_kinds.add_parser(
         "gallery", help="match, load and memory cost of an N-identity gallery of random vectors (temporary file)")
