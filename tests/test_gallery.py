@@ -432,7 +432,8 @@ def test_vectorised_search_gives_the_loops_answers(tmp_path: Path, faces: dict[s
             assert np.array_equal(getattr(updated, field), getattr(loaded, field)), field
         probes = np.stack(list(faces.values()))
         unit = probes / np.linalg.norm(probes, axis=1, keepdims=True)
-        for threshold in (0.3, DEFAULT_MATCH_MAX_DISTANCE, 0.5, 2.0):
+        at_a_distance = [float(d) for d in loaded.distances(unit[:4], strategy).min(axis=1)]  # the boundary itself
+        for threshold in (0.3, DEFAULT_MATCH_MAX_DISTANCE, 0.5, 2.0, *at_a_distance):
             expected = _reference_match(loaded, unit, threshold, strategy)
             assert [_as_tuple(m) for m in loaded.match(probes, threshold, strategy)] == expected
         assert sum(m.vetoed_by_negative for m in loaded.match(probes, 2.0, strategy)) >= 2

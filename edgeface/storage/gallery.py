@@ -29,7 +29,7 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -301,6 +301,7 @@ class GallerySnapshot:
     negatives: np.ndarray
     negative_owner: np.ndarray
     mean_tightening: np.ndarray
+    _limit_cache: dict[tuple[float, str], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(rows: Sequence[tuple[str, int, np.ndarray]], negative_rows: Sequence[tuple[str, np.ndarray]]) -> GallerySnapshot:
@@ -353,6 +354,21 @@ class GallerySnapshot:
             return np.zeros((len(probes), 0), np.float32)
         return np.minimum.reduceat(pairwise_distances(probes, self.templates), self.starts, axis=1)
 
+    def _limits(self, max_distance: float, strategy: MatchStrategy) -> np.ndarray:
+        """Per-identity thresholds as float32 that compare with float32 distances exactly as the
+        float64 thresholds do (each rounded up to the next float32: d < L64 iff d < ceil32(L64)),
+        kept for the last threshold asked."""
+        key = (float(max_distance), strategy)
+        cached = self._limit_cache.get(key)
+        if cached is None:
+            exact = np.float64(max_distance) - (self.mean_tightening if strategy == "mean" else np.zeros(len(self.names)))
+            cached = exact.astype(np.float32)
+            below = cached.astype(np.float64) < exact
+            cached[below] = np.nextafter(cached[below], np.float32(np.inf))
+            self._limit_cache.clear()
+            self._limit_cache[key] = cached
+        return cached
+
     def _nearest_templates(self, probe: np.ndarray, identities: np.ndarray) -> np.ndarray:
         """Distance from one unit probe to the nearest template of each given identity."""
         rows = np.concatenate([np.arange(self.starts[k], self.ends[k]) for k in identities.tolist()])
@@ -372,13 +388,10 @@ class GallerySnapshot:
         to_templates = None
         if strategy == "mean":
             by_identity = pairwise_distances(probes, self.means)
-            limits = np.float64(max_distance) - self.mean_tightening
         else:
             to_templates = pairwise_distances(probes, self.templates)
             by_identity = np.minimum.reduceat(to_templates, self.starts, axis=1)
-            limits = np.full(len(self.names), max_distance, dtype=np.float64)
-        # float32 distances against float64 limits compare in float64, as Python floats would
-        accepted = by_identity < limits
+        accepted = by_identity < self._limits(max_distance, strategy)
         owners = np.unique(self.negative_owner)
         to_negatives = pairwise_distances(probes, self.negatives) if len(owners) else None
         negative_starts = np.searchsorted(self.negative_owner, owners)
@@ -397,7 +410,11 @@ class GallerySnapshot:
                         allowed = allowed.copy()
                         allowed[vetoed_rows] = False
             nearest = int(np.argmin(row))
-            answer = int(np.argmin(np.where(allowed, row, np.inf))) if allowed.any() else None
+            answer = None
+            if allowed[nearest]:  # the usual known face: the first of the nearest is allowed
+                answer = nearest
+            elif allowed.any():
+                answer = int(np.argmin(np.where(allowed, row, np.inf)))
             name = template_id = None
             if answer is not None:
                 start, end = int(self.starts[answer]), int(self.ends[answer])
