@@ -136,3 +136,19 @@ def test_cli_bench_models_table() -> None:
     assert result.returncode == 0, result.stderr
     assert "embed INT8, 1 chip per call" in result.stdout
     assert not result.stdout.lstrip().startswith("{")
+
+
+def test_bench_models_finds_its_data_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package is nowhere near the data: ../shared/data is looked for from the working
+    directory (the repository root), and --data names it outright."""
+    from edgeface.errors import EdgefaceError
+    from edgeface.eval.bench import find_data_dir
+
+    data = tmp_path / "shared" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    assert find_data_dir() == data
+    assert find_data_dir(tmp_path) == tmp_path
+    with pytest.raises(EdgefaceError, match="no such folder"):
+        find_data_dir(tmp_path / "absent")

@@ -224,3 +224,38 @@ def test_fallback_with_a_corrupted_fp32_file_is_refused(broken_models: Path, tmp
     with pytest.raises(ModelFileError, match=str(fp32_path)) as caught:
         Embedder("int8", models_directory=models)
     _one_line(caught.value)
+
+
+class _CallSizes:
+    """The real runner, remembering how many inputs each call carried."""
+
+    def __init__(self, runner: OnnxRunner) -> None:
+        self.runner, self.sizes = runner, []  # type: list[int]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.sizes.append(len(batch))
+        return self.runner.run(batch)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_many_faces_go_in_calls_of_at_most_8_inputs(chips: np.ndarray, flip: bool) -> None:
+    """20 faces a frame: calls of at most MAX_BATCH_INPUTS model inputs (a face and its mirror are
+    two), and the same embeddings as one face at a time."""
+    from edgeface.vision.embed import MAX_BATCH_INPUTS
+
+    embedder = Embedder("int8", threads=1, flip=flip, models_directory=MODELS)
+    crowd = np.concatenate([chips, chips[:, :, ::-1], chips[:4, ::-1]])
+    spy = _CallSizes(embedder._runner)
+    embedder._runner = spy  # type: ignore[assignment]
+    together = embedder.embed(crowd)
+    assert MAX_BATCH_INPUTS == 8 and max(spy.sizes) == MAX_BATCH_INPUTS and sum(spy.sizes) == len(crowd) * (1 + flip)
+    one_by_one = np.concatenate([embedder.embed(crowd[i : i + 1]) for i in range(len(crowd))])
+    np.testing.assert_allclose(together, one_by_one, rtol=0, atol=1e-5)
+
+
+def test_threads_are_capped_at_the_usable_cores() -> None:
+    import os
+
+    runner = OnnxRunner(MODELS / MODEL_FILES["fp32"], threads=64)
+    assert runner.threads == len(os.sched_getaffinity(0))
+    assert OnnxRunner(MODELS / MODEL_FILES["fp32"], threads=1).threads == 1

@@ -357,3 +357,112 @@ def test_import_refuses_bad_files_and_writes_nothing(tmp_path: Path, people: Gal
         with pytest.raises(GalleryError, match="not JSON"):
             other.import_from(tmp_path / "text.json")
         assert other.list_identities() == []
+
+
+# -- the vectorised search gives the answers of the loop it replaced ------------------------------
+
+
+def _reference_match(snapshot: GallerySnapshot, probes: np.ndarray, max_distance: float, strategy: str) -> list[tuple]:
+    """The per-identity Python loop that matching used before it was vectorised (issue 14), kept
+    here as the reference the arrays must agree with."""
+    from edgeface.recognition.vectors import pairwise_distances
+
+    to_templates = pairwise_distances(probes, snapshot.templates)
+    nearest_template = np.minimum.reduceat(to_templates, snapshot.starts, axis=1)
+    by_identity = nearest_template if strategy == "min" else pairwise_distances(probes, snapshot.means)
+    limits = [max_distance] * len(snapshot.names)
+    if strategy == "mean":
+        limits = [max_distance - MEAN_THRESHOLD_TIGHTENING[min(int(e - s), 3)]
+                  for s, e in zip(snapshot.starts.tolist(), snapshot.ends.tolist())]
+    to_negatives = pairwise_distances(probes, snapshot.negatives) if len(snapshot.negatives) else None
+    results = []
+    for i, (row, nearest_row) in enumerate(zip(by_identity.tolist(), nearest_template.tolist())):
+        order = sorted(range(len(row)), key=row.__getitem__)
+        nearest = snapshot.names[order[0]]
+        answer: tuple = (None, row[order[0]], nearest, None)
+        vetoed = False
+        for k in order:
+            if not row[k] < max_distance:
+                break
+            if not row[k] < limits[k]:
+                continue
+            if to_negatives is not None:
+                mine = to_negatives[i, snapshot.negative_owner == k]
+                if mine.size and mine.min() <= nearest_row[k]:
+                    vetoed = True
+                    continue
+            start, end = int(snapshot.starts[k]), int(snapshot.ends[k])
+            best = start + int(np.argmin(to_templates[i, start:end]))
+            answer = (snapshot.names[k], row[k], nearest, int(snapshot.template_ids[best]))
+            break
+        chosen = answer[0] or nearest
+        second = next((k for k in order if snapshot.names[k] != chosen), None)
+        results.append((*answer, vetoed, None if second is None else snapshot.names[second],
+                        float("inf") if second is None else row[second]))
+    return results
+
+
+def _as_tuple(match: object) -> tuple:
+    return (match.name, match.distance, match.nearest_name, match.template_id, match.vetoed_by_negative,  # type: ignore[attr-defined]
+            match.runner_up, match.runner_up_distance)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("strategy", ["min", "mean"])
+def test_vectorised_search_gives_the_loops_answers(tmp_path: Path, faces: dict[str, np.ndarray], strategy: str) -> None:
+    """Every real face as a probe against every person with 1 to 5 templates and some negatives, at
+    thresholds from strict to accept-anything: the same name, distances, template, veto and runner-up
+    as the loop it replaced; and the snapshot updated in place after the gallery's own writes equals
+    one read afresh from the file."""
+    people = sorted({k.split("/")[0] for k in faces if not k.startswith("_")})
+    with Gallery(tmp_path / "g.db", strategy=strategy) as gallery:
+        gallery.snapshot()
+        for n, person in enumerate(people):
+            keys = sorted(k for k in faces if k.startswith(f"{person}/"))[:1 + n % 5]
+            gallery.add_templates(person, np.stack([faces[k] for k in keys]))
+        for person, face in [("amy", "barack_obama/1.jpg"), ("penny", "joe_biden/2.jpg"), ("penny", "penny/penny5.png"),
+                             ("raj", "raj/raj5.png"), ("sheldon", "sheldon/sheldon4.png")]:
+            gallery.reject_match(person, faces[face])
+        gallery.rename("howard", "zz_howard")
+        gallery.remove("stuart")
+        updated = gallery.snapshot()
+        with Gallery(tmp_path / "g.db", strategy=strategy) as fresh:
+            loaded = fresh.snapshot()
+        assert updated.names == loaded.names
+        for field in ("starts", "ends", "templates", "template_ids", "means", "negatives", "negative_owner", "mean_tightening"):
+            assert np.array_equal(getattr(updated, field), getattr(loaded, field)), field
+        probes = np.stack(list(faces.values()))
+        unit = probes / np.linalg.norm(probes, axis=1, keepdims=True)
+        at_a_distance = [float(d) for d in loaded.distances(unit[:4], strategy).min(axis=1)]  # the boundary itself
+        for threshold in (0.3, DEFAULT_MATCH_MAX_DISTANCE, 0.5, 2.0, *at_a_distance):
+            expected = _reference_match(loaded, unit, threshold, strategy)
+            assert [_as_tuple(m) for m in loaded.match(probes, threshold, strategy)] == expected
+        assert sum(m.vetoed_by_negative for m in loaded.match(probes, 2.0, strategy)) >= 2
+
+
+def test_own_writes_update_the_snapshot_and_other_writes_are_still_seen(tmp_path: Path) -> None:
+    """The station's own enrollment is applied to its search arrays; when another process wrote in
+    between, that write is not lost behind the in-place update."""
+    vectors = _vectors(4)
+    with Gallery(tmp_path / "g.db") as station, Gallery(tmp_path / "g.db") as other:
+        station.add_templates("ann", vectors[0][None])
+        assert station.snapshot().names == ("ann",)
+        station.add_templates("bob", vectors[1][None])
+        assert station.snapshot().names == ("ann", "bob")
+        other.add_templates("cat", vectors[2][None])
+        station.add_templates("dan", vectors[3][None])
+        assert station.snapshot().names == ("ann", "bob", "cat", "dan")
+        assert [m.name for m in station.match(vectors)] == ["ann", "bob", "cat", "dan"]
+
+
+def test_bench_gallery_reports_its_figures() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edgeface.cli", "bench", "gallery", "--size", "300", "--probes", "20", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["size"] == 300 and figures["probes"] == 20
+    assert 0 < figures["match_ms"] < 100 and 0 < figures["snapshot_load_ms"] < 5000
+    assert 512 < figures["bytes_per_identity"] < 4000  # two 128-float rows per identity, at least
+    assert "snapshot load" in done.stderr

@@ -231,6 +231,11 @@ def test_bench_pipeline_json_last_line() -> None:
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["fps"] > 0 and figures["peak_rss_mb"] > 0 and figures["model_floor_ratio"] >= 1.0
     assert figures["best_run"]["frames"] == 275
+    # no stage counted twice (the tracker's embeddings were in "track" and in "align"/"embed"): with "other",
+    # the glue between stages, the stages add up to the time inside the pipeline
+    stages = figures["best_run"]["stage_ms"]
+    assert stages["other"] >= 0 and "track" in stages
+    assert sum(stages.values()) == pytest.approx(figures["best_run"]["pipeline_ms_per_frame"], abs=0.01)
     if sys.platform.startswith("linux"):  # private memory and mapped library files, which make up the RSS
         assert 0 < figures["rss_anon_mb"] < figures["peak_rss_mb"] and figures["rss_file_mb"] > 0
 

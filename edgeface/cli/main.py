@@ -112,9 +112,16 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_models(args: argparse.Namespace) -> int:
-    from edgeface.eval.bench import bench_models
+    from edgeface.eval.bench import bench_models, find_data_dir
 
-    figures = bench_models(repeats=args.repeats)
+    figures = bench_models(repeats=args.repeats, data_dir=find_data_dir(args.data))
+    return print_figures(figures.table_lines(), figures.as_dict(), args.json)
+
+
+def _cmd_bench_gallery(args: argparse.Namespace) -> int:
+    from edgeface.eval.bench_gallery import bench_gallery
+
+    figures = bench_gallery(args.size, probes=args.probes)
     return print_figures(figures.table_lines(), figures.as_dict(), args.json)
 
 
@@ -179,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_models_parser = bench_kinds.add_parser("models", help="median latency of each model, 1 and 2 threads")
     bench_models_parser.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per figure")
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench_models_parser.add_argument("--data", type=Path, help="evaluation data folder for the frame "
+                                     "(default: ../shared/data from here, else a synthetic frame)")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
+    bench_gallery_parser = bench_kinds.add_parser(
+        "gallery", help="match, load and memory cost of an N-identity gallery of random vectors (temporary file)")
+    bench_gallery_parser.add_argument("--size", type=_positive_int, default=5749, help="identities (default 5,749: LFW's people)")
+    bench_gallery_parser.add_argument("--probes", type=_positive_int, default=200, help="timed match calls, one probe each")
+    bench_gallery_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    bench_gallery_parser.set_defaults(handler=_cmd_bench_gallery)
 
     from edgeface.cli import clusters as clusters_cli
     from edgeface.cli import doctor as doctor_cli

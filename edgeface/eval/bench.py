@@ -10,9 +10,10 @@ milliseconds, measured on one 640x480 frame:
 - embedder FP32 and INT8, one chip per call and a batch of 8 chips per call (reported per face),
   and the INT8/FP32 latency ratio.
 
-The frame is a real photo cropped to 4:3 when the evaluation data (`../shared/data` next to a source
-checkout) is present, otherwise a synthetic noise frame with a made-up face placement (model time
-hardly depends on content; `frame_source` says which one was used).
+The frame is a real photo cropped to 4:3 when the evaluation data (`--data`, else `../shared/data`
+from the working directory or next to a source checkout) is present, otherwise a synthetic noise
+frame with a made-up face placement (model time hardly depends on content; `frame_source` says which
+one was used).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ BATCH = 8
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 """The evaluation data next to a source checkout (absent on a user's machine)."""
+
+
+def find_data_dir(explicit: Path | None = None) -> Path | None:
+    """The evaluation data: `explicit` (--data; it must be a folder), else ../shared/data from the
+    working directory (the repository root, wherever the package is installed), else next to a
+    source checkout; None when there is none."""
+    from edgeface.errors import EdgefaceError
+
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise EdgefaceError(f"--data {explicit}: no such folder")
+        return explicit
+    for candidate in (Path.cwd().parent / "shared" / "data", DATA_DIR):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 FRAME_CANDIDATES = (
     "people/_group/obama_and_biden.jpg",
@@ -88,14 +105,14 @@ def fit_frame(image: np.ndarray, width: int = FRAME_WIDTH, height: int = FRAME_H
     return np.ascontiguousarray(cv2.resize(image, (width, height), interpolation=interpolation))
 
 
-def load_frame(data_dir: Path = DATA_DIR) -> tuple[np.ndarray, str]:
+def load_frame(data_dir: Path | None = DATA_DIR) -> tuple[np.ndarray, str]:
     """A 640x480 BGR frame and where it came from ("<relative path>" or "synthetic")."""
     from edgeface.errors import ImageError
     from edgeface.io.images import read_image
 
     for relative in FRAME_CANDIDATES:
-        path = data_dir / relative
-        if path.is_file():
+        path = None if data_dir is None else data_dir / relative
+        if path is not None and path.is_file():
             try:
                 return fit_frame(read_image(path)), relative
             except ImageError:
@@ -204,8 +221,9 @@ class ModelBench:
         return lines
 
 
-def bench_models(repeats: int = 50, data_dir: Path = DATA_DIR) -> ModelBench:
-    """Time every model at 1 and 2 threads on one 640x480 frame (see the module docstring)."""
+def bench_models(repeats: int = 50, data_dir: Path | None = None) -> ModelBench:
+    """Time every model at 1 and 2 threads on one 640x480 frame (see the module docstring); the frame
+    comes from data_dir, by default from `find_data_dir()`."""
     import cv2
     import onnxruntime  # type: ignore[import-untyped]
 
@@ -217,7 +235,7 @@ def bench_models(repeats: int = 50, data_dir: Path = DATA_DIR) -> ModelBench:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     warmup = max(2, min(10, repeats // 5))
     load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    frame, source = load_frame(data_dir)
+    frame, source = load_frame(find_data_dir() if data_dir is None else data_dir)
     ms: dict[str, float] = {}
 
     faces = FaceDetections()

@@ -308,11 +308,12 @@ class Enroller:
         found (acceptances are only final after the cross-checks at the end)."""
         name = validate_name(name)
         snapshot = self.gallery.snapshot()
-        stored_hashes = self.gallery.source_hashes()
         outcomes: list[PhotoOutcome] = []
         for photo in files:
             outcome = self._face(photo, name)
             path = outcome.path
+            # only this photo's hash is looked up: the whole table per person made enrollment quadratic
+            stored_hashes = self.gallery.source_hashes(among=[outcome.sha256]) if outcome.accepted and outcome.sha256 else {}
             if outcome.accepted and outcome.sha256 in stored_hashes:
                 outcome = PhotoOutcome(path, name, Reason.DUPLICATE,
                                        f"this file is already enrolled for {stored_hashes[outcome.sha256]}", sha256=outcome.sha256)

@@ -6,9 +6,11 @@ identity: "this was not NAME") and `schema_version`, upgraded by MIGRATIONS. The
 mode, so a camera loop reads while `edgeface enroll` writes from another process. Every change is
 one transaction: a process killed mid-enrollment leaves each identity either complete or absent.
 
-Search: a `GallerySnapshot` (template matrix grouped by identity, per-identity mean templates,
-negatives) lives in memory; `Gallery.match` checks `PRAGMA data_version` (a few microseconds) and
-reloads it when another connection committed a change.
+Search: a `GallerySnapshot` (template matrix grouped by identity, per-identity mean templates and
+threshold tightenings, negatives) lives in memory and is searched with array operations, no Python
+loop over identities. This process's own writes are applied to it in place (a copy of the arrays, no
+re-read of the file); `Gallery.match` checks `PRAGMA data_version` (a few microseconds) and reloads
+it when another connection committed a change.
 
 Matching is open-set: the nearest identity answers only when its distance is below
 `match_max_distance`; otherwise the face is unknown. Distances are euclidean between unit vectors.
@@ -17,15 +19,17 @@ Matching is open-set: the nearest identity answers only when its distance is bel
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import logging
 import math
 import sqlite3
+import sys
 import threading
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -151,7 +155,10 @@ def _from_blob(blob: bytes, what: str) -> np.ndarray:
 def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
     if not blobs:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
-    return unit_rows(np.stack([_from_blob(b, what) for b in blobs]))
+    if any(len(b) != 4 * EMBEDDING_DIM for b in blobs):
+        for b in blobs:
+            _from_blob(b, what)
+    return unit_rows(np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), EMBEDDING_DIM))
 
 
 def _check_sha256(value: str | None) -> str | None:
@@ -280,8 +287,10 @@ class ImportReport:
 
 @dataclass(frozen=True)
 class GallerySnapshot:
-    """Everything matching needs, as arrays. Identity k (with at least one template) owns template
-    rows starts[k]:ends[k]; negatives[j] belongs to identity negative_owner[j]."""
+    """Everything matching needs, as arrays. Identity k (names sorted; each with at least one
+    template) owns template rows starts[k]:ends[k]; negatives are sorted by owner and negatives[j]
+    belongs to identity negative_owner[j]. mean_tightening[k] is what the "mean" strategy subtracts
+    from the threshold for identity k (MEAN_THRESHOLD_TIGHTENING by its template count)."""
 
     names: tuple[str, ...]
     starts: np.ndarray
@@ -291,28 +300,51 @@ class GallerySnapshot:
     means: np.ndarray
     negatives: np.ndarray
     negative_owner: np.ndarray
+    mean_tightening: np.ndarray
+    _limit_cache: dict[tuple[float, str], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def build(rows: Sequence[tuple[str, int, np.ndarray]], negative_rows: Sequence[tuple[str, np.ndarray]]) -> GallerySnapshot:
         """rows: (identity name, template id, unit embedding); negative_rows: (identity name, unit embedding)."""
-        rows = sorted(rows, key=lambda r: (r[0], r[1]))
-        names = tuple(sorted({r[0] for r in rows}))
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][1]))
+        templates = (np.stack([rows[i][2] for i in order]).astype(np.float32) if rows
+                     else np.zeros((0, EMBEDDING_DIM), np.float32))
+        negatives = [(n, v) for n, v in negative_rows]
+        return GallerySnapshot._from_sorted(
+            [rows[i][0] for i in order], np.array([rows[i][1] for i in order], dtype=np.int64), templates,
+            [n for n, _ in negatives],
+            np.stack([v for _, v in negatives]).astype(np.float32) if negatives else np.zeros((0, EMBEDDING_DIM), np.float32))
+
+    @staticmethod
+    def _from_sorted(owners: Sequence[str], template_ids: np.ndarray, templates: np.ndarray,
+                     negative_names: Sequence[str], negatives: np.ndarray) -> GallerySnapshot:
+        """Template rows already sorted by (name, id); negatives in any order (those of an identity
+        without templates are dropped)."""
+        names: list[str] = []
+        starts: list[int] = []
+        for i, name in enumerate(owners):
+            if not names or names[-1] != name:
+                names.append(name)
+                starts.append(i)
+        start_array = np.array(starts, dtype=np.int64)
+        end_array = np.append(start_array[1:], len(owners)).astype(np.int64) if names else start_array
+        means = unit_rows(_segment_sums(templates, start_array, end_array)) if names else templates[:0]
         index = {name: k for k, name in enumerate(names)}
-        owner = np.array([index[r[0]] for r in rows], dtype=np.int64)
-        templates = np.stack([r[2] for r in rows]).astype(np.float32) if rows else np.zeros((0, EMBEDDING_DIM), np.float32)
-        starts = np.searchsorted(owner, np.arange(len(names)), side="left")
-        ends = np.searchsorted(owner, np.arange(len(names)), side="right")
-        means = unit_rows(np.add.reduceat(templates, starts, axis=0)) if names else templates[:0]
-        negatives = [(index[n], v) for n, v in negative_rows if n in index]
-        return GallerySnapshot(
-            names=names, starts=starts, ends=ends, templates=templates,
-            template_ids=np.array([r[1] for r in rows], dtype=np.int64), means=means,
-            negatives=np.stack([v for _, v in negatives]) if negatives else np.zeros((0, EMBEDDING_DIM), np.float32),
-            negative_owner=np.array([k for k, _ in negatives], dtype=np.int64),
-        )
+        owner = np.array([index.get(n, -1) for n in negative_names], dtype=np.int64)
+        keep = np.flatnonzero(owner >= 0)
+        keep = keep[np.argsort(owner[keep], kind="stable")]
+        return GallerySnapshot(tuple(names), start_array, end_array, templates, template_ids, means,
+                               negatives[keep], owner[keep], _tightening(end_array - start_array))
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays and the names."""
+        arrays = (self.starts, self.ends, self.templates, self.template_ids, self.means, self.negatives,
+                  self.negative_owner, self.mean_tightening)
+        return sum(a.nbytes for a in arrays) + sys.getsizeof(self.names) + sum(sys.getsizeof(n) for n in self.names)
 
     def distances(self, probes: np.ndarray, strategy: MatchStrategy = "min") -> np.ndarray:
         """(n, identities) distances from unit probes to each identity under the strategy."""
@@ -322,51 +354,160 @@ class GallerySnapshot:
             return np.zeros((len(probes), 0), np.float32)
         return np.minimum.reduceat(pairwise_distances(probes, self.templates), self.starts, axis=1)
 
+    def _limits(self, max_distance: float, strategy: MatchStrategy) -> np.ndarray:
+        """Per-identity thresholds as float32 that compare with float32 distances exactly as the
+        float64 thresholds do (each rounded up to the next float32: d < L64 iff d < ceil32(L64)),
+        kept for the last threshold asked."""
+        key = (float(max_distance), strategy)
+        cached = self._limit_cache.get(key)
+        if cached is None:
+            exact = np.float64(max_distance) - (self.mean_tightening if strategy == "mean" else np.zeros(len(self.names)))
+            cached = exact.astype(np.float32)
+            below = cached.astype(np.float64) < exact
+            cached[below] = np.nextafter(cached[below], np.float32(np.inf))
+            self._limit_cache.clear()
+            self._limit_cache[key] = cached
+        return cached
+
+    def _nearest_templates(self, probe: np.ndarray, identities: np.ndarray) -> np.ndarray:
+        """Distance from one unit probe to the nearest template of each given identity."""
+        rows = np.concatenate([np.arange(self.starts[k], self.ends[k]) for k in identities.tolist()])
+        segment_starts = np.concatenate([[0], np.cumsum((self.ends - self.starts)[identities])[:-1]])
+        return np.minimum.reduceat(pairwise_distances(probe[None], self.templates[rows])[0], segment_starts)
+
     def match(self, embeddings: np.ndarray, max_distance: float, strategy: MatchStrategy = "min") -> list[Match]:
-        """Open-set search, one Match per row. Identities are tried nearest first while below
-        max_distance; one is refused when the probe is at least as near one of its negatives as to
-        its nearest template (the next one may then answer)."""
+        """Open-set search, one Match per row: the nearest identity below its threshold (max_distance,
+        tightened by template count under "mean") answers, unless the probe is at least as near one
+        of its negatives as to its nearest template; the next nearest below its threshold may then
+        answer. Ties go to the identity whose name sorts first."""
         if strategy not in MATCH_STRATEGIES:
             raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
         probes = unit_rows(embeddings) if len(embeddings) else np.zeros((0, EMBEDDING_DIM), np.float32)
         if not self.names:
             return [Match(None, math.inf) for _ in probes]
-        to_templates = pairwise_distances(probes, self.templates)
-        nearest_template = np.minimum.reduceat(to_templates, self.starts, axis=1)
-        by_identity = nearest_template if strategy == "min" else pairwise_distances(probes, self.means)
-        limits = [max_distance] * len(self.names)
+        to_templates = None
         if strategy == "mean":
-            tightest = len(MEAN_THRESHOLD_TIGHTENING) - 1
-            limits = [max_distance - MEAN_THRESHOLD_TIGHTENING[min(int(end - start), tightest)]
-                      for start, end in zip(self.starts.tolist(), self.ends.tolist())]
-        to_negatives = pairwise_distances(probes, self.negatives) if len(self.negatives) else None
+            by_identity = pairwise_distances(probes, self.means)
+        else:
+            to_templates = pairwise_distances(probes, self.templates)
+            by_identity = np.minimum.reduceat(to_templates, self.starts, axis=1)
+        accepted = by_identity < self._limits(max_distance, strategy)
+        owners = np.unique(self.negative_owner)
+        to_negatives = pairwise_distances(probes, self.negatives) if len(owners) else None
+        negative_starts = np.searchsorted(self.negative_owner, owners)
         results = []
-        # Python floats for the loop over identities (a few per probe): numpy scalar indexing costs more.
-        for i, (row, nearest_row) in enumerate(zip(by_identity.tolist(), nearest_template.tolist())):
-            order = sorted(range(len(row)), key=row.__getitem__)  # stable, as argsort(kind="stable")
-            nearest = self.names[order[0]]
-            answer = Match(None, row[order[0]], nearest)
-            vetoed = False
-            for k in order:
-                if not row[k] < max_distance:
-                    break
-                if not row[k] < limits[k]:
-                    continue
-                if to_negatives is not None:
-                    mine = to_negatives[i, self.negative_owner == k]
-                    if mine.size and mine.min() <= nearest_row[k]:
-                        vetoed = True
-                        continue
-                start, end = int(self.starts[k]), int(self.ends[k])
-                best_row = start + int(np.argmin(to_templates[i, start:end]))
-                answer = Match(self.names[k], row[k], nearest, int(self.template_ids[best_row]))
-                break
-            chosen = answer.name or nearest
-            second = next((k for k in order if self.names[k] != chosen), None)
-            results.append(Match(answer.name, answer.distance, nearest, answer.template_id, vetoed,
+        for i, row in enumerate(by_identity):
+            allowed = accepted[i]
+            vetoed_rows = np.zeros(0, np.int64)
+            if to_negatives is not None:
+                candidates = owners[allowed[owners]]
+                if len(candidates):
+                    nearest_negative = np.minimum.reduceat(to_negatives[i], negative_starts)[allowed[owners]]
+                    nearest_own = (by_identity[i, candidates] if strategy == "min"
+                                   else self._nearest_templates(probes[i], candidates))
+                    vetoed_rows = candidates[nearest_negative <= nearest_own]
+                    if len(vetoed_rows):
+                        allowed = allowed.copy()
+                        allowed[vetoed_rows] = False
+            nearest = int(np.argmin(row))
+            answer = None
+            if allowed[nearest]:  # the usual known face: the first of the nearest is allowed
+                answer = nearest
+            elif allowed.any():
+                answer = int(np.argmin(np.where(allowed, row, np.inf)))
+            name = template_id = None
+            if answer is not None:
+                start, end = int(self.starts[answer]), int(self.ends[answer])
+                own = (to_templates[i, start:end] if to_templates is not None
+                       else pairwise_distances(probes[i][None], self.templates[start:end])[0])
+                name, template_id = self.names[answer], int(self.template_ids[start + int(np.argmin(own))])
+            distance = float(row[nearest if answer is None else answer])
+            vetoed = bool(len(vetoed_rows)) and (answer is None or any(
+                (row[k], k) < (row[answer], answer) for k in vetoed_rows.tolist()))
+            chosen = nearest if answer is None else answer
+            second = None
+            if len(self.names) > 1:
+                others = row.copy()
+                others[chosen] = np.inf
+                second = int(np.argmin(others))
+            results.append(Match(name, distance, self.names[nearest], template_id, vetoed,
                                  None if second is None else self.names[second],
-                                 math.inf if second is None else row[second]))
+                                 math.inf if second is None else float(row[second])))
         return results
+
+    # -- updates after this process's own writes: a new snapshot, the old one stays valid for its readers
+
+    def identity_rows(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(template ids, templates, negatives) of one identity; empty when it is not here."""
+        k = self._index(name)
+        if k is None:
+            return np.zeros(0, np.int64), self.templates[:0], self.negatives[:0]
+        start, end = int(self.starts[k]), int(self.ends[k])
+        mine = self.negative_owner == k
+        return self.template_ids[start:end], self.templates[start:end], self.negatives[mine]
+
+    def _index(self, name: str) -> int | None:
+        k = bisect.bisect_left(self.names, name)
+        return k if k < len(self.names) and self.names[k] == name else None
+
+    def replaced(self, old_name: str | None, new_name: str | None, template_ids: np.ndarray, templates: np.ndarray,
+                 negatives: np.ndarray) -> GallerySnapshot:
+        """This snapshot without identity old_name and with new_name holding these rows (template ids
+        ascending; an identity without templates is not searched). Costs copying the arrays, not
+        reading the file."""
+        names = list(self.names)
+        starts, ends = self.starts, self.ends
+        rows_templates, rows_ids = self.templates, self.template_ids
+        negative_rows, negative_owner = self.negatives, self.negative_owner
+        k = None if old_name is None else self._index(old_name)
+        if k is not None:
+            start, end, count = int(starts[k]), int(ends[k]), int(ends[k] - starts[k])
+            del names[k]
+            starts = np.delete(starts, k)
+            ends = np.delete(ends, k)
+            starts[k:] -= count
+            ends[k:] -= count
+            rows_templates = np.delete(rows_templates, np.s_[start:end], axis=0)
+            rows_ids = np.delete(rows_ids, np.s_[start:end])
+            mine = negative_owner == k
+            negative_rows, negative_owner = negative_rows[~mine], negative_owner[~mine]
+            negative_owner = np.where(negative_owner > k, negative_owner - 1, negative_owner)
+        means = self.means if k is None else np.delete(self.means, k, axis=0)
+        if new_name is not None and len(templates):
+            j = bisect.bisect_left(names, new_name)
+            at = int(starts[j]) if j < len(names) else len(rows_templates)
+            count = len(templates)
+            names.insert(j, new_name)
+            starts = np.insert(starts, j, at)
+            ends = np.insert(ends, j, at + count)
+            starts[j + 1:] += count
+            ends[j + 1:] += count
+            rows_templates = np.insert(rows_templates, at, templates.astype(np.float32), axis=0)
+            rows_ids = np.insert(rows_ids, at, template_ids.astype(np.int64))
+            means = np.insert(means, j, unit_rows(np.add.reduceat(templates.astype(np.float32), [0], axis=0)), axis=0)
+            negative_owner = np.where(negative_owner >= j, negative_owner + 1, negative_owner)
+            at_negative = int(np.searchsorted(negative_owner, j))
+            negative_rows = np.insert(negative_rows, at_negative, negatives.astype(np.float32), axis=0)
+            negative_owner = np.insert(negative_owner, at_negative, np.full(len(negatives), j, np.int64))
+        return GallerySnapshot(tuple(names), starts, ends, rows_templates, rows_ids, means, negative_rows,
+                               negative_owner, _tightening(ends - starts))
+
+
+def _segment_sums(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """np.add.reduceat(rows, starts, axis=0), the same numbers, but only the identities with several
+    templates go through reduceat (slow per segment); a one-template identity's sum is its row."""
+    sums = rows[starts].copy()
+    several = np.flatnonzero(ends - starts > 1)
+    if len(several):
+        counts = (ends - starts)[several]
+        picked = np.concatenate([np.arange(starts[k], ends[k]) for k in several.tolist()])
+        sums[several] = np.add.reduceat(rows[picked], np.concatenate([[0], np.cumsum(counts)[:-1]]), axis=0)
+    return sums
+
+
+def _tightening(counts: np.ndarray) -> np.ndarray:
+    table = np.array(MEAN_THRESHOLD_TIGHTENING, dtype=np.float64)
+    return table[np.minimum(counts, len(table) - 1)]
 
 
 # -- export file format ----------------------------------------------------------------------
@@ -472,6 +613,7 @@ class Gallery:
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
         self._snapshot: GallerySnapshot | None = None
+        self._before_write: GallerySnapshot | None = None
         self._data_version = -1
         self.read_only = read_only
         self._db = self._open_read_only() if read_only else self._open(create)
@@ -573,8 +715,8 @@ class Gallery:
                     with transaction(self._db, write) as db:
                         yield db
                 finally:
-                    if write:
-                        self._snapshot = None  # our own commits do not change data_version
+                    if write:  # our own commits do not change data_version: _after_write updates it
+                        self._before_write, self._snapshot = self._snapshot, None
             except sqlite3.OperationalError as error:
                 if "locked" in str(error) or "busy" in str(error):
                     raise GalleryError(f"gallery {self.path} is busy: another process held it for more than "
@@ -593,6 +735,20 @@ class Gallery:
         if identity_id is None:
             raise UnknownIdentityError(f"no identity named {name!r} in gallery {self.path}")
         return identity_id
+
+    def _data_version_now(self) -> int:
+        try:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        except sqlite3.Error as error:
+            raise GalleryError(f"gallery {self.path}: {error}") from None
+
+    def _after_write(self, update: Callable[[GallerySnapshot], GallerySnapshot]) -> None:
+        """Apply this process's committed write to the snapshot in memory (call under self._lock,
+        right after the write). When another process committed since the snapshot was read, it is
+        dropped instead and the next search reloads the file."""
+        before, self._before_write = self._before_write, None
+        if before is not None and self._snapshot is None and self._data_version_now() == self._data_version:
+            self._snapshot = update(before)
 
     def _insert_template(self, db: sqlite3.Connection, identity_id: int, vector: np.ndarray, quality: float,
                          source: str | None, created: str) -> int:
@@ -636,26 +792,59 @@ class Gallery:
         if not all(0.0 <= q <= 1.0 for q in qualities):
             raise GalleryError("template qualities must be in [0, 1]")
         encoded = _metadata_json(metadata or {})
+        with self._lock:
+            with self._transaction(write=True) as db:
+                identity_id = self._find_id(db, name) if create else self._identity_id(db, name)
+                if identity_id is None:
+                    identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, ?)",
+                                                     (name, _now(), encoded)))
+                created = _now()
+                ids = [self._insert_template(db, identity_id, v, q, s, created)
+                       for v, q, s in zip(vectors, qualities, sources)]
+
+            def added(snapshot: GallerySnapshot) -> GallerySnapshot:
+                old_ids, old_templates, negatives = snapshot.identity_rows(name)
+                return snapshot.replaced(name, name, np.concatenate([old_ids, np.array(ids, np.int64)]),
+                                         np.vstack([old_templates, vectors]), negatives)
+
+            self._after_write(added)
+            return ids
+
+    def add_identities(self, people: Sequence[tuple[str, np.ndarray]]) -> int:
+        """Create new identities, each with its templates (name, (k, 128) embeddings), in ONE
+        transaction; refused with nothing written when a name exists already. Returns the templates
+        written. For bulk loads (benchmarks, imports of many people)."""
+        checked = [(validate_name(name), unit_rows(vectors)) for name, vectors in people]
+        if len({name for name, _ in checked}) != len(checked):
+            raise GalleryError("the same name is given twice; nothing was written")
         with self._transaction(write=True) as db:
-            identity_id = self._find_id(db, name) if create else self._identity_id(db, name)
-            if identity_id is None:
-                identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, ?)",
-                                             (name, _now(), encoded)))
             created = _now()
-            return [self._insert_template(db, identity_id, v, q, s, created) for v, q, s in zip(vectors, qualities, sources)]
+            for name, vectors in checked:
+                if self._find_id(db, name) is not None:
+                    raise DuplicateNameError(f"an identity named {name!r} already exists; nothing was written")
+                identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, '{}')",
+                                                 (name, created)))
+                for vector in vectors:
+                    self._insert_template(db, identity_id, vector, 1.0, None, created)
+        return sum(len(v) for _, v in checked)
 
     def rename(self, old_name: str, new_name: str) -> None:
         new_name = validate_name(new_name)
-        with self._transaction(write=True) as db:
-            identity_id = self._identity_id(db, old_name)
-            if new_name != _nfc(old_name) and self._find_id(db, new_name) is not None:
-                raise DuplicateNameError(f"cannot rename {old_name!r}: an identity named {new_name!r} already exists")
-            db.execute("UPDATE identities SET name = ? WHERE id = ?", (new_name, identity_id))
+        with self._lock:
+            with self._transaction(write=True) as db:
+                identity_id = self._identity_id(db, old_name)
+                if new_name != _nfc(old_name) and self._find_id(db, new_name) is not None:
+                    raise DuplicateNameError(f"cannot rename {old_name!r}: an identity named {new_name!r} already exists")
+                db.execute("UPDATE identities SET name = ? WHERE id = ?", (new_name, identity_id))
+            self._after_write(lambda snapshot: snapshot.replaced(_nfc(old_name), new_name,
+                                                                 *snapshot.identity_rows(_nfc(old_name))))
 
     def remove(self, name: str) -> None:
         """Delete the identity with its templates and negatives."""
-        with self._transaction(write=True) as db:
-            db.execute("DELETE FROM identities WHERE id = ?", (self._identity_id(db, name),))
+        with self._lock:
+            with self._transaction(write=True) as db:
+                db.execute("DELETE FROM identities WHERE id = ?", (self._identity_id(db, name),))
+            self._after_write(lambda snapshot: snapshot.replaced(_nfc(name), None, *snapshot.identity_rows(_nfc(name))))
 
     def reject_match(self, name: str, embedding: np.ndarray) -> int | None:
         """"This face was not NAME", in one transaction: the face is kept as a negative of NAME (a later
@@ -665,16 +854,25 @@ class Gallery:
         vector = unit_rows(embedding)
         if len(vector) != 1:
             raise GalleryError(f"reject_match takes one embedding, got {len(vector)}")
-        with self._transaction(write=True) as db:
-            identity_id = self._identity_id(db, name)
-            ids, stored, _ = self._templates_of(db, identity_id)
-            removed = None
-            offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < self.match_max_distance)
-            if len(ids) > 1 and len(offending) == 1:
-                removed = ids[int(offending[0])]
-                db.execute("DELETE FROM templates WHERE id = ?", (removed,))
-                log.info("removed template %d of %r: it alone matched a face that was not them", removed, name)
-            self._insert_negative(db, identity_id, vector[0], _now())
+        with self._lock:
+            with self._transaction(write=True) as db:
+                identity_id = self._identity_id(db, name)
+                ids, stored, _ = self._templates_of(db, identity_id)
+                removed = None
+                offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < self.match_max_distance)
+                if len(ids) > 1 and len(offending) == 1:
+                    removed = ids[int(offending[0])]
+                    db.execute("DELETE FROM templates WHERE id = ?", (removed,))
+                    log.info("removed template %d of %r: it alone matched a face that was not them", removed, name)
+                self._insert_negative(db, identity_id, vector[0], _now())
+
+            def rejected(snapshot: GallerySnapshot) -> GallerySnapshot:
+                key = _nfc(name)
+                template_ids, templates, negatives = snapshot.identity_rows(key)
+                keep = template_ids != removed
+                return snapshot.replaced(key, key, template_ids[keep], templates[keep], np.vstack([negatives, vector]))
+
+            self._after_write(rejected)
         return removed
 
     # -- reads -------------------------------------------------------------------------------
@@ -698,11 +896,17 @@ class Gallery:
         infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4]) for t in templates)
         return IdentityInfo(_nfc(name), created, json.loads(metadata), len(infos), int(negatives), infos)
 
-    def source_hashes(self) -> dict[str, str]:
-        """sha256 of every enrolled source file -> the identity it belongs to."""
+    def source_hashes(self, among: Sequence[str] | None = None) -> dict[str, str]:
+        """sha256 of every enrolled source file (or only of those `among` these) -> its identity."""
+        query = ("SELECT t.source_sha256, i.name FROM templates t JOIN identities i ON i.id = t.identity_id"
+                 " WHERE t.source_sha256 IS NOT NULL")
+        wanted = [] if among is None else sorted(set(among))
+        if among is not None:
+            if not wanted:
+                return {}
+            query += f" AND t.source_sha256 IN ({', '.join('?' * len(wanted))})"
         with self._transaction(write=False) as db:
-            rows = db.execute("SELECT t.source_sha256, i.name FROM templates t JOIN identities i ON i.id = t.identity_id"
-                              " WHERE t.source_sha256 IS NOT NULL").fetchall()
+            rows = db.execute(query, wanted).fetchall()
         return dict(rows)
 
     # -- search ------------------------------------------------------------------------------
@@ -716,20 +920,20 @@ class Gallery:
                 raise GalleryError(f"gallery {self.path}: {error}") from None
             if self._snapshot is None or version != self._data_version:
                 with self._transaction(write=False) as db:
+                    # SQLite's BINARY order of UTF-8 text is Python's order of str: rows come sorted as the snapshot needs
                     templates = db.execute("SELECT i.name, t.id, t.embedding FROM templates t JOIN identities i"
-                                           " ON i.id = t.identity_id WHERE t.model_id = ?", (self.model_id,)).fetchall()
+                                           " ON i.id = t.identity_id WHERE t.model_id = ? ORDER BY i.name, t.id",
+                                           (self.model_id,)).fetchall()
                     negatives = db.execute("SELECT i.name, n.embedding FROM negatives n JOIN identities i"
                                            " ON i.id = n.identity_id WHERE n.model_id = ?", (self.model_id,)).fetchall()
                     other = db.execute("SELECT COUNT(*) FROM templates WHERE model_id != ?", (self.model_id,)).fetchone()[0]
                 if other:
                     log.warning("gallery %s: %d templates from another model than %s are ignored; re-enroll those people",
                                 self.path, other, self.model_id)
-                vectors = _stack([t[2] for t in templates], "a template")
-                negative_vectors = _stack([n[1] for n in negatives], "a negative")
-                self._snapshot = GallerySnapshot.build(
-                    [(t[0], t[1], vectors[i]) for i, t in enumerate(templates)],
-                    [(n[0], negative_vectors[i]) for i, n in enumerate(negatives)],
-                )
+                self._snapshot = GallerySnapshot._from_sorted(
+                    [t[0] for t in templates], np.array([t[1] for t in templates], dtype=np.int64),
+                    _stack([t[2] for t in templates], "a template"),
+                    [n[0] for n in negatives], _stack([n[1] for n in negatives], "a negative"))
                 self._data_version = version
                 log.debug("gallery %s loaded: %d identities", self.path, len(self._snapshot))
             return self._snapshot
