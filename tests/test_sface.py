@@ -21,11 +21,11 @@ from edgeface.convert.sface_onnx import (
     convert_sface,
     read_sface_source,
 )
-from edgeface.detect import BlazeFaceDetector
 from edgeface.errors import ModelFileError
-from edgeface.imageio import read_image
-from edgeface.modelfiles import MANIFEST_NAME
-from edgeface.sface import (
+from edgeface.io.images import read_image
+from edgeface.io.models import MANIFEST_NAME
+from edgeface.vision.blazeface import BlazeFaceDetector
+from edgeface.vision.sface import (
     ARCFACE_TEMPLATE,
     SFACE_BLAZEFACE_TEMPLATES,
     SFACE_FILES,
@@ -120,7 +120,7 @@ def test_converted_graph_is_plain_fp32_with_a_free_batch(converted: bytes) -> No
 def test_uncompact_conversion_stores_the_same_float_weights(request: pytest.FixtureRequest, converted: bytes) -> None:
     import onnx
 
-    from edgeface.runtime.onnx import OnnxRunner
+    from edgeface.io.runtime.onnx import OnnxRunner
 
     plain = convert_sface(read_sface_source(sface_wheel(request.config)), compact=False)
     assert {t.data_type for t in plain.graph.initializer} == {onnx.TensorProto.FLOAT}
@@ -207,8 +207,8 @@ def test_blazeface_keypoints_land_on_their_template(lfw_faces: list[tuple[np.nda
 def test_align_landmarks_reuses_the_analyzers_keypoints(lfw_faces: list[tuple[np.ndarray, object]]) -> None:
     """With an Aligner's landmarks (detector + refined keypoints, each on its model's template), the chips
     are those SFaceAligner makes itself with the same detector model and refiner."""
-    from edgeface.analyze import FaceAnalyzer
     from edgeface.config import Config
+    from edgeface.vision.analyzer import FaceAnalyzer
 
     analyzer = FaceAnalyzer.from_config(Config().recognition)
     own = SFaceAligner(analyzer.detector.model, refiner=analyzer.aligner.refiner)
@@ -221,7 +221,7 @@ def test_align_landmarks_reuses_the_analyzers_keypoints(lfw_faces: list[tuple[np
 
 
 def test_align_landmarks_refuses_templates_it_does_not_know() -> None:
-    from edgeface.align import DLIB_TEMPLATE
+    from edgeface.vision.align import DLIB_TEMPLATE
 
     image = np.zeros((100, 100, 3), np.uint8)
     with pytest.raises(ValueError, match="blazeface"):
@@ -240,8 +240,8 @@ def _models_with_int8(directory: Path, int8_source: Path, features: str = "right
     inputs whose recorded FP32 features are right, or negated (an INT8 model that disagrees)."""
     from edgeface.convert.build import _write_npz
     from edgeface.convert.manifest import record_model_file
-    from edgeface.runtime.onnx import OnnxRunner
-    from edgeface.sface import SFACE_SELFCHECK_FILE, chips_to_input
+    from edgeface.io.runtime.onnx import OnnxRunner
+    from edgeface.vision.sface import SFACE_SELFCHECK_FILE, chips_to_input
 
     directory.mkdir()
     (directory / SFACE_FILES["fp32"]).write_bytes((MODELS / SFACE_FILES["fp32"]).read_bytes())
@@ -268,7 +268,7 @@ def test_int8_that_passes_its_self_check_is_used(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["disagrees", "cannot run"])
 def test_int8_that_fails_its_self_check_falls_back_to_fp32(tmp_path: Path, case: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from edgeface.embed import MODEL_FILES
+    from edgeface.vision.embed import MODEL_FILES
 
     # "cannot run": dlib's model under SFace's INT8 name (a 150x150 input, so the 112x112 self-check fails)
     source = MODELS / (SFACE_FILES["fp32"] if case == "disagrees" else MODEL_FILES["fp32"])
@@ -281,7 +281,7 @@ def test_int8_that_fails_its_self_check_falls_back_to_fp32(tmp_path: Path, case:
 
 @needs_lfw
 def test_shipped_int8_passes_its_self_check_and_stays_close_to_fp32(lfw_chips: np.ndarray) -> None:
-    from edgeface.sface import SFACE_SELFCHECK_MIN_COSINE, shipped_precisions
+    from edgeface.vision.sface import SFACE_SELFCHECK_MIN_COSINE, shipped_precisions
 
     assert shipped_precisions() == ["int8", "fp32"]
     int8 = SFaceEmbedder("int8")
@@ -295,7 +295,7 @@ def test_shipped_int8_passes_its_self_check_and_stays_close_to_fp32(lfw_chips: n
 @pytest.mark.skipif(not os.environ.get("EDGEFACE_TEST_FULL_BUILD"), reason="~40 s; set EDGEFACE_TEST_FULL_BUILD=1")
 def test_sface_build_reproduces_the_shipped_files(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     from edgeface.convert.sface_onnx import build_sface_models
-    from edgeface.sface import SFACE_SELFCHECK_FILE
+    from edgeface.vision.sface import SFACE_SELFCHECK_FILE
 
     if not (LFW / "images").is_dir():
         pytest.skip("../shared/data/lfw is absent")

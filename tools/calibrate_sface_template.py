@@ -1,4 +1,4 @@
-"""Calibrate and check SFace's alignment: edgeface.sface.SFACE_BLAZEFACE_TEMPLATES and LFW_SFACE_CENTRE_BOX.
+"""Calibrate and check SFace's alignment: edgeface.vision.sface.SFACE_BLAZEFACE_TEMPLATES and LFW_SFACE_CENTRE_BOX.
 
 Reference: what SFace was made for, OpenCV's FaceRecognizerSF.alignCrop on YuNet's five points (eye
 centres, nose tip, mouth corners). YuNet is not shipped; this tool reads it (and the original SFace
@@ -32,15 +32,15 @@ import cv2
 import numpy as np
 
 from edgeface.convert.chips import calibration_images
-from edgeface.detect import BlazeFaceDetector
-from edgeface.imageio import read_image
-from edgeface.sface import (
+from edgeface.eval.verification import read_lfw_pairs
+from edgeface.io.images import read_image
+from edgeface.vision.blazeface import BlazeFaceDetector
+from edgeface.vision.sface import (
     ARCFACE_TEMPLATE,
     SFACE_BLAZEFACE_TEMPLATES,
     extract_sface_chip,
     sface_chip_matrix,
 )
-from edgeface.verification import read_lfw_pairs
 
 KEYPOINT_NAMES = ("right eye", "left eye", "nose tip", "mouth")
 YUNET = "face_detection_yunet_2023mar_int8bq.onnx"

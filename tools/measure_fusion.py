@@ -2,7 +2,7 @@
 
 Every image is analysed once by edgeface's photo analyzer (FaceAnalyzer.from_config(Config().recognition):
 the default detector, keypoint refiner and INT8 dlib embedder); SFace embeds the same faces, placed by
-the same keypoints on its own template (edgeface.sface.SFaceAligner.align_landmarks), in FP32 and INT8.
+the same keypoints on its own template (edgeface.vision.sface.SFaceAligner.align_landmarks), in FP32 and INT8.
 The embeddings are cached under /tmp (--cache), one FaceTable per model; the labelled face is chosen
 as edgeface's evaluations do (LFW: central, CelebA: largest).
 
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from edgeface.align import dlib_chip_matrix, extract_chip
-from edgeface.eval_data import EMBEDDING_DIM, FaceTable, dataset_people, default_face_rule
-from edgeface.verification import read_lfw_pairs, tar_at_far, ten_fold_accuracy
+from edgeface.eval.data import EMBEDDING_DIM, FaceTable, dataset_people, default_face_rule
+from edgeface.eval.verification import read_lfw_pairs, tar_at_far, ten_fold_accuracy
+from edgeface.vision.align import dlib_chip_matrix, extract_chip
 
 MODELS = ("dlib", "sface_fp32", "sface_int8")
 FIT_FAR = 1e-4
@@ -55,9 +55,9 @@ class TwoModelAnalyzer:
     """Detect once, align twice, embed three times."""
 
     def __init__(self, sface_models: Path | None) -> None:
-        from edgeface.analyze import FaceAnalyzer
         from edgeface.config import Config
-        from edgeface.sface import SFaceAligner, SFaceEmbedder
+        from edgeface.vision.analyzer import FaceAnalyzer
+        from edgeface.vision.sface import SFaceAligner, SFaceEmbedder
 
         self.analyzer = FaceAnalyzer.from_config(Config().recognition)
         self.sface_aligner = SFaceAligner()
@@ -85,7 +85,7 @@ class TwoModelAnalyzer:
 def analyse(root: Path, files: list[str], cache: Path, tag: str, sface_models: Path | None) -> dict[str, FaceTable]:
     """One FaceTable per model over `files` (relative to root), extended chunk by chunk in the cache."""
     from edgeface.errors import ImageError
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     paths = {m: cache / f"{tag}.{m}.npz" for m in MODELS}
     tables = {m: FaceTable.load(p) if p.is_file() else FaceTable.empty("fusion") for m, p in paths.items()}

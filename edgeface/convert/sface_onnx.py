@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeface.errors import EdgefaceError, ModelFileError
-from edgeface.sface import SFACE_FILES, SFACE_SELFCHECK_FILE, chips_to_input
+from edgeface.vision.sface import SFACE_FILES, SFACE_SELFCHECK_FILE, chips_to_input
 
 if TYPE_CHECKING:
     import onnx
@@ -318,7 +318,7 @@ def sface_calibration_chips(lfw_dir: Path, count: int = 300) -> np.ndarray:
     """(count, 112, 112, 3) uint8 BGR chips: the fixed centre square of the first image of `count` LFW
     people in no pair list (the dlib embedder's calibration images)."""
     from edgeface.convert.chips import box_matrix, calibration_images, warp_chip
-    from edgeface.imageio import read_image
+    from edgeface.io.images import read_image
 
     matrix = box_matrix(*LFW_SFACE_CENTRE_BOX, size=CHIP_SIZE)
     return np.stack([warp_chip(read_image(path), matrix, CHIP_SIZE) for path in calibration_images(lfw_dir, count)])
@@ -415,7 +415,7 @@ def build_sface_models(out_dir: Path, calibration_dir: Path | None = None, wheel
 
     from edgeface.convert.build import _onnxruntime_version, _write_npz, selfcheck_chips
     from edgeface.convert.manifest import record_model_file
-    from edgeface.runtime.onnx import OnnxRunner
+    from edgeface.io.runtime.onnx import OnnxRunner
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

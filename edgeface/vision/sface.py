@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Literal
 import cv2
 import numpy as np
 
-from edgeface.align import BLAZEFACE_POINTS, BLAZEFACE_TEMPLATES, similarity_transform
 from edgeface.errors import ModelFileError
-from edgeface.modelfiles import models_dir, read_manifest, verified_model_path
-from edgeface.runtime.onnx import OnnxRunner
-from edgeface.types import FaceDetections
+from edgeface.io.models import models_dir, read_manifest, verified_model_path
+from edgeface.io.runtime.onnx import OnnxRunner
+from edgeface.vision.align import BLAZEFACE_POINTS, BLAZEFACE_TEMPLATES, similarity_transform
+from edgeface.vision.detections import FaceDetections
 
 if TYPE_CHECKING:
-    from edgeface.detect import KeypointRefiner
+    from edgeface.vision.blazeface import KeypointRefiner
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class SFaceAligner:
     """BlazeFace detections -> (n, 112, 112, 3) uint8 BGR SFace chips.
 
     `align` places each face by its detector keypoints (and, with a refiner, by the re-detected ones
-    too, each on its own model's template, as edgeface.align.Aligner does). `align_landmarks` reuses
+    too, each on its own model's template, as edgeface.vision.align.Aligner does). `align_landmarks` reuses
     the landmarks an Aligner already computed (`Aligner.landmarks`), so the refiner runs once per face."""
 
     def __init__(self, detector_model: str = "short", refiner: KeypointRefiner | None = None) -> None:
