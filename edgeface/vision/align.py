@@ -161,6 +161,25 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def blazeface_landmarks(image: np.ndarray, detections: FaceDetections, template: np.ndarray,
+                        templates_by_model: dict[str, np.ndarray], refiner: KeypointRefiner | None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(image points (n, k, 2), chip templates (n, k, 2)) from BlazeFace keypoints, `template` being where the
+    detector's points land on the chip. With a refiner, a refined face is placed by both estimates of its
+    keypoints at once (each on its own model's template, from `templates_by_model`): their errors are
+    independent, so the fit averages them out. Measured: LFW 99.05 -> 99.10%, CelebA unchanged (95.1%),
+    against the refined keypoints alone (README)."""
+    points = detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64)
+    templates = np.repeat(template[None], len(detections), axis=0)
+    if refiner is None:
+        return points, templates
+    again, refined = refiner.refine(image, detections)
+    second_points = np.where(refined[:, None, None], again.kps[:, BLAZEFACE_POINTS, :], points)
+    second_templates = templates.copy()
+    second_templates[refined] = templates_by_model[refiner.detector.model]
+    return np.concatenate([points, second_points], axis=1), np.concatenate([templates, second_templates], axis=1)
+
+
 class Aligner:
     """Turns detections into (n, 150, 150, 3) uint8 BGR chips."""
 
@@ -189,18 +208,7 @@ class Aligner:
         """(image points (n, k, 2), chip templates (n, k, 2)) for the chosen method."""
         n = len(detections)
         if self.method == "blazeface":
-            points = detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64)
-            templates = np.repeat(self.blazeface_template[None], n, axis=0)
-            if self.refiner is None:
-                return points, templates
-            # A refined face is placed by both estimates of its keypoints at once (each on its own model's
-            # template): their errors are independent, so the fit averages them out. Measured: LFW 99.05 ->
-            # 99.10%, CelebA unchanged (95.1%), against the refined keypoints alone (README).
-            again, refined = self.refiner.refine(image, detections)
-            second_points = np.where(refined[:, None, None], again.kps[:, BLAZEFACE_POINTS, :], points)
-            second_templates = templates.copy()
-            second_templates[refined] = BLAZEFACE_TEMPLATES[self.refiner.detector.model]
-            return np.concatenate([points, second_points], axis=1), np.concatenate([templates, second_templates], axis=1)
+            return blazeface_landmarks(image, detections, self.blazeface_template, BLAZEFACE_TEMPLATES, self.refiner)
         boxes = dlib_boxes_from_blazeface(detections.xyxy)
         points = self._shape_predictor.predict(image, boxes).astype(np.float64)  # type: ignore[union-attr]
         return points, np.repeat(DLIB_TEMPLATE[None], n, axis=0)

@@ -25,7 +25,7 @@ import numpy as np
 from edgeface.errors import ModelFileError
 from edgeface.io.models import models_dir, read_manifest, verified_model_path
 from edgeface.io.runtime.onnx import OnnxRunner
-from edgeface.vision.align import BLAZEFACE_POINTS, BLAZEFACE_TEMPLATES, similarity_transform
+from edgeface.vision.align import BLAZEFACE_POINTS, BLAZEFACE_TEMPLATES, blazeface_landmarks, similarity_transform
 from edgeface.vision.detections import FaceDetections
 
 if TYPE_CHECKING:
@@ -105,16 +105,8 @@ class SFaceAligner:
 
     def landmarks(self, image: np.ndarray, detections: FaceDetections) -> tuple[np.ndarray, np.ndarray]:
         """(image points (n, k, 2), SFace chip templates (n, k, 2))."""
-        n = len(detections)
-        points = detections.kps[:, BLAZEFACE_POINTS, :].astype(np.float64)
-        templates = np.repeat(SFACE_BLAZEFACE_TEMPLATES[self.detector_model][None], n, axis=0)
-        if self.refiner is None:
-            return points, templates
-        again, refined = self.refiner.refine(image, detections)
-        second_points = np.where(refined[:, None, None], again.kps[:, BLAZEFACE_POINTS, :], points)
-        second_templates = templates.copy()
-        second_templates[refined] = SFACE_BLAZEFACE_TEMPLATES[self.refiner.detector.model]
-        return np.concatenate([points, second_points], axis=1), np.concatenate([templates, second_templates], axis=1)
+        return blazeface_landmarks(image, detections, SFACE_BLAZEFACE_TEMPLATES[self.detector_model],
+                                   SFACE_BLAZEFACE_TEMPLATES, self.refiner)
 
     def align_points(self, image: np.ndarray, points: np.ndarray, templates: np.ndarray) -> np.ndarray:
         image = _as_bgr(image)
