@@ -18,7 +18,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,25 +45,9 @@ def _types(scheme: Scheme) -> tuple[object, object, bool]:
     }[scheme]
 
 
-def quantize_embedder(
-    fp32_path: Path,
-    out_path: Path,
-    calibration_chips_bgr: np.ndarray,
-    scheme: Scheme = DEFAULT_SCHEME,
-    batch_size: int = 10,
-) -> None:
-    """Write the static QDQ INT8 model of `fp32_path` to `out_path` (deterministic for fixed inputs)."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        quantize_static,
-    )
-
-    activation_type, weight_type, reduce_range = _types(scheme)
-    data = chips_to_input(calibration_chips_bgr)
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+def calibration_reader(data: np.ndarray, input_name: str, batch_size: int) -> Any:
+    """An onnxruntime CalibrationDataReader feeding `data` to `input_name` in batches."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -75,12 +59,34 @@ def quantize_embedder(
             batch = next(self._batches, None)
             return None if batch is None else {input_name: batch}
 
+    return _Reader()
+
+
+def quantize_embedder(
+    fp32_path: Path,
+    out_path: Path,
+    calibration_chips_bgr: np.ndarray,
+    scheme: Scheme = DEFAULT_SCHEME,
+    batch_size: int = 10,
+) -> None:
+    """Write the static QDQ INT8 model of `fp32_path` to `out_path` (deterministic for fixed inputs)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
+
+    activation_type, weight_type, reduce_range = _types(scheme)
+    data = chips_to_input(calibration_chips_bgr)
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+
     with tempfile.TemporaryDirectory(prefix="edgeface-quant-") as scratch:
         staged = Path(scratch) / "int8.onnx"
         quantize_static(
             str(fp32_path),
             str(staged),
-            _Reader(),
+            calibration_reader(data, input_name, batch_size),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=_QUANTIZED_OPS,
             per_channel=True,

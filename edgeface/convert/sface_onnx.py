@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeface.convert.quantize import calibration_reader
 from edgeface.errors import EdgefaceError, ModelFileError
 from edgeface.vision.sface import SFACE_FILES, SFACE_SELFCHECK_FILE, chips_to_input
 
@@ -333,7 +333,6 @@ def quantize_sface(fp32_path: Path, out_path: Path, calibration_chips_bgr: np.nd
     (0.9866 with MinMax and everything quantized)."""
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -345,20 +344,10 @@ def quantize_sface(fp32_path: Path, out_path: Path, calibration_chips_bgr: np.nd
     depthwise = [n.name for n in model.graph.node
                  if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches: Iterator[np.ndarray] = iter(
-                [data[i : i + batch_size] for i in range(0, len(data), batch_size)]
-            )
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
     with tempfile.TemporaryDirectory(prefix="edgeface-quant-") as scratch:
         staged = Path(scratch) / "int8.onnx"
         quantize_static(
-            str(fp32_path), str(staged), _Reader(),
+            str(fp32_path), str(staged), calibration_reader(data, INPUT_NAME, batch_size),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=_QUANTIZED_OPS, per_channel=True,
             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
