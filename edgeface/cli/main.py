@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from edgeface.cli.args import positive_int
 from edgeface.errors import EdgefaceError
 from edgeface.eval.report import print_figures
 from edgeface.text import plural
@@ -43,13 +44,6 @@ class Terminated(BaseException):
 
 def _raise_terminated(_signum: int, _frame: object) -> None:
     raise Terminated
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which face is the labelled person (default: central on LFW, largest elsewhere)")
     lfw.add_argument("--faces", type=Path, help="score another system's faces (.npz from tools/face_recognition_faces.py)")
     lfw.add_argument("--cache-dir", type=Path, help="keep the analysed faces here, reused when the settings match")
-    lfw.add_argument("--max-pairs-per-fold", type=_positive_int,
+    lfw.add_argument("--max-pairs-per-fold", type=positive_int,
                      help="only the first N same and N different pairs of each fold (a quick check)")
     lfw.add_argument("--pairs", type=Path, help="pair list (default: DATA/pairs.txt)")
     lfw.add_argument("--precision", choices=["int8", "fp32"], help="only this precision (default: both)")
@@ -184,15 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure speed")
     bench_kinds = bench.add_subparsers(dest="kind", required=True, metavar="WHAT")
     bench_models_parser = bench_kinds.add_parser("models", help="median latency of each model, 1 and 2 threads")
-    bench_models_parser.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per figure")
+    bench_models_parser.add_argument("--repeats", type=positive_int, default=50, help="timed calls per figure")
     bench_models_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     bench_models_parser.add_argument("--data", type=Path, help="evaluation data folder for the frame "
                                      "(default: ../shared/data from here, else a synthetic frame)")
     bench_models_parser.set_defaults(handler=_cmd_bench_models)
     bench_gallery_parser = bench_kinds.add_parser(
         "gallery", help="match, load and memory cost of an N-identity gallery of random vectors (temporary file)")
-    bench_gallery_parser.add_argument("--size", type=_positive_int, default=5749, help="identities (default 5,749: LFW's people)")
-    bench_gallery_parser.add_argument("--probes", type=_positive_int, default=200, help="timed match calls, one probe each")
+    bench_gallery_parser.add_argument("--size", type=positive_int, default=5749, help="identities (default 5,749: LFW's people)")
+    bench_gallery_parser.add_argument("--probes", type=positive_int, default=200, help="timed match calls, one probe each")
     bench_gallery_parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     bench_gallery_parser.set_defaults(handler=_cmd_bench_gallery)
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeface.cli.args import positive_int
 from edgeface.service.overlay import COLOURS, draw  # noqa: F401  (COLOURS: tools import it from here)
 
 log = logging.getLogger("edgeface.run")
@@ -374,16 +375,6 @@ def _cmd_bench_pipeline(args: argparse.Namespace) -> int:
 # -- registration --------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `run` and `annotate` to the `edgeface` sub-commands."""
     run = subparsers.add_parser(
@@ -434,8 +425,8 @@ def add_bench_pipeline(bench_subparsers: argparse._SubParsersAction) -> None:  #
         "with at least fps, model_floor_ratio and peak_rss_mb.",
     )
     bench.add_argument("--source", required=True, metavar="VIDEO")
-    bench.add_argument("--threads", type=_positive_int, default=1, help="model threads (default 1)")
-    bench.add_argument("--repeats", type=_positive_int, default=1, help="passes over the video; best and median reported")
+    bench.add_argument("--threads", type=positive_int, default=1, help="model threads (default 1)")
+    bench.add_argument("--repeats", type=positive_int, default=1, help="passes over the video; best and median reported")
     bench.add_argument("--gallery", type=Path, help="gallery to match against (default: none, every face unknown)")
     bench.add_argument("--config", type=Path, help="YAML or JSON config file")
     bench.add_argument("--json", action="store_true", help="last line: one JSON object")
