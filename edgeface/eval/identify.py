@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,23 +176,6 @@ def _mean(values: list[float | None]) -> float | None:
 def _min(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return float(np.min(known)) if known and len(known) == len(values) else None
-
-
-def central_embedding(analyzer: Any, path: Path) -> np.ndarray:
-    """Embedding of the face nearest the image centre; NaN row when no face is found (or the file
-    cannot be read)."""
-    from edgeface.errors import ImageError
-    from edgeface.eval.lfw import central_face
-    from edgeface.io.images import read_image
-
-    try:
-        image = read_image(path)
-    except ImageError as error:
-        logging.getLogger(__name__).warning("%s; counted as an image without a face", error)
-        return np.full(EMBEDDING_DIM, np.nan, np.float32)
-    faces = analyzer.analyze(image)
-    index = central_face(faces.detections, image.shape[1], image.shape[0])
-    return np.full(EMBEDDING_DIM, np.nan, np.float32) if index is None else faces.embeddings[index]
 
 
 def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templates: int = 1,
