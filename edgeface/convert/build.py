@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,23 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             archive.writestr(info, buffer.getvalue())
 
 
+def write_selfcheck(out_dir: Path, file_name: str, fp32_path: Path, calibration: np.ndarray,
+                    to_input: Callable[[np.ndarray], np.ndarray], outputs_key: str, license: str) -> None:
+    """The INT8 self-check file of an embedder: inputs spread around the calibration chips
+    (`selfcheck_chips`) and the FP32 model's outputs on them, recorded in the manifest."""
+    from edgeface.convert.manifest import record_model_file
+    from edgeface.io.runtime.onnx import OnnxRunner
+
+    probes = selfcheck_chips(calibration)
+    outputs = OnnxRunner(fp32_path, threads=1, use_accelerators=False).run(to_input(probes))[0].astype(np.float32)
+    _write_npz(out_dir / file_name, {"chips": probes, outputs_key: outputs})
+    record_model_file(
+        out_dir, file_name, source=f"derived from the calibration chips and {fp32_path.name}", license=license,
+        made_by=f"mean calibration chip +- 2 sigma along its first principal components ({len(probes)} inputs) "
+        f"and their FP32 {outputs_key.removeprefix('fp32_')}, for the INT8 self-check at load time",
+    )
+
+
 def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | None = None) -> None:
     """Write every model file into `out_dir` and record it in `out_dir/manifest.json`.
 
@@ -149,7 +167,6 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
     from edgeface.convert.dlib_shape_predictor import build_shape_predictor
     from edgeface.convert.manifest import record_model_file
     from edgeface.convert.quantize import DEFAULT_SCHEME, quantize_embedder
-    from edgeface.io.runtime.onnx import OnnxRunner
     from edgeface.vision.embed import MODEL_FILES, SELFCHECK_FILE, chips_to_input
 
     out_dir = Path(out_dir)
@@ -193,16 +210,7 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
             "(first image of people in no pair list, edgeface.convert.chips.calibration_images)",
         )
 
-        probes = selfcheck_chips(chips)
-        fp32 = OnnxRunner(fp32_path, threads=1, use_accelerators=False)
-        descriptors = fp32.run(chips_to_input(probes))[0].astype(np.float32)
-        _write_npz(out_dir / SELFCHECK_FILE, {"chips": probes, "fp32_descriptors": descriptors})
-        record_model_file(
-            out_dir, SELFCHECK_FILE, source=f"derived from the calibration chips and {fp32_path.name}",
-            license=DLIB_LICENSE,
-            made_by=f"mean calibration chip +- 2 sigma along its first principal components ({len(probes)} inputs) "
-            "and their FP32 descriptors, for the INT8 self-check at load time",
-        )
+        write_selfcheck(out_dir, SELFCHECK_FILE, fp32_path, chips, chips_to_input, "fp32_descriptors", DLIB_LICENSE)
 
         shape_dat = Path(scratch) / SHAPE_DAT
         shape_dat.write_bytes(read_source(recognition, SHAPE_DAT))

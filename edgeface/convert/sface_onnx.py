@@ -402,9 +402,8 @@ def build_sface_models(out_dir: Path, calibration_dir: Path | None = None, wheel
     or better) for a third of FP32's memory (+44 MB resident against +100-160 MB)."""
     import onnx
 
-    from edgeface.convert.build import _onnxruntime_version, _write_npz, selfcheck_chips
+    from edgeface.convert.build import _onnxruntime_version, write_selfcheck
     from edgeface.convert.manifest import record_model_file
-    from edgeface.io.runtime.onnx import OnnxRunner
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -442,14 +441,5 @@ def build_sface_models(out_dir: Path, calibration_dir: Path | None = None, wheel
             f"(box {LFW_SFACE_CENTRE_BOX}, first image of people in no pair list, "
             "edgeface.convert.chips.calibration_images)",
         )
-        probes = selfcheck_chips(chips)
-        runner = OnnxRunner(fp32_path, threads=1, use_accelerators=False)
-        features = runner.run(chips_to_input(probes))[0].astype(np.float32)
-        _write_npz(out_dir / SFACE_SELFCHECK_FILE, {"chips": probes, "fp32_features": features})
-        record_model_file(
-            out_dir, SFACE_SELFCHECK_FILE, source=f"derived from the calibration chips and {fp32_path.name}",
-            license=SFACE_LICENSE,
-            made_by=f"mean calibration chip +- 2 sigma along its first principal components ({len(probes)} inputs) "
-            "and their FP32 features, for the INT8 self-check at load time",
-        )
+        write_selfcheck(out_dir, SFACE_SELFCHECK_FILE, fp32_path, chips, chips_to_input, "fp32_features", SFACE_LICENSE)
     logger.info("SFace models written to %s", out_dir)
