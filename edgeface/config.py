@@ -332,6 +332,20 @@ class WebConfig(StrictModel):
     max_upload_bytes: int = Field(10_000_000, ge=1000, description="Largest enrollment photo accepted, bytes")
 
 
+class FleetConfig(StrictModel):
+    """`fleet:` section: stations sharing one gallery over MQTT (docs/fleet.md). The shared key signs every
+    change record; a station without it does not join. Pure data: the key is read by `edgeface.service.fleet`."""
+
+    enabled: bool = Field(False, description="Join the fleet: publish this gallery's changes and apply the others'")
+    group: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                       description="Fleet name: records live under edgeface/fleet/<group>/")
+    key_env: str = Field("EDGEFACE_FLEET_KEY", description="Environment variable holding the shared key")
+    key_file: Path | None = Field(None, description="File holding the shared key (first line); also read from "
+                                  "$CREDENTIALS_DIRECTORY/fleet_key (systemd LoadCredential=)")
+    poll_s: float = Field(0.5, gt=0.0, le=60.0,
+                          description="How often the station looks for changes other processes made to its gallery file")
+
+
 class Config(StrictModel):
     station_id: str = Field("edgeface", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                             description="Name of this station in events and MQTT topics")
@@ -343,6 +357,7 @@ class Config(StrictModel):
     mqtt: MqttConfig | None = Field(
         None, description="MQTT broker: when set, `edgeface run` publishes there unless --sink jsonl is given",
     )
+    fleet: FleetConfig = FleetConfig()
 
     @property
     def match_max_distance(self) -> float:

@@ -130,7 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             password = resolve_password(config.web)  # no page without a password: fail before loading models
         gallery = open_gallery(config, args.gallery, create_default=True)
         running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url, source=source,
-                                commands=bool(listen))
+                                commands=bool(listen), fleet=True)
         if listen and password is not None:
             from edgeface.service.web import StationPage
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from edgeface.config import Config
     from edgeface.pipeline import Pipeline
+    from edgeface.service.fleet import Fleet
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.service.mqtt.commands import CommandRouter
     from edgeface.service.station import Station
@@ -81,6 +82,7 @@ class RunningStation:
     clusters: ClusterStage | None
     station: Station | None
     publisher: MqttPublisher | None
+    fleet: Fleet | None = None
     _closed: bool = False
 
     def close(self) -> None:
@@ -141,14 +143,23 @@ def build_station(
     source: Any = None,
     clock: Callable[[], datetime] = utc_now,
     commands: bool = False,
+    fleet: bool = False,
 ) -> RunningStation:
     """Everything `edgeface run` runs, wired: the bus with JSONL on `stdout` or MQTT, unknown tracks
     clustered in the gallery's file (without a gallery they stay plain unknowns), the pipeline and, with
-    MQTT or `commands` (the station page), the station that answers commands on that pipeline and source."""
+    MQTT or `commands` (the station page), the station that answers commands on that pipeline and source.
+    `fleet`: join the fleet when `fleet.enabled` (refused, before anything starts, without the key)."""
     from edgeface.pipeline import build_pipeline
     from edgeface.service.sinks import JsonlSink
     from edgeface.storage.cluster_store import ClusterStage, ClusterStore
 
+    fleet_key = None
+    if fleet and config.fleet.enabled:
+        from edgeface.service.fleet import resolve_fleet_key
+
+        fleet_key = resolve_fleet_key(config)
+        if gallery is None:
+            raise ConfigError("the fleet shares a gallery: pass --gallery FILE")
     bus = EventBus()
     station = publisher = None
     if sink == "mqtt":
@@ -177,4 +188,31 @@ def build_station(
         raise
     if station is not None:
         station.attach_pipeline(pipeline, source, clusters)
-    return RunningStation(config, bus, pipeline, gallery, clusters, station, publisher)
+    running = RunningStation(config, bus, pipeline, gallery, clusters, station, publisher)
+    if fleet_key is not None and gallery is not None:
+        running.fleet = _join_fleet(running, gallery, fleet_key, mqtt_url)
+    return running
+
+
+def _join_fleet(running: RunningStation, gallery: Gallery, key: bytes, mqtt_url: str | None) -> Fleet:
+    """The fleet link of a built station; a forgotten person is also erased from its clusters, the
+    decider's memory and Home Assistant."""
+    from edgeface.service.fleet import Fleet
+
+    def erase(name: str) -> int:
+        cleared = running.clusters.store.forget_person(name) if running.clusters is not None else 0
+        running.pipeline.decider.forget_name(name)
+        if running.station is not None:
+            running.station.sync_people()
+        return cleared
+
+    fleet = Fleet(running.config, gallery, key=key, mqtt_url=mqtt_url, on_forgotten=erase)
+    try:
+        fleet.start()
+    except BaseException:
+        running.close()
+        raise
+    running.bus.on_close(fleet.close, "fleet")
+    if running.station is not None:
+        running.station.fleet = fleet
+    return fleet

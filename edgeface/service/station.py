@@ -60,6 +60,7 @@ from edgeface.service.mqtt.secrets import read_secret
 
 if TYPE_CHECKING:
     from edgeface.pipeline import Pipeline
+    from edgeface.service.fleet import Fleet
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.storage.cluster_store import ClusterStage
     from edgeface.vision.analyzer import FaceAnalyzer
@@ -168,6 +169,8 @@ class Station:
         self._stats_at = clock()
         self.stats_published = 0
         self._signed = False
+        self.fleet: Fleet | None = None
+        """The fleet link (`edgeface.service.fleet`), when the station joined one: its counts in `status`."""
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -572,6 +575,7 @@ class Station:
             "gallery": str(self.gallery.path) if self.gallery is not None else None,
             "recent_tracks": len(pipeline.decider.recent_track_ids()) if pipeline is not None else 0,
             "homeassistant": self.ha is not None,
+            "fleet": self.fleet.status() if self.fleet is not None else None,
             "mqtt": None if publisher is None else {
                 "connected": publisher.connected, "protocol": publisher.protocol,
                 "outbox_length": publisher.outbox_length, "dropped": publisher.dropped,

@@ -2,7 +2,9 @@
 
 Storage: tables `identities` (name, created, metadata), `templates` (unit float32 embedding,
 quality, source-file sha256, created, model id), `negatives` (faces that were wrongly matched to an
-identity: "this was not NAME") and `schema_version`, upgraded by MIGRATIONS. The file runs in WAL
+identity: "this was not NAME"), `changes` (a change log: which identity changed and how, written in
+the same transaction as the change, whatever process made it; `edgeface.service.fleet` publishes it)
+and `schema_version`, upgraded by MIGRATIONS. The file runs in WAL
 mode, so a camera loop reads while `edgeface enroll` writes from another process. Every change is
 one transaction: a process killed mid-enrollment leaves each identity either complete or absent.
 
@@ -152,6 +154,14 @@ def _from_blob(blob: bytes, what: str) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """A vector another station stored, kept bit for bit (its digest names it on every station)."""
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1) > 1e-3:
+        raise GalleryError(f"an embedding must be {EMBEDDING_DIM} finite numbers of unit length")
+    return vector
+
+
 def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
     if not blobs:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
@@ -214,7 +224,14 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX negatives_by_identity ON negatives(identity_id)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """The change log: one row per change of an identity (no name: a forgotten person's name must not
+    linger here). remote = 1 for changes a fleet station applied from another station's record."""
+    db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, identity_id INTEGER NOT NULL,"
+               " kind TEXT NOT NULL, remote INTEGER NOT NULL DEFAULT 0)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -271,6 +288,31 @@ class IdentityInfo:
     template_count: int
     negative_count: int
     templates: tuple[TemplateInfo, ...] = ()
+
+
+ChangeKind = Literal["templates", "renamed", "removed", "rejected"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of the change log: identity `identity_id` changed (`kind`); remote when applied from
+    another fleet station's record."""
+
+    seq: int
+    identity_id: int
+    kind: ChangeKind
+    remote: bool
+
+
+@dataclass(frozen=True)
+class StoredPerson:
+    """An identity as stored: its templates (id, unit vector, quality, source sha256, created) and
+    negatives (id, unit vector, created), this gallery's model only."""
+
+    identity_id: int
+    name: str
+    templates: tuple[tuple[int, np.ndarray, float, str | None, str], ...]
+    negatives: tuple[tuple[int, np.ndarray, str], ...]
 
 
 @dataclass(frozen=True)
@@ -615,6 +657,7 @@ class Gallery:
         self._snapshot: GallerySnapshot | None = None
         self._before_write: GallerySnapshot | None = None
         self._data_version = -1
+        self._remote = False
         self.read_only = read_only
         self._db = self._open_read_only() if read_only else self._open(create)
 
@@ -750,6 +793,11 @@ class Gallery:
         if before is not None and self._snapshot is None and self._data_version_now() == self._data_version:
             self._snapshot = update(before)
 
+    def _log(self, db: sqlite3.Connection, identity_id: int, kind: ChangeKind) -> None:
+        """The change-log row of a change, in the change's own transaction."""
+        db.execute("INSERT INTO changes (identity_id, kind, remote) VALUES (?, ?, ?)",
+                   (identity_id, kind, int(self._remote)))
+
     def _insert_template(self, db: sqlite3.Connection, identity_id: int, vector: np.ndarray, quality: float,
                          source: str | None, created: str) -> int:
         return _row_id(db.execute(
@@ -801,6 +849,7 @@ class Gallery:
                 created = _now()
                 ids = [self._insert_template(db, identity_id, v, q, s, created)
                        for v, q, s in zip(vectors, qualities, sources)]
+                self._log(db, identity_id, "templates")
 
             def added(snapshot: GallerySnapshot) -> GallerySnapshot:
                 old_ids, old_templates, negatives = snapshot.identity_rows(name)
@@ -826,6 +875,7 @@ class Gallery:
                                                  (name, created)))
                 for vector in vectors:
                     self._insert_template(db, identity_id, vector, 1.0, None, created)
+                self._log(db, identity_id, "templates")
         return sum(len(v) for _, v in checked)
 
     def rename(self, old_name: str, new_name: str) -> None:
@@ -836,6 +886,7 @@ class Gallery:
                 if new_name != _nfc(old_name) and self._find_id(db, new_name) is not None:
                     raise DuplicateNameError(f"cannot rename {old_name!r}: an identity named {new_name!r} already exists")
                 db.execute("UPDATE identities SET name = ? WHERE id = ?", (new_name, identity_id))
+                self._log(db, identity_id, "renamed")
             self._after_write(lambda snapshot: snapshot.replaced(_nfc(old_name), new_name,
                                                                  *snapshot.identity_rows(_nfc(old_name))))
 
@@ -843,7 +894,9 @@ class Gallery:
         """Delete the identity with its templates and negatives."""
         with self._lock:
             with self._transaction(write=True) as db:
-                db.execute("DELETE FROM identities WHERE id = ?", (self._identity_id(db, name),))
+                identity_id = self._identity_id(db, name)
+                db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+                self._log(db, identity_id, "removed")
             self._after_write(lambda snapshot: snapshot.replaced(_nfc(name), None, *snapshot.identity_rows(_nfc(name))))
 
     def reject_match(self, name: str, embedding: np.ndarray) -> int | None:
@@ -865,6 +918,7 @@ class Gallery:
                     db.execute("DELETE FROM templates WHERE id = ?", (removed,))
                     log.info("removed template %d of %r: it alone matched a face that was not them", removed, name)
                 self._insert_negative(db, identity_id, vector[0], _now())
+                self._log(db, identity_id, "rejected")
 
             def rejected(snapshot: GallerySnapshot) -> GallerySnapshot:
                 key = _nfc(name)
@@ -874,6 +928,91 @@ class Gallery:
 
             self._after_write(rejected)
         return removed
+
+    # -- the change log and the fleet's writes ---------------------------------------------------
+
+    @contextmanager
+    def remote_changes(self) -> Iterator[Gallery]:
+        """Writes made inside are logged as remote (a fleet station applying another station's record,
+        which it must not publish again as its own). Holds the gallery's lock throughout."""
+        with self._lock:
+            self._remote = True
+            try:
+                yield self
+            finally:
+                self._remote = False
+
+    def changes_after(self, seq: int, limit: int = 1000) -> list[Change]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT seq, identity_id, kind, remote FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                              (seq, limit)).fetchall()
+        return [Change(int(r[0]), int(r[1]), r[2], bool(r[3])) for r in rows]
+
+    def last_change(self) -> int:
+        with self._transaction(write=False) as db:
+            return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+
+    def prune_changes(self, through_seq: int) -> None:
+        """Drop the log rows up to `through_seq` (published by the fleet station; AUTOINCREMENT never
+        reuses their numbers)."""
+        with self._lock:
+            with self._transaction(write=True) as db:
+                db.execute("DELETE FROM changes WHERE seq <= ?", (through_seq,))
+            self._after_write(lambda snapshot: snapshot)  # no identity changed: the snapshot stays
+
+    def identity_ids(self) -> dict[str, int]:
+        with self._transaction(write=False) as db:
+            return {name: int(iid) for iid, name in db.execute("SELECT id, name FROM identities")}
+
+    def stored_person(self, identity_id: int) -> StoredPerson | None:
+        """The identity with this id as stored, or None when it is gone."""
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT name FROM identities WHERE id = ?", (identity_id,)).fetchone()
+            if row is None:
+                return None
+            templates = db.execute("SELECT id, embedding, quality, source_sha256, created FROM templates"
+                                   " WHERE identity_id = ? AND model_id = ? ORDER BY id", (identity_id, self.model_id)).fetchall()
+            negatives = db.execute("SELECT id, embedding, created FROM negatives WHERE identity_id = ? AND model_id = ?"
+                                   " ORDER BY id", (identity_id, self.model_id)).fetchall()
+        return StoredPerson(identity_id, row[0],
+                            tuple((int(t[0]), _from_blob(t[1], "a template"), float(t[2]), t[3], t[4]) for t in templates),
+                            tuple((int(n[0]), _from_blob(n[1], "a negative"), n[2]) for n in negatives))
+
+    def apply_person(self, identity_id: int | None, name: str,
+                     add_templates: Sequence[tuple[np.ndarray, float, str | None, str]],
+                     drop_template_ids: Sequence[int], add_negatives: Sequence[tuple[np.ndarray, str]]) -> int:
+        """Bring one identity in line with a fleet record in ONE transaction: create it (identity_id
+        None) or rename it to `name`, add templates (unit vector, quality, source sha256, created) and
+        negatives (unit vector, created), drop templates by id. Returns the identity's id. Logged as
+        remote inside `remote_changes()`."""
+        name = validate_name(name)
+        with self._lock:
+            with self._transaction(write=True) as db:
+                if identity_id is None:
+                    if self._find_id(db, name) is not None:
+                        raise DuplicateNameError(f"an identity named {name!r} already exists")
+                    identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, '{}')",
+                                                     (name, _now())))
+                    self._log(db, identity_id, "templates")
+                else:
+                    current = db.execute("SELECT name FROM identities WHERE id = ?", (identity_id,)).fetchone()
+                    if current is None:
+                        raise UnknownIdentityError(f"identity {identity_id} is gone from gallery {self.path}")
+                    if current[0] != name:
+                        if self._find_id(db, name) is not None:
+                            raise DuplicateNameError(f"an identity named {name!r} already exists")
+                        db.execute("UPDATE identities SET name = ? WHERE id = ?", (name, identity_id))
+                        self._log(db, identity_id, "renamed")
+                for vector, quality, source, created in add_templates:
+                    self._insert_template(db, identity_id, _unit(vector), quality, _check_sha256(source), created)
+                for template_id in drop_template_ids:
+                    db.execute("DELETE FROM templates WHERE id = ? AND identity_id = ?", (template_id, identity_id))
+                for vector, created in add_negatives:
+                    self._insert_negative(db, identity_id, _unit(vector), created)
+                if add_templates or drop_template_ids or add_negatives:
+                    self._log(db, identity_id, "templates")
+            self._before_write = None  # the next search reloads the file
+        return identity_id
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -1024,4 +1163,5 @@ class Gallery:
                     self._insert_negative(db, identity_id, vector, n.created)
                     have_negatives = np.vstack([have_negatives, vector[None]])
                     negatives_added += 1
+                self._log(db, identity_id, "templates")
         return ImportReport(created, merged, added, skipped, negatives_added)

@@ -1,0 +1,454 @@
+"""A station in a fleet: it publishes its gallery's changes as signed person records and applies the
+other stations' records to its gallery (docs/fleet.md; records and the merge rule:
+`edgeface.storage.changes`).
+
+    gallery file ── changes table (any process: edgeface enroll/gallery, commands, the page)
+        └─ Fleet._sync_local: one record per changed person ──> edgeface/fleet/<group>/person/<pid> (retained)
+    edgeface/fleet/<group>/person/+ ──> Fleet._receive: verify, merge, apply to the gallery
+        └─ a forgotten person: erased here (templates, negatives, clusters' names, crops, Home Assistant
+           topics), then edgeface/fleet/<group>/erased/<pid>/<station> (retained), the audit trail
+
+One worker thread does all of it in order, so the gallery and the fleet's state never race inside the
+station. Catch-up: on (re)connect the broker hands over the retained records; a record older than
+what this station holds is answered with the merged one, and a few seconds after connecting the
+station publishes each person whose retained record it did not see or saw differ (anti-entropy: a
+restarted broker, a bridge that was down). Nothing is sent again when the broker is up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from edgeface.errors import ConfigError, EdgefaceError
+from edgeface.service.mqtt.secrets import read_secret
+from edgeface.storage.changes import (
+    RECORD_VERSION,
+    Clock,
+    Face,
+    FleetState,
+    PersonState,
+    RecordError,
+    content_id,
+    decode_vector,
+    display_names,
+    encode_vector,
+    merge,
+    open_envelope,
+    person_id,
+    seal,
+    tombstone,
+)
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+    from edgeface.config import Config
+    from edgeface.storage.gallery import Gallery
+
+log = logging.getLogger(__name__)
+
+KEY_CREDENTIAL = "fleet_key"
+MIN_KEY_CHARS = 16
+SETTLE_S = 3.0
+"""After connecting, how long the retained records may take to arrive before the station publishes
+the people the broker lacks."""
+STATUS_INTERVAL_S = 10.0
+
+
+def resolve_fleet_key(config: Config, environ: Mapping[str, str] | None = None) -> bytes:
+    """The fleet's shared key, or ConfigError: a station does not join without it."""
+    fleet = config.fleet
+    key = read_secret("fleet key", env=fleet.key_env, file=fleet.key_file, credential=KEY_CREDENTIAL,
+                      strip=True, environ=environ)
+    if key is None:
+        raise ConfigError(f"fleet {fleet.group!r}: no shared key (set ${fleet.key_env}, fleet.key_file or the systemd "
+                          f"credential {KEY_CREDENTIAL}); this station does not join without it")
+    if len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"fleet {fleet.group!r}: the shared key has {len(key)} characters, at least {MIN_KEY_CHARS} "
+                          "are needed (e.g. `openssl rand -hex 32`)")
+    return key.encode("utf-8")
+
+
+@dataclass
+class FleetStats:
+    received: int = 0
+    applied: int = 0
+    published: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    erased: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"received": self.received, "applied": self.applied, "published": self.published,
+                "refused": dict(self.refused), "erased": self.erased}
+
+
+class Fleet:
+    """Joins `gallery` to the fleet of `config.fleet` over the broker of `config.mqtt`.
+    `on_forgotten(name)`: erase what else the station keeps of a forgotten person (clusters, the
+    decider's memory, Home Assistant); returns how many cluster records mentioned them."""
+
+    def __init__(self, config: Config, gallery: Gallery, *, key: bytes, mqtt_url: str | None = None,
+                 on_forgotten: Callable[[str], int] | None = None, environ: Mapping[str, str] | None = None) -> None:
+        from edgeface.config import MqttConfig
+        from edgeface.service.mqtt.client import parse_mqtt_url, resolve_password
+
+        self.config = config.fleet
+        self.station = config.station_id
+        self.gallery = gallery
+        self.key = key
+        self.on_forgotten = on_forgotten
+        self.mqtt = config.mqtt or MqttConfig()
+        if mqtt_url:
+            self.mqtt = self.mqtt.model_copy(update={"url": mqtt_url})
+        self.address = parse_mqtt_url(self.mqtt.url)
+        self._username = self.mqtt.username or self.address.username
+        self._password = resolve_password(self.mqtt, environ)
+        self.prefix = f"edgeface/fleet/{self.config.group}/"
+        self.state = FleetState(gallery.path)
+        self.clock = Clock(self.station, self.state.meta("clock"))
+        self.stats = FleetStats()
+        self._inbox: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected_at: float | None = None
+        self._settled = True
+        self._seen: dict[str, bytes] = {}
+        self._client: paho.Client | None = None
+        self._worker = threading.Thread(target=self._run, name="edgeface-fleet", daemon=True)
+        self._last_status = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Fleet:
+        self._sync_local(initial=True)
+        self._client = self._make_client()
+        self._client.connect_async(self.address.host, self.address.port, keepalive=self.mqtt.keepalive_s)
+        self._client.loop_start()
+        self._worker.start()
+        log.info("fleet %r: station %s joined via %s", self.config.group, self.station, self.address)
+        return self
+
+    def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10)
+        if self._client is not None:
+            try:
+                self._publish_status(online=False).wait_for_publish(2)
+            except (RuntimeError, ValueError):
+                pass
+            self._client.disconnect()
+            self._client.loop_stop()
+        self.state.close()
+
+    def _make_client(self) -> paho.Client:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        from edgeface.service.mqtt.client import secure_client
+
+        protocol = MQTTProtocolVersion.MQTTv311 if self.mqtt.protocol == "3.1.1" else MQTTProtocolVersion.MQTTv5
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeface-{self.station}-fleet-{uuid.uuid4().hex[:6]}",
+                             protocol=protocol, reconnect_on_failure=True)
+        secure_client(client, self.mqtt, self._username, self._password, self.address.tls or self.mqtt.ca_file is not None)
+        client.will_set(self._status_topic, seal(self.key, self._status_body(False)), qos=1, retain=True)
+        client.reconnect_delay_set(min(self.mqtt.reconnect_min_s, 1.0), min(self.mqtt.reconnect_max_s, 5.0))  # type: ignore[arg-type]
+        client.on_connect = self._on_connect
+        client.on_message = lambda c, u, m: self._inbox.put((m.topic, bytes(m.payload), bool(m.retain)))
+        return client
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("fleet: %s refused the connection: %s", self.address, reason)
+            return
+        client.subscribe(self.prefix + "person/+", qos=1)
+        self._inbox.put(("", b"", False))  # tells the worker: connected, start the settle period
+
+    @property
+    def _status_topic(self) -> str:
+        return f"{self.prefix}station/{self.station}"
+
+    def _status_body(self, online: bool) -> dict[str, Any]:
+        return {"v": RECORD_VERSION, "group": self.config.group, "type": "station", "origin": self.station,
+                "online": online, "people": sum(1 for s in self.state.people.values() if s.deleted is None),
+                "forgotten": sum(1 for s in self.state.people.values() if s.deleted is not None),
+                "stats": self.stats.to_json()}
+
+    def _publish_status(self, online: bool = True) -> Any:
+        assert self._client is not None
+        self._last_status = time.monotonic()
+        return self._client.publish(self._status_topic, seal(self.key, self._status_body(online)), qos=1, retain=True)
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            try:
+                try:
+                    topic, payload, retained = self._inbox.get(timeout=min(self.config.poll_s, 0.2))
+                except queue.Empty:
+                    topic = None
+                now = time.monotonic()
+                if now >= next_poll or topic is not None:
+                    next_poll = now + self.config.poll_s
+                    self._sync_local()
+                if topic == "":
+                    self._connected_at, self._settled, self._seen = now, False, {}
+                    self._publish_status()
+                elif topic:
+                    self._receive(topic, payload)
+                if not self._settled and self._connected_at is not None and now - self._connected_at >= SETTLE_S:
+                    self._settled = True
+                    self._anti_entropy()
+                if self._connected_at is not None and now - self._last_status >= STATUS_INTERVAL_S:
+                    self._publish_status()
+            except Exception:  # the fleet must survive a busy gallery or a bad record
+                log.exception("fleet: an update failed; retrying")
+                self._stop.wait(0.5)
+
+    def _publish(self, state: PersonState) -> None:
+        if self._client is None:
+            return
+        body = {"v": RECORD_VERSION, "group": self.config.group, "type": "person", "origin": self.station,
+                "state": state.to_json()}
+        self._client.publish(f"{self.prefix}person/{state.pid}", seal(self.key, body), qos=1, retain=True)
+        self._seen[state.pid] = state.canonical()
+        self.stats.published += 1
+
+    def _anti_entropy(self) -> None:
+        """Publish every person whose record the broker did not hand over, or handed over differing."""
+        sent = 0
+        for pid, state in list(self.state.people.items()):
+            if self._seen.get(pid) != state.canonical():
+                self._publish(state)
+                sent += 1
+        if sent:
+            log.info("fleet: %d person record%s the broker lacked published", sent, "" if sent == 1 else "s")
+
+    # -- local changes -> records ------------------------------------------------------------------
+
+    def _sync_local(self, initial: bool = False) -> None:
+        """Turn the gallery's change-log rows since the last run into records (all identities on the
+        first run of a fleet on this file)."""
+        processed = int(self.state.meta("processed", "-1"))
+        if processed < 0:
+            last = self.gallery.last_change()
+            for identity_id in sorted(self.gallery.identity_ids().values()):
+                self._sync_identity(identity_id)
+            self._mark_processed(last)
+            return
+        changes = self.gallery.changes_after(processed)
+        for change in changes:
+            if change.remote:
+                continue
+            if change.kind == "removed":
+                self._forget_locally(change.identity_id)
+            else:
+                self._sync_identity(change.identity_id)
+        if changes:
+            self._mark_processed(changes[-1].seq)
+
+    def _mark_processed(self, seq: int) -> None:
+        self.state.set_meta("processed", str(seq))
+        self.state.set_meta("clock", self.clock.last)
+        self.gallery.prune_changes(seq)
+
+    def _forget_locally(self, identity_id: int) -> None:
+        pid = self.state.pid_of(identity_id)
+        if pid is None:
+            return
+        before = self.state.people[pid]
+        gone = tombstone(pid, self.clock.now())
+        self.state.save(gone, None)
+        self._publish(gone)
+        self._after_erasure(pid, gone, before.name, before)
+
+    def _new_pid(self, name: str) -> str:
+        for incarnation in range(10_000):
+            pid = person_id(self.key, name, incarnation)
+            known = self.state.people.get(pid)
+            if known is None or (known.deleted is None and pid not in self.state.identity_of and known.name == name):
+                return pid
+        raise EdgefaceError(f"fleet: no free person id for {name!r}")
+
+    def _sync_identity(self, identity_id: int) -> None:
+        """Record what this process's gallery holds of one identity that changed here."""
+        person = self.gallery.stored_person(identity_id)
+        if person is None:
+            return  # removed since; its "removed" row follows
+        pid = self.state.pid_of(identity_id)
+        adopted = pid is None
+        if pid is None:
+            pid = self._new_pid(person.name)
+            known = self.state.people.get(pid)
+            current = known or PersonState(pid, person.name, self.clock.now())
+        else:
+            current = self.state.people[pid]
+        model = self.gallery.model_id
+        name, name_hlc = current.name, current.name_hlc
+        shown = display_names(self.state.people.values()).get(pid, current.name)
+        if person.name != shown:
+            name, name_hlc = person.name, self.clock.now()
+        templates = dict(current.templates)
+        removed = set(current.removed)
+        stored = set()
+        for _, vector, quality, source, created in person.templates:
+            cid = content_id(vector)
+            stored.add(cid)
+            if cid not in templates and cid not in removed:
+                templates[cid] = Face(self.clock.now(), {model: encode_vector(vector)}, quality, source, created)
+        for cid, face in list(templates.items()):
+            if not adopted and model in face.vectors and cid not in stored:  # deleted here: a "not X" report
+                removed.add(cid)
+                del templates[cid]
+        negatives = dict(current.negatives)
+        for _, vector, created in person.negatives:
+            cid = content_id(vector)
+            if cid not in negatives:
+                negatives[cid] = Face(self.clock.now(), {model: encode_vector(vector)}, created=created)
+        updated = PersonState(pid, name, name_hlc, None, templates, frozenset(removed), negatives)
+        if updated.canonical() != current.canonical() or pid not in self.state.people \
+                or self.state.identity_of.get(pid) != identity_id:
+            self.state.save(updated, identity_id)
+            self._publish(updated)
+            if adopted and len(updated.templates) > len(person.templates):
+                self._apply(updated, updated)  # the fleet knew this name already: its templates join ours
+
+    # -- records -> the gallery ----------------------------------------------------------------------
+
+    def _refuse(self, reason: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+
+    def _receive(self, topic: str, payload: bytes) -> None:
+        self.stats.received += 1
+        if not payload:
+            return  # a cleared retained topic
+        try:
+            body = open_envelope(self.key, payload, self.config.group)
+            if body.get("type") != "person":
+                raise RecordError("not a person record")
+            incoming = PersonState.from_json(body.get("state"))
+            if topic != f"{self.prefix}person/{incoming.pid}":
+                raise RecordError("a record on another person's topic")
+        except RecordError as error:
+            reason = str(error)
+            self._refuse("unsigned" if reason == "unsigned" else "wrongly signed" if reason == "wrongly signed"
+                         else "malformed")
+            log.warning("fleet: record on %s ignored: %s", topic, reason)
+            return
+        self.clock.observe(incoming.version)
+        current = self.state.people.get(incoming.pid)
+        merged = incoming if current is None else merge(current, incoming)
+        self._seen[incoming.pid] = incoming.canonical()
+        if current is None or merged.canonical() != current.canonical():
+            from edgeface.storage.gallery import DuplicateNameError
+
+            try:
+                self._apply(merged, current)
+            except DuplicateNameError:  # enrolled here a moment ago and not yet recorded: record it, retry
+                self._sync_local()
+                current = self.state.people.get(incoming.pid)
+                merged = incoming if current is None else merge(current, incoming)
+                self._apply(merged, current)
+            self.stats.applied += 1
+        if merged.canonical() != incoming.canonical():
+            self._publish(merged)  # the sender, or the broker's retained copy, holds less than we do
+
+    def _apply(self, state: PersonState, before: PersonState | None) -> None:
+        """Make the gallery hold `state` (and every name `display_names` gives)."""
+        if state.deleted is not None:
+            identity_id = self.state.identity_of.get(state.pid)
+            stored = self.gallery.stored_person(identity_id) if identity_id is not None else None
+            if stored is not None:
+                with self.gallery.remote_changes():
+                    self.gallery.remove(stored.name)
+            self.state.save(state, None)
+            if before is None or before.deleted is None:
+                self._after_erasure(state.pid, state, stored.name if stored else None, before, stored)
+            return
+        self.state.save(state, self.state.identity_of.get(state.pid))
+        self._settle_names()
+        identity_id = self.state.identity_of.get(state.pid)
+        name = display_names(self.state.people.values())[state.pid]
+        model = self.gallery.model_id
+        stored = self.gallery.stored_person(identity_id) if identity_id is not None else None
+        have = {content_id(vector): template_id for template_id, vector, *_ in (stored.templates if stored else ())}
+        add = [(decode_vector(face.vectors[model]), face.quality, face.source_sha256, face.created or _now())
+               for cid, face in sorted(state.templates.items()) if model in face.vectors and cid not in have]
+        drop = [template_id for cid, template_id in have.items() if cid in state.removed]
+        have_negatives = {content_id(vector) for _, vector, _ in (stored.negatives if stored else ())}
+        negatives = [(decode_vector(face.vectors[model]), face.created or _now())
+                     for cid, face in sorted(state.negatives.items()) if model in face.vectors and cid not in have_negatives]
+        if stored is None and not add:
+            return  # no template this station's model can use yet
+        if stored is not None and not add and not drop and not negatives and stored.name == name:
+            return
+        with self.gallery.remote_changes():
+            identity_id = self.gallery.apply_person(stored.identity_id if stored else None, name, add, drop, negatives)
+        self.state.save(state, identity_id)
+
+    def _settle_names(self) -> None:
+        """Rename the identities whose shown name changed (a collision appeared or went away); names
+        another identity still holds are freed first, through a temporary name when two swap."""
+        names = display_names(self.state.people.values())
+        todo = {}
+        for pid, identity_id in self.state.identity_of.items():
+            stored = self.gallery.stored_person(identity_id)
+            if stored is not None and pid in names and stored.name != names[pid]:
+                todo[pid] = (stored.name, names[pid])
+        from edgeface.storage.gallery import DuplicateNameError
+
+        while todo:
+            progressed = False
+            for pid, (old, new) in list(todo.items()):
+                try:
+                    with self.gallery.remote_changes():
+                        self.gallery.rename(old, new)
+                    del todo[pid]
+                    progressed = True
+                except DuplicateNameError:
+                    continue
+            if not progressed:
+                pid, (old, new) = next(iter(todo.items()))
+                temporary = f"~{pid[:12]}"
+                with self.gallery.remote_changes():
+                    self.gallery.rename(old, temporary)
+                todo[pid] = (temporary, new)
+
+    def _after_erasure(self, pid: str, state: PersonState, name: str | None, before: PersonState | None,
+                       stored: Any = None) -> None:
+        """Everything else the station keeps of the person goes too; then the acknowledgement."""
+        clusters = 0
+        if name is not None and self.on_forgotten is not None:
+            try:
+                clusters = int(self.on_forgotten(name) or 0)
+            except Exception:
+                log.exception("fleet: erasing %s from the clusters failed", pid)
+        self.stats.erased += 1
+        templates = len(before.templates) if before is not None else 0
+        negatives = len(before.negatives) if before is not None else 0
+        body = {"v": RECORD_VERSION, "group": self.config.group, "type": "erased", "origin": self.station,
+                "pid": pid, "deleted": state.deleted, "erased_at": _now(), "templates": templates,
+                "negatives": negatives, "cluster_records": clusters}
+        if self._client is not None:
+            self._client.publish(f"{self.prefix}erased/{pid}/{self.station}", seal(self.key, body), qos=1, retain=True)
+        log.info("fleet: person %s erased here (%d templates, %d negatives, %d cluster records)",
+                 pid, templates, negatives, clusters)
+
+    def status(self) -> dict[str, Any]:
+        return {"group": self.config.group, **self._status_body(True), "stats": self.stats.to_json()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
