@@ -218,3 +218,182 @@ def test_fleet_without_key_refuses_to_join(tmp_path: Path) -> None:
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no shared key" in lines[0] and "does not join" in lines[0], result.stderr
+
+
+# -- stations as `edgeface run` processes ------------------------------------------------------------
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HAMILTON = DATA / "video" / "hamilton_clip.mp4"
+PEOPLE = DATA / "people"
+needs_data = pytest.mark.skipif(not (HAMILTON.is_file() and PEOPLE.is_dir()), reason="../shared/data is absent")
+GROUP = "proc"
+
+
+class RunningStation:
+    """`edgeface run` in its own process, in a fleet, its events on `port`'s broker."""
+
+    def __init__(self, tmp_path: Path, name: str, port: int, source: str, max_fps: float = 5.0) -> None:
+        self.name = name
+        self.gallery = tmp_path / f"{name}.db"
+        if not self.gallery.exists():
+            Gallery(self.gallery).close()
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps({
+            "station_id": name, "pipeline": {"source": {"max_fps": max_fps}},
+            "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "outbox_path": str(tmp_path / f"{name}-outbox.sqlite"),
+                     "stats_interval_s": 30, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+            "fleet": {"enabled": True, "group": GROUP, "poll_s": 0.2}}))
+        self.log = (tmp_path / f"{name}.log").open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgeface.cli", "run", "--source", source, "--config", str(config),
+             "--gallery", str(self.gallery)], stdout=subprocess.DEVNULL, stderr=self.log,
+            env={**os.environ, "EDGEFACE_FLEET_KEY": KEY.decode(), "OMP_NUM_THREADS": "1"})
+
+    def contents(self) -> dict[str, list[str]]:
+        """Every identity with the digests of its templates and negatives: equal means identical."""
+        from edgeface.storage.changes import content_id
+
+        with Gallery(self.gallery, read_only=True) as gallery:
+            out = {}
+            for name, identity_id in gallery.identity_ids().items():
+                person = gallery.stored_person(identity_id)
+                assert person is not None
+                out[name] = sorted(content_id(t[1]) for t in person.templates) + \
+                    sorted("n" + content_id(n[1]) for n in person.negatives)
+            return out
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+def _cli(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "edgeface.cli", *args], capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stderr
+
+
+def _online(status: Collector, names: list[str]) -> bool:
+    seen = set()
+    for topic, payload, _ in list(status.messages):
+        body = json.loads(payload)
+        if body.get("online"):
+            seen.add(body["origin"])
+    return set(names) <= seen
+
+
+def _blank_camera():  # type: ignore[no-untyped-def]
+    from _mjpeg import MjpegServer
+
+    return MjpegServer(fps=5).start()
+
+
+@needs_mosquitto
+@needs_data
+@pytest.mark.slow
+def test_three_stations_one_broker_enroll_reaches_the_camera_forget_reaches_everyone(tmp_path: Path) -> None:
+    from test_run_mqtt import ClipServer
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    clip = ClipServer(HAMILTON, fps=10).start()
+    blanks = [_blank_camera(), _blank_camera()]
+    status = Collector(broker.port, f"edgeface/fleet/{GROUP}/station/+")
+    acks = Collector(broker.port, f"edgeface/fleet/{GROUP}/erased/#")
+    events = Collector(broker.port, "edgeface/st-c/events/recognized")
+    stations = [RunningStation(tmp_path, "st-a", broker.port, blanks[0].url),
+                RunningStation(tmp_path, "st-b", broker.port, blanks[1].url),
+                RunningStation(tmp_path, "st-c", broker.port, clip.url, max_fps=10)]
+    a, b, c = stations
+    try:
+        assert _wait(lambda: _online(status, ["st-a", "st-b", "st-c"]), 90), "the stations did not join"
+        # Enroll on A's file while A runs; C, watching the clip, recognises him within 30 s.
+        _cli("enroll", "lin_manuel_miranda", str(PEOPLE / "lin_manuel_miranda"), "--gallery", str(a.gallery))
+        enrolled = time.monotonic()
+        assert _wait(lambda: any(json.loads(p)["name"] == "lin_manuel_miranda" for p in events.payloads()), 30), \
+            "C did not recognise the person enrolled on A within 30 s"
+        print(f"enroll on A -> recognised on C: {time.monotonic() - enrolled:.1f} s")
+        assert _wait(lambda: a.contents() == b.contents() == c.contents() and "lin_manuel_miranda" in b.contents(), 10)
+
+        # A forged record: ignored (no gallery gains it) and counted.
+        forger = Collector(broker.port, "nothing/here")
+        forger.client.publish(f"edgeface/fleet/{GROUP}/person/" + "e" * 24, json.dumps(
+            {"v": 1, "group": GROUP, "type": "person", "origin": "st-x", "sig": "ab" * 32,
+             "state": {"pid": "e" * 24, "deleted": None, "name": "mallory", "name_hlc": _hlc(1)}}), qos=1,
+            retain=True).wait_for_publish(5)
+        forger.close()
+
+        # Forget on B: gone from every gallery within 30 s, and every station acknowledges it.
+        _cli("gallery", "remove", "lin_manuel_miranda", "--gallery", str(b.gallery))
+        removed = time.monotonic()
+        assert _wait(lambda: all("lin_manuel_miranda" not in s.contents() for s in stations), 30)
+        print(f"forget on B -> gone everywhere: {time.monotonic() - removed:.1f} s")
+        assert _wait(lambda: len({json.loads(p)["origin"] for p in acks.payloads()}) == 3, 10)
+        assert all(json.loads(p)["templates"] == 1 for p in acks.payloads())
+        assert all("mallory" not in s.contents() for s in stations)
+        # The refusal shows in each station's status record (sent every 10 s).
+        assert _wait(lambda: any(json.loads(p)["stats"]["refused"].get("wrongly signed", 0) >= 1
+                                 for p in status.payloads() if json.loads(p)["origin"] == "st-c"), 15)
+        for station in stations:
+            assert station.process.poll() is None
+    finally:
+        for station in stations:
+            station.stop()
+        for collector in (status, acks, events):
+            collector.close()
+        clip.stop()
+        for blank in blanks:
+            blank.stop()
+        broker.close()
+
+
+@needs_mosquitto
+@needs_data
+@pytest.mark.slow
+def test_two_sites_bridged_partition_and_heal_converge_by_the_rule(tmp_path: Path) -> None:
+    site1 = PrivateBroker(tmp_path)
+    site1.start()
+    site2 = PrivateBroker(tmp_path, extra_config=(
+        f"connection site2-site1\naddress 127.0.0.1:{site1.port}\ntopic edgeface/fleet/# both 1\n"
+        "cleansession true\nrestart_timeout 1\nkeepalive_interval 5\n"))
+    site2.start()
+    blanks = [_blank_camera(), _blank_camera()]
+    status = Collector(site1.port, f"edgeface/fleet/{GROUP}/station/+")
+    acks = Collector(site2.port, f"edgeface/fleet/{GROUP}/erased/#")
+    a = RunningStation(tmp_path, "site1-a", site1.port, blanks[0].url)
+    b = RunningStation(tmp_path, "site2-b", site2.port, blanks[1].url)
+    try:
+        assert _wait(lambda: _online(status, ["site1-a", "site2-b"]), 90), "the stations did not join"
+        _cli("enroll", "--from-folders", str(PEOPLE), "--gallery", str(a.gallery))
+        assert _wait(lambda: a.contents() == b.contents() and len(b.contents()) == 4, 30), (a.contents(), b.contents())
+
+        # Partition: site 2's broker dies; both sides change the same people.
+        site2.stop()
+        _cli("gallery", "rename", "lin_manuel_miranda", "Lin-Manuel", "--gallery", str(a.gallery))
+        _cli("gallery", "rename", "joe_biden", "joe", "--gallery", str(a.gallery))
+        _cli("gallery", "remove", "lin_manuel_miranda", "--gallery", str(b.gallery))
+        _cli("gallery", "rename", "joe_biden", "joseph biden", "--gallery", str(b.gallery))  # later: wins
+        time.sleep(1.0)
+        assert "Lin-Manuel" in a.contents() and "lin_manuel_miranda" not in b.contents()
+
+        # Heal: the rule says forget beats the rename, the later rename beats the earlier one.
+        site2.start()
+        assert _wait(lambda: a.contents() == b.contents(), 45), (sorted(a.contents()), sorted(b.contents()))
+        names = set(a.contents())
+        assert names == {"alex_lacamoire", "barack_obama", "joseph biden"}, names
+        assert _wait(lambda: {json.loads(p)["origin"] for p in acks.payloads()} >= {"site1-a", "site2-b"}, 15)
+    finally:
+        for station in (a, b):
+            station.stop()
+        for collector in (status, acks):
+            collector.close()
+        for blank in blanks:
+            blank.stop()
+        site2.close()
+        site1.close()
