@@ -194,6 +194,24 @@ def test_two_stations_converge_and_forget_everywhere(tmp_path: Path) -> None:
         assert _wait(lambda: len(audit.payloads()) >= 2)
         acks = [json.loads(p) for p in audit.payloads()]
         assert {a["origin"] for a in acks} == {"st-a", "st-b"} and all(a["templates"] == 1 for a in acks)
+
+        # A stale station: B is down while "existing" is forgotten on A and "yan" enrolled; back, B erases
+        # "existing" and gets "yan", and "existing" does not come back to A from B's stale copy.
+        fleets[1].close()
+        galleries[0].remove("existing")
+        galleries[0].add_templates("yan", _unit(11)[None])
+        fleets[1] = Fleet(_config("st-b", broker.port), galleries[1], key=KEY).start()
+        assert _wait(lambda: _contents(galleries[1]) == {"yan": (1, 0)})
+        time.sleep(1.0)
+        assert _contents(galleries[0]) == {"yan": (1, 0)}
+        # A new station catches up from the retained records alone: the living, never the forgotten.
+        late = Gallery(tmp_path / "c.db")
+        galleries.append(late)
+        fleets.append(Fleet(_config("st-c", broker.port), late, key=KEY).start())
+        assert _wait(lambda: _contents(late) == {"yan": (1, 0)})
+        # Enrolling a forgotten name again makes a new person, who is shared like any other.
+        galleries[1].add_templates("zoey", _unit(21)[None])
+        assert _wait(lambda: _contents(galleries[0]).get("zoey") == (1, 0) and _contents(late).get("zoey") == (1, 0))
     finally:
         audit.close()
         for fleet in fleets:
@@ -281,7 +299,7 @@ def _cli(*args: str) -> str:
 
 def _online(status: Collector, names: list[str]) -> bool:
     seen = set()
-    for topic, payload, _ in list(status.messages):
+    for _topic, payload, _ in list(status.messages):
         body = json.loads(payload)
         if body.get("online"):
             seen.add(body["origin"])
