@@ -342,6 +342,11 @@ class FleetConfig(StrictModel):
     key_env: str = Field("EDGEFACE_FLEET_KEY", description="Environment variable holding the shared key")
     key_file: Path | None = Field(None, description="File holding the shared key (first line); also read from "
                                   "$CREDENTIALS_DIRECTORY/fleet_key (systemd LoadCredential=)")
+    cluster_block: int | None = Field(
+        None, ge=1, le=999,
+        description="This station's block of unknown-N numbers (N = block x 1,000,000 + k), so two stations never "
+        "give one id to two strangers; None: derived from the station id (two stations of a group that get the same "
+        "block are reported: then set it)")
     poll_s: float = Field(0.5, gt=0.0, le=60.0,
                           description="How often the station looks for changes other processes made to its gallery file")
 

@@ -221,6 +221,61 @@ def test_two_stations_converge_and_forget_everywhere(tmp_path: Path) -> None:
         broker.close()
 
 
+def _sightings(store, base: np.ndarray, station: str, start: float, tracks: int = 3) -> str:  # type: ignore[no-untyped-def]
+    """`tracks` tracks of one stranger (noisy copies of `base`) at `store`; returns their cluster id."""
+    rng = np.random.default_rng(int(start))
+    cluster = ""
+    for k in range(tracks):
+        face = base + rng.normal(scale=0.02, size=128).astype(np.float32)
+        cluster = store.observe(face / np.linalg.norm(face), quality=0.9, ts=start + 30 * k,
+                                track_key=f"{station}:{start}:{k}").cluster.id
+    return cluster
+
+
+@needs_mosquitto
+def test_one_stranger_at_two_stations_is_one_fleet_wide_unknown_named_everywhere(tmp_path: Path) -> None:
+    from edgeface.service.fleet import Fleet
+    from edgeface.storage.cluster_store import ClusterStore
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
+    stores = [ClusterStore(g.path, station=f"st-{s}", gallery=g) for s, g in zip("ab", galleries)]
+    events: list[list] = [[], []]
+    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY, clusters=c, emit=e.append)
+              for s, g, c, e in zip("ab", galleries, stores, events)]
+    stranger, newcomer = _unit(31), _unit(32)
+    try:
+        for fleet in fleets:
+            fleet.clusters.use_number_block(fleet.block * 1_000_000, (fleet.block + 1) * 1_000_000)  # type: ignore[union-attr]
+        # Before the fleet links them, B saw the stranger first (t=1000), A later (t=5000): two local ids.
+        at_b = _sightings(stores[1], stranger, "b", 1000.0)
+        at_a = _sightings(stores[0], stranger, "a", 5000.0)
+        assert at_a != at_b
+        for fleet in fleets:
+            fleet.start()
+        # Linked: one fleet-wide id, B's (the older), at both stations; A says so with a cluster_merged.
+        assert _wait(lambda: [c.id for c in stores[0].list_clusters()] == [at_b] == [c.id for c in stores[1].list_clusters()]), \
+            ([c.id for c in stores[0].list_clusters()], [c.id for c in stores[1].list_clusters()])
+        assert any(getattr(e, "kept_id", None) == at_b and e.merged_id == at_a for e in events[0])
+        # A newcomer confirmed at A is adopted by B: B's first sighting of them joins A's id.
+        first = _sightings(stores[0], newcomer, "a", 9000.0)
+        assert _wait(lambda: first in [c.id for c in stores[1].list_clusters()])
+        assert _sightings(stores[1], newcomer, "b", 9500.0, tracks=1) == first
+        # Naming it at B names it at A too: the person reaches A's gallery and A's cluster is retired.
+        stores[1].name(at_b, "yolanda", force=True)
+        assert _wait(lambda: "yolanda" in _contents(galleries[0]) and at_b not in [c.id for c in stores[0].list_clusters()])
+        assert any(getattr(e, "type", "") == "cluster_named" and e.name == "yolanda" for e in events[0])
+    finally:
+        for fleet in fleets:
+            fleet.close()
+        for store in stores:
+            store.close()
+        for gallery in galleries:
+            gallery.close()
+        broker.close()
+
+
 def test_fleet_without_key_refuses_to_join(tmp_path: Path) -> None:
     video = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video" / "hamilton_clip.mp4"
     if not video.is_file():

@@ -206,7 +206,8 @@ def _join_fleet(running: RunningStation, gallery: Gallery, key: bytes, mqtt_url:
             running.station.sync_people()
         return cleared
 
-    fleet = Fleet(running.config, gallery, key=key, mqtt_url=mqtt_url, on_forgotten=erase)
+    fleet = Fleet(running.config, gallery, key=key, mqtt_url=mqtt_url, on_forgotten=erase,
+                  clusters=running.clusters.store if running.clusters is not None else None, emit=running.bus.publish)
     try:
         fleet.start()
     except BaseException:

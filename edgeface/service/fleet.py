@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edgeface.errors import ConfigError, EdgefaceError
 from edgeface.service.mqtt.secrets import read_secret
 from edgeface.storage.changes import (
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
     from edgeface.config import Config
+    from edgeface.events import Event
+    from edgeface.storage.cluster_store import ClusterStore
     from edgeface.storage.gallery import Gallery
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,16 @@ SETTLE_S = 3.0
 """After connecting, how long the retained records may take to arrive before the station publishes
 the people the broker lacks."""
 STATUS_INTERVAL_S = 10.0
+BLOCK_SIZE = 1_000_000
+"""Cluster numbers per station: station block b numbers its strangers b x BLOCK_SIZE + 1, + 2, ..."""
+CENTROID_REPUBLISH_DISTANCE = 0.05
+"""A shared stranger's record is sent again when its centroid moved this far (most observations move it less)."""
+
+
+def cluster_block(group: str, station: str) -> int:
+    import hashlib
+
+    return int(hashlib.sha256(f"{group}:{station}".encode()).hexdigest()[:8], 16) % 999 + 1
 
 
 def resolve_fleet_key(config: Config, environ: Mapping[str, str] | None = None) -> bytes:
@@ -96,7 +110,8 @@ class Fleet:
     decider's memory, Home Assistant); returns how many cluster records mentioned them."""
 
     def __init__(self, config: Config, gallery: Gallery, *, key: bytes, mqtt_url: str | None = None,
-                 on_forgotten: Callable[[str], int] | None = None, environ: Mapping[str, str] | None = None) -> None:
+                 on_forgotten: Callable[[str], int] | None = None, clusters: ClusterStore | None = None,
+                 emit: Callable[[Event], None] | None = None, environ: Mapping[str, str] | None = None) -> None:
         from edgeface.config import MqttConfig
         from edgeface.service.mqtt.client import parse_mqtt_url, resolve_password
 
@@ -123,10 +138,22 @@ class Fleet:
         self._client: paho.Client | None = None
         self._worker = threading.Thread(target=self._run, name="edgeface-fleet", daemon=True)
         self._last_status = 0.0
+        self.clusters = clusters
+        self.emit = emit
+        self.block = self.config.cluster_block or cluster_block(self.config.group, self.station)
+        self.strangers: dict[int, dict[str, Any]] = {}
+        """Every stranger record received, by cluster number (the fleet's shared unknown-N)."""
+        self._shared: dict[int, np.ndarray] = {}
+        """This station's strangers as last published (centroids), or as gone (fates)."""
+        self._fates_sent: set[int] = set()
+        self._held: set[int] = set()
+        """Other stations' strangers held here at the last poll."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Fleet:
+        if self.clusters is not None:
+            self.clusters.use_number_block(self.block * BLOCK_SIZE + 1, (self.block + 1) * BLOCK_SIZE)
         self._sync_local(initial=True)
         self._client = self._make_client()
         self._client.connect_async(self.address.host, self.address.port, keepalive=self.mqtt.keepalive_s)
@@ -170,7 +197,7 @@ class Fleet:
         if getattr(reason, "is_failure", False):
             log.warning("fleet: %s refused the connection: %s", self.address, reason)
             return
-        client.subscribe(self.prefix + "person/+", qos=1)
+        client.subscribe([(self.prefix + "person/+", 1), (self.prefix + "stranger/+", 1), (self.prefix + "station/+", 1)])
         self._inbox.put(("", b"", False))  # tells the worker: connected, start the settle period
 
     @property
@@ -181,6 +208,7 @@ class Fleet:
         return {"v": RECORD_VERSION, "group": self.config.group, "type": "station", "origin": self.station,
                 "online": online, "people": sum(1 for s in self.state.people.values() if s.deleted is None),
                 "forgotten": sum(1 for s in self.state.people.values() if s.deleted is not None),
+                "cluster_block": self.block,
                 "stats": self.stats.to_json()}
 
     def _publish_status(self, online: bool = True) -> Any:
@@ -202,6 +230,7 @@ class Fleet:
                 if now >= next_poll or topic is not None:
                     next_poll = now + self.config.poll_s
                     self._sync_local()
+                    self._share_strangers()
                 if topic == "":
                     self._connected_at, self._settled, self._seen = now, False, {}
                     self._publish_status()
@@ -333,6 +362,20 @@ class Fleet:
         self.stats.received += 1
         if not payload:
             return  # a cleared retained topic
+        if topic.startswith(self.prefix + "stranger/") or topic.startswith(self.prefix + "station/"):
+            try:
+                body = open_envelope(self.key, payload, self.config.group)
+            except RecordError as error:
+                self._refuse(str(error) if str(error) in ("unsigned", "wrongly signed") else "malformed")
+                log.warning("fleet: record on %s ignored: %s", topic, error)
+                return
+            if body.get("type") == "station":
+                if body.get("cluster_block") == self.block and body.get("origin") != self.station:
+                    log.error("fleet: stations %s and %s number their strangers in the same block %d; set "
+                              "fleet.cluster_block on one of them", self.station, body.get("origin"), self.block)
+            elif body.get("type") == "stranger" and body.get("origin") != self.station:
+                self._receive_stranger(body)
+            return
         try:
             body = open_envelope(self.key, payload, self.config.group)
             if body.get("type") != "person":
@@ -445,8 +488,178 @@ class Fleet:
         log.info("fleet: person %s erased here (%d templates, %d negatives, %d cluster records)",
                  pid, templates, negatives, clusters)
 
+    # -- strangers: unknown people shared between stations ------------------------------------------------
+
+    def _publish_stranger(self, number: int, body: dict[str, Any]) -> None:
+        if self._client is None:
+            return
+        envelope = {"v": RECORD_VERSION, "group": self.config.group, "type": "stranger", "origin": self.station,
+                    "number": number, **body}
+        self._client.publish(f"{self.prefix}stranger/{number}", seal(self.key, envelope), qos=1, retain=True)
+        self.stats.published += 1
+
+    def _own(self, number: int) -> bool:
+        return self.block * BLOCK_SIZE <= number < (self.block + 1) * BLOCK_SIZE
+
+    def _share_strangers(self) -> None:
+        """Publish this station's confirmed strangers (centroid only) and the fate of those that are
+        gone (merged into an older one, named, forgotten); merge ours into older matching ones."""
+        if self.clusters is None or self._client is None:
+            return
+        live = {state.number: state for state in self.clusters.confirmed()}
+        for number, state in live.items():
+            if not self._own(number):
+                continue
+            centroid = _unit(state.sum)
+            before = self._shared.get(number)
+            if before is None or float(np.linalg.norm(before - centroid)) > CENTROID_REPUBLISH_DISTANCE:
+                self._shared[number] = centroid
+                self._publish_stranger(number, {"first_seen": state.first_seen, "fate": None,
+                                                "centroid": [{"model": self.gallery.model_id, "f32": encode_vector(centroid)}],
+                                                "apart": sorted(state.apart)})
+                self._match_remote(number, centroid, state.first_seen, state.apart)
+        for number in [n for n in self._shared if n not in live and n not in self._fates_sent]:
+            self._send_fate(number)
+        retry = set()
+        for number in self._held - set(live):  # another station's stranger, named here: named everywhere
+            fate = self.clusters.fate(number)
+            if fate is not None and fate[0] == "named" and number not in self._fates_sent:
+                self._send_fate(number)
+                if number not in self._fates_sent:
+                    retry.add(number)  # the person's record is not made yet
+        self._held = {n for n in live if not self._own(n)} | retry
+        if self.strangers:
+            self._settle_strangers()
+
+    def _send_fate(self, number: int) -> None:
+        assert self.clusters is not None
+        fate = self.clusters.fate(number)
+        if fate is None:
+            return
+        kind, into, name = fate
+        if kind == "merged" and into is not None:
+            body: dict[str, Any] = {"fate": f"merged:{into}"}
+        elif kind == "named" and name is not None:
+            identity_id = self.gallery.identity_ids().get(name)
+            pid = self.state.pid_of(identity_id) if identity_id is not None else None
+            if pid is None:
+                return  # the person is not recorded yet: next poll
+            body = {"fate": f"named:{pid}"}
+        else:
+            body = {"fate": "gone"}
+        self._fates_sent.add(number)
+        self._publish_stranger(number, body)
+
+    def _match_remote(self, number: int, centroid: np.ndarray, first_seen: float, apart: set[int]) -> None:
+        """Our confirmed stranger `number` against the others' live strangers: an older one that is
+        near and not cannot-linked takes ours in."""
+        for other, record in sorted(self.strangers.items()):
+            if record.get("fate") is not None or other == number or other in apart or number in record.get("apart", []):
+                continue
+            vector = self._centroid(record)
+            if vector is None or float(np.linalg.norm(vector - centroid)) >= self._assign_distance:
+                continue
+            if (float(record["first_seen"]), other) < (first_seen, number):
+                self._adopt(other, record)
+                self._absorb(other, number)
+                return
+
+    @property
+    def _assign_distance(self) -> float:
+        assert self.clusters is not None
+        return self.clusters.settings.assign_max_distance
+
+    def _centroid(self, record: dict[str, Any]) -> np.ndarray | None:
+        for item in record.get("centroid") or []:
+            if isinstance(item, dict) and item.get("model") == self.gallery.model_id:
+                try:
+                    return _unit(decode_vector(str(item.get("f32"))))
+                except RecordError:
+                    return None
+        return None
+
+    def _adopt(self, number: int, record: dict[str, Any]) -> bool:
+        assert self.clusters is not None
+        vector = self._centroid(record)
+        if vector is None:
+            return False
+        apart = [int(a) for a in record.get("apart", []) if isinstance(a, int)]
+        return self.clusters.adopt(number, float(record["first_seen"]), vector, apart, [])
+
+    def _absorb(self, kept: int, gone: int) -> None:
+        assert self.clusters is not None
+        event = self.clusters.absorb(kept, gone)
+        if event is not None:
+            log.info("fleet: %s is %s seen at another station; merged", event.merged_id, event.kept_id)
+            if self.emit is not None:
+                self.emit(event)
+
+    def _receive_stranger(self, body: dict[str, Any]) -> None:
+        if self.clusters is None:
+            return
+        number = body.get("number")
+        if not isinstance(number, int) or not 0 < number < 10**9:
+            self._refuse("malformed")
+            return
+        fate = body.get("fate")
+        if fate is None:
+            if not isinstance(body.get("first_seen"), (int, float)) or self._centroid(body) is None:
+                self._refuse("malformed")
+                return
+        self.strangers[number] = body
+        self.stats.applied += 1
+        self._settle_strangers()
+
+    def _settle_strangers(self) -> None:
+        """Apply every stranger record received: fates to the clusters held here, live ones adopted or
+        merged with a matching cluster of ours (the older id kept)."""
+        assert self.clusters is not None
+        from edgeface.recognition.clusters import ClusterError, format_cluster_id
+
+        local = {state.number: state for state in self.clusters.confirmed()}
+        for number, record in sorted(self.strangers.items()):
+            fate = record.get("fate")
+            if isinstance(fate, str) and fate.startswith("merged:"):
+                into = int(fate.split(":", 1)[1])
+                if number in local:
+                    if into not in local and into in self.strangers and self.strangers[into].get("fate") is None:
+                        self._adopt(into, self.strangers[into])
+                    self._absorb(into, number)
+            elif isinstance(fate, str) and fate.startswith("named:"):
+                pid = fate.split(":", 1)[1]
+                name = display_names(self.state.people.values()).get(pid)
+                if number in local and name is not None and pid in self.state.identity_of:
+                    try:
+                        event = self.clusters.name(format_cluster_id(number), name, force=True)
+                    except ClusterError as error:
+                        log.warning("fleet: %s not named %r: %s", format_cluster_id(number), name, error)
+                        continue
+                    log.info("fleet: %s was named %r at another station", event.cluster_id, name)
+                    if self.emit is not None:
+                        self.emit(event)
+            elif fate == "gone":
+                if number in local and not self._own(number):
+                    self.clusters.forget(format_cluster_id(number))
+            elif number not in local and self.clusters.fate(number) is None:
+                vector = self._centroid(record)
+                assert vector is not None
+                near = [s for s in local.values() if number not in s.apart and s.number not in record.get("apart", [])
+                        and float(np.linalg.norm(_unit(s.sum) - vector)) < self._assign_distance]
+                if not near:
+                    self._adopt(number, record)
+                    continue
+                mine = min(near, key=lambda s: float(np.linalg.norm(_unit(s.sum) - vector)))
+                if (float(record["first_seen"]), number) < (mine.first_seen, mine.number) and self._adopt(number, record):
+                    self._absorb(number, mine.number)
+            local = {state.number: state for state in self.clusters.confirmed()}
+
     def status(self) -> dict[str, Any]:
         return {"group": self.config.group, **self._status_body(True), "stats": self.stats.to_json()}
+
+
+def _unit(vector: Any) -> np.ndarray:
+    array = np.asarray(vector, np.float64)
+    return (array / max(float(np.linalg.norm(array)), 1e-12)).astype(np.float32)
 
 
 def _now() -> str:
