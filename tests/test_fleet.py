@@ -117,6 +117,20 @@ def test_forged_and_unsigned_records_are_refused() -> None:
         open_envelope(KEY, sealed, "h")
 
 
+@pytest.mark.parametrize("state", [
+    {"pid": "x" * 24, "name": "../etc", "name_hlc": _hlc(1)},
+    {"pid": "x" * 24, "name": "ok", "name_hlc": "yesterday"},
+    {"pid": "short", "deleted": _hlc(1)},
+    {"pid": "x" * 24, "name": "ok", "name_hlc": _hlc(1), "templates": {"t": {"hlc": _hlc(1), "vectors": [
+        {"model": "dlib_resnet_v1", "f32": "not base64!"}]}}},
+    {"pid": "x" * 24, "name": "ok", "name_hlc": _hlc(1), "templates": {"t": {"hlc": _hlc(1), "quality": 7, "vectors": [
+        {"model": "dlib_resnet_v1", "f32": encode_vector(_unit(1))}]}}},
+])
+def test_a_signed_but_malformed_record_is_refused_with_a_reason(state: dict) -> None:
+    with pytest.raises(RecordError):
+        PersonState.from_json(state)
+
+
 # -- the change log --------------------------------------------------------------------------------
 
 
@@ -175,7 +189,8 @@ def test_two_stations_converge_and_forget_everywhere(tmp_path: Path) -> None:
         assert _wait(lambda: _contents(galleries[1]).get("zoe") == (2, 0))
         galleries[1].rename("zoe", "zoey")
         galleries[1].reject_match("zoey", _unit(1))
-        assert _wait(lambda: _contents(galleries[0]) == _contents(galleries[1]) == {"existing": (1, 0), "zoey": (1, 1)})
+        assert _wait(lambda: _contents(galleries[0]) == _contents(galleries[1]) == {"existing": (1, 0), "zoey": (1, 1)}), \
+            (_contents(galleries[0]), _contents(galleries[1]))
         # the identical embeddings, bit for bit
         a, b = (g.stored_person(g.identity_ids()["zoey"]) for g in galleries)
         assert a is not None and b is not None and a.templates[0][1].tobytes() == b.templates[0][1].tobytes()
@@ -214,6 +229,39 @@ def test_two_stations_converge_and_forget_everywhere(tmp_path: Path) -> None:
         assert _wait(lambda: _contents(galleries[0]).get("zoey") == (1, 0) and _contents(late).get("zoey") == (1, 0))
     finally:
         audit.close()
+        for fleet in fleets:
+            fleet.close()
+        for gallery in galleries:
+            gallery.close()
+        broker.close()
+
+
+@needs_mosquitto
+def test_two_people_given_one_name_apart_are_told_apart_the_same_way_everywhere(tmp_path: Path) -> None:
+    from edgeface.service.fleet import Fleet
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
+    galleries[0].add_templates("samuel", _unit(41)[None])
+    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY).start() for s, g in zip("ab", galleries)]
+    try:
+        assert _wait(lambda: _contents(galleries[1]) == {"samuel": (1, 0)})
+        fleets[1].close()  # B is cut off
+        galleries[0].rename("samuel", "sam")  # first claim of "sam"
+        time.sleep(0.05)
+        galleries[1].add_templates("sam", _unit(42)[None])  # another person, later, on the other side
+        fleets[1] = Fleet(_config("st-b", broker.port), galleries[1], key=KEY).start()
+        assert _wait(lambda: _contents(galleries[0]) == _contents(galleries[1]) and len(_contents(galleries[0])) == 2), \
+            (_contents(galleries[0]), _contents(galleries[1]))
+        names = sorted(_contents(galleries[0]))
+        assert names[0] == "sam" and names[1].startswith("sam (") and len(names[1]) == len("sam (123456)")
+        first = galleries[0].stored_person(galleries[0].identity_ids()["sam"])
+        assert first is not None and np.allclose(first.templates[0][1], _unit(41), atol=1e-6)  # the first claim kept it
+        # Renaming the second one anywhere ends the collision everywhere.
+        galleries[1].rename(names[1], "samantha")
+        assert _wait(lambda: sorted(_contents(galleries[0])) == ["sam", "samantha"] == sorted(_contents(galleries[1])))
+    finally:
         for fleet in fleets:
             fleet.close()
         for gallery in galleries:

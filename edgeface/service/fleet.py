@@ -281,9 +281,9 @@ class Fleet:
             if change.remote:
                 continue
             if change.kind == "removed":
-                self._forget_locally(change.identity_id)
+                self._forget_locally(change.identity_id, change.at_ms)
             else:
-                self._sync_identity(change.identity_id)
+                self._sync_identity(change.identity_id, change.at_ms)
         if changes:
             self._mark_processed(changes[-1].seq)
 
@@ -292,12 +292,12 @@ class Fleet:
         self.state.set_meta("clock", self.clock.last)
         self.gallery.prune_changes(seq)
 
-    def _forget_locally(self, identity_id: int) -> None:
+    def _forget_locally(self, identity_id: int, at_ms: int) -> None:
         pid = self.state.pid_of(identity_id)
         if pid is None:
             return
         before = self.state.people[pid]
-        gone = tombstone(pid, self.clock.now())
+        gone = tombstone(pid, self.clock.now(at_ms))
         self.state.save(gone, None)
         self._publish(gone)
         self._after_erasure(pid, gone, before.name, before)
@@ -310,8 +310,8 @@ class Fleet:
                 return pid
         raise EdgefaceError(f"fleet: no free person id for {name!r}")
 
-    def _sync_identity(self, identity_id: int) -> None:
-        """Record what this process's gallery holds of one identity that changed here."""
+    def _sync_identity(self, identity_id: int, at_ms: int | None = None) -> None:
+        """Record what this process's gallery holds of one identity that changed here (at `at_ms`)."""
         person = self.gallery.stored_person(identity_id)
         if person is None:
             return  # removed since; its "removed" row follows
@@ -320,14 +320,14 @@ class Fleet:
         if pid is None:
             pid = self._new_pid(person.name)
             known = self.state.people.get(pid)
-            current = known or PersonState(pid, person.name, self.clock.now())
+            current = known or PersonState(pid, person.name, self.clock.now(at_ms))
         else:
             current = self.state.people[pid]
         model = self.gallery.model_id
         name, name_hlc = current.name, current.name_hlc
         shown = display_names(self.state.people.values()).get(pid, current.name)
         if person.name != shown:
-            name, name_hlc = person.name, self.clock.now()
+            name, name_hlc = person.name, self.clock.now(at_ms)
         templates = dict(current.templates)
         removed = set(current.removed)
         stored = set()
@@ -335,7 +335,7 @@ class Fleet:
             cid = content_id(vector)
             stored.add(cid)
             if cid not in templates and cid not in removed:
-                templates[cid] = Face(self.clock.now(), {model: encode_vector(vector)}, quality, source, created)
+                templates[cid] = Face(self.clock.now(at_ms), {model: encode_vector(vector)}, quality, source, created)
         for cid, face in list(templates.items()):
             if not adopted and model in face.vectors and cid not in stored:  # deleted here: a "not X" report
                 removed.add(cid)
@@ -344,7 +344,7 @@ class Fleet:
         for _, vector, created in person.negatives:
             cid = content_id(vector)
             if cid not in negatives:
-                negatives[cid] = Face(self.clock.now(), {model: encode_vector(vector)}, created=created)
+                negatives[cid] = Face(self.clock.now(at_ms), {model: encode_vector(vector)}, created=created)
         updated = PersonState(pid, name, name_hlc, None, templates, frozenset(removed), negatives)
         if updated.canonical() != current.canonical() or pid not in self.state.people \
                 or self.state.identity_of.get(pid) != identity_id:
@@ -389,23 +389,44 @@ class Fleet:
                          else "malformed")
             log.warning("fleet: record on %s ignored: %s", topic, reason)
             return
+        try:
+            self._check_vectors(incoming)
+        except RecordError as error:
+            self._refuse("malformed")
+            log.warning("fleet: record on %s ignored: %s", topic, error)
+            return
         self.clock.observe(incoming.version)
         current = self.state.people.get(incoming.pid)
         merged = incoming if current is None else merge(current, incoming)
         self._seen[incoming.pid] = incoming.canonical()
         if current is None or merged.canonical() != current.canonical():
-            from edgeface.storage.gallery import DuplicateNameError
+            from edgeface.storage.gallery import ChangesPendingError, DuplicateNameError
 
-            try:
-                self._apply(merged, current)
-            except DuplicateNameError:  # enrolled here a moment ago and not yet recorded: record it, retry
-                self._sync_local()
-                current = self.state.people.get(incoming.pid)
-                merged = incoming if current is None else merge(current, incoming)
-                self._apply(merged, current)
+            for attempt in range(5):
+                try:
+                    self._apply(merged, current)
+                    break
+                except (ChangesPendingError, DuplicateNameError):
+                    # changed here a moment ago, not yet recorded: record that first, merge again
+                    if attempt == 4:
+                        raise
+                    self._sync_local()
+                    current = self.state.people.get(incoming.pid)
+                    merged = incoming if current is None else merge(current, incoming)
             self.stats.applied += 1
         if merged.canonical() != incoming.canonical():
             self._publish(merged)  # the sender, or the broker's retained copy, holds less than we do
+
+    def _check_vectors(self, state: PersonState) -> None:
+        """The vectors of this station's model must be unit embeddings of its size."""
+        from edgeface.recognition.vectors import EMBEDDING_DIM
+
+        for face in [*state.templates.values(), *state.negatives.values()]:
+            text = face.vectors.get(self.gallery.model_id)
+            if text is not None:
+                vector = decode_vector(text)
+                if vector.shape != (EMBEDDING_DIM,) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+                    raise RecordError(f"a {self.gallery.model_id} vector is not a unit vector of {EMBEDDING_DIM} numbers")
 
     def _apply(self, state: PersonState, before: PersonState | None) -> None:
         """Make the gallery hold `state` (and every name `display_names` gives)."""
@@ -419,10 +440,10 @@ class Fleet:
             if before is None or before.deleted is None:
                 self._after_erasure(state.pid, state, stored.name if stored else None, before, stored)
             return
-        self.state.save(state, self.state.identity_of.get(state.pid))
-        self._settle_names()
+        shown = display_names(self.state.people.values())
+        names = display_names({**self.state.people, state.pid: state}.values())
+        self._settle_names(shown, names, skip=state.pid)
         identity_id = self.state.identity_of.get(state.pid)
-        name = display_names(self.state.people.values())[state.pid]
         model = self.gallery.model_id
         stored = self.gallery.stored_person(identity_id) if identity_id is not None else None
         have = {content_id(vector): template_id for template_id, vector, *_ in (stored.templates if stored else ())}
@@ -432,41 +453,47 @@ class Fleet:
         have_negatives = {content_id(vector) for _, vector, _ in (stored.negatives if stored else ())}
         negatives = [(decode_vector(face.vectors[model]), face.created or _now())
                      for cid, face in sorted(state.negatives.items()) if model in face.vectors and cid not in have_negatives]
-        if stored is None and not add:
-            return  # no template this station's model can use yet
-        if stored is not None and not add and not drop and not negatives and stored.name == name:
+        if (stored is None and not add) or \
+                (stored is not None and not add and not drop and not negatives and stored.name == names[state.pid]):
+            self.state.save(state, stored.identity_id if stored else None)  # nothing this station's model can use
             return
         with self.gallery.remote_changes():
-            identity_id = self.gallery.apply_person(stored.identity_id if stored else None, name, add, drop, negatives)
-        self.state.save(state, identity_id)
+            identity_id = self.gallery.apply_person(stored.identity_id if stored else None, names[state.pid], add, drop,
+                                                    negatives, read_through=int(self.state.meta("processed", "0")))
+        self.state.save(state, identity_id)  # after the gallery: a failure leaves both as they were
+        self._settle_names(shown, names)
 
-    def _settle_names(self) -> None:
-        """Rename the identities whose shown name changed (a collision appeared or went away); names
-        another identity still holds are freed first, through a temporary name when two swap."""
-        names = display_names(self.state.people.values())
-        todo = {}
-        for pid, identity_id in self.state.identity_of.items():
-            stored = self.gallery.stored_person(identity_id)
-            if stored is not None and pid in names and stored.name != names[pid]:
-                todo[pid] = (stored.name, names[pid])
+    def _settle_names(self, shown: dict[str, str], names: dict[str, str], skip: str | None = None) -> None:
+        """Rename the identities whose shown name changes from `shown` to `names` (a collision appeared
+        or went away); names another identity still holds are freed first, through a temporary name
+        when two swap. An identity renamed here meanwhile (not yet recorded) is left alone."""
         from edgeface.storage.gallery import DuplicateNameError
 
-        while todo:
+        current = {identity_id: name for name, identity_id in self.gallery.identity_ids().items()}
+        todo = {pid: (current[identity_id], names[pid]) for pid, identity_id in self.state.identity_of.items()
+                if pid != skip and identity_id in current and pid in names and current[identity_id] != names[pid]
+                and (current[identity_id] == shown.get(pid) or current[identity_id].startswith("~"))}
+        for _ in range(2 * len(todo) + 2):
+            if not todo:
+                return
             progressed = False
             for pid, (old, new) in list(todo.items()):
                 try:
                     with self.gallery.remote_changes():
                         self.gallery.rename(old, new)
-                    del todo[pid]
-                    progressed = True
                 except DuplicateNameError:
                     continue
+                del todo[pid]
+                progressed = True
             if not progressed:
-                pid, (old, new) = next(iter(todo.items()))
-                temporary = f"~{pid[:12]}"
+                blocked = next((pid for pid, (old, _) in todo.items() if not old.startswith("~")), None)
+                if blocked is None:
+                    return  # held by an identity not renamed here (the record being applied): after it
+                old, new = todo[blocked]
+                temporary = f"~{blocked[:12]}"
                 with self.gallery.remote_changes():
                     self.gallery.rename(old, temporary)
-                todo[pid] = (temporary, new)
+                todo[blocked] = (temporary, new)
 
     def _after_erasure(self, pid: str, state: PersonState, name: str | None, before: PersonState | None,
                        stored: Any = None) -> None:

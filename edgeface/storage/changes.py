@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, GalleryError
+from edgeface.storage.gallery import validate_name
 from edgeface.storage.sqlite import apply_migrations, transaction
 
 RECORD_VERSION = 1
@@ -64,9 +65,10 @@ class Clock:
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
         self._lock = threading.Lock()
 
-    def now(self) -> str:
+    def now(self, at_ms: int | None = None) -> str:
+        """A new stamp, later than every one before; `at_ms`: when the change was made, if not now."""
         with self._lock:
-            wall = int(self._wall_ms())
+            wall = int(self._wall_ms()) if at_ms is None else int(at_ms)
             if wall > self._ms:
                 self._ms, self._counter = wall, 0
             else:
@@ -204,9 +206,12 @@ class PersonState:
         if data.get("deleted") is not None:
             _parts(str(data["deleted"]))
             return tombstone(pid, str(data["deleted"]))
-        name = data.get("name")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS:
-            raise RecordError("a person record has no valid name")
+        try:
+            name = validate_name(data.get("name"))
+        except GalleryError as error:
+            raise RecordError(f"a person record's name: {error}") from None
+        if name != data.get("name"):
+            raise RecordError("a person record's name is not in NFC form")
         _parts(str(data.get("name_hlc", "")))
         templates, negatives, removed = data.get("templates", {}), data.get("negatives", {}), data.get("removed", [])
         if not isinstance(templates, dict) or not isinstance(negatives, dict) or not isinstance(removed, list):

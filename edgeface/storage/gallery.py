@@ -28,6 +28,7 @@ import math
 import sqlite3
 import sys
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -103,6 +104,10 @@ class ModelMismatchError(GalleryError):
 
 class GalleryVersionError(GalleryError):
     pass
+
+
+class ChangesPendingError(GalleryError):
+    """A fleet write refused: this gallery has changes of its own that the fleet has not read yet."""
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -226,9 +231,10 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 
 def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     """The change log: one row per change of an identity (no name: a forgotten person's name must not
-    linger here). remote = 1 for changes a fleet station applied from another station's record."""
+    linger here), with its time (ms since the epoch). remote = 1 for changes a fleet station applied
+    from another station's record."""
     db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, identity_id INTEGER NOT NULL,"
-               " kind TEXT NOT NULL, remote INTEGER NOT NULL DEFAULT 0)")
+               " kind TEXT NOT NULL, remote INTEGER NOT NULL DEFAULT 0, at_ms INTEGER NOT NULL)")
 
 
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
@@ -302,6 +308,7 @@ class Change:
     identity_id: int
     kind: ChangeKind
     remote: bool
+    at_ms: int
 
 
 @dataclass(frozen=True)
@@ -795,8 +802,8 @@ class Gallery:
 
     def _log(self, db: sqlite3.Connection, identity_id: int, kind: ChangeKind) -> None:
         """The change-log row of a change, in the change's own transaction."""
-        db.execute("INSERT INTO changes (identity_id, kind, remote) VALUES (?, ?, ?)",
-                   (identity_id, kind, int(self._remote)))
+        db.execute("INSERT INTO changes (identity_id, kind, remote, at_ms) VALUES (?, ?, ?, ?)",
+                   (identity_id, kind, int(self._remote), int(time.time() * 1000)))
 
     def _insert_template(self, db: sqlite3.Connection, identity_id: int, vector: np.ndarray, quality: float,
                          source: str | None, created: str) -> int:
@@ -944,9 +951,9 @@ class Gallery:
 
     def changes_after(self, seq: int, limit: int = 1000) -> list[Change]:
         with self._transaction(write=False) as db:
-            rows = db.execute("SELECT seq, identity_id, kind, remote FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
-                              (seq, limit)).fetchall()
-        return [Change(int(r[0]), int(r[1]), r[2], bool(r[3])) for r in rows]
+            rows = db.execute("SELECT seq, identity_id, kind, remote, at_ms FROM changes WHERE seq > ? ORDER BY seq"
+                              " LIMIT ?", (seq, limit)).fetchall()
+        return [Change(int(r[0]), int(r[1]), r[2], bool(r[3]), int(r[4])) for r in rows]
 
     def last_change(self) -> int:
         with self._transaction(write=False) as db:
@@ -980,14 +987,20 @@ class Gallery:
 
     def apply_person(self, identity_id: int | None, name: str,
                      add_templates: Sequence[tuple[np.ndarray, float, str | None, str]],
-                     drop_template_ids: Sequence[int], add_negatives: Sequence[tuple[np.ndarray, str]]) -> int:
+                     drop_template_ids: Sequence[int], add_negatives: Sequence[tuple[np.ndarray, str]],
+                     read_through: int | None = None) -> int:
         """Bring one identity in line with a fleet record in ONE transaction: create it (identity_id
         None) or rename it to `name`, add templates (unit vector, quality, source sha256, created) and
         negatives (unit vector, created), drop templates by id. Returns the identity's id. Logged as
-        remote inside `remote_changes()`."""
+        remote inside `remote_changes()`. `read_through`: the last change-log row the caller has read;
+        a local change logged after it refuses the write (ChangesPendingError), so that a change made
+        meanwhile by another process is never overwritten by a record computed without it."""
         name = validate_name(name)
         with self._lock:
             with self._transaction(write=True) as db:
+                if read_through is not None and db.execute(
+                        "SELECT 1 FROM changes WHERE seq > ? AND remote = 0 LIMIT 1", (read_through,)).fetchone():
+                    raise ChangesPendingError(f"gallery {self.path} changed meanwhile; read its changes first")
                 if identity_id is None:
                     if self._find_id(db, name) is not None:
                         raise DuplicateNameError(f"an identity named {name!r} already exists")
