@@ -227,10 +227,12 @@ class Fleet:
                 except queue.Empty:
                     topic = None
                 now = time.monotonic()
-                if now >= next_poll or topic is not None:
+                if now >= next_poll:
                     next_poll = now + self.config.poll_s
                     self._sync_local()
                     self._share_strangers()
+                elif topic:
+                    self._sync_local()  # a record is merged with everything this gallery holds, its latest changes included
                 if topic == "":
                     self._connected_at, self._settled, self._seen = now, False, {}
                     self._publish_status()
