@@ -518,3 +518,43 @@ def test_two_sites_bridged_partition_and_heal_converge_by_the_rule(tmp_path: Pat
             blank.stop()
         site2.close()
         site1.close()
+
+
+@needs_mosquitto
+@needs_data
+@pytest.mark.slow
+def test_two_stations_watching_one_stranger_give_one_unknown_id_and_name_it_together(tmp_path: Path) -> None:
+    from test_run_mqtt import ClipServer
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    clip = ClipServer(HAMILTON, fps=30).start()
+    unknowns = Collector(broker.port, "edgeface/+/events/unknown")
+    named = Collector(broker.port, "edgeface/+/events/cluster_named")
+    a = RunningStation(tmp_path, "st-a", broker.port, clip.url, max_fps=10)
+    b = RunningStation(tmp_path, "st-b", broker.port, clip.url, max_fps=10)
+
+    def common() -> set[str]:
+        seen: dict[str, set[str]] = {"st-a": set(), "st-b": set()}
+        for payload in unknowns.payloads():
+            event = json.loads(payload)
+            if event.get("cluster_status") == "confirmed":
+                seen[event["station"]].add(event["cluster_id"])
+        return seen["st-a"] & seen["st-b"]
+
+    try:
+        assert _wait(lambda: bool(common()), 120), "no stranger got one id at both stations"
+        shared = sorted(common())[0]
+        _cli("clusters", "name", shared, "the_stranger", "--gallery", str(b.gallery))
+        assert _wait(lambda: "the_stranger" in a.contents(), 30)
+        assert _wait(lambda: any(json.loads(p)["station"] == "st-a" and json.loads(p)["cluster_id"] == shared
+                                 for p in named.payloads()), 30), "A did not name its copy of the stranger"
+        for station in (a, b):
+            assert station.process.poll() is None
+    finally:
+        for station in (a, b):
+            station.stop()
+        unknowns.close()
+        named.close()
+        clip.stop()
+        broker.close()
