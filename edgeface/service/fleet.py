@@ -440,7 +440,7 @@ class Fleet:
                     self.gallery.remove(stored.name)
             self.state.save(state, None)
             if before is None or before.deleted is None:
-                self._after_erasure(state.pid, state, stored.name if stored else None, before, stored)
+                self._after_erasure(state.pid, state, stored.name if stored else None, before)
             return
         shown = display_names(self.state.people.values())
         names = display_names({**self.state.people, state.pid: state}.values())
@@ -497,8 +497,7 @@ class Fleet:
                     self.gallery.rename(old, temporary)
                 todo[blocked] = (temporary, new)
 
-    def _after_erasure(self, pid: str, state: PersonState, name: str | None, before: PersonState | None,
-                       stored: Any = None) -> None:
+    def _after_erasure(self, pid: str, state: PersonState, name: str | None, before: PersonState | None) -> None:
         """Everything else the station keeps of the person goes too; then the acknowledgement."""
         clusters = 0
         if name is not None and self.on_forgotten is not None:
