@@ -500,10 +500,11 @@ class ClusterStore:
     def use_number_block(self, first: int, end: int) -> None:
         """New clusters take numbers in [first, end) from now on (this station's block in its fleet)."""
         with self._transaction() as db:
+            used = [n + 1 for n in self._numbers(db) if first <= n < end]
+            current = [self.clusters.next_number] if first <= self.clusters.next_number < end else []
             self.number_block = (first, end)
             self.clusters.number_block = self.number_block
-            self.clusters.next_number = max(first, max((n for n in self._numbers(db) if first <= n < end), default=0) + 1,
-                                            self.clusters.next_number if first <= self.clusters.next_number < end else first)
+            self.clusters.next_number = max([first, *used, *current])
 
     @staticmethod
     def _numbers(db: sqlite3.Connection) -> list[int]:
@@ -525,12 +526,14 @@ class ClusterStore:
                 return False
             exemplar = Exemplar(self.clusters.next_exemplar, vector, 0.5, first_seen)
             self.clusters.next_exemplar += 1
-            self.clusters.insert(ClusterState(number, first_seen, first_seen, 1, 1, [], True, [exemplar],
-                                              vector.astype(np.float64), {a for a in apart if a in self.clusters},
-                                              set(not_names)))
-            for other in self.clusters.get(number).apart:  # type: ignore[union-attr]
-                self.clusters.get(other).apart.add(number)  # type: ignore[union-attr]
-            self._write(db, {number, *self.clusters.get(number).apart}, set(), [])  # type: ignore[union-attr]
+            state = ClusterState(number, first_seen, first_seen, 1, 1, [], True, [exemplar], vector.astype(np.float64),
+                                 {a for a in apart if a in self.clusters}, set(not_names))
+            self.clusters.insert(state)
+            for other in state.apart:  # cannot-links hold both ways
+                linked = self.clusters.get(other)
+                if linked is not None:
+                    linked.apart.add(number)
+            self._write(db, {number, *state.apart}, set(), [])
         return True
 
     def fate(self, number: int) -> tuple[str, int | None, str | None] | None:
