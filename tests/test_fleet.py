@@ -558,3 +558,17 @@ def test_two_stations_watching_one_stranger_give_one_unknown_id_and_name_it_toge
         named.close()
         clip.stop()
         broker.close()
+
+
+def test_doctor_says_whether_the_fleet_key_is_there(tmp_path: Path) -> None:
+    from edgeface.service.doctor import check_fleet, private_paths
+
+    assert check_fleet(Config()) is None
+    key_file = tmp_path / "fleet_key"
+    config = Config.model_validate({"fleet": {"enabled": True, "group": "home", "key_file": str(key_file)}})
+    missing = check_fleet(config, environ={})
+    assert missing is not None and missing.status == "fail" and "does not exist" in missing.detail
+    key_file.write_text("k" * 32 + "\n")
+    found = check_fleet(config, environ={})
+    assert found is not None and found.status == "ok"
+    assert key_file in private_paths(config, tmp_path / "g.db", environ={})[0]  # a key must be 0600 like a secret
