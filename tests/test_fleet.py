@@ -478,6 +478,8 @@ def test_three_stations_one_broker_enroll_reaches_the_camera_forget_reaches_ever
 @needs_data
 @pytest.mark.slow
 def test_two_sites_bridged_partition_and_heal_converge_by_the_rule(tmp_path: Path) -> None:
+    from test_run_mqtt import ClipServer
+
     site1 = PrivateBroker(tmp_path)
     site1.start()
     site2 = PrivateBroker(tmp_path, extra_config=(
@@ -485,14 +487,26 @@ def test_two_sites_bridged_partition_and_heal_converge_by_the_rule(tmp_path: Pat
         "cleansession true\nrestart_timeout 1\nkeepalive_interval 5\n"))
     site2.start()
     blanks = [_blank_camera(), _blank_camera()]
+    clip = ClipServer(HAMILTON, fps=10).start()
     status = Collector(site1.port, f"edgeface/fleet/{GROUP}/station/+")
     acks = Collector(site2.port, f"edgeface/fleet/{GROUP}/erased/#")
+    events = Collector(site2.port, "edgeface/site2-c/events/recognized")
     a = RunningStation(tmp_path, "site1-a", site1.port, blanks[0].url)
     b = RunningStation(tmp_path, "site2-b", site2.port, blanks[1].url)
+    c = RunningStation(tmp_path, "site2-c", site2.port, clip.url, max_fps=10)
     try:
-        assert _wait(lambda: _online(status, ["site1-a", "site2-b"]), 90), "the stations did not join"
-        _cli("enroll", "--from-folders", str(PEOPLE), "--gallery", str(a.gallery))
-        assert _wait(lambda: a.contents() == b.contents() and len(b.contents()) == 4, 30), (a.contents(), b.contents())
+        assert _wait(lambda: _online(status, ["site1-a", "site2-b", "site2-c"]), 90), "the stations did not join"
+        # Enrolled at site 1, recognised by the camera at site 2 across the bridge.
+        _cli("enroll", "lin_manuel_miranda", str(PEOPLE / "lin_manuel_miranda"), "--gallery", str(a.gallery))
+        assert _wait(lambda: any(json.loads(p)["name"] == "lin_manuel_miranda" for p in events.payloads()), 30), \
+            "site 2's camera did not recognise the person enrolled at site 1 within 30 s"
+        others = tmp_path / "others"
+        others.mkdir()
+        for person in ("alex_lacamoire", "barack_obama", "joe_biden"):
+            (others / person).symlink_to(PEOPLE / person)
+        _cli("enroll", "--from-folders", str(others), "--gallery", str(a.gallery))
+        assert _wait(lambda: a.contents() == b.contents() == c.contents() and len(b.contents()) == 4, 30), \
+            (a.contents(), b.contents())
 
         # Partition: site 2's broker dies; both sides change the same people.
         site2.stop()
@@ -505,17 +519,19 @@ def test_two_sites_bridged_partition_and_heal_converge_by_the_rule(tmp_path: Pat
 
         # Heal: the rule says forget beats the rename, the later rename beats the earlier one.
         site2.start()
-        assert _wait(lambda: a.contents() == b.contents(), 45), (sorted(a.contents()), sorted(b.contents()))
+        assert _wait(lambda: a.contents() == b.contents() == c.contents(), 45), \
+            (sorted(a.contents()), sorted(b.contents()), sorted(c.contents()))
         names = set(a.contents())
         assert names == {"alex_lacamoire", "barack_obama", "joseph biden"}, names
-        assert _wait(lambda: {json.loads(p)["origin"] for p in acks.payloads()} >= {"site1-a", "site2-b"}, 15)
+        assert _wait(lambda: {json.loads(p)["origin"] for p in acks.payloads()} >= {"site1-a", "site2-b", "site2-c"}, 15)
     finally:
-        for station in (a, b):
+        for station in (a, b, c):
             station.stop()
-        for collector in (status, acks):
+        for collector in (status, acks, events):
             collector.close()
         for blank in blanks:
             blank.stop()
+        clip.stop()
         site2.close()
         site1.close()
 
