@@ -327,7 +327,7 @@ class Fleet:
             current = self.state.people[pid]
         model = self.gallery.model_id
         name, name_hlc = current.name, current.name_hlc
-        shown = display_names(self.state.people.values()).get(pid, current.name)
+        shown = current.name if person.name == current.name else self._shown({current.name}).get(pid, current.name)
         if person.name != shown:
             name, name_hlc = person.name, self.clock.now(at_ms)
         templates = dict(current.templates)
@@ -442,9 +442,12 @@ class Fleet:
             if before is None or before.deleted is None:
                 self._after_erasure(state.pid, state, stored.name if stored else None, before)
             return
-        shown = display_names(self.state.people.values())
-        names = display_names({**self.state.people, state.pid: state}.values())
-        self._settle_names(shown, names, skip=state.pid)
+        claims = {state.name, before.name if before is not None else None}
+        shown = self._shown(claims)
+        names = self._shown(claims, state)
+        others = any(names.get(pid) != shown.get(pid) for pid in {*names, *shown} - {state.pid})
+        if others:  # a collision appeared or went away: the other claimants' names change too
+            self._settle_names(shown, names, skip=state.pid)
         identity_id = self.state.identity_of.get(state.pid)
         model = self.gallery.model_id
         stored = self.gallery.stored_person(identity_id) if identity_id is not None else None
@@ -463,7 +466,16 @@ class Fleet:
             identity_id = self.gallery.apply_person(stored.identity_id if stored else None, names[state.pid], add, drop,
                                                     negatives, read_through=int(self.state.meta("processed", "0")))
         self.state.save(state, identity_id)  # after the gallery: a failure leaves both as they were
-        self._settle_names(shown, names)
+        if others:
+            self._settle_names(shown, names)
+
+    def _shown(self, claims: set[str | None], replacing: PersonState | None = None) -> dict[str, str]:
+        """`display_names` of the people claiming one of these names (only they can change each other's),
+        with `replacing` in place of its earlier version."""
+        people = dict(self.state.people)
+        if replacing is not None:
+            people[replacing.pid] = replacing
+        return display_names(s for s in people.values() if s.name in claims)
 
     def _settle_names(self, shown: dict[str, str], names: dict[str, str], skip: str | None = None) -> None:
         """Rename the identities whose shown name changes from `shown` to `names` (a collision appeared
@@ -655,7 +667,8 @@ class Fleet:
                     self._absorb(into, number)
             elif isinstance(fate, str) and fate.startswith("named:"):
                 pid = fate.split(":", 1)[1]
-                name = display_names(self.state.people.values()).get(pid)
+                person = self.state.people.get(pid)
+                name = self._shown({person.name}).get(pid) if person is not None else None
                 if number in local and name is not None and pid in self.state.identity_of:
                     try:
                         event = self.clusters.name(format_cluster_id(number), name, force=True)
