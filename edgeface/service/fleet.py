@@ -65,6 +65,8 @@ SETTLE_S = 3.0
 """After connecting, how long the retained records may take to arrive before the station publishes
 the people the broker lacks."""
 STATUS_INTERVAL_S = 10.0
+PRUNE_INTERVAL_S = 5.0
+"""How often the change-log rows already read are deleted from the gallery file."""
 BLOCK_SIZE = 1_000_000
 """Cluster numbers per station: station block b numbers its strangers b x BLOCK_SIZE + 1, + 2, ..."""
 CENTROID_REPUBLISH_DISTANCE = 0.05
@@ -138,6 +140,7 @@ class Fleet:
         self._client: paho.Client | None = None
         self._worker = threading.Thread(target=self._run, name="edgeface-fleet", daemon=True)
         self._last_status = 0.0
+        self._pruned_at = 0.0
         self.clusters = clusters
         self.emit = emit
         self.block = self.config.cluster_block or cluster_block(self.config.group, self.station)
@@ -292,7 +295,10 @@ class Fleet:
     def _mark_processed(self, seq: int) -> None:
         self.state.set_meta("processed", str(seq))
         self.state.set_meta("clock", self.clock.last)
-        self.gallery.prune_changes(seq)
+        now = time.monotonic()
+        if now - self._pruned_at >= PRUNE_INTERVAL_S:  # a gallery write (fsync'd): not once per record
+            self._pruned_at = now
+            self.gallery.prune_changes(seq)
 
     def _forget_locally(self, identity_id: int, at_ms: int) -> None:
         pid = self.state.pid_of(identity_id)

@@ -311,6 +311,9 @@ class FleetState:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        # NORMAL: a power cut may lose the last commits, which only makes this view older than the
+        # gallery (never ahead of it); the broker's retained records and the next sync fill it in again
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._lock = threading.RLock()
         with self.transaction() as db:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -320,10 +323,12 @@ class FleetState:
             apply_migrations(db, "fleet_schema_version", version, FLEET_MIGRATIONS)
         self.people: dict[str, PersonState] = {}
         self.identity_of: dict[str, int] = {}
+        self._pid_of: dict[int, str] = {}
         for pid, identity_id, state in self._db.execute("SELECT pid, identity_id, state FROM fleet_people"):
             self.people[pid] = PersonState.from_json(json.loads(state))
             if identity_id is not None:
                 self.identity_of[pid] = int(identity_id)
+                self._pid_of[int(identity_id)] = pid
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -341,7 +346,7 @@ class FleetState:
                        (key, value, value))
 
     def pid_of(self, identity_id: int) -> str | None:
-        return next((pid for pid, iid in self.identity_of.items() if iid == identity_id), None)
+        return self._pid_of.get(identity_id)
 
     def save(self, state: PersonState, identity_id: int | None) -> None:
         with self.transaction() as db:
@@ -351,12 +356,15 @@ class FleetState:
                        " SET identity_id = excluded.identity_id, state = excluded.state",
                        (state.pid, identity_id, state.canonical().decode("utf-8")))
         self.people[state.pid] = state
-        for pid in [p for p, i in self.identity_of.items() if i == identity_id and p != state.pid]:
-            del self.identity_of[pid]
-        if identity_id is None:
-            self.identity_of.pop(state.pid, None)
-        else:
+        previous = self.identity_of.pop(state.pid, None)
+        if previous is not None:
+            self._pid_of.pop(previous, None)
+        if identity_id is not None:
+            other = self._pid_of.get(identity_id)
+            if other is not None:
+                del self.identity_of[other]
             self.identity_of[state.pid] = identity_id
+            self._pid_of[identity_id] = state.pid
 
     def close(self) -> None:
         with self._lock:
