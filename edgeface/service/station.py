@@ -57,6 +57,7 @@ from edgeface.service.mqtt.commands import (
     StatusCommand,
 )
 from edgeface.service.mqtt.secrets import read_secret
+from edgeface.service.unknown_face import UnknownFace
 
 if TYPE_CHECKING:
     from edgeface.pipeline import Pipeline
@@ -158,6 +159,8 @@ class Station:
         self.ha: HaTopics | None = None
         self._presence = PresenceTracker(self.mqtt.present_timeout_s)
         self._people: set[str] = set()
+        self._face = UnknownFace()
+        """The last unknown visitor's face on Home Assistant (edgeface.service.unknown_face)."""
         self._pending_clears: list[tuple[float, list[str]]] = []
         """(when, topics) to empty once their entity is gone (REMOVAL_DELAY_S)."""
         self._lock = threading.RLock()
@@ -219,7 +222,9 @@ class Station:
                 self._pub.publish_raw(topic, encode(payload), retain=True)
             self._pub.publish_raw(self.ha.unknown_presence, PAYLOAD_OFF.encode(), retain=True)
             self._people = self._load_published()
+            self._face = UnknownFace.from_state(self._load_state())
             self.sync_people(force=True)
+            self._check_face()
         self._ticker.start()
         return self
 
@@ -245,6 +250,7 @@ class Station:
         if self.ha is None:
             return
         with self._lock:
+            self._face.on_event(event)
             if getattr(event, "type", None) == "recognized":
                 self._pub.publish_raw(self.ha.last_person, event.to_json().encode("utf-8"), retain=True)
                 if event.name in self._people:  # the attributes first: the ON must not show the last visit's
@@ -279,12 +285,18 @@ class Station:
     def _state_file(self) -> Path:
         return Path(self._pub.outbox.path).with_suffix(".homeassistant.json")
 
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def _load_published(self) -> set[str]:
         """People whose entities an earlier run published (so that ones removed meanwhile are cleared)."""
         try:
-            data = json.loads(self._state_file().read_text(encoding="utf-8"))
-            return {str(name) for name in data.get("people", [])}
-        except (OSError, ValueError, AttributeError):
+            return {str(name) for name in self._load_state().get("people", [])}
+        except (TypeError, AttributeError):
             return set()
 
     def _save_published(self) -> None:
@@ -292,7 +304,8 @@ class Station:
 
         path = self._state_file()
         try:
-            write_private_file(path, json.dumps({"people": sorted(self._people)}, ensure_ascii=False).encode("utf-8"))
+            state = {"people": sorted(self._people), **self._face.to_state()}
+            write_private_file(path, json.dumps(state, ensure_ascii=False).encode("utf-8"))
         except OSError as error:
             log.warning("cannot save %s (%s); entities of people removed while the station is down may stay in "
                         "Home Assistant", path, error.strerror or error)
@@ -336,6 +349,44 @@ class Station:
             for topic in topics:
                 self._pub.publish_raw(topic, removal(), retain=True)
 
+    # -- the last unknown visitor's face ----------------------------------------------------------
+
+    def _face_store(self) -> Any:
+        try:
+            return self._cluster_store() if self.gallery is not None else None
+        except CommandFailed:
+            return None
+
+    def _publish_face(self) -> None:
+        """A new unknown visitor's face, if one is due (ticker)."""
+        if self.ha is None or self._face.due is None:
+            return
+        store = self._face_store()
+        with self._lock:
+            face = self._face.take_due(store)
+            if face is not None:
+                self._pub.publish_raw(self.ha.unknown_face, face[1], retain=True)
+                self._save_published()
+
+    def _clear_face(self, who: str | None = None) -> None:
+        """Empty the retained face when it shows `who` (a cluster id or a name); None: whatever it shows."""
+        if self.ha is None:
+            return
+        with self._lock:
+            if self._face.cluster_id is None or (who is not None and not self._face.concerns(who)):
+                return
+            self._face.cleared()
+            self._pub.publish_raw(self.ha.unknown_face, removal(), retain=True)
+            self._save_published()
+        log.info("Home Assistant: the last unknown visitor's face was erased")
+
+    def _check_face(self) -> None:
+        """Clear the face if it is no longer stored (forgotten from a shell, expired, past retention)."""
+        if self.ha is None or self._face.cluster_id is None:
+            return
+        if not self._face.still_stored(self._face_store(), set(self._people)):
+            self._clear_face()
+
     # -- ticker --------------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
@@ -349,6 +400,7 @@ class Station:
                         for key, on in self._presence.tick(now):
                             self._publish_presence(key, on)
                         self._clear_pending(now)
+                    self._publish_face()
                 if now >= next_stats:
                     next_stats = now + self.mqtt.stats_interval_s
                     self.publish_stats()
@@ -356,6 +408,7 @@ class Station:
                     next_sync = now + GALLERY_SYNC_S
                     self.sync_people()
                     self._forward_cluster_events()
+                    self._check_face()
             except Exception:  # the ticker must survive a busy gallery or a closed sink
                 log.exception("station ticker: an update failed; retrying on the next tick")
 
@@ -501,6 +554,7 @@ class Station:
         """Not a face, or someone not to keep: the cluster goes with its face crops."""
         with self._command_lock:
             gone = self._cluster_store().forget(cluster_id)
+        self._clear_face(gone)
         return CommandResult(f"forgot {gone} and its face crops", {"cluster_id": gone})
 
     def forget(self, command: ForgetCommand) -> CommandResult:
@@ -524,6 +578,7 @@ class Station:
                 self._people.discard(info.name)
                 self._clear_person(info.name)
                 self._save_published()
+        self._clear_face(info.name)
         self._emit(PersonForgottenEvent(station=self.config.station_id, name=info.name))
         return CommandResult(f"forgot {info.name}",
                              {"name": info.name, "templates": info.template_count, "negatives": info.negative_count,
