@@ -557,6 +557,16 @@ class Station:
         self._clear_face(gone)
         return CommandResult(f"forgot {gone} and its face crops", {"cluster_id": gone})
 
+    def ignore_cluster(self, cluster_id: str, ignored: bool = True) -> CommandResult:
+        """Not a face, or someone never to be offered again: the cluster goes on the ignore list (its
+        crops erased; the same face joins it and gets no cluster). ignored=False takes it off."""
+        with self._command_lock:
+            done = self._cluster_store().ignore(cluster_id, ignored)
+        if ignored:
+            self._clear_face(done)
+            return CommandResult(f"ignoring {done}: the same face will not be offered again", {"cluster_id": done})
+        return CommandResult(f"no longer ignoring {done}", {"cluster_id": done})
+
     def forget(self, command: ForgetCommand) -> CommandResult:
         gallery = self._require_gallery()
         with self._command_lock:

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_TAG = "edgeface-cluster-exemplar"
 
-CLUSTER_SCHEMA_VERSION = 2
+CLUSTER_SCHEMA_VERSION = 3
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -84,10 +84,15 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE cluster_clusters ADD COLUMN not_names TEXT NOT NULL DEFAULT '[]'")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """The ignore list: clusters marked "not a face / ignore" (ClusterState.ignored)."""
+    db.execute("ALTER TABLE cluster_clusters ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0")
+
+
 CROP_ERASE_INTERVAL_S = 3600.0
 """How often (in observed time) the camera loop erases crops past their retention."""
 
-CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2)
+CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
 
 
 @dataclass(frozen=True)
@@ -213,15 +218,15 @@ class ClusterStore:
         for eid, number, blob, quality, ts in db.execute(
                 "SELECT id, number, embedding, quality, ts FROM cluster_exemplars ORDER BY id"):
             exemplars.setdefault(number, []).append(Exemplar(eid, _vector(blob), quality, ts))
-        for number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names in db.execute(
-                "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum, apart, not_names"
-                " FROM cluster_clusters"):
+        for number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names, ignored in db.execute(
+                "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum, apart, not_names,"
+                " ignored FROM cluster_clusters"):
             total = np.frombuffer(blob, "<f8").astype(np.float64)
             if total.shape != (EMBEDDING_DIM,):
                 raise ClusterError(f"{self.path}: cluster {format_cluster_id(number)} is damaged")
             clusters.insert(ClusterState(number, first, last, observations, visits, json.loads(tracks), bool(confirmed),
                                          exemplars.get(number, []), total, set(json.loads(apart)),
-                                         set(json.loads(not_names))))
+                                         set(json.loads(not_names)), bool(ignored)))
         clusters.recent_tracks = self._resolve_tracks(db, clusters)
         self.clusters = clusters
 
@@ -250,15 +255,19 @@ class ClusterStore:
             if state is None:
                 continue
             db.execute("INSERT OR REPLACE INTO cluster_clusters (number, first_seen, last_seen, observations, visits,"
-                       " tracks, confirmed, sum, apart, not_names) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " tracks, confirmed, sum, apart, not_names, ignored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (number, state.first_seen, state.last_seen, state.observations, state.visits,
                         json.dumps(state.tracks), int(state.confirmed), np.asarray(state.sum, "<f8").tobytes(),
-                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names))))
+                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names)), int(state.ignored)))
             for e in state.exemplars:
+                if state.ignored:
+                    e.crop = None  # an ignored face is not kept
                 db.execute("INSERT INTO cluster_exemplars (id, number, embedding, quality, ts, crop) VALUES (?, ?, ?, ?, ?, ?)"
                            " ON CONFLICT(id) DO UPDATE SET number = excluded.number",
                            (e.id, number, np.asarray(e.vector, "<f4").tobytes(), e.quality, e.ts, e.crop))
                 e.crop = None
+            if state.ignored:
+                db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE number = ? AND crop IS NOT NULL", (number,))
         for number in removed:  # after the upserts: a merged cluster's exemplars now belong to the kept one
             db.execute("DELETE FROM cluster_clusters WHERE number = ?", (number,))
             db.execute("DELETE FROM cluster_exemplars WHERE number = ?", (number,))
@@ -486,6 +495,16 @@ class ClusterStore:
             self._history(db, state.number, "forgotten")
         return state.id
 
+    def ignore(self, cluster_id: str, ignored: bool = True) -> str:
+        """Put a cluster on the ignore list ("not a face / ignore"), or take it off. Unlike `forget`,
+        the cluster stays, without its face crops: the same face joins it again and is not offered
+        as a new unknown person (`ClusterStage` gives its tracks no cluster)."""
+        with self._transaction() as db:
+            state = self._require(db, cluster_id)
+            self.clusters.set_ignored(state.number, ignored)
+            self._write(db, {state.number}, set(), [])
+        return state.id
+
     def forget_person(self, name: str) -> int:
         """Erase `name` from the clusters' history (clusters named after the person become plain
         forgotten ids); returns how many clusters mentioned them. Their exemplars already left with
@@ -551,6 +570,9 @@ class ClusterStage:
                                for kept, gone in update.merged]
         caused += self.take_pending()
         info = update.cluster
+        if info.ignored:
+            log.debug("track %s of %s joined the ignored %s", track.track_id, track.camera, info.id)
+            return None, caused
         return ClusterAssignment(info.id, info.status, info.visits, info.first_seen, info.last_seen), caused
 
     def take_pending(self) -> list[Event]:

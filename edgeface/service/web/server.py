@@ -371,7 +371,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.page.running.gallery is None:
             return "Unknown people", "<p>This station runs without a gallery, so unknown people are not clustered.</p>"
         store = station._cluster_store()
-        clusters = sorted(store.list_clusters(), key=lambda c: c.last_seen, reverse=True)
+        every = sorted(store.list_clusters(), key=lambda c: c.last_seen, reverse=True)
+        clusters = [c for c in every if not c.ignored]
+        ignored = [c for c in every if c.ignored]
         crops_on = store.settings.store_face_crops
         people = [info.name for info in station.gallery.list_identities()] if station.gallery is not None else []
         parts = []
@@ -399,15 +401,26 @@ class _Handler(BaseHTTPRequestHandler):
             merge_form = self._form("/unknown/merge", session,
                                     f'<input type=hidden name=a value="{_h(info.id)}"><select name=b>{others}</select>'
                                     "<button>Same person: merge</button>") if others else ""
-            forget_form = self._form("/unknown/forget", session,
+            forget_form = self._form("/unknown/ignore", session,
                                      f'<input type=hidden name=cluster_id value="{_h(info.id)}">'
-                                     "<button>Not a face / forget</button>")
+                                     "<button>Not a face / ignore</button>") + \
+                self._form("/unknown/forget", session, f'<input type=hidden name=cluster_id value="{_h(info.id)}">'
+                           "<button>Forget (erase)</button>")
             parts.append(f'<div class=card id="{_h(info.id)}"><h2>{_h(info.id)}</h2><div class=faces>{faces}</div>'
                          f"<p>{_h(info.status.value if hasattr(info.status, 'value') else info.status)}, "
                          f"{info.visits} visit{'s' if info.visits != 1 else ''}, {info.observations} sighting"
                          f"{'s' if info.observations != 1 else ''}<br>first seen {_h(_when(info.first_seen))}<br>"
                          f"last seen {_h(_when(info.last_seen))}</p>{name_form}{merge_form}{forget_form}</div>")
         parts.append("</div>")
+        if ignored:
+            rows = "".join(
+                f'<tr class=ignored id="{_h(c.id)}"><td>{_h(c.id)}</td><td>{c.observations} sighting'
+                f"{'s' if c.observations != 1 else ''}, last {_h(_when(c.last_seen))}</td><td>"
+                + self._form("/unknown/unignore", session, f'<input type=hidden name=cluster_id value="{_h(c.id)}">'
+                             "<button>Stop ignoring</button>") + "</td></tr>" for c in ignored)
+            parts.append("<h2>Ignored</h2><p class=note>Marked \u201cnot a face / ignore\u201d: the same face joins its "
+                         "cluster again and is not offered here; its faces are not kept. Forget erases a cluster "
+                         f"instead, and the face may come back as a new one.</p><table>{rows}</table>")
         return "Unknown people", "".join(parts)
 
     def _people(self, session: Session) -> tuple[str, str]:
@@ -542,6 +555,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.page.sessions.end(cookie)
             return self._redirect("/login", {"Set-Cookie": self._cookie("", 0)})
         action = {"/unknown/name": self._name, "/unknown/merge": self._merge, "/unknown/forget": self._forget_cluster,
+                  "/unknown/ignore": self._ignore_cluster, "/unknown/unignore": self._unignore_cluster,
                   "/people/enroll": self._enroll, "/people/remove": self._remove}.get(path)
         if action is None:
             return self._send(HTTPStatus.NOT_FOUND, b"no such action", "text/plain; charset=utf-8")
@@ -588,6 +602,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not _CLUSTER_ID.match(cluster_id):
             raise EdgefaceError(f"{cluster_id!r} is not a cluster id")
         return self.page.station.forget_cluster(cluster_id).message
+
+    def _ignore_cluster(self, form: dict[str, Any], ignored: bool = True) -> str:
+        cluster_id = str(form.get("cluster_id", ""))
+        if not _CLUSTER_ID.match(cluster_id):
+            raise EdgefaceError(f"{cluster_id!r} is not a cluster id")
+        return self.page.station.ignore_cluster(cluster_id, ignored).message
+
+    def _unignore_cluster(self, form: dict[str, Any]) -> str:
+        return self._ignore_cluster(form, ignored=False)
 
     def _enroll(self, form: dict[str, Any]) -> str:
         from edgeface.service.mqtt.commands import EnrollCommand
