@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from edgeface import __version__
 from edgeface.bus import EventBus
 from edgeface.config import Config, MqttConfig
+from edgeface.errors import EdgefaceError
 from edgeface.events import PersonForgottenEvent, Stats
 from edgeface.service.homeassistant import (
     PAYLOAD_OFF,
@@ -522,12 +523,22 @@ class Station:
                 raise CommandFailed(f"photo not enrolled for {plan.name!r}: {outcome.reason.value}"
                                     + (f" ({outcome.detail})" if outcome.detail else ""))
             ids = enroller.commit(plan)
+            self._keep_template_face(ids, outcome.chip)
         templates = gallery.show(plan.name).template_count
         self.sync_people()
         warning = f"; warning: {outcome.warning}" if outcome.warning else ""
         return CommandResult(f"enrolled {plan.name} ({templates} template{'s' if templates != 1 else ''}){warning}",
                              {"name": plan.name, "template_ids": list[Any](ids), "templates": templates,
                               "warning": outcome.warning})
+
+    def _keep_template_face(self, ids: list[int], chip: Any) -> None:
+        """The enrolled photo's face, for the station page (when face crops are stored)."""
+        if not ids or chip is None:
+            return
+        try:
+            self._cluster_store().add_template_crop(ids[0], chip)
+        except (CommandFailed, EdgefaceError) as error:
+            log.warning("the enrolled face's crop was not kept: %s", error)
 
     def _name_cluster(self, cluster_id: str, name: str, force: bool = False) -> dict[str, Any]:
         with self._command_lock:
@@ -556,6 +567,19 @@ class Station:
             gone = self._cluster_store().forget(cluster_id)
         self._clear_face(gone)
         return CommandResult(f"forgot {gone} and its face crops", {"cluster_id": gone})
+
+    def rename_person(self, old: str, new: str) -> CommandResult:
+        """`edgeface gallery rename` from the station page: templates, negatives and face crops keep
+        their rows; Home Assistant's entity follows (the old one removed, the new one announced)."""
+        gallery = self._require_gallery()
+        with self._command_lock:
+            info = gallery.show(old)
+            gallery.rename(info.name, new)
+        renamed = gallery.show(new).name
+        if self.pipeline is not None:
+            self.pipeline.decider.forget_name(info.name)  # its recent decisions carry the old name
+        self.sync_people()
+        return CommandResult(f"renamed {info.name} to {renamed}", {"old": info.name, "name": renamed})
 
     def ignore_cluster(self, cluster_id: str, ignored: bool = True) -> CommandResult:
         """Not a face, or someone never to be offered again: the cluster goes on the ignore list (its

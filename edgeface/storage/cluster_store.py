@@ -85,8 +85,13 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 
 
 def _migrate_2_to_3(db: sqlite3.Connection) -> None:
-    """The ignore list: clusters marked "not a face / ignore" (ClusterState.ignored)."""
+    """The ignore list: clusters marked "not a face / ignore" (ClusterState.ignored). The face crops of
+    gallery templates (a named cluster's exemplars keep theirs; an enrollment photo's face), erased
+    with their template (trigger; orphans are also swept with the old crops and never shown)."""
     db.execute("ALTER TABLE cluster_clusters ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE TABLE template_crops (template_id INTEGER PRIMARY KEY, crop BLOB NOT NULL, ts REAL NOT NULL)")
+    db.execute("CREATE TRIGGER template_crops_gone AFTER DELETE ON templates"
+               " BEGIN DELETE FROM template_crops WHERE template_id = old.id; END")
 
 
 CROP_ERASE_INTERVAL_S = 3600.0
@@ -306,14 +311,16 @@ class ClusterStore:
         return update
 
     def erase_old_crops(self, now: datetime | float | None = None) -> int:
-        """Erase the face crops older than clusters.crop_retention_days (the clusters and their embeddings
-        stay); returns how many were erased."""
+        """Erase the face crops older than clusters.crop_retention_days, of clusters and of templates (the
+        clusters, templates and embeddings stay); returns how many were erased."""
         when = to_epoch(now)
         self._crops_erased_at = when
         cutoff = when - self.settings.crop_retention_days * 86400.0
         with self._transaction() as db:
-            cursor = db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?", (cutoff,))
-            erased = cursor.rowcount
+            erased = db.execute("DELETE FROM template_crops WHERE ts < ? OR template_id NOT IN (SELECT id FROM templates)",
+                                (cutoff,)).rowcount
+            erased += db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?",
+                                 (cutoff,)).rowcount
         if erased:
             log.info("erased %d face crop%s older than %g days", erased, "" if erased == 1 else "s",
                      self.settings.crop_retention_days)
@@ -422,11 +429,15 @@ class ClusterStore:
             raise ClusterError(f"{state.id} was already added to the gallery as {min(conflicting)!r}; "
                                "rename that identity instead (`edgeface gallery rename`)")
         todo = [(e, h) for e, h in zip(exemplars, hashes) if h not in have]
+        template_ids = []
         if todo:
-            self.gallery.add_templates(person, np.stack([e.vector for e, _ in todo]), [e.quality for e, _ in todo],
-                                       [h for _, h in todo], create=True)
+            template_ids = self.gallery.add_templates(person, np.stack([e.vector for e, _ in todo]),
+                                                      [e.quality for e, _ in todo], [h for _, h in todo], create=True)
         event = ClusterNamedEvent(station=self.station, cluster_id=state.id, name=person)
         with self._transaction() as db:
+            for (exemplar, _), template_id in zip(todo, template_ids):  # the faces go with their templates
+                db.execute("INSERT OR IGNORE INTO template_crops (template_id, crop, ts) SELECT ?, crop, ts"
+                           " FROM cluster_exemplars WHERE id = ? AND crop IS NOT NULL", (template_id, exemplar.id))
             if self.clusters.get(state.number) is not None:
                 gone = self.clusters.remove(state.number, named=person)
                 self._write(db, set(), {gone.number}, [])
@@ -504,6 +515,32 @@ class ClusterStore:
             self.clusters.set_ignored(state.number, ignored)
             self._write(db, {state.number}, set(), [])
         return state.id
+
+    def add_template_crop(self, template_id: int, chip: np.ndarray, ts: datetime | float | None = None) -> bool:
+        """Keep the face a template was made from (an enrollment photo's aligned chip), when face crops
+        are stored; True when kept."""
+        if not self.settings.store_face_crops:
+            return False
+        jpeg = _encode_crop(chip)
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO template_crops (template_id, crop, ts) SELECT id, ?, ? FROM templates"
+                       " WHERE id = ?", (jpeg, to_epoch(ts), template_id))
+        return True
+
+    def template_crops(self, name: str, limit: int) -> list[int]:
+        """Ids of `name`'s templates that have a stored face crop, newest first."""
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT c.template_id FROM template_crops c JOIN templates t ON t.id = c.template_id"
+                              " JOIN identities i ON i.id = t.identity_id WHERE i.name = ? ORDER BY c.ts DESC LIMIT ?",
+                              (name, limit)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def template_crop(self, template_id: int) -> bytes | None:
+        """The stored face crop of one template (JPEG), None when there is none."""
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT c.crop FROM template_crops c JOIN templates t ON t.id = c.template_id"
+                             " WHERE c.template_id = ?", (template_id,)).fetchone()
+        return bytes(row[0]) if row is not None else None
 
     def forget_person(self, name: str) -> int:
         """Erase `name` from the clusters' history (clusters named after the person become plain

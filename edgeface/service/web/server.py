@@ -203,6 +203,7 @@ nav form{margin-left:auto}
 main{padding:.6rem;max-width:70rem;margin:auto}
 .cards{display:flex;flex-wrap:wrap;gap:.6rem}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem;flex:1 1 18rem;max-width:100%}
+ul.tracks{list-style:none;padding:0}ul.tracks li{display:flex;align-items:center;gap:.4rem;flex-wrap:wrap}
 .faces img,img.face{width:72px;height:72px;object-fit:cover;border-radius:4px;margin:0 .2rem .2rem 0}
 img.face{width:48px;height:48px}
 tr.warn td:first-child{color:#a60}tr.fail td:first-child{color:#c00;font-weight:bold}
@@ -222,6 +223,7 @@ SCRIPT = """
   var period=parseFloat(img.getAttribute('data-period-ms'))||200;
   function next(){setTimeout(function(){img.src='/live.jpg?t='+Date.now();},period);}
   img.addEventListener('load',next);img.addEventListener('error',function(){setTimeout(next,1000);});
+  if(img.complete){next();}  // the first frame may have loaded before this script ran
 })();
 """
 
@@ -326,6 +328,15 @@ class _Handler(BaseHTTPRequestHandler):
             if jpeg is None:
                 return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet", "text/plain; charset=utf-8")
             return self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+        match = re.fullmatch(r"/template/(\d{1,12})\.jpg", path)
+        if match:
+            try:
+                jpeg = self.page.station._cluster_store().template_crop(int(match.group(1)))
+            except EdgefaceError:
+                jpeg = None
+            if jpeg is None:
+                return self._send(HTTPStatus.NOT_FOUND, b"no such face", "text/plain; charset=utf-8")
+            return self._send(HTTPStatus.OK, jpeg, "image/jpeg")
         match = re.fullmatch(r"/event/([0-9a-f-]{8,64})\.jpg", path)
         if match:
             jpeg = self.page.event_crops.jpeg(match.group(1)) if self.page.event_crops is not None else None
@@ -424,22 +435,65 @@ class _Handler(BaseHTTPRequestHandler):
         return "Unknown people", "".join(parts)
 
     def _people(self, session: Session) -> tuple[str, str]:
-        gallery = self.page.station.gallery
+        station = self.page.station
+        gallery = station.gallery
         if gallery is None:
             return "People", "<p>This station runs without a gallery.</p>"
-        rows = []
+        store = station._cluster_store()
+        crops_on = store.settings.store_face_crops
+        recent = self._recent_decisions()
+        cards = []
         for info in gallery.list_identities():
-            remove = self._form("/people/remove", session,
-                                f'<input type=hidden name=name value="{_h(info.name)}"><button>Remove</button>')
-            rows.append(f"<tr><td class=person>{_h(info.name)}</td><td>{info.template_count}</td>"
-                        f"<td>{info.negative_count}</td><td>{remove}</td></tr>")
-        table = ("<table><tr><th>Name</th><th>Templates</th><th>Negatives</th><th></th></tr>" + "".join(rows) + "</table>"
-                 if rows else "<p>Nobody is enrolled yet.</p>")
+            name = _h(info.name)
+            faces = "".join(f'<img src="/template/{i}.jpg" alt="a face of {name}">'
+                            for i in store.template_crops(info.name, CROPS_SHOWN)) if crops_on else ""
+            hidden = f'<input type=hidden name=name value="{name}">'
+            rename = self._form("/people/rename", session, hidden + '<input name=new_name placeholder="new name" '
+                                f'required maxlength=64 aria-label="new name for {name}"><button>Rename</button>')
+            remove = self._form("/people/remove", session, hidden + "<button>Remove</button>")
+            tracks = []
+            for track_id, event_id in recent.get(info.name, []):
+                face = (f'<img class=face src="/event/{_h(event_id)}.jpg" alt="track {track_id}">'
+                        if event_id and self.page.event_crops is not None and self.page.event_crops.has(event_id) else "")
+                tracks.append(f"<li>{face} track {track_id} "
+                              + self._form("/people/reject", session,
+                                           f'{hidden}<input type=hidden name=track_id value="{track_id}">'
+                                           f"<button>This was not {name}</button>") + "</li>")
+            recent_html = (f"<p>Recently recognised as {name}:</p><ul class=tracks>{''.join(tracks)}</ul>"
+                           if tracks else "")
+            cards.append(f'<div class="card person-card" data-name="{name}"><h2 class=person>{name}</h2>'
+                         f"<div class=faces>{faces or '<span class=note>no face stored</span>'}</div>"
+                         f"<p>{info.template_count} template{'s' if info.template_count != 1 else ''}, "
+                         f"{info.negative_count} negative{'s' if info.negative_count != 1 else ''}</p>"
+                         f"{recent_html}{rename}{remove}</div>")
+        note = ("<p class=note>Faces are the crops a person's templates were made from (a named cluster's, an "
+                f"uploaded photo's), kept {store.settings.crop_retention_days:g} days; removing a person erases "
+                "them.</p>" if crops_on else
+                "<p class=note>No faces are shown: face crops are not stored on this station "
+                "(clusters.store_face_crops: false).</p>")
+        people = f"{note}<div class=cards>{''.join(cards)}</div>" if cards else "<p>Nobody is enrolled yet.</p>"
         enroll = self._form("/people/enroll", session,
                             '<input name=name placeholder="name" required maxlength=64>'
                             '<input type=file name=photo accept="image/*" required><button>Enroll</button>',
                             multipart=True)
-        return "People", f"{table}<h2>Enroll from a photo</h2>{enroll}"
+        return "People", f"{people}<h2>Enroll from a photo</h2>{enroll}"
+
+    def _recent_decisions(self) -> dict[str, list[tuple[int, str | None]]]:
+        """Name -> (track id, id of its latest recognized event) of the tracks the camera loop still
+        remembers as decided so (what "this was not X" can be said about), newest first."""
+        pipeline = self.page.station.pipeline
+        if pipeline is None:
+            return {}
+        latest: dict[tuple[int, str], str] = {}
+        for event in self.page.events:
+            if getattr(event, "type", None) == "recognized":
+                latest[(event.track_id, event.name)] = event.id
+        out: dict[str, list[tuple[int, str | None]]] = {}
+        for track_id in reversed(pipeline.decider.recent_track_ids()):
+            recent = pipeline.decider.recent(track_id)
+            for name in recent.embeddings if recent is not None else ():
+                out.setdefault(name, []).append((track_id, latest.get((track_id, name))))
+        return {name: tracks[:CROPS_SHOWN] for name, tracks in out.items()}
 
     def _events(self, session: Session) -> tuple[str, str]:
         crops = self.page.event_crops
@@ -556,7 +610,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._redirect("/login", {"Set-Cookie": self._cookie("", 0)})
         action = {"/unknown/name": self._name, "/unknown/merge": self._merge, "/unknown/forget": self._forget_cluster,
                   "/unknown/ignore": self._ignore_cluster, "/unknown/unignore": self._unignore_cluster,
-                  "/people/enroll": self._enroll, "/people/remove": self._remove}.get(path)
+                  "/people/enroll": self._enroll, "/people/remove": self._remove, "/people/rename": self._rename,
+                  "/people/reject": self._reject}.get(path)
         if action is None:
             return self._send(HTTPStatus.NOT_FOUND, b"no such action", "text/plain; charset=utf-8")
         back = "/" + path.strip("/").split("/")[0]
@@ -620,6 +675,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise EdgefaceError("choose a photo to enroll")
         command = EnrollCommand(name=str(form.get("name", "")).strip(), image=b64encode(photo).decode("ascii"))
         return self.page.station.enroll(command).message
+
+    def _rename(self, form: dict[str, Any]) -> str:
+        return self.page.station.rename_person(str(form.get("name", "")), str(form.get("new_name", "")).strip()).message
+
+    def _reject(self, form: dict[str, Any]) -> str:
+        from edgeface.service.mqtt.commands import RejectCommand
+
+        track = str(form.get("track_id", ""))
+        if not track.isdigit():
+            raise EdgefaceError(f"{track!r} is not a track id")
+        return self.page.station.reject(RejectCommand(track_id=int(track), name=str(form.get("name", "")))).message
 
     def _remove(self, form: dict[str, Any]) -> str:
         from edgeface.service.mqtt.commands import ForgetCommand
