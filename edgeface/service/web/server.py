@@ -212,7 +212,7 @@ form.inline{display:flex;flex-wrap:wrap;gap:.3rem;margin:.3rem 0}
 input,select,button{font-size:1rem;padding:.3rem}
 .flash{padding:.5rem;border-radius:4px;margin:.4rem 0}
 .ok{background:#dfd}.error{background:#fdd}
-table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}
+table{border-collapse:collapse;width:100%;background:#fff;overflow-wrap:anywhere}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}
 .note{color:#555}
 """
 
@@ -506,13 +506,15 @@ class _Handler(BaseHTTPRequestHandler):
             face = ""
             if crops is not None and crops.has(event.id):
                 face = f'<img class=face src="/event/{_h(event.id)}.jpg" alt="the face of this event">'
-            rows.append(f"<tr><td>{face}</td><td>{_h(data.get('ts', ''))}</td><td class=type>{_h(data.get('type', ''))}"
-                        f"</td><td>{_h(who)}</td><td>{_h(detail)}</td></tr>")
+            ts = str(data.get("ts", ""))
+            when = ts[11:19] if len(ts) >= 19 else ts  # the time of day (UTC); the full stamp on hover
+            rows.append(f"<tr><td>{face}</td><td title=\"{_h(ts)}\">{_h(when)}</td><td class=type>"
+                        f"{_h(data.get('type', ''))}</td><td>{_h(who)}<br><span class=note>{_h(detail)}</span></td></tr>")
         note = ("" if crops is not None else "<p class=note>No faces are shown: face crops are not stored on this "
                 "station (clusters.store_face_crops: false).</p>")
         if not rows:
             return "Events", f"{note}<p>No events since the station started.</p>"
-        return "Events", (f"{note}<table class=events><tr><th></th><th>When</th><th>Event</th><th>Who</th><th></th></tr>"
+        return "Events", (f"{note}<table class=events><tr><th></th><th>UTC</th><th>Event</th><th>Who</th></tr>"
                           + "".join(rows) + "</table><p class=note>The faces of the last events are kept in memory "
                           "only; forgetting a person or a cluster drops theirs.</p>")
 
