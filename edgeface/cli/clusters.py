@@ -46,7 +46,8 @@ def _when(value: datetime) -> str:
 
 def _info_dict(info) -> dict[str, Any]:
     return {"id": info.id, "status": info.status, "observations": info.observations, "visits": info.visits,
-            "first_seen": _when(info.first_seen), "last_seen": _when(info.last_seen), "exemplars": info.exemplars}
+            "first_seen": _when(info.first_seen), "last_seen": _when(info.last_seen), "exemplars": info.exemplars,
+            "ignored": info.ignored}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -58,8 +59,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([_info_dict(c) for c in clusters]))
     else:
         for c in clusters:
+            ignored = "\tignored" if c.ignored else ""  # on the station page's ignore list
             print(f"{c.id}\t{c.status}\t{c.observations} seen\t{c.visits} visits\tfirst {_when(c.first_seen)}"
-                  f"\tlast {_when(c.last_seen)}")
+                  f"\tlast {_when(c.last_seen)}{ignored}")
         print(f"{len(clusters)} cluster{'' if len(clusters) == 1 else 's'}", file=sys.stderr)
     return 0
 
@@ -118,7 +120,8 @@ def render_sheet(store, limit: int = 50, faces: int = 6):
     import cv2
     import numpy as np
 
-    clusters = sorted(store.list_clusters(), key=lambda c: (c.status != "confirmed", -c.last_seen.timestamp()))[:limit]
+    clusters = sorted((c for c in store.list_clusters() if not c.ignored),
+                      key=lambda c: (c.status != "confirmed", -c.last_seen.timestamp()))[:limit]
     crops_on = store.settings.store_face_crops
     row_h = SHEET_FACE_PX + 2 * SHEET_PAD_PX
     width = SHEET_LABEL_PX + faces * (SHEET_FACE_PX + SHEET_PAD_PX) + SHEET_PAD_PX
