@@ -3,6 +3,7 @@ password guesses are limited for everyone together (parallel requests get no mor
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import signal
@@ -125,6 +126,32 @@ def test_logins_survive_a_restart_and_status_shows_the_doctor(tmp_path: Path) ->
         replay = urllib.request.build_opener(_NoRedirect)
         replay.addheaders = [("Cookie", f"{cookie.name}={cookie.value}")]
         assert _open(replay, f"{station.url}/status")[0] == 303  # to the login page
+    finally:
+        station.stop()
+
+
+def test_bad_form_input_gets_a_one_line_message_and_changes_nothing(tmp_path: Path) -> None:
+    station = _Station(tmp_path)
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()), _NoRedirect)
+    try:
+        assert _open(browser, f"{station.url}/login", {"password": PASSWORD})[0] == 303
+        csrf = re.search(r'name=csrf value="([^"]+)"', _open(browser, f"{station.url}/people")[1])
+        assert csrf
+        cases = [
+            ("/people/rename", {"name": "Nobody", "new_name": "Somebody"}, "/people", "Nobody"),
+            ("/people/rename", {"name": "Nobody", "new_name": ""}, "/people", "name"),
+            ("/people/reject", {"name": "Nobody", "track_id": "x1"}, "/people", "'x1' is not a track id"),
+            ("/people/reject", {"name": "Nobody", "track_id": "7"}, "/people", "track 7"),
+            ("/unknown/ignore", {"cluster_id": "unknown-99"}, "/unknown", "unknown-99"),
+            ("/unknown/unignore", {"cluster_id": "../etc"}, "/unknown", "is not a cluster id"),
+        ]
+        for action, form, back, expected in cases:
+            status, _ = _open(browser, f"{station.url}{action}", {**form, "csrf": csrf.group(1)})
+            assert status == 303, action
+            page = _open(browser, f"{station.url}{back}")[1]
+            errors = [html.unescape(e) for e in re.findall(r'<div class="flash error">([^<]*)</div>', page)]
+            assert len(errors) == 1 and expected in errors[0] and "\n" not in errors[0], (action, form, errors)
+        assert "Nobody is enrolled yet." in _open(browser, f"{station.url}/people")[1]
     finally:
         station.stop()
 

@@ -86,6 +86,8 @@ class SessionStore:
                              "ORDER BY expires DESC LIMIT -1 OFFSET ?)", (MAX_SESSIONS - 1,))
             self._db.execute("INSERT INTO web_sessions (token_sha256, csrf, expires) VALUES (?, ?, ?)",
                              (_digest(token), csrf, expires))
+            live = {row[0] for row in self._db.execute("SELECT token_sha256 FROM web_sessions")}
+            self._flash = {key: messages for key, messages in self._flash.items() if key in live}
         return Session(token, csrf, expires, self._flash.setdefault(_digest(token), []))
 
     def get(self, token: str | None) -> Session | None:
