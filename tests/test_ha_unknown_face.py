@@ -38,11 +38,12 @@ def test_image_config_is_home_assistants_mqtt_image_schema() -> None:
 
 
 def _face(seed: int) -> np.ndarray:
-    """A 150 px face crop: the photo of a real face when the data is there, else a pattern."""
+    """A 150 px face crop, different for each seed: the photo of a real face (lit differently) when the
+    data is there, else a pattern."""
     image = cv2.imread(str(PHOTO)) if PHOTO.is_file() else None
     if image is None:
         image = np.random.default_rng(seed).integers(0, 255, (150, 150, 3), dtype=np.uint8)
-    return cv2.resize(image, (150, 150))
+    return cv2.convertScaleAbs(cv2.resize(image, (150, 150)), alpha=1.0, beta=8.0 * seed)
 
 
 def _unknown(station_id: str, cluster_id: str, track: int) -> UnknownEvent:
@@ -63,7 +64,7 @@ def test_last_unknown_face_is_published_and_erased(tmp_path: Path) -> None:
         first = clusters.observe(_unit(1), ts=time.time(), track_key="t1", crop=_face(1)).cluster.id
         second = clusters.observe(-_unit(1), ts=time.time(), track_key="t2", crop=_face(2)).cluster.id
         stored = {first: clusters.crops(first, 1)[0], second: clusters.crops(second, 1)[0]}
-    assert first != second
+    assert first != second and stored[first] != stored[second]
     clock = Clock()
     station, _ = _station(tmp_path, station_id, gallery, clock)
     face = topics.unknown_face

@@ -353,8 +353,11 @@ class Station:
     # -- the last unknown visitor's face ----------------------------------------------------------
 
     def _face_store(self) -> Any:
+        if self._clusters is not None or self.gallery is None:
+            return self._clusters
         try:
-            return self._cluster_store() if self.gallery is not None else None
+            with self._command_lock:  # the commands open it the same way: one store, not two
+                return self._cluster_store()
         except CommandFailed:
             return None
 

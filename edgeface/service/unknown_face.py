@@ -61,20 +61,20 @@ class UnknownFace:
 
     def still_stored(self, store: Any, people: set[str]) -> bool:
         """Whether the published face still exists where it came from: its cluster (or the one it was
-        merged into) still holds crops, or it was named after someone still enrolled."""
+        merged into) still holds crops, or it was named after someone still enrolled whose templates
+        still have their faces (template crops have the same retention)."""
         if self.cluster_id is None:
-            return True
-        if self.names & people:
             return True
         if store is None:
             return False
         for who in sorted(self.names):
-            if who.startswith("unknown-"):
-                try:
-                    if store.crops(who, 1):
-                        return True
-                except Exception:
-                    continue
+            try:
+                if who.startswith("unknown-") and store.crops(who, 1):
+                    return True
+                if who in people and store.template_crops(who, 1):
+                    return True
+            except Exception:  # merged, named or forgotten: that name holds nothing
+                continue
         return False
 
     def cleared(self) -> None:
