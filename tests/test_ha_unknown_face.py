@@ -94,6 +94,7 @@ def test_last_unknown_face_is_published_and_erased(tmp_path: Path) -> None:
     with ClusterStore(tmp_path / "gallery.db") as clusters:
         third = clusters.observe(_unit(3), ts=time.time(), track_key="t3", crop=_face(3)).cluster.id
         fourth = clusters.observe(-_unit(3), ts=time.time(), track_key="t4", crop=_face(4)).cluster.id
+        fifth = clusters.observe(_unit(5), ts=time.time(), track_key="t5", crop=_face(5)).cluster.id
     station, router = _station(tmp_path, station_id, gallery, clock)
     try:
         station.bus.publish(_unknown(station_id, third, 3))
@@ -103,6 +104,12 @@ def test_last_unknown_face_is_published_and_erased(tmp_path: Path) -> None:
         time.sleep(1.0)  # a few ticks: a named face stays while the person is enrolled
         assert face in retained(face, 0.2)
         assert router.handle("forget", b'{"name": "Visitor"}').ok
+        assert station.publisher.wait_until_delivered(10)
+        assert wait_until(lambda: face not in retained(face, 0.2), 10)
+
+        station.bus.publish(_unknown(station_id, fifth, 5))  # "not a face / ignore" erases it too
+        assert wait_until(lambda: face in retained(face, 0.2), 10)
+        station.ignore_cluster(fifth)
         assert station.publisher.wait_until_delivered(10)
         assert wait_until(lambda: face not in retained(face, 0.2), 10)
 

@@ -261,6 +261,18 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         _wait(lambda: "stale" in browser.page_source, what="the refusal")
         browser.get(f"{base}/people")
         assert _people(browser) == ["Lin-Manuel", "Visitor A"]
+
+        # Removing Visitor A erases the faces of the events about them (their cluster's, since named).
+        browser.get(f"{base}/events")
+        about = f"//table[@class='events']//tr[td[4][starts-with(normalize-space(.), '{cluster_id}')]]//img"
+        assert browser.find_elements(By.XPATH, about), "no event about the cluster shows its face"
+        browser.get(f"{base}/people")
+        visitor = browser.find_element(By.CSS_SELECTOR, ".person-card[data-name='Visitor A']")
+        visitor.find_element(By.XPATH, ".//button[text()='Remove']").click()
+        _wait(lambda: "forgot Visitor A" in browser.page_source, what="the removal's message")
+        browser.get(f"{base}/events")
+        assert browser.find_elements(By.XPATH, "//td[@class='type' and text()='person_forgotten']")
+        assert browser.find_elements(By.XPATH, about) == []
     finally:
         if browser is not None:
             browser.quit()
