@@ -179,6 +179,9 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         assert _request(f"{base}/unknown") == 303
         assert _request(f"{base}/live.jpg") == 401
         assert _request(f"{base}/crop/unknown-1/0.jpg") == 401
+        assert _request(f"{base}/template/1.jpg") == 401
+        assert _request(f"{base}/event/{'0' * 32}.jpg") == 401
+        assert _request(f"{base}/status") == 303
         assert _request(f"{base}/unknown/forget", {"cluster_id": "unknown-1", "csrf": "x"}) == 401
 
         browser = _browser(412, 915)  # a phone's screen

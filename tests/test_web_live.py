@@ -15,6 +15,23 @@ from test_run_sources import hamilton_frames
 from test_web import CHROMEDRIVER, CHROMIUM, HAMILTON, PASSWORD, _browser, _wait
 
 
+def test_event_faces_are_cropped_bounded_relabelled_and_forgotten() -> None:
+    from edgeface.service.web.live import EventCrops, face_crop
+
+    image = np.zeros((100, 200, 3), np.uint8)
+    crop = face_crop(image, np.array([150.0, 60.0, 210.0, 120.0]))  # partly outside: clipped to the frame
+    assert crop is not None and crop.shape == (55, 65, 3) and crop.base is None  # a copy, not a view
+    assert face_crop(image, np.array([199.0, 99.0, 203.0, 103.0])) is None  # a sliver is no face
+    crops = EventCrops(kept=3)
+    for i in range(4):
+        crops.add(f"e{i}", "unknown-1" if i % 2 else "Ada", np.full((20, 20, 3), i, np.uint8))
+    assert not crops.has("e0") and crops.has("e3")  # the oldest went
+    assert (crops.jpeg("e3") or b"")[:2] == b"\xff\xd8"
+    crops.relabel("unknown-1", "Bob")  # the cluster was named
+    assert crops.forget("unknown-1") == 0 and crops.forget("Bob") == 2
+    assert crops.has("e2") and crops.jpeg("e1") is None
+
+
 class _LiveStation:
     """`edgeface run --source <mjpeg url> --web 127.0.0.1:0` in `folder`."""
 

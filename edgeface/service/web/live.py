@@ -30,7 +30,7 @@ def face_crop(image: np.ndarray, box: Any) -> np.ndarray | None:
     right, bottom = min(int(x2 + dx), width), min(int(y2 + dy), height)
     if right - left < 8 or bottom - top < 8:
         return None
-    return np.ascontiguousarray(image[top:bottom, left:right])
+    return image[top:bottom, left:right].copy()  # never a view: it would keep the whole frame alive
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes | None:
