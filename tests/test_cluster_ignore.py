@@ -68,6 +68,8 @@ def test_a_gallery_from_the_previous_schema_gets_the_ignore_list(tmp_path: Path)
         kept = store.observe(_unit(1), ts=time.time(), track_key="t1").cluster.id
     with sqlite3.connect(path) as db:  # back to schema 2, as the previous edgeface left it
         db.execute("ALTER TABLE cluster_clusters DROP COLUMN ignored")
+        db.execute("DROP TABLE template_crops")
+        db.execute("DROP TRIGGER template_crops_gone")
         db.execute("UPDATE cluster_schema_version SET version = 2")
     with ClusterStore(path) as store:
         [info] = store.list_clusters()

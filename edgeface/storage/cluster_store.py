@@ -89,8 +89,8 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
     gallery templates (a named cluster's exemplars keep theirs; an enrollment photo's face), erased
     with their template (trigger; orphans are also swept with the old crops and never shown)."""
     db.execute("ALTER TABLE cluster_clusters ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0")
-    db.execute("CREATE TABLE template_crops (template_id INTEGER PRIMARY KEY, crop BLOB NOT NULL, ts REAL NOT NULL)")
-    db.execute("CREATE TRIGGER template_crops_gone AFTER DELETE ON templates"
+    db.execute("CREATE TABLE IF NOT EXISTS template_crops (template_id INTEGER PRIMARY KEY, crop BLOB NOT NULL, ts REAL NOT NULL)")
+    db.execute("CREATE TRIGGER IF NOT EXISTS template_crops_gone AFTER DELETE ON templates"
                " BEGIN DELETE FROM template_crops WHERE template_id = old.id; END")
 
 
