@@ -124,6 +124,19 @@ def test_live_view_changes_and_a_wrong_recognition_is_rejected(tmp_path: Path) -
         _wait(lambda: re.search(r"noted: track \d+ was not Lin", browser.page_source), what="the reject's message")
         [person] = browser.find_elements(By.CSS_SELECTOR, ".person-card")
         assert re.search(r"\b1 negative\b", person.text), person.text
+
+        # Removing Lin erases the faces of the events about them.
+        browser.get(f"{station.url}/events")
+        about = "//table[@class='events']//tr[td[4][starts-with(normalize-space(.), 'Lin')]]//img"
+        assert browser.find_elements(By.XPATH, about), "no event about Lin shows a face"
+        browser.get(f"{station.url}/people")
+        browser.find_element(By.XPATH, "//button[text()='Remove']").click()
+        _wait(lambda: "forgot Lin" in browser.page_source, what="the removal's message")
+        browser.get(f"{station.url}/events")
+        assert browser.find_elements(By.XPATH, "//td[@class='type' and text()='person_forgotten']")
+        assert browser.find_elements(By.XPATH, "//table[@class='events']//tr[td[4][starts-with(normalize-space(.), "
+                                               "'Lin')]]")  # the events stay, without their faces:
+        assert browser.find_elements(By.XPATH, about) == []
     finally:
         if browser is not None:
             browser.quit()

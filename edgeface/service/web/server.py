@@ -116,6 +116,11 @@ class StationPage:
         elif kind == "cluster_merged":
             self.event_crops.relabel(event.merged_id, event.kept_id)
 
+    def forget_faces(self, who: str) -> None:
+        """Drop the faces of the events about `who` (a cluster forgotten or ignored from this page)."""
+        if self.event_crops is not None:
+            self.event_crops.forget(who)
+
     def doctor_checks(self) -> list[Any]:
         """The doctor's checks that make sense inside a running station (models, gallery, disk,
         commands, file permissions), at most once a minute."""
@@ -658,13 +663,18 @@ class _Handler(BaseHTTPRequestHandler):
         cluster_id = str(form.get("cluster_id", ""))
         if not _CLUSTER_ID.match(cluster_id):
             raise EdgefaceError(f"{cluster_id!r} is not a cluster id")
-        return self.page.station.forget_cluster(cluster_id).message
+        message = self.page.station.forget_cluster(cluster_id).message
+        self.page.forget_faces(cluster_id)
+        return message
 
     def _ignore_cluster(self, form: dict[str, Any], ignored: bool = True) -> str:
         cluster_id = str(form.get("cluster_id", ""))
         if not _CLUSTER_ID.match(cluster_id):
             raise EdgefaceError(f"{cluster_id!r} is not a cluster id")
-        return self.page.station.ignore_cluster(cluster_id, ignored).message
+        message = self.page.station.ignore_cluster(cluster_id, ignored).message
+        if ignored:
+            self.page.forget_faces(cluster_id)
+        return message
 
     def _unignore_cluster(self, form: dict[str, Any]) -> str:
         return self._ignore_cluster(form, ignored=False)
@@ -679,7 +689,10 @@ class _Handler(BaseHTTPRequestHandler):
         return self.page.station.enroll(command).message
 
     def _rename(self, form: dict[str, Any]) -> str:
-        return self.page.station.rename_person(str(form.get("name", "")), str(form.get("new_name", "")).strip()).message
+        result = self.page.station.rename_person(str(form.get("name", "")), str(form.get("new_name", "")).strip())
+        if self.page.event_crops is not None and isinstance(result.result, dict):
+            self.page.event_crops.relabel(str(result.result["old"]), str(result.result["name"]))
+        return result.message
 
     def _reject(self, form: dict[str, Any]) -> str:
         from edgeface.service.mqtt.commands import RejectCommand
