@@ -54,6 +54,19 @@ def _unknown(station_id: str, cluster_id: str, track: int) -> UnknownEvent:
                         cluster_status="tentative", visit_count=1, first_seen=now, last_seen=now)
 
 
+def _station_without_crops(tmp_path: Path, station_id: str, gallery: Gallery, clock: Clock):  # type: ignore[no-untyped-def]
+    from edgeface.bus import EventBus
+    from edgeface.config import ClusterSettings, Config, MqttConfig
+    from edgeface.service.app import start_mqtt_station
+    from edgeface.service.mqtt.commands import CommandRouter
+
+    mqtt = MqttConfig(url=f"mqtt://127.0.0.1:{SHARED_PORT}", outbox_path=tmp_path / "outbox.sqlite",
+                      homeassistant=True, reconnect_min_s=0.1)
+    config = Config(station_id=station_id, mqtt=mqtt, clusters=ClusterSettings(store_face_crops=False))
+    station, _ = start_mqtt_station(config, EventBus(), gallery, router=CommandRouter(allow_unsigned=True), clock=clock)
+    return station
+
+
 @needs_broker
 @pytest.mark.slow
 def test_last_unknown_face_is_published_and_erased(tmp_path: Path) -> None:
@@ -119,7 +132,16 @@ def test_last_unknown_face_is_published_and_erased(tmp_path: Path) -> None:
         station.bus.close()
     with ClusterStore(tmp_path / "gallery.db") as clusters:
         clusters.forget(fourth)  # `edgeface clusters forget` while the station is down
+        sixth = clusters.observe(_unit(6), ts=time.time(), track_key="t6", crop=_face(6)).cluster.id
     station, _ = _station(tmp_path, station_id, gallery, clock)
+    try:
+        assert station.publisher.wait_until_delivered(10)
+        assert wait_until(lambda: face not in retained(face, 0.2), 10)
+        station.bus.publish(_unknown(station_id, sixth, 6))
+        assert wait_until(lambda: face in retained(face, 0.2), 10)
+    finally:
+        station.bus.close()
+    station = _station_without_crops(tmp_path, station_id, gallery, clock)  # crops turned off since: no face
     try:
         assert station.publisher.wait_until_delivered(10)
         assert wait_until(lambda: face not in retained(face, 0.2), 10)

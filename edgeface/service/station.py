@@ -388,7 +388,8 @@ class Station:
         """Clear the face if it is no longer stored (forgotten from a shell, expired, past retention)."""
         if self.ha is None or self._face.cluster_id is None:
             return
-        if not self._face.still_stored(self._face_store(), set(self._people)):
+        crops_on = self.config.clusters.store_face_crops  # turned off since: no face is shown any more
+        if not crops_on or not self._face.still_stored(self._face_store(), set(self._people)):
             self._clear_face()
 
     # -- ticker --------------------------------------------------------------------------------
