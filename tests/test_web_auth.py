@@ -162,13 +162,18 @@ def test_parallel_password_guesses_are_limited_for_everyone(tmp_path: Path) -> N
     try:
         plain = urllib.request.build_opener(_NoRedirect)
         started = time.monotonic()
+        def guess(i: int) -> int:
+            try:
+                return _open(plain, f"{station.url}/login", {"password": f"guess {i}"})[0]
+            except OSError:  # the connection was reset: no guess either
+                return 0
+
         with ThreadPoolExecutor(max_workers=40) as pool:
-            codes = list(pool.map(lambda i: _open(plain, f"{station.url}/login", {"password": f"guess {i}"})[0],
-                                  range(40)))
+            codes = list(pool.map(guess, range(40)))
         elapsed = time.monotonic() - started
         checked = codes.count(401)  # the password was compared
-        assert set(codes) <= {401, 429}, codes
-        assert codes.count(429) >= 40 - (LOGIN_BURST + elapsed / LOGIN_REFILL_S + 1), (codes, elapsed)
+        assert set(codes) <= {401, 429, 0} and codes.count(0) <= 5, codes
+        assert codes.count(429) + codes.count(0) >= 40 - (LOGIN_BURST + elapsed / LOGIN_REFILL_S + 1), (codes, elapsed)
         assert checked <= LOGIN_BURST + elapsed / LOGIN_REFILL_S + 1, (codes, elapsed)
         status, page = _open(plain, f"{station.url}/login", {"password": PASSWORD})
         assert status in (303, 429)

@@ -72,6 +72,10 @@ def resolve_password(web: WebConfig, environ: Mapping[str, str] | None = None) -
     return password
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 resets connections when a page and its images load at once
+
+
 class StationPage:
     """The page of one running station. `start()` serves it on a thread; `close()` stops it."""
 
@@ -143,7 +147,7 @@ class StationPage:
     def start(self) -> StationPage:
         handler = type("Handler", (_Handler,), {"page": self})
         try:
-            server = ThreadingHTTPServer((self.host, self.port), handler)
+            server = _Server((self.host, self.port), handler)
         except OSError as error:
             raise ConfigError(f"cannot serve the station page on {self.host}:{self.port}: "
                               f"{error.strerror or error}") from None
