@@ -1,6 +1,7 @@
 """The station page: `edgeface run --web HOST:PORT` serves it from the running station (a thread of
-the same process). Live view, unknown people (name, merge, forget), people (enroll by upload,
-remove), the latest events and the status; every change goes through the same `Station` handlers as
+the same process). Live view, unknown people (name, merge, ignore, forget), people (their faces,
+enroll by upload, rename, remove, "this was not X"), the latest events with faces and the status
+with the doctor's checks; every change goes through the same `Station` handlers as
 the MQTT commands, so the page and MQTT cannot disagree.
 
 Why the standard library's `http.server` and not a framework: the page is a handful of server-rendered
@@ -14,8 +15,9 @@ that allows no inline script, escaped output, size-limited bodies, HTTPS when gi
 Modules: `server.py` (the server, the pages and their forms), `auth.py` (sessions that survive a
 restart, the global limit on password guesses), `live.py` (the live frame and the faces of events).
 
-The live view costs the camera loop one reference assignment per frame (`LiveView.offer`); the frame
-is drawn and JPEG-encoded in the request's thread, only while someone is watching, at most
+The live view costs the camera loop one reference assignment per frame (`LiveView.offer`), plus, on
+the frames that carry events, a copy of each event's face box (for the Events page); the frame is
+drawn and JPEG-encoded in the request's thread, only while someone is watching, at most
 `web.live_max_fps` times a second.
 """
 
