@@ -141,6 +141,8 @@ class Fleet:
         self._worker = threading.Thread(target=self._run, name="edgeface-fleet", daemon=True)
         self._last_status = 0.0
         self._pruned_at = 0.0
+        self._read_through = int(self.state.meta("processed", "0"))
+        """The last change-log row read: a local change after it makes the fleet's gallery writes wait."""
         self.clusters = clusters
         self.emit = emit
         self.block = self.config.cluster_block or cluster_block(self.config.group, self.station)
@@ -277,11 +279,14 @@ class Fleet:
         processed = int(self.state.meta("processed", "-1"))
         if processed < 0:
             last = self.gallery.last_change()
+            self._read_through = last
             for identity_id in sorted(self.gallery.identity_ids().values()):
                 self._sync_identity(identity_id)
             self._mark_processed(last)
             return
         changes = self.gallery.changes_after(processed)
+        if changes:  # each identity is read as it is now: with every row up to the batch's last
+            self._read_through = changes[-1].seq
         for change in changes:
             if change.remote:
                 continue
@@ -293,6 +298,7 @@ class Fleet:
             self._mark_processed(changes[-1].seq)
 
     def _mark_processed(self, seq: int) -> None:
+        self._read_through = seq
         self.state.set_meta("processed", str(seq))
         self.state.set_meta("clock", self.clock.last)
         now = time.monotonic()
@@ -470,7 +476,7 @@ class Fleet:
             return
         with self.gallery.remote_changes():
             identity_id = self.gallery.apply_person(stored.identity_id if stored else None, names[state.pid], add, drop,
-                                                    negatives, read_through=int(self.state.meta("processed", "0")))
+                                                    negatives, read_through=self._read_through)
         self.state.save(state, identity_id)  # after the gallery: a failure leaves both as they were
         if others:
             self._settle_names(shown, names)
