@@ -272,6 +272,41 @@ def test_two_people_given_one_name_apart_are_told_apart_the_same_way_everywhere(
         broker.close()
 
 
+@needs_mosquitto
+def test_another_models_vectors_travel_along_and_the_same_name_joins_one_person(tmp_path: Path) -> None:
+    from edgeface.service.fleet import Fleet
+    from edgeface.storage.changes import person_id
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    gallery = Gallery(tmp_path / "b.db")
+    fleet = Fleet(_config("st-b", broker.port), gallery, key=KEY).start()
+    pid = person_id(KEY, "kim", 0)
+    records = Collector(broker.port, f"edgeface/fleet/test/person/{pid}")
+    try:
+        # A station running another embedder enrolled kim: a template with an SFace vector only.
+        foreign = PersonState(pid, "kim", _hlc(1, "st-x"), None, {"s1": Face(_hlc(1, "st-x"), {"sface_v1": encode_vector(
+            np.ones(128, np.float32) / np.sqrt(128))})})
+        body = {"v": 1, "group": "test", "type": "person", "origin": "st-x", "state": foreign.to_json()}
+        records.client.publish(f"edgeface/fleet/test/person/{pid}", seal(KEY, body), qos=1, retain=True).wait_for_publish(5)
+        assert _wait(lambda: pid in fleet.state.people)
+        assert _contents(gallery) == {}  # nothing this station's model can match with
+        # kim enrolled here too: the same person (the same pid); the record carries both models' templates.
+        gallery.add_templates("kim", _unit(51)[None])
+
+        def latest() -> dict:
+            return json.loads(records.payloads()[-1])["state"] if records.payloads() else {}
+
+        assert _wait(lambda: len(latest().get("templates", {})) == 2)
+        models = sorted(v["model"] for t in latest()["templates"].values() for v in t["vectors"])
+        assert models == ["dlib_resnet_v1", "sface_v1"] and _contents(gallery) == {"kim": (1, 0)}
+    finally:
+        records.close()
+        fleet.close()
+        gallery.close()
+        broker.close()
+
+
 def _sightings(store, base: np.ndarray, station: str, start: float, tracks: int = 3) -> str:  # type: ignore[no-untyped-def]
     """`tracks` tracks of one stranger (noisy copies of `base`) at `store`; returns their cluster id."""
     rng = np.random.default_rng(int(start))
