@@ -18,7 +18,7 @@ import pytest
 from edgeface.config import Config, MqttConfig, load_config
 from edgeface.errors import ConfigError
 from edgeface.recognition.decider import Decider, DecisionPolicy, Vote
-from edgeface.service.mqtt.commands import CommandRouter, sign_command
+from edgeface.service.mqtt.commands import CommandRouter, NameClusterCommand, sign_command
 from edgeface.service.station import resolve_command_secret
 from edgeface.storage.gallery import Gallery
 
@@ -298,4 +298,31 @@ def test_ignore_cluster_command_is_signed_and_can_be_undone(tmp_path: Path) -> N
                          ({"cluster_id": "cluster-1"}, "cluster_id"), ({"cluster_id": cluster, "undo": "maybe"}, "undo")]:
         reply = router.handle("ignore_cluster", sign_command(secret, "ignore_cluster", payload))
         assert not reply.ok and why in reply.message and "\n" not in reply.message, reply
+    store.close()
+
+
+def test_naming_a_cluster_through_the_station_keeps_its_faces_unless_ignoring_erased_them(tmp_path: Path) -> None:
+    """What the People page shows after naming (tests/test_web.py names a cluster it had ignored and
+    taken off the list, so it shows "no face stored"): the cluster's crops become the templates' faces;
+    ignoring erases them for good, so a cluster named after "Stop ignoring" brings none."""
+    from edgeface.service.station import Station
+    from edgeface.storage.cluster_store import ClusterStore
+
+    gallery = Gallery(tmp_path / "g.db")
+    store = ClusterStore(gallery.path, station="hall", gallery=gallery)
+    chip = np.full((150, 150, 3), 90, np.uint8)
+    ids = []
+    for person in (50, 60):
+        for visit in range(3):
+            vector = _unit(person) + 0.05 * _unit(person * 100 + visit)
+            ids.append(store.observe(vector / np.linalg.norm(vector), ts=1e9 + visit, track_key=f"{person}:{visit}",
+                                     crop=chip).cluster.id)
+    kept, ignored = ids[0], ids[-1]
+    station = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery, clusters=store)
+    station.ignore_cluster(ignored)
+    station.ignore_cluster(ignored, False)
+    assert station.name_cluster(NameClusterCommand(cluster_id=kept, name="Grace")).message == f"{kept} is now Grace"
+    assert station.name_cluster(NameClusterCommand(cluster_id=ignored, name="Alan")).message == f"{ignored} is now Alan"
+    assert len(store.template_crops("Grace", 8)) == gallery.show("Grace").template_count >= 1
+    assert store.template_crops("Alan", 8) == []
     store.close()
