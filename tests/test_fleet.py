@@ -466,6 +466,7 @@ def test_three_stations_one_broker_enroll_reaches_the_camera_forget_reaches_ever
     status = Collector(broker.port, f"edgeface/fleet/{GROUP}/station/+")
     acks = Collector(broker.port, f"edgeface/fleet/{GROUP}/erased/#")
     events = Collector(broker.port, "edgeface/st-c/events/recognized")
+    forgotten = Collector(broker.port, "edgeface/+/events/person_forgotten")
     stations = [RunningStation(tmp_path, "st-a", broker.port, blanks[0].url),
                 RunningStation(tmp_path, "st-b", broker.port, blanks[1].url),
                 RunningStation(tmp_path, "st-c", broker.port, clip.url, max_fps=10)]
@@ -495,6 +496,9 @@ def test_three_stations_one_broker_enroll_reaches_the_camera_forget_reaches_ever
         print(f"forget on B -> gone everywhere: {time.monotonic() - removed:.1f} s")
         assert _wait(lambda: len({json.loads(p)["origin"] for p in acks.payloads()}) == 3, 10)
         assert all(json.loads(p)["templates"] == 1 for p in acks.payloads())
+        # The stations it was forgotten at from afar say so on their own event topics too.
+        assert _wait(lambda: {(json.loads(p)["station"], json.loads(p)["name"]) for p in forgotten.payloads()}
+                     >= {("st-a", "lin_manuel_miranda"), ("st-c", "lin_manuel_miranda")}, 15)
         assert all("mallory" not in s.contents() for s in stations)
         # The refusal shows in each station's status record (sent every 10 s).
         assert _wait(lambda: any(json.loads(p)["stats"]["refused"].get("wrongly signed", 0) >= 1
@@ -504,7 +508,7 @@ def test_three_stations_one_broker_enroll_reaches_the_camera_forget_reaches_ever
     finally:
         for station in stations:
             station.stop()
-        for collector in (status, acks, events):
+        for collector in (status, acks, events, forgotten):
             collector.close()
         clip.stop()
         for blank in blanks:

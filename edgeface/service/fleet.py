@@ -453,6 +453,10 @@ class Fleet:
             self.state.save(state, None)
             if before is None or before.deleted is None:
                 self._after_erasure(state.pid, state, stored.name if stored else None, before)
+                if stored is not None and self.emit is not None:  # forgotten elsewhere: said here too
+                    from edgeface.events import PersonForgottenEvent
+
+                    self.emit(PersonForgottenEvent(station=self.station, name=stored.name))
             return
         claims = {state.name, before.name if before is not None else None}
         shown = self._shown(claims)
