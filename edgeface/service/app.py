@@ -201,9 +201,10 @@ def _join_fleet(running: RunningStation, gallery: Gallery, key: bytes, mqtt_url:
 
     def erase(name: str) -> int:
         cleared = running.clusters.store.forget_person(name) if running.clusters is not None else 0
-        running.pipeline.decider.forget_name(name)
         if running.station is not None:
-            running.station.sync_people()
+            running.station.erased(name)
+        else:
+            running.pipeline.decider.forget_name(name)
         return cleared
 
     fleet = Fleet(running.config, gallery, key=key, mqtt_url=mqtt_url, on_forgotten=erase,

@@ -605,6 +605,18 @@ class Station:
         """The `ignore_cluster` command (MQTT): `ignore_cluster` with undo meaning ignored=False."""
         return self.ignore_cluster(command.cluster_id, not command.undo)
 
+    def erased(self, name: str) -> None:
+        """`name` left the gallery (this station's forget, or the fleet's): the decider's memory of them,
+        their Home Assistant entity and a retained face of theirs go too."""
+        if self.pipeline is not None:
+            self.pipeline.decider.forget_name(name)
+        with self._lock:
+            if self.ha is not None and name in self._people:
+                self._people.discard(name)
+                self._clear_person(name)
+                self._save_published()
+        self._clear_face(name)
+
     def forget(self, command: ForgetCommand) -> CommandResult:
         gallery = self._require_gallery()
         with self._command_lock:
@@ -619,14 +631,7 @@ class Station:
             forget_person = getattr(store, "forget_person", None)
             if callable(forget_person):
                 clusters_cleared = int(forget_person(info.name) or 0)
-        if self.pipeline is not None:
-            self.pipeline.decider.forget_name(info.name)
-        with self._lock:
-            if self.ha is not None and info.name in self._people:
-                self._people.discard(info.name)
-                self._clear_person(info.name)
-                self._save_published()
-        self._clear_face(info.name)
+        self.erased(info.name)
         self._emit(PersonForgottenEvent(station=self.config.station_id, name=info.name))
         return CommandResult(f"forgot {info.name}",
                              {"name": info.name, "templates": info.template_count, "negatives": info.negative_count,
