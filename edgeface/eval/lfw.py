@@ -125,8 +125,8 @@ def run_lfw_evaluation(
     """`cache_dir`: keep each precision's faces in an .npz there (reused when the settings match).
     `embedder`: dlib alone, SFace alone, or fused as recognition.second_opinion says (default: fused
     unless it is off)."""
-    from edgeface.recognition.fusion import Band, fused_distance
     from edgeface.config import GalleryConfig
+    from edgeface.recognition.fusion import Band, fused_distance
     from edgeface.vision.analyzer import FaceAnalyzer
 
     pairs_path = pairs_path or data_dir / "pairs.txt"
