@@ -81,7 +81,8 @@ MAX_NAME_CHARS = 64
 SAME_TEMPLATE_MAX_DISTANCE = 1e-3
 """Import: an incoming template (or negative) this close to a stored one of its identity is already there."""
 EXPORT_FORMAT: Literal["edgeface-gallery"] = "edgeface-gallery"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
+"""2: a template may carry its second-model (SFace) embedding, tagged with model id and version."""
 
 
 class InvalidNameError(GalleryError):
@@ -563,11 +564,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _SecondRecord(_Strict):
+    model_id: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    embedding_f32le_b64: str
+
+
 class _TemplateRecord(_Strict):
     embedding_f32le_b64: str
     quality: float = Field(1.0, ge=0.0, le=1.0)
     source_sha256: str | None = None
     created: str
+    second: _SecondRecord | None = None
 
 
 class _NegativeRecord(_Strict):
@@ -654,6 +662,8 @@ class MissingSecond:
     name: str
     template_id: int
     chip: np.ndarray | None
+    source_sha256: str | None = None
+    """The sha256 of the photo the template was made from (the same photo can then be embedded again)."""
 
 
 # -- the gallery -----------------------------------------------------------------------------
@@ -1060,17 +1070,18 @@ class Gallery:
         """Every template of this gallery's model without a `model_id` embedding, with its stored chip."""
         with self._transaction(write=False) as db:
             rows = db.execute(
-                "SELECT i.name, t.id, c.kind, c.chip FROM templates t JOIN identities i ON i.id = t.identity_id"
+                "SELECT i.name, t.id, c.kind, c.chip, t.source_sha256 FROM templates t"
+                " JOIN identities i ON i.id = t.identity_id"
                 " LEFT JOIN template_chips c ON c.template_id = t.id"
                 " WHERE t.model_id = ? AND NOT EXISTS (SELECT 1 FROM second_embeddings s"
                 " WHERE s.template_id = t.id AND s.model_id = ?) ORDER BY i.name, t.id",
                 (self.model_id, model_id)).fetchall()
         out = []
-        for name, template_id, kind, blob in rows:
+        for name, template_id, kind, blob, source in rows:
             chip = None
             if kind == SECOND_CHIP_KIND and blob is not None and len(blob) == int(np.prod(SECOND_CHIP_SHAPE)):
                 chip = np.frombuffer(blob, np.uint8).reshape(SECOND_CHIP_SHAPE).copy()
-            out.append(MissingSecond(name, int(template_id), chip))
+            out.append(MissingSecond(name, int(template_id), chip, source))
         return out
 
     def add_second_embeddings(self, templates: Sequence[tuple[int, SecondTemplate]]) -> int:
@@ -1097,11 +1108,16 @@ class Gallery:
         with self._transaction(write=False) as db:
             for iid, name, created, metadata in db.execute("SELECT id, name, created, metadata FROM identities ORDER BY name"):
                 records[iid] = _IdentityRecord(name=name, created=created, metadata=json.loads(metadata))
-            for iid, blob, quality, source, created in db.execute(
-                    "SELECT identity_id, embedding, quality, source_sha256, created FROM templates WHERE model_id = ?"
-                    " ORDER BY id", (self.model_id,)):
+            for iid, blob, quality, source, created, second_model, second_version, second_blob in db.execute(
+                    "SELECT t.identity_id, t.embedding, t.quality, t.source_sha256, t.created, s.model_id,"
+                    " s.model_version, s.embedding FROM templates t LEFT JOIN second_embeddings s ON s.template_id = t.id"
+                    " WHERE t.model_id = ? ORDER BY t.id", (self.model_id,)):
+                second = None if second_blob is None else _SecondRecord(
+                    model_id=second_model, model_version=second_version,
+                    embedding_f32le_b64=_encode(_from_blob(second_blob, "a second-model embedding")))
                 records[iid].templates.append(_TemplateRecord(embedding_f32le_b64=_encode(_from_blob(blob, "a template")),
-                                                              quality=quality, source_sha256=source, created=created))
+                                                              quality=quality, source_sha256=source, created=created,
+                                                              second=second))
             for iid, blob, created in db.execute("SELECT identity_id, embedding, created FROM negatives"
                                                  " WHERE model_id = ? ORDER BY id", (self.model_id,)):
                 records[iid].negatives.append(_NegativeRecord(embedding_f32le_b64=_encode(_from_blob(blob, "a negative")),
@@ -1133,6 +1149,8 @@ class Gallery:
             where = f"{path}: {name!r}"
             for t in record.templates:
                 _check_sha256(t.source_sha256)
+                if t.second is not None:
+                    _decode(t.second.embedding_f32le_b64, f"{where} second-model embedding")
             incoming.append((name, record,
                              [(_decode(t.embedding_f32le_b64, f"{where} template {j}"), t) for j, t in enumerate(record.templates)],
                              [(_decode(n.embedding_f32le_b64, f"{where} negative {j}"), n) for j, n in enumerate(record.negatives)]))
@@ -1157,7 +1175,11 @@ class Gallery:
                             (len(have) and pairwise_distances(vector[None], have).min() <= SAME_TEMPLATE_MAX_DISTANCE):
                         skipped += 1
                         continue
-                    self._insert_template(db, identity_id, vector, t.quality, t.source_sha256, t.created)
+                    template_id = self._insert_template(db, identity_id, vector, t.quality, t.source_sha256, t.created)
+                    if t.second is not None:
+                        _insert_second(db, template_id, SecondTemplate(
+                            t.second.model_id, t.second.model_version,
+                            _decode(t.second.embedding_f32le_b64, f"{path}: {name!r} second-model embedding")))
                     have = np.vstack([have, vector[None]])
                     have_sources.add(t.source_sha256 or "")
                     added += 1
