@@ -316,6 +316,9 @@ def _run(args: argparse.Namespace) -> int:
     if recognition.second_opinion != "off":
         settings["second"] = SFACE_MODEL_ID
     embedding: Embedding = args.embedder or ("dlib" if recognition.second_opinion == "off" else "fused")
+    if embedding != "dlib" and (recognition.second_opinion == "off" or args.faces):
+        raise EdgefaceError(f"--embedder {embedding} needs SFace embeddings: recognition.second_opinion must not be off "
+                            "(and --faces files have none)")
     mode: SecondOpinion = "always" if recognition.second_opinion == "off" else recognition.second_opinion
     scoring = Scoring(embedding, mode, config.match_max_distance)
     report = run_identify_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), templates=args.templates,
