@@ -178,13 +178,14 @@ class SFaceEmbedder:
         self.requested_precision: Precision = precision
         self.precision: Precision = precision
         self.selfcheck_cosine: float | None = None
-        runner = OnnxRunner(verified_model_path(SFACE_FILES[precision], directory), threads=threads)
+        runner = OnnxRunner(verified_model_path(SFACE_FILES[precision], directory), threads=threads,
+                            memory_arena=True)  # steady memory (edgeface.io.runtime.onnx)
         if precision == "int8":
             try:
                 self.selfcheck_cosine = sface_self_check(runner, directory)
             except SFaceSelfCheckFailed as error:
                 logger.warning("%s; falling back to the FP32 SFace", error)
-                runner = OnnxRunner(verified_model_path(SFACE_FILES["fp32"], directory), threads=threads)
+                runner = OnnxRunner(verified_model_path(SFACE_FILES["fp32"], directory), threads=threads, memory_arena=True)
                 self.precision = "fp32"
         self._runner = runner
 
