@@ -32,8 +32,11 @@ needs_data = pytest.mark.skipif(not (DATA / "people").is_dir(), reason="../share
 
 
 def test_a_fused_score_is_a_dlib_distance_with_the_same_meaning() -> None:
-    distances = np.linspace(0.1, 0.9, 17)
+    distances = np.linspace(0.2, 0.9, 15)
     assert np.allclose(fusion.equivalent_distance(fusion.dlib_z(distances)), distances, atol=1e-9)
+    # beyond dlib distance 0.2 (both models sure) scores stay ordered and never reach 0
+    confident = fusion.equivalent_distance(np.linspace(5.0, 40.0, 8))
+    assert np.all(np.diff(confident) < 0) and confident.min() > 0
     # SFace agreeing more (higher cosine) makes the fused distance smaller, never larger
     fused = fusion.fused_distance(np.full(5, 0.38), np.array([0.0, 0.2, 0.4, 0.6, 0.8]))
     assert np.all(np.diff(fused) < 0)
