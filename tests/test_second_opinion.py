@@ -285,3 +285,25 @@ def test_eval_identify_scores_dlib_sface_and_fused_from_one_cache(tmp_path: Path
     refused = _cli("eval", "identify", "--data", str(DATA / "bbt"), "--cache", str(tmp_path / "off.npz"),
                    "--embedder", "sface", "--config", str(off))
     assert refused.returncode == 1 and "second_opinion" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+@needs_data
+def test_identify_asks_the_second_opinion_as_the_camera_loop_does(tmp_path: Path) -> None:
+    """bbt/: the cast enrolled, the group photos identified with auto and off: the same names, and the faces
+    dlib was not sure about (distance above the band's lower edge) get a fused distance."""
+    gallery = tmp_path / "bbt.db"
+    assert _cli("enroll", "--from-folders", str(DATA / "bbt"), "--gallery", str(gallery)).returncode == 0
+    answers = {}
+    for mode in ("auto", "off"):
+        config = tmp_path / f"{mode}.yaml"
+        config.write_text(f"recognition:\n  second_opinion: {mode}\n")
+        result = _cli("identify", "--jsonl", "--gallery", str(gallery), "--config", str(config),
+                      *map(str, sorted((DATA / "bbt" / "_group").glob("bbt[345].jpg"))))
+        assert result.returncode == 0, result.stderr
+        answers[mode] = [(r["path"], f["name"], f["distance"]) for line in result.stdout.splitlines()
+                         for r in [json.loads(line)] for f in r["faces"]]
+    assert [a[:2] for a in answers["auto"]] == [a[:2] for a in answers["off"]]
+    lower_edge = 0.3776 - fusion.SECOND_OPINION_BAND_BELOW
+    changed = [(a, o) for a, o in zip(answers["auto"], answers["off"]) if a[2] != o[2]]
+    assert changed and all(o[2] > lower_edge for _, o in changed)
+    assert all(a[2] == o[2] for a, o in zip(answers["auto"], answers["off"]) if o[2] <= lower_edge)

@@ -391,9 +391,13 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     from edgeface.config import load_config
     from edgeface.errors import ImageError
     from edgeface.io.images import read_image
+    from edgeface.storage.second_opinion import match_with_second_opinion
+    from edgeface.vision.sface import SFACE_MODEL_ID
 
     analyzer = _analyzer(args)
-    margin = load_config(args.config).pipeline.decision.runner_up_margin
+    config = load_config(args.config)
+    margin = config.pipeline.decision.runner_up_margin
+    mode = config.recognition.second_opinion
     errors = 0
     with _open(args, read_only=True) as gallery:  # identifying writes nothing: read access is enough
         for path in args.paths:
@@ -404,7 +408,13 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                 record["error"] = str(error)
                 errors += 1
             else:
-                for i, match in enumerate(gallery.match(faces.embeddings)):
+                second = faces.second_embeddings
+                if second is None or mode == "off":
+                    matches = gallery.match(faces.embeddings)
+                else:  # the second opinion, as the camera loop asks it (the photo analyzer embedded every face)
+                    matches, _ = match_with_second_opinion(gallery, faces.embeddings, gallery.match_max_distance, mode,
+                                                           SFACE_MODEL_ID, lambda rows, s=second: s[rows])
+                for i, match in enumerate(matches):
                     record["faces"].append({
                         "box": [round(float(v), 1) for v in faces.detections.xyxy[i]],
                         "name": match.name or "unknown",
