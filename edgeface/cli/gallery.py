@@ -198,7 +198,8 @@ def _info_dict(info, templates: bool = False) -> dict[str, Any]:
                            "templates": info.template_count, "negatives": info.negative_count}
     if templates:
         out["templates"] = [{"id": t.id, "quality": round(t.quality, 3), "source_sha256": t.source_sha256,
-                             "created": t.created, "model_id": t.model_id} for t in info.templates]
+                             "created": t.created, "model_id": t.model_id, "second_model": t.second_model}
+                            for t in info.templates]
     return out
 
 
@@ -226,7 +227,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if info.metadata:
         print(f"metadata: {json.dumps(info.metadata, ensure_ascii=False)}")
     for t in info.templates:
-        print(f"  template {t.id}\tquality {t.quality:.2f}\t{t.model_id}\t{t.created}\tsource sha256 {t.source_sha256 or '-'}")
+        models = t.model_id + (f" + {t.second_model}" if t.second_model else " only")
+        print(f"  template {t.id}\tquality {t.quality:.2f}\t{models}\t{t.created}\tsource sha256 {t.source_sha256 or '-'}")
     return 0
 
 
@@ -413,7 +415,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                     matches = gallery.match(faces.embeddings)
                 else:  # the second opinion, as the camera loop asks it (the photo analyzer embedded every face)
                     matches, _ = match_with_second_opinion(gallery, faces.embeddings, gallery.match_max_distance, mode,
-                                                           SFACE_MODEL_ID, lambda rows, s=second: s[rows])
+                                                           SFACE_MODEL_ID, second.__getitem__)
                 for i, match in enumerate(matches):
                     record["faces"].append({
                         "box": [round(float(v), 1) for v in faces.detections.xyxy[i]],

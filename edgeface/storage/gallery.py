@@ -274,6 +274,8 @@ class TemplateInfo:
     source_sha256: str | None
     created: str
     model_id: str
+    second_model: str | None = None
+    """"model_id/model_version" of its second-model (SFace) embedding; None: dlib only."""
 
 
 @dataclass(frozen=True)
@@ -984,10 +986,12 @@ class Gallery:
         with self._transaction(write=False) as db:
             identity_id = self._identity_id(db, name)
             created, metadata = db.execute("SELECT created, metadata FROM identities WHERE id = ?", (identity_id,)).fetchone()
-            templates = db.execute("SELECT id, quality, source_sha256, created, model_id FROM templates"
-                                   " WHERE identity_id = ? ORDER BY id", (identity_id,)).fetchall()
+            templates = db.execute("SELECT t.id, t.quality, t.source_sha256, t.created, t.model_id,"
+                                   " s.model_id || '/' || s.model_version FROM templates t"
+                                   " LEFT JOIN second_embeddings s ON s.template_id = t.id"
+                                   " WHERE t.identity_id = ? ORDER BY t.id", (identity_id,)).fetchall()
             negatives = db.execute("SELECT COUNT(*) FROM negatives WHERE identity_id = ?", (identity_id,)).fetchone()[0]
-        infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4]) for t in templates)
+        infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4], t[5]) for t in templates)
         return IdentityInfo(_nfc(name), created, json.loads(metadata), len(infos), int(negatives), infos)
 
     def source_hashes(self, among: Sequence[str] | None = None) -> dict[str, str]:
