@@ -307,3 +307,13 @@ def test_identify_asks_the_second_opinion_as_the_camera_loop_does(tmp_path: Path
     changed = [(a, o) for a, o in zip(answers["auto"], answers["off"]) if a[2] != o[2]]
     assert changed and all(o[2] > lower_edge for _, o in changed)
     assert all(a[2] == o[2] for a, o in zip(answers["auto"], answers["off"]) if o[2] <= lower_edge)
+
+
+def test_the_shipped_impostor_figures_agree_with_the_fused_calibration() -> None:
+    """The fused scale was mapped onto dlib's at the 1e-3 and 1e-4 false-accept points: the shipped
+    figures say the same distance for both there."""
+    for far in (1e-3, 1e-4):
+        dlib, fused = fusion.IMPOSTOR_DISTANCE_AT_FAR[far]
+        assert abs(dlib - fused) < 0.002
+    distances = [fusion.IMPOSTOR_DISTANCE_AT_FAR[far][1] for far in sorted(fusion.IMPOSTOR_DISTANCE_AT_FAR)]
+    assert distances == sorted(distances) and fusion.IMPOSTOR_DISTANCE_AT_FAR[1e-3][0] < 0.3776

@@ -80,8 +80,10 @@ def main() -> None:
     threshold = Config().match_max_distance
     d = np.sqrt(np.clip(2 - 2 * dlib, 0, 4))
     fused = fusion.fused_distance(d, sface)
-    for far in (1e-2, 1e-3, 1e-4):
-        print(f"  FAR {far:g}: dlib distance {np.quantile(d[~same], far):.4f}, fused {np.quantile(fused[~same], far):.4f}")
+    print("IMPOSTOR_DISTANCE_AT_FAR = {  # per-comparison false-accept rate: (dlib distance, fused distance)")
+    for far in (1e-2, 1e-3, 1e-4, 1e-5):
+        print(f"    {far:g}: ({np.quantile(d[~same], far):.4f}, {np.quantile(fused[~same], far):.4f}),")
+    print("}")
     under = (d < threshold) & (d > threshold - 0.15)
     over = (d >= threshold) & (d < threshold + 0.15)
     up = float(np.quantile(fused[under] - d[under], 0.99))
