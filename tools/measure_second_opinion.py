@@ -92,11 +92,54 @@ def main() -> None:
           f"farther; up to 0.15 above: {over.sum()}, up to {down:.3f} nearer (99th percentiles)")
     print(f"SECOND_OPINION_BAND_BELOW = {up:.2f}  (a dlib match this far below the threshold can become unknown)")
     print(f"SECOND_OPINION_BAND_ABOVE = {down:.2f}  (an unknown this far above can become a match)")
+    margin = Config().pipeline.decision.runner_up_margin
+    print(f"runner-up flag (within {margin}) on LFW's open set, 1,680 people enrolled with one photo:")
+    runner_up_flags(lfw, "central", threshold, margin)
     for t in (threshold, 0.34, 0.30):
         flips = (d < t) != (fused < t)
         print(f"  at threshold {t:.3f}: decisions that differ, dlib vs fused: {flips.sum()} of {len(d)} "
               f"(impostors accepted: dlib {(d[~same] < t).mean():.5f}, fused {(fused[~same] < t).mean():.5f}; "
               f"genuine accepted: dlib {(d[same] < t).mean():.4f}, fused {(fused[same] < t).mean():.4f})")
+
+
+
+
+
+def runner_up_flags(table: FaceTable, rule: str, threshold: float, margin: float) -> None:
+    """LFW-style open set (first photo of each person with >= 2 enrolled; their other photos and every
+    one-image person's photo as probes): of the probes given a name, how often the name is wrong when
+    the runner-up is within `margin` (flagged) and when it is not, dlib alone vs fused (always)."""
+    by_person: dict[str, list[str]] = {}
+    for name in table.files:
+        by_person.setdefault(name.split("/")[0], []).append(name)
+    enrolled = sorted(p for p, files in by_person.items() if len(files) >= 2)
+    gallery_files = [sorted(by_person[p])[0] for p in enrolled]
+    probes = [f for p, files in by_person.items() for f in sorted(files)[(1 if len(files) >= 2 else 0):]]
+    truth = np.array([enrolled.index(f.split("/")[0]) if len(by_person[f.split("/")[0]]) >= 2 else -1 for f in probes])
+    g_d, g_s = table.pick(rule, gallery_files), table.pick(rule, gallery_files, second=True)  # type: ignore[arg-type]
+    p_d, p_s = table.pick(rule, probes), table.pick(rule, probes, second=True)  # type: ignore[arg-type]
+    keep = ~np.isnan(p_d).any(axis=1)
+    p_d, p_s, truth = p_d[keep], p_s[keep], truth[keep]
+    g_d, g_s = np.nan_to_num(g_d), np.nan_to_num(g_s)
+    for mode in ("off", "always"):
+        who, dist, second, second_dist = [], [], [], []
+        for start in range(0, len(p_d), 2048):
+            rows = slice(start, start + 2048)
+            d = np.sqrt(np.clip(2 - 2 * p_d[rows] @ g_d.T, 0, 4))
+            cos = p_s[rows] @ g_s.T
+            ranked = fusion.rank_with_second_opinion(d, lambda r, c, cos=cos: np.take_along_axis(cos[r], c, axis=1),
+                                                     mode, fusion.Band(threshold))  # type: ignore[arg-type]
+            who.append(ranked.nearest)
+            dist.append(ranked.distance)
+            second.append(ranked.runner_up)
+            second_dist.append(ranked.runner_up_distance)
+        nearest, distance = np.concatenate(who), np.concatenate(dist)
+        runner_gap = np.concatenate(second_dist) - distance
+        named = distance < threshold
+        wrong = named & (nearest != truth)
+        flagged = named & (runner_gap < margin)
+        print(f"  {mode:6s}: named {named.sum()} of {len(named)} probes; wrong when flagged "
+              f"{wrong[flagged].mean():.3f} ({flagged.sum()} flagged), when not flagged {wrong[named & ~flagged].mean():.3f}")
 
 
 if __name__ == "__main__":
