@@ -45,17 +45,18 @@ def match_with_second_opinion(gallery: Gallery, embeddings: np.ndarray, max_dist
     asked = np.zeros(len(matches), bool)
     if mode == "off" or not matches:
         return matches, asked
+    band = band or Band(max_distance)
+    nearest = np.array([m.distance for m in matches])
+    runner_up = np.array([m.runner_up_distance for m in matches])
+    wanted = np.ones(len(matches), bool) if mode == "always" else band.needs_second_opinion(nearest, runner_up)
+    if not wanted.any():  # clear-cut: the SFace templates are not even read
+        return matches, asked
     snapshot = gallery.snapshot()
     means = gallery.second_means(model_id)
     if len(snapshot) == 0 or means.snapshot is not snapshot or means.identities_with == 0:
         return matches, asked
-    band = band or Band(max_distance)
-    nearest = np.array([m.distance for m in matches])
-    runner_up = np.array([m.runner_up_distance for m in matches])
-    asked = np.ones(len(matches), bool) if mode == "always" else band.needs_second_opinion(nearest, runner_up)
+    asked = wanted
     rows = np.flatnonzero(asked)
-    if not len(rows):
-        return matches, asked
     probes = unit_rows(embeddings)[rows]
     second_probes = np.asarray(second(rows), np.float32)
     dlib = snapshot.distances(probes, gallery.strategy)
