@@ -98,7 +98,7 @@ def test_templates_keep_their_sface_embedding_tagged_with_model_and_version(tmp_
     with Gallery(tmp_path / "g.db") as gallery:
         gallery.add_templates("ada", _unit(2, 0), second=[SecondTemplate("sface_2021dec", "int8", _unit(1, 2)[0], chip), None])
         means = gallery.second_means("sface_2021dec")
-        assert means.identities_with == 1 and np.allclose(means.means[0], _unit(1, 2)[0], atol=1e-6)
+        assert means.identities_with == 1 and np.allclose(means.means[0], _unit(1, 2)[0], atol=2e-3)
         missing = gallery.templates_without_second("sface_2021dec")
         assert [(m.name, m.chip) for m in missing] == [("ada", None)]
         assert gallery.second_means("another_model").identities_with == 0
@@ -127,7 +127,7 @@ def test_export_and_import_keep_both_embeddings(tmp_path: Path) -> None:
     assert "second" not in templates[1] or templates[1]["second"] is None
     with Gallery(tmp_path / "b.db") as gallery:
         gallery.import_from(tmp_path / "out.json")
-        assert np.allclose(gallery.second_means("sface_2021dec").means[0], _unit(1, 2)[0], atol=1e-6)
+        assert np.allclose(gallery.second_means("sface_2021dec").means[0], _unit(1, 2)[0], atol=2e-3)
         assert len(gallery.templates_without_second("sface_2021dec")) == 1
 
 

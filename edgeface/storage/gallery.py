@@ -321,10 +321,8 @@ class SecondMeans:
     snapshot: GallerySnapshot
     model_id: str
     means: np.ndarray
-
-    @property
-    def identities_with(self) -> int:
-        return int((~np.isnan(self.means).any(axis=1)).sum()) if len(self.means) else 0
+    identities_with: int
+    """How many identities have an SFace template."""
 
 
 # -- in-memory search ------------------------------------------------------------------------
@@ -1055,19 +1053,19 @@ class Gallery:
                 rows = db.execute("SELECT i.name, s.embedding FROM second_embeddings s JOIN templates t"
                                   " ON t.id = s.template_id JOIN identities i ON i.id = t.identity_id"
                                   " WHERE s.model_id = ? AND t.model_id = ?", (model_id, self.model_id)).fetchall()
-            sums = np.zeros((len(snapshot.names), EMBEDDING_DIM), np.float64)
-            counts = np.zeros(len(snapshot.names), np.int64)
             index = {name: k for k, name in enumerate(snapshot.names)}
-            for name, blob in rows:
-                k = index.get(name)
-                if k is not None:
-                    sums[k] += _from_blob(blob, "a second-model embedding")
-                    counts[k] += 1
-            means = np.full(sums.shape, np.nan, np.float32)
+            owners = np.array([index.get(name, -1) for name, _ in rows], np.int64)
+            known = owners >= 0
+            vectors = _stack([blob for (_, blob), ok in zip(rows, known) if ok], "a second-model embedding")
+            sums = np.zeros((len(snapshot.names), EMBEDDING_DIM), np.float32)
+            np.add.at(sums, owners[known], vectors)
+            counts = np.bincount(owners[known], minlength=len(snapshot.names))
+            # float16: half the memory (51 -> 26 MB at 100,000 people); cosines move by < 1e-3
+            means = np.full(sums.shape, np.nan, np.float16)
             have = counts > 0
             if have.any():
-                means[have] = unit_rows(sums[have])
-            self._second_means = SecondMeans(snapshot, model_id, means)
+                means[have] = unit_rows(sums[have]).astype(np.float16)
+            self._second_means = SecondMeans(snapshot, model_id, means, int(have.sum()))
             return self._second_means
 
     def templates_without_second(self, model_id: str) -> list[MissingSecond]:

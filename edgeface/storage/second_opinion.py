@@ -62,9 +62,8 @@ def match_with_second_opinion(gallery: Gallery, embeddings: np.ndarray, max_dist
     dlib = snapshot.distances(probes, gallery.strategy)
 
     def cosines(r: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        table = second_probes[r] @ np.nan_to_num(means.means).T
-        table[:, np.isnan(means.means).any(axis=1)] = np.nan
-        return np.take_along_axis(table, candidates, axis=1)
+        rows = means.means[candidates].astype(np.float32)  # (r, k, 128): only the candidates' templates
+        return np.einsum("rkd,rd->rk", rows, second_probes[r])  # NaN where an identity has no SFace template
 
     ranked = rank_with_second_opinion(dlib, cosines, "always", band)
     limits = snapshot.limits(max_distance, gallery.strategy)
