@@ -301,3 +301,11 @@ def test_doctor_says_whether_commands_are_signed(tmp_path: Path) -> None:
     assert check_commands(MqttConfig(allow_unsigned_commands=True), empty).status == "warn"
     signed = check_commands(MqttConfig(), {**empty, "EDGEFACE_COMMAND_SECRET": "0123456789abcdef0123"})
     assert signed.status == "ok" and "must be signed" in signed.detail
+
+
+def test_doctor_reports_the_second_opinion_self_check() -> None:
+    from edgeface.service.doctor import check_second_opinion
+
+    on = check_second_opinion("auto")
+    assert on.status == "ok" and "INT8 SFace self-check passed" in on.detail
+    assert check_second_opinion("off").status == "ok" and "dlib alone" in check_second_opinion("off").detail

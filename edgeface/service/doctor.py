@@ -148,6 +148,21 @@ def check_embedder() -> Check:
                  f"limit {SELFCHECK_MAX_DISTANCE})")
 
 
+def check_second_opinion(mode: str) -> Check:
+    """Load SFace (the second opinion) as the station would: its INT8 self-check on this CPU."""
+    if mode == "off":
+        return Check("sface", "ok", "second opinion off (recognition.second_opinion): dlib alone decides")
+    from edgeface.vision.sface import SFACE_SELFCHECK_MIN_COSINE, SFaceEmbedder
+
+    embedder = SFaceEmbedder("int8")
+    if embedder.precision != "int8":
+        return Check("sface", "warn", "the INT8 SFace self-check failed on this CPU; the FP32 SFace runs instead "
+                     "(same accuracy, ~2x slower, peak memory ~290 MB)",
+                     "report the CPU and onnxruntime version; or set recognition.second_opinion: off to save the memory")
+    return Check("sface", "ok", f"second opinion ({mode}): INT8 SFace self-check passed on this CPU (cosine "
+                 f"{embedder.selfcheck_cosine:.3f}, limit {SFACE_SELFCHECK_MIN_COSINE})")
+
+
 # -- camera ---------------------------------------------------------------------------------------
 
 
@@ -465,6 +480,7 @@ def run_checks(options: DoctorOptions) -> Iterable[Check]:
     yield from _guarded("runtime", check_runtimes)
     yield from _guarded("detector", lambda: check_detector(config.recognition.detector.model))
     yield from _guarded("embedder", check_embedder)
+    yield from _guarded("sface", lambda: check_second_opinion(config.recognition.second_opinion))
     yield from _guarded("camera", lambda: check_camera(options.source, options.camera_timeout_s))
     yield from _guarded("broker", lambda: check_broker(options.mqtt_url, mqtt_config, options.broker_timeout_s))
     yield from _guarded("gallery", lambda: check_gallery(gallery))
