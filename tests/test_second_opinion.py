@@ -317,3 +317,12 @@ def test_the_shipped_impostor_figures_agree_with_the_fused_calibration() -> None
         assert abs(dlib - fused) < 0.002
     distances = [fusion.IMPOSTOR_DISTANCE_AT_FAR[far][1] for far in sorted(fusion.IMPOSTOR_DISTANCE_AT_FAR)]
     assert distances == sorted(distances) and fusion.IMPOSTOR_DISTANCE_AT_FAR[1e-3][0] < 0.3776
+
+
+def test_upgrade_refuses_a_missing_photo_folder_in_one_line(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as gallery:
+        gallery.add_templates("ada", _unit(1, 0))
+    result = _cli("gallery", "upgrade", "--gallery", str(tmp_path / "g.db"), "--photos", str(tmp_path / "nowhere"))
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "not a folder" in result.stderr
+    with Gallery(tmp_path / "g.db") as gallery:  # nothing lost
+        assert [(i.name, i.template_count) for i in gallery.list_identities()] == [("ada", 1)]

@@ -284,6 +284,8 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.recognition.second_opinion == "off":
         raise EdgefaceError("recognition.second_opinion is off in this config: there is no second model to upgrade to")
+    if args.photos is not None and not args.photos.is_dir():
+        raise EdgefaceError(f"--photos {args.photos}: not a folder (give the enrollment photos, one sub-folder per person)")
     with _open(args) as gallery:
         missing = gallery.templates_without_second(SFACE_MODEL_ID)
         if not missing:
@@ -332,7 +334,11 @@ def _second_from_photos(root: Path, missing: list[Any], analyzer: Any) -> list[t
         if not folder.is_dir():
             continue
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                print(f"edgeface: {path}: {error.strerror or error}; skipped", file=sys.stderr)
+                continue
             template_id = wanted.pop((name, hashlib.sha256(data).hexdigest()), None)
             if template_id is None:
                 continue
