@@ -213,7 +213,17 @@ class SecondEmbedder:
     def __init__(self, precision: Precision = "int8", threads: int = 1, refiner: KeypointRefiner | None = None,
                  detector_model: str = "short") -> None:
         self.aligner = SFaceAligner(detector_model, refiner)
-        self.embedder = SFaceEmbedder(precision, threads)
+        self._precision: Precision = precision
+        self._threads = threads
+        self._embedder: SFaceEmbedder | None = None
+
+    @property
+    def embedder(self) -> SFaceEmbedder:
+        """Loaded on first use (~33 MB): a station whose gallery has no SFace templates, or that never meets
+        a face dlib is unsure about, never loads it."""
+        if self._embedder is None:
+            self._embedder = SFaceEmbedder(self._precision, self._threads)
+        return self._embedder
 
     @property
     def model_version(self) -> str:
