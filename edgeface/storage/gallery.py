@@ -733,7 +733,7 @@ class Gallery:
         if version != SCHEMA_VERSION:
             db.close()
             newer = "a newer edgeface (upgrade edgeface)" if version > SCHEMA_VERSION else \
-                "an older edgeface: open it once with write access to upgrade it"
+                "an older edgeface: open it once with write access to upgrade it (`edgeface gallery upgrade`)"
             raise GalleryVersionError(f"gallery {self.path} has schema version {version}, written by {newer}")
         return db
 
