@@ -105,6 +105,8 @@ class PhotoOutcome:
     """Set on an accepted photo that resembles another enrolled person: who, and how near."""
     second: SecondTemplate | None = field(default=None, repr=False, compare=False)
     """The second model's (SFace) embedding and chip of the face, stored with the template."""
+    chip: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The accepted face's aligned chip (the station page keeps it as the template's face crop)."""
 
     @property
     def accepted(self) -> bool:
@@ -303,7 +305,7 @@ class Enroller:
             }[result.reason]
             return PhotoOutcome(path, name, _QUALITY_REASONS[result.reason], detail, sha256=digest)
         return PhotoOutcome(path, name, None, "", result.weight, digest, faces.embeddings[index],
-                            second=self._second_template(faces, index))
+                            second=self._second_template(faces, index), chip=np.array(faces.chips[index]))
 
     def _second_template(self, faces: AnalyzedFaces, index: int) -> SecondTemplate | None:
         second = getattr(self.analyzer, "second", None)
