@@ -21,6 +21,7 @@ from edgeface.storage.changes import (
     Face,
     PersonState,
     RecordError,
+    content_id,
     display_names,
     encode_vector,
     merge,
@@ -304,6 +305,48 @@ def test_another_models_vectors_travel_along_and_the_same_name_joins_one_person(
         records.close()
         fleet.close()
         gallery.close()
+        broker.close()
+
+
+@needs_mosquitto
+def test_the_second_opinions_embeddings_travel_with_their_templates_never_the_chips(tmp_path: Path) -> None:
+    from edgeface.service.fleet import Fleet
+    from edgeface.storage.gallery import SecondTemplate
+
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
+    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY).start() for s, g in zip("ab", galleries)]
+    chip = np.full((112, 112, 3), 7, np.uint8)
+    try:
+        galleries[0].add_templates("uma", np.stack([_unit(61), _unit(62)]),
+                                   second=[SecondTemplate("sface_2021dec", "int8", _unit(71), chip), None])
+
+        def seconds(gallery: Gallery) -> dict:
+            ids = gallery.identity_ids()
+            person = gallery.stored_person(ids["uma"]) if "uma" in ids else None
+            return {} if person is None else {content_id(t[1]): person.seconds.get(t[0]) for t in person.templates}
+
+        assert _wait(lambda: len(seconds(galleries[1])) == 2)
+        at_b = seconds(galleries[1])
+        with_second = [s for s in at_b.values() if s is not None]
+        assert len(with_second) == 1 and with_second[0].model_id == "sface_2021dec" and with_second[0].model_version == "int8"
+        assert np.allclose(with_second[0].embedding, _unit(71), atol=1e-6)
+        assert galleries[1].stored_person(galleries[1].identity_ids()["uma"]) is not None
+        import sqlite3
+
+        assert sqlite3.connect(tmp_path / "b.db").execute("SELECT COUNT(*) FROM template_chips").fetchone() == (0,)
+        # `edgeface gallery upgrade` gives the other template its SFace embedding later: that travels too.
+        person = galleries[0].stored_person(galleries[0].identity_ids()["uma"])
+        assert person is not None
+        missing = next(t[0] for t in person.templates if t[0] not in person.seconds)
+        galleries[0].add_second_embeddings([(missing, SecondTemplate("sface_2021dec", "int8", _unit(72)))])
+        assert _wait(lambda: all(s is not None for s in seconds(galleries[1]).values()))
+    finally:
+        for fleet in fleets:
+            fleet.close()
+        for gallery in galleries:
+            gallery.close()
         broker.close()
 
 

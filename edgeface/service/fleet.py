@@ -345,11 +345,20 @@ class Fleet:
         templates = dict(current.templates)
         removed = set(current.removed)
         stored = set()
-        for _, vector, quality, source, created in person.templates:
+        for template_id, vector, quality, source, created in person.templates:
             cid = content_id(vector)
             stored.add(cid)
-            if cid not in templates and cid not in removed:
-                templates[cid] = Face(self.clock.now(at_ms), {model: encode_vector(vector)}, quality, source, created)
+            vectors = {model: encode_vector(vector)}
+            second = person.seconds.get(template_id)
+            if second is not None:  # the second opinion's embedding travels with the template (never its chip)
+                vectors[f"{second.model_id}@{second.model_version}"] = encode_vector(second.embedding)
+            if cid in removed:
+                continue
+            if cid not in templates:
+                templates[cid] = Face(self.clock.now(at_ms), vectors, quality, source, created)
+            elif not set(vectors) <= set(templates[cid].vectors):  # e.g. `edgeface gallery upgrade` added one
+                templates[cid] = Face(templates[cid].hlc, {**vectors, **templates[cid].vectors}, templates[cid].quality,
+                                      templates[cid].source_sha256, templates[cid].created)
         for cid, face in list(templates.items()):
             if not adopted and model in face.vectors and cid not in stored:  # deleted here: a "not X" report
                 removed.add(cid)
@@ -441,6 +450,10 @@ class Fleet:
                 vector = decode_vector(text)
                 if vector.shape != (EMBEDDING_DIM,) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
                     raise RecordError(f"a {self.gallery.model_id} vector is not a unit vector of {EMBEDDING_DIM} numbers")
+            for key in (k for k in face.vectors if "@" in k):  # a second opinion's embedding, stored as it comes
+                vector = decode_vector(face.vectors[key])
+                if vector.shape != (EMBEDDING_DIM,) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+                    raise RecordError(f"a {key} vector is not a unit vector of {EMBEDDING_DIM} numbers")
 
     def _apply(self, state: PersonState, before: PersonState | None) -> None:
         """Make the gallery hold `state` (and every name `display_names` gives)."""
@@ -468,19 +481,26 @@ class Fleet:
         model = self.gallery.model_id
         stored = self.gallery.stored_person(identity_id) if identity_id is not None else None
         have = {content_id(vector): template_id for template_id, vector, *_ in (stored.templates if stored else ())}
+        new_faces = [face for cid, face in sorted(state.templates.items()) if model in face.vectors and cid not in have]
         add = [(decode_vector(face.vectors[model]), face.quality, face.source_sha256, face.created or _now())
-               for cid, face in sorted(state.templates.items()) if model in face.vectors and cid not in have]
+               for face in new_faces]
+        add_seconds = [_second(face) for face in new_faces]
+        seconds_of = [(have[cid], second) for cid, face in sorted(state.templates.items())
+                      if cid in have and stored is not None and have[cid] not in stored.seconds
+                      and (second := _second(face)) is not None]
         drop = [template_id for cid, template_id in have.items() if cid in state.removed]
         have_negatives = {content_id(vector) for _, vector, _ in (stored.negatives if stored else ())}
         negatives = [(decode_vector(face.vectors[model]), face.created or _now())
                      for cid, face in sorted(state.negatives.items()) if model in face.vectors and cid not in have_negatives]
         if (stored is None and not add) or \
-                (stored is not None and not add and not drop and not negatives and stored.name == names[state.pid]):
+                (stored is not None and not add and not drop and not negatives and not seconds_of
+                 and stored.name == names[state.pid]):
             self.state.save(state, stored.identity_id if stored else None)  # nothing this station's model can use
             return
         with self.gallery.remote_changes():
             identity_id = self.gallery.apply_person(stored.identity_id if stored else None, names[state.pid], add, drop,
-                                                    negatives, read_through=self._read_through)
+                                                    negatives, read_through=self._read_through, add_seconds=add_seconds,
+                                                    seconds_of=seconds_of)
         self.state.save(state, identity_id)  # after the gallery: a failure leaves both as they were
         if others:
             self._settle_names(shown, names)
@@ -712,6 +732,17 @@ class Fleet:
 
     def status(self) -> dict[str, Any]:
         return {"group": self.config.group, **self._status_body(True), "stats": self.stats.to_json()}
+
+
+def _second(face: Face) -> Any:
+    """The second-model embedding a template carries ("<model id>@<version>": vector), or None."""
+    from edgeface.storage.gallery import SecondTemplate
+
+    for key in sorted(face.vectors):
+        if "@" in key:
+            model_id, version = key.split("@", 1)
+            return SecondTemplate(model_id, version, decode_vector(face.vectors[key]))
+    return None
 
 
 def _unit(vector: Any) -> np.ndarray:

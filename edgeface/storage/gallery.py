@@ -342,6 +342,8 @@ class StoredPerson:
     name: str
     templates: tuple[tuple[int, np.ndarray, float, str | None, str], ...]
     negatives: tuple[tuple[int, np.ndarray, str], ...]
+    seconds: dict[int, SecondTemplate] = field(default_factory=dict)
+    """Template id -> its second-model embedding (without the chip: chips are images and stay here)."""
 
 
 @dataclass(frozen=True)
@@ -1082,18 +1084,25 @@ class Gallery:
                                    " WHERE identity_id = ? AND model_id = ? ORDER BY id", (identity_id, self.model_id)).fetchall()
             negatives = db.execute("SELECT id, embedding, created FROM negatives WHERE identity_id = ? AND model_id = ?"
                                    " ORDER BY id", (identity_id, self.model_id)).fetchall()
+            seconds = db.execute("SELECT s.template_id, s.model_id, s.model_version, s.embedding FROM second_embeddings s"
+                                 " JOIN templates t ON t.id = s.template_id WHERE t.identity_id = ?", (identity_id,)).fetchall()
         return StoredPerson(identity_id, row[0],
                             tuple((int(t[0]), _from_blob(t[1], "a template"), float(t[2]), t[3], t[4]) for t in templates),
-                            tuple((int(n[0]), _from_blob(n[1], "a negative"), n[2]) for n in negatives))
+                            tuple((int(n[0]), _from_blob(n[1], "a negative"), n[2]) for n in negatives),
+                            {int(r[0]): SecondTemplate(r[1], r[2], _from_blob(r[3], "a second-model embedding"))
+                             for r in seconds})
 
     def apply_person(self, identity_id: int | None, name: str,
                      add_templates: Sequence[tuple[np.ndarray, float, str | None, str]],
                      drop_template_ids: Sequence[int], add_negatives: Sequence[tuple[np.ndarray, str]],
-                     read_through: int | None = None) -> int:
+                     read_through: int | None = None, add_seconds: Sequence[SecondTemplate | None] = (),
+                     seconds_of: Sequence[tuple[int, SecondTemplate]] = ()) -> int:
         """Bring one identity in line with a fleet record in ONE transaction: create it (identity_id
         None) or rename it to `name`, add templates (unit vector, quality, source sha256, created) and
         negatives (unit vector, created), drop templates by id. Returns the identity's id. Logged as
-        remote inside `remote_changes()`. `read_through`: the last change-log row the caller has read;
+        remote inside `remote_changes()`. `add_seconds[i]`: the second-model embedding of add_templates[i]
+        (or None); `seconds_of`: second-model embeddings for templates stored already (by id).
+        `read_through`: the last change-log row the caller has read;
         a local change logged after it refuses the write (ChangesPendingError), so that a change made
         meanwhile by another process is never overwritten by a record computed without it."""
         name = validate_name(name)
@@ -1117,13 +1126,19 @@ class Gallery:
                             raise DuplicateNameError(f"an identity named {name!r} already exists")
                         db.execute("UPDATE identities SET name = ? WHERE id = ?", (name, identity_id))
                         self._log(db, identity_id, "renamed")
-                for vector, quality, source, created in add_templates:
-                    self._insert_template(db, identity_id, _unit(vector), quality, _check_sha256(source), created)
+                extra = list(add_seconds) + [None] * (len(add_templates) - len(add_seconds))
+                for (vector, quality, source, created), second in zip(add_templates, extra):
+                    template_id = self._insert_template(db, identity_id, _unit(vector), quality, _check_sha256(source),
+                                                        created)
+                    if second is not None:
+                        _insert_second(db, template_id, _checked_second(second))  # type: ignore[arg-type]
+                for template_id, second in seconds_of:
+                    _insert_second(db, template_id, _checked_second(second))  # type: ignore[arg-type]
                 for template_id in drop_template_ids:
                     db.execute("DELETE FROM templates WHERE id = ? AND identity_id = ?", (template_id, identity_id))
                 for vector, created in add_negatives:
                     self._insert_negative(db, identity_id, _unit(vector), created)
-                if add_templates or drop_template_ids or add_negatives:
+                if add_templates or drop_template_ids or add_negatives or seconds_of:
                     self._log(db, identity_id, "templates")
             self._before_write = None  # the next search reloads the file
         return identity_id
@@ -1255,6 +1270,10 @@ class Gallery:
                         raise GalleryError(f"no template {template_id} in gallery {self.path}; nothing was written")
                     assert template is not None
                     _insert_second(db, template_id, template)
+                identities = db.execute(f"SELECT DISTINCT identity_id FROM templates WHERE id IN ({', '.join('?' * len(checked))})",
+                                        [i for i, _ in checked]).fetchall() if checked else []
+                for (identity_id,) in identities:
+                    self._log(db, int(identity_id), "templates")
             self._after_write(lambda snapshot: dataclasses.replace(snapshot, _limit_cache={}))
         return len(checked)
 
