@@ -326,3 +326,56 @@ def test_upgrade_refuses_a_missing_photo_folder_in_one_line(tmp_path: Path) -> N
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "not a folder" in result.stderr
     with Gallery(tmp_path / "g.db") as gallery:  # nothing lost
         assert [(i.name, i.template_count) for i in gallery.list_identities()] == [("ada", 1)]
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_cluster_named_from_the_camera_gives_the_person_sface_templates_and_fused_decisions(tmp_path: Path) -> None:
+    """hamilton_clip with nobody enrolled: the unknown tracks' exemplars carry SFace embeddings; naming the
+    biggest cluster stores them with its templates, tagged as enrollment tags them, and a second pass
+    over the clip recognises that person with the fused score (distances unlike dlib's alone)."""
+    from edgeface.bus import EventBus
+    from edgeface.io.sources import open_source
+    from edgeface.pipeline import build_pipeline
+    from edgeface.storage.cluster_store import ClusterStage, ClusterStore
+
+    clip = DATA / "video" / "hamilton_clip.mp4"
+    if not clip.is_file():
+        pytest.skip("../shared/data/video is absent")
+    gallery_path = tmp_path / "g.db"
+    config = Config()
+    assert config.recognition.second_opinion == "auto"
+    with Gallery(gallery_path) as gallery, ClusterStore(gallery_path, config.clusters, gallery=gallery) as store:
+        pipeline = build_pipeline(config, bus=EventBus(), matcher=gallery, clusters=ClusterStage(store))
+        stats = pipeline.run(open_source(str(clip), every_frame=True))
+        assert stats.second_exemplars > 0
+        db = sqlite3.connect(gallery_path)
+        exemplars = db.execute("SELECT COUNT(*), COUNT(second_embedding), MIN(second_model_id), MIN(second_model_version)"
+                               " FROM cluster_exemplars").fetchone()
+        assert exemplars[0] > 0 and exemplars == (exemplars[0], exemplars[0], "sface_2021dec", "int8")
+        biggest = max(store.list_clusters(), key=lambda c: c.exemplars)
+        store.name(biggest.id, "visitor")
+    templates = db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
+    assert templates > 0
+    assert db.execute("SELECT COUNT(*), MIN(model_id), MIN(model_version) FROM second_embeddings").fetchone() == \
+        (templates, "sface_2021dec", "int8")
+    # the stored SFace embeddings are unit vectors, one per template, like enrollment's
+    vectors = np.stack([np.frombuffer(b, "<f4") for (b,) in db.execute("SELECT embedding FROM second_embeddings")])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    db.close()
+
+    outcome = {}
+    for mode in ("off", "always"):
+        events: list = []
+        bus = EventBus()
+        bus.subscribe(events.append, name="test", required=True)
+        with Gallery(gallery_path) as gallery:
+            pipeline = build_pipeline(Config.model_validate({"recognition": {"second_opinion": mode}}), bus=bus,
+                                      matcher=gallery)
+            stats = pipeline.run(open_source(str(clip), every_frame=True))
+        outcome[mode] = ([(e.track_id, round(e.distance, 4)) for e in events
+                          if e.type == "recognized" and e.name == "visitor"], stats.second_opinions)
+    assert outcome["always"][0], "the named cluster's person was not recognised with the second opinion"
+    assert outcome["off"][1] == 0 < outcome["always"][1]
+    fused, dlib = dict(outcome["always"][0]), dict(outcome["off"][0])
+    assert any(fused[t] != dlib[t] for t in fused.keys() & dlib.keys()), (fused, dlib)

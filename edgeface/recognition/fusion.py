@@ -129,7 +129,8 @@ class Band:
         nearest = np.asarray(nearest, np.float64)
         runner_up = np.asarray(runner_up, np.float64)
         near_threshold = (nearest > self.threshold - self.below) & (nearest < self.threshold + self.above)
-        close_runner_up = (nearest < self.threshold) & (runner_up - nearest < self.runner_up_margin)
+        with np.errstate(invalid="ignore"):  # inf - inf (an empty gallery): NaN, compared as False
+            close_runner_up = (nearest < self.threshold) & (runner_up - nearest < self.runner_up_margin)
         return near_threshold | close_runner_up
 
 
