@@ -379,3 +379,42 @@ def test_a_cluster_named_from_the_camera_gives_the_person_sface_templates_and_fu
     assert outcome["off"][1] == 0 < outcome["always"][1]
     fused, dlib = dict(outcome["always"][0]), dict(outcome["off"][0])
     assert any(fused[t] != dlib[t] for t in fused.keys() & dlib.keys()), (fused, dlib)
+
+
+@needs_data
+def test_sface_chips_follow_store_face_crops_and_go_with_their_person(tmp_path: Path) -> None:
+    """The 112 px SFace chips are face images: with clusters.store_face_crops off none is stored (the
+    embeddings are), turning it off erases those kept before, and removing a person erases theirs."""
+    from edgeface.config import ClusterSettings
+    from edgeface.storage.cluster_store import ClusterStore
+
+    people = tmp_path / "people"
+    for name in ("barack_obama", "joe_biden"):
+        (people / name).mkdir(parents=True)
+        for photo in sorted((DATA / "people" / name).glob("*.jpg"))[:2]:
+            (people / name / photo.name).symlink_to(photo)
+    off = tmp_path / "off.yaml"
+    off.write_text("clusters:\n  store_face_crops: false\n")
+
+    def counts(path: Path) -> tuple[int, int, int]:
+        with sqlite3.connect(path) as db:
+            return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
+                         for t in ("templates", "second_embeddings", "template_chips"))
+
+    without = tmp_path / "without.db"
+    enrolled = _cli("enroll", "--from-folders", str(people), "--gallery", str(without), "--config", str(off))
+    assert enrolled.returncode == 0, enrolled.stderr
+    templates, seconds, chips = counts(without)
+    assert templates == seconds > 0 and chips == 0
+
+    kept = tmp_path / "kept.db"
+    assert _cli("enroll", "--from-folders", str(people), "--gallery", str(kept)).returncode == 0
+    templates, seconds, chips = counts(kept)
+    assert templates == seconds == chips > 0
+    with Gallery(kept) as gallery:
+        obama = gallery.show("barack_obama").template_count
+    removed = _cli("gallery", "remove", "barack_obama", "--gallery", str(kept))
+    assert removed.returncode == 0, removed.stderr
+    assert counts(kept) == (templates - obama, seconds - obama, chips - obama)
+    ClusterStore(kept, ClusterSettings(store_face_crops=False)).close()  # as `run` opens it with crops off
+    assert counts(kept) == (templates - obama, seconds - obama, 0)

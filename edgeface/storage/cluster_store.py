@@ -338,6 +338,8 @@ class ClusterStore:
                                 (cutoff,)).rowcount
             erased += db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?",
                                  (cutoff,)).rowcount
+            if not self.settings.store_face_crops:  # turned off: the SFace chips kept for `gallery upgrade` go too
+                erased += db.execute("DELETE FROM template_chips").rowcount
         if erased:
             log.info("erased %d face crop%s older than %g days", erased, "" if erased == 1 else "s",
                      self.settings.crop_retention_days)
