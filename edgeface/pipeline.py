@@ -40,6 +40,7 @@ import numpy as np
 from edgeface.bus import EventBus
 from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
 from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
+from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.tracker import Tracker
 from edgeface.vision.analyzer import FaceAnalyzer, camera_models
 from edgeface.vision.detections import FaceDetections
@@ -516,15 +517,16 @@ def use_opencv_threads(threads: int) -> None:
 
 
 class ThresholdedMatcher:
-    """A gallery matched at the configured threshold (`Config.match_max_distance`), whatever the gallery
-    object was opened with."""
+    """A gallery matched at the configured threshold (`MatchThreshold.from_config`: fixed, or derived
+    from the false-alarm target for the gallery's size at this frame), whatever the gallery object was
+    opened with."""
 
-    def __init__(self, gallery: Any, max_distance: float) -> None:
+    def __init__(self, gallery: Any, threshold: MatchThreshold) -> None:
         self.gallery = gallery
-        self.max_distance = max_distance
+        self.threshold = threshold
 
     def match(self, embeddings: np.ndarray) -> list[Match]:
-        return self.gallery.match(embeddings, self.max_distance)  # type: ignore[no-any-return]
+        return self.gallery.match(embeddings, self.threshold.at(self.gallery.size()))  # type: ignore[no-any-return]
 
 
 def decision_policy(config: Config) -> DecisionPolicy:
@@ -545,7 +547,7 @@ def build_pipeline(
     clock: Callable[[], datetime] = utc_now,
 ) -> Pipeline:
     """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds; the
-    gallery (`matcher`) is matched at `config.match_max_distance`. `clusters`: where unknown tracks are
+    gallery (`matcher`) is matched at `MatchThreshold.from_config(config)`. `clusters`: where unknown tracks are
     clustered (None: they stay plain unknowns). `wrap_runner` wraps every detector model runner (the
     detector's and the keypoint refiner's; e.g. in a TimedRunner); `threads` overrides the embedder's
     (and detectors') thread count."""
@@ -556,7 +558,7 @@ def build_pipeline(
         detector=models.detector,
         aligner=models.aligner,
         embedder=models.embedder,
-        matcher=None if matcher is None else ThresholdedMatcher(matcher, config.match_max_distance),
+        matcher=None if matcher is None else ThresholdedMatcher(matcher, MatchThreshold.from_config(config)),
         decider=Decider(config.station_id, p.camera, decision_policy(config), clustering=clusters is not None,
                         embed_every_frames=p.embed_every_frames, recheck_every_frames=p.recheck_every_frames,
                         recent_tracks=d.recent_tracks_kept),

@@ -8,8 +8,9 @@ face elsewhere (`--face` overrides). An image without a face has no embedding, a
 counts as an error (a same pair rejected, a different pair accepted). With `--faces FILE` the faces of
 another system (face_recognition's, from tools/face_recognition_faces.py) are scored the same way.
 
-Besides the 10-fold accuracy it reports what the shipped threshold (gallery.match_max_distance) does
-on these pairs (those where both faces were found): its false-accept and true-accept rates, so a
+Besides the 10-fold accuracy it reports what the station's threshold for a one-person gallery (a
+pair is one comparison: gallery.match_max_distance, or the one derived from gallery.false_alarm_rate)
+does on these pairs (those where both faces were found): its false-accept and true-accept rates, so a
 threshold that holds on one set but not another shows.
 """
 
@@ -122,7 +123,8 @@ def run_lfw_evaluation(
     match_max_distance: float | None = None,
 ) -> LfwReport:
     """`cache_dir`: keep each precision's faces in an .npz there (reused when the settings match)."""
-    from edgeface.config import GalleryConfig
+    from edgeface.config import Config
+    from edgeface.recognition.false_alarm import MatchThreshold
     from edgeface.vision.analyzer import FaceAnalyzer
 
     pairs_path = pairs_path or data_dir / "pairs.txt"
@@ -133,7 +135,8 @@ def run_lfw_evaluation(
         pairs = _subsample(pairs, max_pairs_per_fold)
     names = sorted({p.first for p in pairs} | {p.second for p in pairs})
     rule = face_rule or default_face_rule(data_dir)
-    threshold = match_max_distance if match_max_distance is not None else GalleryConfig().match_max_distance
+    # a pair is one comparison: the station's threshold for a one-person gallery
+    threshold = match_max_distance if match_max_distance is not None else MatchThreshold.from_config(Config()).at(1)
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,

@@ -39,13 +39,14 @@ SinkKind = Literal["jsonl", "mqtt"]
 
 def open_gallery(config: Config, path: Path | None, *, required: bool = False,
                  create_default: bool = False) -> Gallery | None:
-    """The gallery to match against, at the configured threshold (`Config.match_max_distance`):
+    """The gallery to match against, at the configured threshold (`MatchThreshold.from_config`):
     PATH (must exist), else $EDGEFACE_GALLERY or ./gallery.db when present (created empty when
     `create_default`: unknown faces are clustered in it), else None (every face is unknown)."""
+    from edgeface.recognition.false_alarm import MatchThreshold
     from edgeface.storage.gallery import Gallery
     from edgeface.storage.paths import default_gallery_path
 
-    threshold = config.match_max_distance
+    threshold = MatchThreshold.from_config(config)
     if path is not None:
         return Gallery(path, create=False, match_max_distance=threshold)
     default = default_gallery_path()

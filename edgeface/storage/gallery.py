@@ -12,8 +12,10 @@ loop over identities. This process's own writes are applied to it in place (a co
 re-read of the file); `Gallery.match` checks `PRAGMA data_version` (a few microseconds) and reloads
 it when another connection committed a change.
 
-Matching is open-set: the nearest identity answers only when its distance is below
-`match_max_distance`; otherwise the face is unknown. Distances are euclidean between unit vectors.
+Matching is open-set: the nearest identity answers only when its distance is below the match
+threshold; otherwise the face is unknown. Distances are euclidean between unit vectors. The threshold
+is fixed (a float) or a `MatchThreshold` derived from a false-alarm target per stranger, re-derived
+from the number of identities searched at every match (edgeface.recognition.false_alarm).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeface.config import GalleryConfig
 from edgeface.errors import GalleryError
+from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.vectors import EMBEDDING_DIM, pairwise_distances, unit_rows
 from edgeface.storage.sqlite import apply_migrations, transaction
 
@@ -48,8 +50,9 @@ DEFAULT_MODEL_ID = "dlib_resnet_v1"
 """The embedding space of every template written by this edgeface (dlib's ResNet; its FP32 and INT8
 builds agree to ~0.07 and share it). Templates of another model id are never compared with it."""
 
-DEFAULT_MATCH_MAX_DISTANCE = GalleryConfig().match_max_distance
-"""The config's `gallery.match_max_distance` default (0.3776). Accept a match when distance < this.
+DEFAULT_MATCH_MAX_DISTANCE = 0.3776
+"""A plain `Gallery(path)`'s fixed threshold (the station instead derives one from
+`gallery.false_alarm_rate`: MatchThreshold.from_config). Accept a match when distance < this.
 Measured, not guessed: the distance at a false-accept rate of 0.1% on LFW View 1 `pairsDevTrain.txt`
 (1 of 1,100 different-person pairs accepted; TAR 0.943 there) with the default pipeline of 2026-11-23
 (`Config().recognition`: BlazeFace short, blazeface alignment, INT8 embedder, flip on; the face nearest
@@ -59,7 +62,7 @@ whenever the pipeline's defaults change.
 
 This is a per-comparison rate: a stranger is compared with every identity, so the share of strangers
 matched to someone grows with the gallery (LFW, one template per person, shape_predictor alignment:
-3-6% for 50 people, 54% for 1,680), which the per-track vote has to absorb."""
+3-6% for 50 people, 54% for 1,680): hence the station's threshold derived from a target per stranger."""
 
 MEAN_THRESHOLD_TIGHTENING = (0.0, 0.0, 0.0166, 0.0221)
 """With the "mean" strategy, an identity with k templates is matched below match_max_distance minus
@@ -69,7 +72,10 @@ images: the first k images make the identity, the others are genuine probes; eve
 is a stranger probe; default pipeline, flip on; python tools/measure_match_strategies.py): the
 distance at a false-accept rate of 0.1% per identity is 0.3741 (k=1), 0.3575 (k=2), 0.3520 (k=3). At
 that rate the mean template accepts 98.5% (k=2) and 99.0% (k=3) of genuine probes against 97.6% and
-98.3% for the nearest template, so "mean" is the default; with one template both are the same."""
+98.3% for the nearest template, so "mean" is the default; with one template both are the same.
+The tightening holds at the much lower per-comparison rates a derived threshold works at: measured
+0.0172-0.0182 (k=2) and 0.0235-0.0319 (k=3) at 1e-3 ... 1e-5 (models/impostor_scores.json,
+template_tightening_measured), so a k-template identity keeps about the one-template rate."""
 
 MatchStrategy = Literal["min", "mean"]
 MATCH_STRATEGIES: tuple[str, ...] = ("min", "mean")
@@ -596,7 +602,7 @@ class Gallery:
         path: str | Path,
         *,
         model_id: str = DEFAULT_MODEL_ID,
-        match_max_distance: float = DEFAULT_MATCH_MAX_DISTANCE,
+        match_max_distance: float | MatchThreshold = DEFAULT_MATCH_MAX_DISTANCE,
         strategy: MatchStrategy = "mean",
         create: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
@@ -604,11 +610,13 @@ class Gallery:
     ) -> None:
         if strategy not in MATCH_STRATEGIES:
             raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
-        if not 0 < match_max_distance <= 2:
-            raise GalleryError(f"match_max_distance must be in (0, 2], got {match_max_distance}")
+        if not isinstance(match_max_distance, MatchThreshold):
+            if not 0 < match_max_distance <= 2:
+                raise GalleryError(f"match_max_distance must be in (0, 2], got {match_max_distance}")
+            match_max_distance = MatchThreshold(fixed=float(match_max_distance))
         self.path = Path(path)
         self.model_id = model_id
-        self.match_max_distance = match_max_distance
+        self.threshold = match_max_distance
         self.strategy: MatchStrategy = strategy
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
@@ -695,6 +703,17 @@ class Gallery:
             apply_migrations(db, "schema_version", version, MIGRATIONS)
         if 0 < version < SCHEMA_VERSION:
             log.info("gallery %s upgraded from schema version %d to %d", self.path, version, SCHEMA_VERSION)
+
+    @property
+    def match_max_distance(self) -> float:
+        """The match threshold now: the fixed one, or the one derived for the current number of identities."""
+        if self.threshold.fixed is not None:
+            return self.threshold.fixed
+        return self.threshold.at(self.size())
+
+    def size(self) -> int:
+        """Identities searched (those with a template of this gallery's model)."""
+        return len(self.snapshot())
 
     def close(self) -> None:
         with self._lock:
@@ -855,11 +874,12 @@ class Gallery:
         if len(vector) != 1:
             raise GalleryError(f"reject_match takes one embedding, got {len(vector)}")
         with self._lock:
+            limit = self.match_max_distance
             with self._transaction(write=True) as db:
                 identity_id = self._identity_id(db, name)
                 ids, stored, _ = self._templates_of(db, identity_id)
                 removed = None
-                offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < self.match_max_distance)
+                offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < limit)
                 if len(ids) > 1 and len(offending) == 1:
                     removed = ids[int(offending[0])]
                     db.execute("DELETE FROM templates WHERE id = ?", (removed,))
@@ -940,8 +960,9 @@ class Gallery:
 
     def match(self, embeddings: np.ndarray, max_distance: float | None = None) -> list[Match]:
         """One Match per row of embeddings (n, 128): a name, or None (unknown), and the distance."""
-        return self.snapshot().match(embeddings, self.match_max_distance if max_distance is None else max_distance,
-                                     self.strategy)
+        snapshot = self.snapshot()
+        limit = self.threshold.at(len(snapshot)) if max_distance is None else max_distance
+        return snapshot.match(embeddings, limit, self.strategy)
 
     # -- export / import ---------------------------------------------------------------------
 
