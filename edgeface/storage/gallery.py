@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgeface.errors import GalleryError
 from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.vectors import EMBEDDING_DIM, pairwise_distances, unit_rows
+from edgeface.storage.gallery_scan import SCAN_MIN_ROWS, Int8Scan, scanned_distances
 from edgeface.storage.sqlite import apply_migrations, transaction
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ that rate the mean template accepts 98.5% (k=2) and 99.0% (k=3) of genuine probe
 The tightening holds at the much lower per-comparison rates a derived threshold works at: measured
 0.0172-0.0182 (k=2) and 0.0235-0.0319 (k=3) at 1e-3 ... 1e-5 (models/impostor_scores.json,
 template_tightening_measured), so a k-template identity keeps about the one-template rate."""
+
+_SCAN_LOCK = threading.Lock()
 
 MatchStrategy = Literal["min", "mean"]
 MATCH_STRATEGIES: tuple[str, ...] = ("min", "mean")
@@ -308,6 +311,8 @@ class GallerySnapshot:
     negative_owner: np.ndarray
     mean_tightening: np.ndarray
     _limit_cache: dict[tuple[float, str], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    _scan: list[Int8Scan] = field(default_factory=list, compare=False, repr=False)
+    """The int8 copy of `means` for galleries of SCAN_MIN_ROWS or more identities, made at the first search."""
 
     @staticmethod
     def build(rows: Sequence[tuple[str, int, np.ndarray]], negative_rows: Sequence[tuple[str, np.ndarray]]) -> GallerySnapshot:
@@ -375,6 +380,12 @@ class GallerySnapshot:
             self._limit_cache[key] = cached
         return cached
 
+    def mean_scan(self) -> Int8Scan:
+        with _SCAN_LOCK:
+            if not self._scan:
+                self._scan.append(Int8Scan.build(self.means))
+            return self._scan[0]
+
     def _nearest_templates(self, probe: np.ndarray, identities: np.ndarray) -> np.ndarray:
         """Distance from one unit probe to the nearest template of each given identity."""
         rows = np.concatenate([np.arange(self.starts[k], self.ends[k]) for k in identities.tolist()])
@@ -392,7 +403,9 @@ class GallerySnapshot:
         if not self.names:
             return [Match(None, math.inf) for _ in probes]
         to_templates = None
-        if strategy == "mean":
+        if strategy == "mean" and len(self.names) >= SCAN_MIN_ROWS:  # int8 scan, exact re-rank: the same answers
+            by_identity = scanned_distances(probes, self.means, self.mean_scan(), self._limits(max_distance, strategy))
+        elif strategy == "mean":
             by_identity = pairwise_distances(probes, self.means)
         else:
             to_templates = pairwise_distances(probes, self.templates)
@@ -479,6 +492,7 @@ class GallerySnapshot:
             negative_rows, negative_owner = negative_rows[~mine], negative_owner[~mine]
             negative_owner = np.where(negative_owner > k, negative_owner - 1, negative_owner)
         means = self.means if k is None else np.delete(self.means, k, axis=0)
+        scan = [s if k is None else s.without(k) for s in self._scan]  # kept up to date, not rebuilt
         if new_name is not None and len(templates):
             j = bisect.bisect_left(names, new_name)
             at = int(starts[j]) if j < len(names) else len(rows_templates)
@@ -495,8 +509,9 @@ class GallerySnapshot:
             at_negative = int(np.searchsorted(negative_owner, j))
             negative_rows = np.insert(negative_rows, at_negative, negatives.astype(np.float32), axis=0)
             negative_owner = np.insert(negative_owner, at_negative, np.full(len(negatives), j, np.int64))
+            scan = [s.with_row(j, means[j]) for s in scan]
         return GallerySnapshot(tuple(names), starts, ends, rows_templates, rows_ids, means, negative_rows,
-                               negative_owner, _tightening(ends - starts))
+                               negative_owner, _tightening(ends - starts), _scan=scan)
 
 
 def _segment_sums(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
