@@ -115,3 +115,39 @@ def test_own_writes_update_the_scan_in_place(real_faces: np.ndarray) -> None:
     kept, fresh = changed._scan[0], Int8Scan.build(changed.means)
     assert np.array_equal(kept.codes_t, fresh.codes_t)
     assert np.array_equal(kept.scales, fresh.scales) and np.array_equal(kept.errors, fresh.errors)
+
+
+def test_background_reload_keeps_answering_and_swaps_in_whole(tmp_path: Path, real_faces: np.ndarray) -> None:
+    """The station's gallery (background_reload) answers from the old snapshot while another process's
+    change is read on a thread, then from the new one; a reload older than one of its own writes is
+    dropped, so that write is never lost."""
+    import time
+
+    from edgeface.storage.gallery import Gallery
+
+    path = tmp_path / "g.db"
+    with Gallery(path) as setup:
+        setup.add_identities([(f"person {k:03d}", face[None]) for k, face in enumerate(real_faces[:200])])
+    with Gallery(path, create=False, background_reload=True) as station, Gallery(path, create=False) as other:
+        before = station.snapshot()
+        other.add_templates("newcomer", real_faces[300][None])
+        during = station.snapshot()  # never waits for the file
+        assert during is before or "newcomer" in during.names
+
+        def wait_for(name: str) -> None:
+            deadline = time.monotonic() + 30
+            while name not in station.snapshot().names:
+                assert time.monotonic() < deadline, f"{name} never reached the station's snapshot"
+                time.sleep(0.01)
+
+        wait_for("newcomer")
+        assert station.match(real_faces[300][None])[0].name == "newcomer"
+        # another process's change and this process's own write close together: both end up searched
+        other.add_templates("second", real_faces[301][None])
+        station.snapshot()  # starts a background reload
+        station.add_templates("own", real_faces[302][None])
+        wait_for("second")
+        wait_for("own")
+        assert {"newcomer", "second", "own"} <= set(station.snapshot().names)
+        with Gallery(path, create=False) as fresh:
+            assert fresh.snapshot().names == station.snapshot().names

@@ -10,7 +10,9 @@ Search: a `GallerySnapshot` (template matrix grouped by identity, per-identity m
 threshold tightenings, negatives) lives in memory and is searched with array operations, no Python
 loop over identities. This process's own writes are applied to it in place (a copy of the arrays, no
 re-read of the file); `Gallery.match` checks `PRAGMA data_version` (a few microseconds) and reloads
-it when another connection committed a change.
+it when another connection committed a change: synchronously, or with `background_reload` (the camera
+loop's gallery) on a thread with its own read connection, the old snapshot answering meanwhile and the
+new one swapped in whole (a reload older than one of this process's own writes is dropped).
 
 Matching is open-set: the nearest identity answers only when its distance is below the match
 threshold; otherwise the face is unknown. Distances are euclidean between unit vectors. The threshold
@@ -28,6 +30,7 @@ import math
 import sqlite3
 import sys
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -85,6 +88,8 @@ MATCH_STRATEGIES: tuple[str, ...] = ("min", "mean")
 """min: distance to an identity = to its nearest template; mean: to its normalised mean template."""
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+RELOAD_RETRY_S = 5.0
+"""After a failed background reload, the old snapshot keeps answering this long before the next try."""
 MAX_NAME_CHARS = 64
 SAME_TEMPLATE_MAX_DISTANCE = 1e-3
 """Import: an incoming template (or negative) this close to a stored one of its identity is already there."""
@@ -161,13 +166,32 @@ def _from_blob(blob: bytes, what: str) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
+_BLOCK_ROWS = 8192
+"""Large arrays are made in blocks of this many rows: a background reload then never holds the GIL
+(some numpy steps keep it) long enough to stall the camera loop's search for long."""
+
+
+def _unit_rows_in_blocks(rows: np.ndarray) -> np.ndarray:
+    """unit_rows(rows), the same numbers, a block of rows at a time."""
+    if len(rows) <= _BLOCK_ROWS:
+        return unit_rows(rows)
+    out = np.empty((len(rows), EMBEDDING_DIM), np.float32)
+    for start in range(0, len(rows), _BLOCK_ROWS):
+        out[start:start + _BLOCK_ROWS] = unit_rows(rows[start:start + _BLOCK_ROWS])
+    return out
+
+
 def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
     if not blobs:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
     if any(len(b) != 4 * EMBEDDING_DIM for b in blobs):
         for b in blobs:
             _from_blob(b, what)
-    return unit_rows(np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), EMBEDDING_DIM))
+    out = np.empty((len(blobs), EMBEDDING_DIM), np.float32)
+    for start in range(0, len(blobs), _BLOCK_ROWS):
+        chunk = blobs[start:start + _BLOCK_ROWS]
+        out[start:start + len(chunk)] = unit_rows(np.frombuffer(b"".join(chunk), dtype="<f4").reshape(len(chunk), EMBEDDING_DIM))
+    return out
 
 
 def _check_sha256(value: str | None) -> str | None:
@@ -339,7 +363,7 @@ class GallerySnapshot:
                 starts.append(i)
         start_array = np.array(starts, dtype=np.int64)
         end_array = np.append(start_array[1:], len(owners)).astype(np.int64) if names else start_array
-        means = unit_rows(_segment_sums(templates, start_array, end_array)) if names else templates[:0]
+        means = _unit_rows_in_blocks(_segment_sums(templates, start_array, end_array)) if names else templates[:0]
         index = {name: k for k, name in enumerate(names)}
         owner = np.array([index.get(n, -1) for n in negative_names], dtype=np.int64)
         keep = np.flatnonzero(owner >= 0)
@@ -622,6 +646,7 @@ class Gallery:
         create: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         read_only: bool = False,
+        background_reload: bool = False,
     ) -> None:
         if strategy not in MATCH_STRATEGIES:
             raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
@@ -638,6 +663,11 @@ class Gallery:
         self._snapshot: GallerySnapshot | None = None
         self._before_write: GallerySnapshot | None = None
         self._data_version = -1
+        self._generation = 0  # counts snapshot replacements; a background reload from an older one is dropped
+        self._reloader: threading.Thread | None = None
+        self._reload_retry_at = 0.0
+        self._closed = False
+        self.background_reload = background_reload
         self.read_only = read_only
         self._db = self._open_read_only() if read_only else self._open(create)
 
@@ -732,6 +762,11 @@ class Gallery:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            reloader = self._reloader
+        if reloader is not None:
+            reloader.join(timeout=30)
+        with self._lock:
             self._db.close()
 
     def __enter__(self) -> Gallery:
@@ -751,6 +786,7 @@ class Gallery:
                 finally:
                     if write:  # our own commits do not change data_version: _after_write updates it
                         self._before_write, self._snapshot = self._snapshot, None
+                        self._generation += 1
             except sqlite3.OperationalError as error:
                 if "locked" in str(error) or "busy" in str(error):
                     raise GalleryError(f"gallery {self.path} is busy: another process held it for more than "
@@ -953,25 +989,65 @@ class Gallery:
                 version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
             except sqlite3.Error as error:
                 raise GalleryError(f"gallery {self.path}: {error}") from None
-            if self._snapshot is None or version != self._data_version:
+            if self._snapshot is not None and version != self._data_version and self.background_reload:
+                self._start_reload(version)  # the old snapshot answers until the new one is ready
+            elif self._snapshot is None or version != self._data_version:
                 with self._transaction(write=False) as db:
-                    # SQLite's BINARY order of UTF-8 text is Python's order of str: rows come sorted as the snapshot needs
-                    templates = db.execute("SELECT i.name, t.id, t.embedding FROM templates t JOIN identities i"
-                                           " ON i.id = t.identity_id WHERE t.model_id = ? ORDER BY i.name, t.id",
-                                           (self.model_id,)).fetchall()
-                    negatives = db.execute("SELECT i.name, n.embedding FROM negatives n JOIN identities i"
-                                           " ON i.id = n.identity_id WHERE n.model_id = ?", (self.model_id,)).fetchall()
-                    other = db.execute("SELECT COUNT(*) FROM templates WHERE model_id != ?", (self.model_id,)).fetchone()[0]
-                if other:
-                    log.warning("gallery %s: %d templates from another model than %s are ignored; re-enroll those people",
-                                self.path, other, self.model_id)
-                self._snapshot = GallerySnapshot._from_sorted(
-                    [t[0] for t in templates], np.array([t[1] for t in templates], dtype=np.int64),
-                    _stack([t[2] for t in templates], "a template"),
-                    [n[0] for n in negatives], _stack([n[1] for n in negatives], "a negative"))
+                    self._snapshot = self._read_snapshot(db)
                 self._data_version = version
+                self._generation += 1
                 log.debug("gallery %s loaded: %d identities", self.path, len(self._snapshot))
             return self._snapshot
+
+    def _read_snapshot(self, db: sqlite3.Connection) -> GallerySnapshot:
+        """The search arrays from the file (call inside a read transaction)."""
+        # SQLite's BINARY order of UTF-8 text is Python's order of str: rows come sorted as the snapshot needs
+        templates = db.execute("SELECT i.name, t.id, t.embedding FROM templates t JOIN identities i"
+                               " ON i.id = t.identity_id WHERE t.model_id = ? ORDER BY i.name, t.id",
+                               (self.model_id,)).fetchall()
+        negatives = db.execute("SELECT i.name, n.embedding FROM negatives n JOIN identities i"
+                               " ON i.id = n.identity_id WHERE n.model_id = ?", (self.model_id,)).fetchall()
+        other = db.execute("SELECT COUNT(*) FROM templates WHERE model_id != ?", (self.model_id,)).fetchone()[0]
+        if other:
+            log.warning("gallery %s: %d templates from another model than %s are ignored; re-enroll those people",
+                        self.path, other, self.model_id)
+        return GallerySnapshot._from_sorted(
+            [t[0] for t in templates], np.array([t[1] for t in templates], dtype=np.int64),
+            _stack([t[2] for t in templates], "a template"),
+            [n[0] for n in negatives], _stack([n[1] for n in negatives], "a negative"))
+
+    def _start_reload(self, version: int) -> None:
+        """Read the file again on a thread with its own connection (call under self._lock); at most one."""
+        if self._reloader is not None or self._closed or time.monotonic() < self._reload_retry_at:
+            return
+        generation = self._generation
+
+        def reload() -> None:
+            fresh = None
+            try:
+                db = self._connect_read_only(immutable=False)
+                try:
+                    db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                    with transaction(db, write=False):
+                        fresh = self._read_snapshot(db)
+                finally:
+                    db.close()
+                if len(fresh) >= SCAN_MIN_ROWS and self.strategy == "mean":
+                    fresh.mean_scan()  # built here, not on the camera loop's first search
+            except (sqlite3.Error, GalleryError) as error:
+                log.warning("gallery %s: background reload failed (%s); retrying in %g s", self.path, error,
+                            RELOAD_RETRY_S)
+            with self._lock:
+                self._reloader = None
+                if fresh is None:
+                    self._reload_retry_at = time.monotonic() + RELOAD_RETRY_S
+                if fresh is not None and generation == self._generation and not self._closed:
+                    self._snapshot, self._data_version = fresh, version
+                    self._generation += 1
+                    log.debug("gallery %s reloaded in the background: %d identities", self.path, len(fresh))
+
+        self._reloader = threading.Thread(target=reload, name="gallery-reload", daemon=True)
+        self._reloader.start()
 
     def match(self, embeddings: np.ndarray, max_distance: float | None = None) -> list[Match]:
         """One Match per row of embeddings (n, 128): a name, or None (unknown), and the distance."""
