@@ -405,10 +405,12 @@ class GallerySnapshot:
         return cached
 
     def mean_scan(self) -> Int8Scan:
-        with _SCAN_LOCK:
-            if not self._scan:
-                self._scan.append(Int8Scan.build(self.means))
-            return self._scan[0]
+        if not self._scan:  # built outside the lock: a background reload's build never blocks another snapshot's search
+            built = Int8Scan.build(self.means)
+            with _SCAN_LOCK:
+                if not self._scan:
+                    self._scan.append(built)
+        return self._scan[0]
 
     def _nearest_templates(self, probe: np.ndarray, identities: np.ndarray) -> np.ndarray:
         """Distance from one unit probe to the nearest template of each given identity."""
