@@ -215,4 +215,8 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
         shape_dat = Path(scratch) / SHAPE_DAT
         shape_dat.write_bytes(read_source(recognition, SHAPE_DAT))
         build_shape_predictor(shape_dat, out_dir)
+    from edgeface.convert.scan_onnx import build_int8_scan_model
+
+    build_int8_scan_model(out_dir)
+    # models/impostor_scores.json is measured, not built: python tools/measure_impostor_scores.py --write
     logger.info("models written to %s", out_dir)
