@@ -182,6 +182,8 @@ def _unit_rows_in_blocks(rows: np.ndarray) -> np.ndarray:
 
 
 def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
+    """Stored rows, normalised again as every read does (unit_rows is not bit-idempotent: the in-place
+    updates after this process's writes normalise the written rows once more to equal a fresh read)."""
     if not blobs:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
     if any(len(b) != 4 * EMBEDDING_DIM for b in blobs):
@@ -877,7 +879,7 @@ class Gallery:
             def added(snapshot: GallerySnapshot) -> GallerySnapshot:
                 old_ids, old_templates, negatives = snapshot.identity_rows(name)
                 return snapshot.replaced(name, name, np.concatenate([old_ids, np.array(ids, np.int64)]),
-                                         np.vstack([old_templates, vectors]), negatives)
+                                         np.vstack([old_templates, unit_rows(vectors)]), negatives)
 
             self._after_write(added)
             return ids
@@ -943,7 +945,7 @@ class Gallery:
                 key = _nfc(name)
                 template_ids, templates, negatives = snapshot.identity_rows(key)
                 keep = template_ids != removed
-                return snapshot.replaced(key, key, template_ids[keep], templates[keep], np.vstack([negatives, vector]))
+                return snapshot.replaced(key, key, template_ids[keep], templates[keep], np.vstack([negatives, unit_rows(vector)]))
 
             self._after_write(rejected)
         return removed
