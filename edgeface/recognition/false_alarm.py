@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,7 +132,7 @@ def impostor_table(kind: str) -> ImpostorTable:
     return tables[kind]
 
 
-@cache
+@lru_cache(maxsize=1024)
 def operating_threshold(kind: str, target: float, gallery_size: int) -> float:
     """The threshold on score `kind` that gives at most `target` false alarms per stranger in a gallery
     of `gallery_size` identities (an empty gallery counts as one)."""
