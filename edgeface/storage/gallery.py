@@ -365,7 +365,7 @@ class GallerySnapshot:
                 starts.append(i)
         start_array = np.array(starts, dtype=np.int64)
         end_array = np.append(start_array[1:], len(owners)).astype(np.int64) if names else start_array
-        means = _unit_rows_in_blocks(_segment_sums(templates, start_array, end_array)) if names else templates[:0]
+        means = _mean_templates(templates, start_array, end_array)
         index = {name: k for k, name in enumerate(names)}
         owner = np.array([index.get(n, -1) for n in negative_names], dtype=np.int64)
         keep = np.flatnonzero(owner >= 0)
@@ -379,8 +379,8 @@ class GallerySnapshot:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays and the names."""
-        arrays = (self.starts, self.ends, self.templates, self.template_ids, self.means, self.negatives,
-                  self.negative_owner, self.mean_tightening)
+        arrays = (self.starts, self.ends, self.templates, self.template_ids, self.negatives,
+                  self.negative_owner, self.mean_tightening) + (() if self.means is self.templates else (self.means,))
         return sum(a.nbytes for a in arrays) + sys.getsizeof(self.names) + sum(sys.getsizeof(n) for n in self.names)
 
     def distances(self, probes: np.ndarray, strategy: MatchStrategy = "min") -> np.ndarray:
@@ -519,7 +519,8 @@ class GallerySnapshot:
             mine = negative_owner == k
             negative_rows, negative_owner = negative_rows[~mine], negative_owner[~mine]
             negative_owner = np.where(negative_owner > k, negative_owner - 1, negative_owner)
-        means = self.means if k is None else np.delete(self.means, k, axis=0)
+        shared = self.means is self.templates  # every identity has one template: no second matrix
+        means = self.means if k is None or shared else np.delete(self.means, k, axis=0)
         scan = [s if k is None else s.without(k) for s in self._scan]  # kept up to date, not rebuilt
         if new_name is not None and len(templates):
             j = bisect.bisect_left(names, new_name)
@@ -532,14 +533,31 @@ class GallerySnapshot:
             ends[j + 1:] += count
             rows_templates = np.insert(rows_templates, at, templates.astype(np.float32), axis=0)
             rows_ids = np.insert(rows_ids, at, template_ids.astype(np.int64))
-            means = np.insert(means, j, unit_rows(np.add.reduceat(templates.astype(np.float32), [0], axis=0)), axis=0)
+            mean_row = (templates[:1].astype(np.float32) if count == 1
+                        else unit_rows(np.add.reduceat(templates.astype(np.float32), [0], axis=0)))
+            if not shared:
+                means = np.insert(means, j, mean_row, axis=0)
             negative_owner = np.where(negative_owner >= j, negative_owner + 1, negative_owner)
             at_negative = int(np.searchsorted(negative_owner, j))
             negative_rows = np.insert(negative_rows, at_negative, negatives.astype(np.float32), axis=0)
             negative_owner = np.insert(negative_owner, at_negative, np.full(len(negatives), j, np.int64))
-            scan = [s.with_row(j, means[j]) for s in scan]
+            scan = [s.with_row(j, mean_row[0]) for s in scan]
+        if shared or len(names) == len(rows_templates):
+            means = _mean_templates(rows_templates, starts, ends)
         return GallerySnapshot(tuple(names), starts, ends, rows_templates, rows_ids, means, negative_rows,
                                negative_owner, _tightening(ends - starts), _scan=scan)
+
+
+def _mean_templates(templates: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Each identity's normalised mean template. A one-template identity's is its template row itself
+    (already a unit row), and when every identity has one template the result IS the template array:
+    no second 512-byte copy per identity."""
+    if len(starts) == len(templates):
+        return templates
+    means = _unit_rows_in_blocks(_segment_sums(templates, starts, ends))
+    single = np.flatnonzero(ends - starts == 1)
+    means[single] = templates[starts[single]]
+    return means
 
 
 def _segment_sums(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
