@@ -182,8 +182,7 @@ def _unit_rows_in_blocks(rows: np.ndarray) -> np.ndarray:
 
 
 def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
-    """Stored rows, normalised again as every read does (unit_rows is not bit-idempotent: the in-place
-    updates after this process's writes normalise the written rows once more to equal a fresh read)."""
+    """Stored rows as stored (unit rows), a block at a time; a stray row that is not a unit row is normalised."""
     if not blobs:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
     if any(len(b) != 4 * EMBEDDING_DIM for b in blobs):
@@ -192,7 +191,13 @@ def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
     out = np.empty((len(blobs), EMBEDDING_DIM), np.float32)
     for start in range(0, len(blobs), _BLOCK_ROWS):
         chunk = blobs[start:start + _BLOCK_ROWS]
-        out[start:start + len(chunk)] = unit_rows(np.frombuffer(b"".join(chunk), dtype="<f4").reshape(len(chunk), EMBEDDING_DIM))
+        rows = np.frombuffer(b"".join(chunk), dtype="<f4").reshape(len(chunk), EMBEDDING_DIM).astype(np.float32)
+        # Stored rows are unit rows already: re-dividing by a norm of 1 +- 1 ulp would change their last
+        # bits on some CPUs, and the snapshot updated in place would then differ from one read afresh.
+        stray = ~(np.abs(np.linalg.norm(rows, axis=1) - 1.0) <= 1e-5)  # NaN, inf and zero rows included
+        if np.any(stray):
+            rows[stray] = unit_rows(rows[stray])  # refuses NaN, inf and zero rows
+        out[start:start + len(chunk)] = rows
     return out
 
 
@@ -897,7 +902,7 @@ class Gallery:
             def added(snapshot: GallerySnapshot) -> GallerySnapshot:
                 old_ids, old_templates, negatives = snapshot.identity_rows(name)
                 return snapshot.replaced(name, name, np.concatenate([old_ids, np.array(ids, np.int64)]),
-                                         np.vstack([old_templates, unit_rows(vectors)]), negatives)
+                                         np.vstack([old_templates, vectors]), negatives)
 
             self._after_write(added)
             return ids
@@ -963,7 +968,7 @@ class Gallery:
                 key = _nfc(name)
                 template_ids, templates, negatives = snapshot.identity_rows(key)
                 keep = template_ids != removed
-                return snapshot.replaced(key, key, template_ids[keep], templates[keep], np.vstack([negatives, unit_rows(vector)]))
+                return snapshot.replaced(key, key, template_ids[keep], templates[keep], np.vstack([negatives, vector]))
 
             self._after_write(rejected)
         return removed
