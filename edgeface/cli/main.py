@@ -92,7 +92,6 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 def _cmd_eval_lfw(args: argparse.Namespace) -> int:
     from edgeface.config import load_config
     from edgeface.eval.lfw import run_lfw_evaluation
-    from edgeface.recognition.false_alarm import MatchThreshold
 
     config = load_config(args.config)
     precisions: list[Literal["int8", "fp32"]] = [args.precision] if args.precision else ["fp32", "int8"]
@@ -101,7 +100,7 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
     report = run_lfw_evaluation(
         args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
         progress=not args.json, face_rule=args.face, faces_file=args.faces, cache_dir=args.cache_dir,
-        match_max_distance=MatchThreshold.from_config(config).at(1), max_pairs_per_fold=args.max_pairs_per_fold,
+        match_max_distance=config.match_max_distance, max_pairs_per_fold=args.max_pairs_per_fold,
         embedder=args.embedder,
     )
     return print_figures(report.summary_lines(), report.as_dict(), args.json)
