@@ -135,7 +135,8 @@ class DecisionConfig(StrictModel):
         "('this was not NAME', the MQTT reject command)",
     )
     match_max_distance: float | None = Field(
-        None, gt=0.0, le=2.0, description="Gallery match threshold (euclidean, unit vectors); default: the gallery's measured one"
+        None, gt=0.0, le=2.0, description="Fixed gallery match threshold (euclidean, unit vectors); overrides gallery.match_max_distance "
+        "and gallery.false_alarm_rate"
     )
 
     @model_validator(mode="after")
@@ -221,11 +222,17 @@ class PipelineConfig(StrictModel):
 
 
 class GalleryConfig(StrictModel):
-    match_max_distance: float = Field(
-        0.3776, gt=0.0, le=2.0,
-        description="A face matches an enrolled person when its embedding is closer than this (euclidean, unit "
-        "vectors). Measured: the distance at a false-accept rate of 0.1% on LFW View 1 pairsDevTrain.txt with "
-        "the default recognition settings (python tools/measure_match_threshold.py)",
+    false_alarm_rate: float = Field(
+        0.01, gt=0.0, lt=1.0,
+        description="Target share of strangers' faces given a name (per face, before the per-track vote). The "
+        "match threshold is derived from it, the gallery's current size and the embedder's measured impostor "
+        "scores (models/impostor_scores.json), so it holds at any gallery size: enrolling people tightens it",
+    )
+    match_max_distance: float | None = Field(
+        None, gt=0.0, le=2.0,
+        description="A fixed match threshold (euclidean, unit vectors) instead of the one derived from "
+        "false_alarm_rate: a face matches an enrolled person when its embedding is closer than this. 0.3776 is "
+        "a false-accept rate of 0.1% per comparison on LFW View 1 pairsDevTrain.txt",
     )
 
 
@@ -378,9 +385,10 @@ class Config(StrictModel):
     fleet: FleetConfig = FleetConfig()
 
     @property
-    def match_max_distance(self) -> float:
-        """The one gallery match threshold of `run`, `identify` and the eval commands:
-        `gallery.match_max_distance`, unless `pipeline.decision.match_max_distance` overrides it."""
+    def match_max_distance(self) -> float | None:
+        """The fixed match threshold when one is configured: `gallery.match_max_distance`, unless
+        `pipeline.decision.match_max_distance` overrides it; None when the threshold is derived from
+        `gallery.false_alarm_rate` (edgeface.recognition.false_alarm.MatchThreshold.from_config)."""
         override = self.pipeline.decision.match_max_distance
         return self.gallery.match_max_distance if override is None else override
 

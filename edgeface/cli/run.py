@@ -201,7 +201,7 @@ def _scratch_copy(gallery: Any, path: Path) -> Any:
         source.close()
         copy.close()
         gallery.close()
-    return Gallery(path, create=False, match_max_distance=gallery.match_max_distance)
+    return Gallery(path, create=False, match_max_distance=gallery.threshold)
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:

@@ -40,22 +40,25 @@ SinkKind = Literal["jsonl", "mqtt"]
 
 def open_gallery(config: Config, path: Path | None, *, required: bool = False,
                  create_default: bool = False) -> Gallery | None:
-    """The gallery to match against, at the configured threshold (`Config.match_max_distance`):
+    """The gallery to match against, at the configured threshold (`MatchThreshold.from_config`):
     PATH (must exist), else $EDGEFACE_GALLERY or ./gallery.db when present (created empty when
-    `create_default`: unknown faces are clustered in it), else None (every face is unknown)."""
+    `create_default`: unknown faces are clustered in it), else None (every face is unknown). Another
+    process's changes (and the cluster store's, on its own connection) are read on a background thread:
+    the camera loop never waits for a reload."""
+    from edgeface.recognition.false_alarm import MatchThreshold
     from edgeface.storage.gallery import Gallery
     from edgeface.storage.paths import default_gallery_path
 
-    threshold = config.match_max_distance
+    threshold = MatchThreshold.from_config(config)
     if path is not None:
-        return Gallery(path, create=False, match_max_distance=threshold)
+        return Gallery(path, create=False, match_max_distance=threshold, background_reload=True)
     default = default_gallery_path()
     if default.is_file():
-        return Gallery(default, create=False, match_max_distance=threshold)
+        return Gallery(default, create=False, match_max_distance=threshold, background_reload=True)
     if create_default:
         log.info("created an empty gallery at %s: unknown faces are clustered there; enroll people with "
                  "`edgeface enroll`", default)
-        return Gallery(default, create=True, match_max_distance=threshold)
+        return Gallery(default, create=True, match_max_distance=threshold, background_reload=True)
     if required:
         raise ConfigError(f"no gallery at {default}; pass --gallery FILE")
     log.warning("no gallery (%s does not exist): every face will be unknown; enroll people or pass --gallery FILE",
