@@ -21,11 +21,12 @@ from edgeface.errors import ConfigError
 from edgeface.events import utc_now
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from edgeface.config import Config
     from edgeface.pipeline import Pipeline
+    from edgeface.service.cameras import Cameras, CameraSpec
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.service.mqtt.commands import CommandRouter
     from edgeface.service.station import Station
@@ -81,6 +82,8 @@ class RunningStation:
     clusters: ClusterStage | None
     station: Station | None
     publisher: MqttPublisher | None
+    cameras: Cameras | None = None
+    """With `build_station(cameras=...)`: every camera (`pipeline` is then the first camera's)."""
     _closed: bool = False
 
     def close(self) -> None:
@@ -141,10 +144,15 @@ def build_station(
     source: Any = None,
     clock: Callable[[], datetime] = utc_now,
     commands: bool = False,
+    cameras: Sequence[CameraSpec] | None = None,
+    sources: dict[str, Any] | None = None,
+    open_source: Callable[[CameraSpec], Any] | None = None,
 ) -> RunningStation:
     """Everything `edgeface run` runs, wired: the bus with JSONL on `stdout` or MQTT, unknown tracks
     clustered in the gallery's file (without a gallery they stay plain unknowns), the pipeline and, with
-    MQTT or `commands` (the station page), the station that answers commands on that pipeline and source."""
+    MQTT or `commands` (the station page), the station that answers commands on that pipeline and source.
+    `cameras` (with their open `sources` by name, and `open_source` to open one again after it failed):
+    a pipeline per camera on one set of models (service/cameras.py) instead of the one pipeline."""
     from edgeface.pipeline import build_pipeline
     from edgeface.service.sinks import JsonlSink
     from edgeface.storage.cluster_store import ClusterStage, ClusterStore
@@ -163,11 +171,21 @@ def build_station(
             station = Station(config, gallery=gallery)
             station.bus = bus  # no publisher, no Home Assistant: the page's commands and their events only
     clusters = None
+    group = None
     try:
         if gallery is not None:
             store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
             clusters = ClusterStage(store)
-        pipeline = build_pipeline(config, bus=bus, matcher=gallery, clusters=clusters, clock=clock)
+        if cameras:
+            from edgeface.service.cameras import build_cameras
+
+            if sources is None or open_source is None:
+                raise ValueError("cameras need their sources and open_source")
+            group = build_cameras(cameras, sources, bus=bus, gallery=gallery, clusters=clusters,
+                                  open_source=open_source, clock=clock)
+            pipeline = group.pipelines[0]
+        else:
+            pipeline = build_pipeline(config, bus=bus, matcher=gallery, clusters=clusters, clock=clock)
     except BaseException:
         try:
             bus.close()
@@ -176,5 +194,5 @@ def build_station(
                 clusters.store.close()
         raise
     if station is not None:
-        station.attach_pipeline(pipeline, source, clusters)
-    return RunningStation(config, bus, pipeline, gallery, clusters, station, publisher)
+        station.attach_pipeline(group or pipeline, None if group is not None else source, clusters)
+    return RunningStation(config, bus, pipeline, gallery, clusters, station, publisher, group)

@@ -1,0 +1,166 @@
+"""The models several cameras of one process share: detector runners and one embedder.
+
+- `RunnerPool`: a model runner shared by camera threads. A LiteRT interpreter serves one thread at a
+  time, so the pool holds up to `size` of them (one per usable core by default: more could not run at
+  once anyway), made when first needed; memory grows with the cores, not the cameras.
+- `CombiningEmbedder`: one embedder for every camera. onnxruntime runs one session from several
+  threads; when faces of several cameras are due while the model is busy, they wait and go in ONE call
+  together (no timer, no added wait: the next call takes whatever queued meanwhile).
+- `SharedModels`: the cache `camera_models(config, shared=...)` takes its runners and embedder from.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edgeface.config import EmbedderConfig
+    from edgeface.vision.embed import Embedder
+
+
+class RunnerPool:
+    """A model runner for several threads: `run` takes a free runner (making one while fewer than `size`
+    exist), or waits for one."""
+
+    def __init__(self, make: Callable[[], Any], size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        first = make()
+        self.input_shape = first.input_shape
+        self.size = size
+        self._make = make
+        self._free = [first]
+        self._made = 1
+        self._cond = threading.Condition()
+
+    @property
+    def runners(self) -> int:
+        """Runners made so far."""
+        return self._made
+
+    def _take(self) -> Any:
+        with self._cond:
+            while not self._free and self._made >= self.size:
+                self._cond.wait()
+            if self._free:
+                return self._free.pop()
+            self._made += 1
+        try:
+            return self._make()
+        except BaseException:
+            with self._cond:
+                self._made -= 1
+                self._cond.notify()
+            raise
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        runner = self._take()
+        try:
+            return runner.run(batch)  # type: ignore[no-any-return]
+        finally:
+            with self._cond:
+                self._free.append(runner)
+                self._cond.notify()
+
+
+@dataclass
+class _Request:
+    chips: np.ndarray
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class CombiningEmbedder:
+    """An `Embedder` for several camera threads. A caller that finds the model idle runs it with its own
+    chips and every request that queued meanwhile; callers arriving while it runs queue up and are
+    served together by the next call. Results are the embedder's own (each row is independent of the
+    others in the batch)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.inner = embedder
+        self.precision = embedder.precision
+        self.flip = embedder.flip
+        self.selfcheck_distance = embedder.selfcheck_distance
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._busy = False
+        self.calls = 0
+        """Embedder runs made (one per combined batch)."""
+        self.requests = 0
+        """embed() calls served; requests / calls is how many cameras shared a run on average."""
+
+    def embed(self, chips_bgr: np.ndarray) -> np.ndarray:
+        request = _Request(np.asarray(chips_bgr))
+        with self._cond:
+            self._queue.append(request)
+            while self._busy and not request.done:
+                self._cond.wait()
+            if request.done:
+                return self._answer(request)
+            self._busy = True
+            batch, self._queue = self._queue, []
+        try:
+            vectors = self.inner.embed(np.concatenate([r.chips for r in batch]) if len(batch) > 1 else batch[0].chips)
+            start = 0
+            for r in batch:
+                r.result, start = vectors[start : start + len(r.chips)], start + len(r.chips)
+        except BaseException as error:
+            for r in batch:
+                r.error = error
+        with self._cond:
+            for r in batch:
+                r.done = True
+            self.calls += 1
+            self.requests += len(batch)
+            self._busy = False
+            self._cond.notify_all()
+        return self._answer(request)
+
+    @staticmethod
+    def _answer(request: _Request) -> np.ndarray:
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def raw_descriptors(self, chips_bgr: np.ndarray) -> np.ndarray:
+        return self.inner.raw_descriptors(chips_bgr)
+
+
+@dataclass
+class SharedModels:
+    """Model runners and the embedder shared by the cameras of one process, made on first use.
+    `pool_size`: runners per detector model (default: the usable cores)."""
+
+    pool_size: int | None = None
+    _runners: dict[tuple[str, int], RunnerPool] = field(default_factory=dict)
+    _embedders: dict[tuple[str, int, bool], CombiningEmbedder] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def runner(self, model: Any, threads: int) -> RunnerPool:
+        """The shared runner of a BlazeFace model (a `make_detector`/`make_refiner` runner_for)."""
+        from edgeface.io.runtime.onnx import usable_cores
+        from edgeface.vision.blazeface import litert_runner
+
+        with self._lock:
+            key = (str(model), threads)
+            if key not in self._runners:
+                size = self.pool_size or max(1, usable_cores() // max(threads, 1))
+                self._runners[key] = RunnerPool(lambda: litert_runner(model, threads), size)
+            return self._runners[key]
+
+    def embedder(self, config: EmbedderConfig, threads: int) -> CombiningEmbedder:
+        from edgeface.vision.embed import Embedder
+
+        with self._lock:
+            key = (config.precision, threads, config.flip)
+            if key not in self._embedders:
+                self._embedders[key] = CombiningEmbedder(
+                    Embedder(precision=config.precision, threads=threads, flip=config.flip))
+            return self._embedders[key]
