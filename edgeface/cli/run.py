@@ -156,11 +156,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             stats = cameras.stats
             log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
                      stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
-            if len(cameras.runners) > 1:
-                log.info("per camera: %s", ", ".join(f"{r.name} {r.frames} frames ({r.camera_state()})"
-                                                     for r in cameras.runners))
+            for runner in cameras.runners:
+                log.info("%s", runner.summary())
             if page is not None and not stop.is_set():
-                log.info("the sources ended; the station page stays up on %s until Ctrl-C or SIGTERM", page.url)
+                ended = "the source ended" if len(cameras.runners) == 1 else "every camera's source ended"
+                log.info("%s; the station page stays up on %s until Ctrl-C or SIGTERM", ended, page.url)
                 while not stop.wait(0.5):
                     pass
     finally:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from edgeface.recognition.decider import RecentTrack
     from edgeface.service.systemd import WatchdogFeeder
     from edgeface.vision.analyzer import FaceAnalyzer
+    from edgeface.vision.shared import SharedModels
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,25 @@ class CameraRunner:
         self.reopen_after_s = spec.config.pipeline.source.backoff_max_s
         self._image: Any = None
         """The image of the frame in the pipeline (for the station page's live view)."""
+        self.first_frame_at: float | None = None
+        self.last_frame_at: float | None = None
+        """time.monotonic() when the first frame came and when the last one was processed."""
 
     @property
     def frames(self) -> int:
         return self.pipeline.stats.frames
+
+    @property
+    def fps(self) -> float:
+        """Frames processed per second between its first frame and its last (0 before two frames)."""
+        if self.first_frame_at is None or self.last_frame_at is None or self.last_frame_at <= self.first_frame_at:
+            return 0.0
+        return self.frames / (self.last_frame_at - self.first_frame_at)
+
+    def summary(self) -> str:
+        span = (self.last_frame_at or 0.0) - (self.first_frame_at or 0.0)
+        return f"camera {self.name}: {self.frames} frames in {span:.2f} s ({self.fps:.1f} fps), {self.camera_state()}" + \
+            (f", {self.failures} failures" if self.failures else "")
 
     @property
     def retrying(self) -> bool:
@@ -146,10 +162,13 @@ class CameraRunner:
                 group.bus.publish(CameraStateEvent(station=self.spec.config.station_id, camera=self.name,
                                                    state="connected", failures=self.failures))
             self._image = frame.image
+            if self.first_frame_at is None:
+                self.first_frame_at = time.monotonic()
             yield frame
 
     def _run(self, stop: threading.Event, group: Cameras, on_frame: Any) -> None:
         def after_frame(result: FrameResult) -> None:
+            self.last_frame_at = time.monotonic()
             if on_frame is not None:
                 on_frame(self, self._image, result)
 
@@ -306,13 +325,14 @@ class Cameras:
 
 
 def build_cameras(specs: Sequence[CameraSpec], sources: dict[str, Any], *, bus: EventBus, gallery: Any,
-                  clusters: Any, open_source: Callable[[CameraSpec], Any], clock: Any = None) -> Cameras:
+                  clusters: Any, open_source: Callable[[CameraSpec], Any], clock: Any = None,
+                  shared: SharedModels | None = None) -> Cameras:
     """A pipeline per camera on one set of models (`SharedModels`), one gallery, one cluster stage, one bus."""
     from edgeface.pipeline import build_pipeline
     from edgeface.vision.analyzer import camera_models
     from edgeface.vision.shared import SharedModels
 
-    shared = SharedModels()
+    shared = shared or SharedModels()
     track_ids = itertools.count(1)
     runners = []
     for spec in specs:

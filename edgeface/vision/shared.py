@@ -82,8 +82,10 @@ class CombiningEmbedder:
     served together by the next call. Results are the embedder's own (each row is independent of the
     others in the batch)."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, combine: bool = True) -> None:
         self.inner = embedder
+        self.combine = combine
+        """False: each call runs on its own, concurrently (the comparison in tools/bench_cameras.py)."""
         self.precision = embedder.precision
         self.flip = embedder.flip
         self.selfcheck_distance = embedder.selfcheck_distance
@@ -96,6 +98,11 @@ class CombiningEmbedder:
         """embed() calls served; requests / calls is how many cameras shared a run on average."""
 
     def embed(self, chips_bgr: np.ndarray) -> np.ndarray:
+        if not self.combine:
+            with self._cond:
+                self.calls += 1
+                self.requests += 1
+            return self.inner.embed(chips_bgr)
         request = _Request(np.asarray(chips_bgr))
         with self._cond:
             self._queue.append(request)
@@ -136,9 +143,11 @@ class CombiningEmbedder:
 @dataclass
 class SharedModels:
     """Model runners and the embedder shared by the cameras of one process, made on first use.
-    `pool_size`: runners per detector model (default: the usable cores)."""
+    `pool_size`: runners per detector model (default: the usable cores); `combine_embeddings`: False runs
+    each camera's embedder call on its own (for comparison)."""
 
     pool_size: int | None = None
+    combine_embeddings: bool = True
     _runners: dict[tuple[str, int], RunnerPool] = field(default_factory=dict)
     _embedders: dict[tuple[str, int, bool], CombiningEmbedder] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -162,5 +171,5 @@ class SharedModels:
             key = (config.precision, threads, config.flip)
             if key not in self._embedders:
                 self._embedders[key] = CombiningEmbedder(
-                    Embedder(precision=config.precision, threads=threads, flip=config.flip))
+                    Embedder(precision=config.precision, threads=threads, flip=config.flip), self.combine_embeddings)
             return self._embedders[key]
