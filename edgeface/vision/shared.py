@@ -4,8 +4,9 @@
   time, so the pool holds up to `size` of them (one per usable core by default: more could not run at
   once anyway), made when first needed; memory grows with the cores, not the cameras.
 - `CombiningEmbedder`: one embedder for every camera. onnxruntime runs one session from several
-  threads; when faces of several cameras are due while the model is busy, they wait and go in ONE call
-  together (no timer, no added wait: the next call takes whatever queued meanwhile).
+  threads, up to `max_parallel` calls at once (one per usable core); faces of cameras that come while
+  every slot is busy wait and go in ONE call together (no timer, no added wait: the next free slot
+  takes whatever queued meanwhile).
 - `SharedModels`: the cache `camera_models(config, shared=...)` takes its runners and embedder from.
 """
 
@@ -73,25 +74,30 @@ class _Request:
     chips: np.ndarray
     result: np.ndarray | None = None
     error: BaseException | None = None
+    taken: bool = False
+    """In a running call's batch."""
     done: bool = False
 
 
 class CombiningEmbedder:
-    """An `Embedder` for several camera threads. A caller that finds the model idle runs it with its own
-    chips and every request that queued meanwhile; callers arriving while it runs queue up and are
-    served together by the next call. Results are the embedder's own (each row is independent of the
-    others in the batch)."""
+    """An `Embedder` for several camera threads. A caller that finds a free slot (fewer than
+    `max_parallel` calls running) runs the model with its own chips and every request that queued
+    meanwhile; callers arriving while every slot is busy queue up and are served together by the next
+    call. Results are the embedder's own (each row is independent of the others in the batch)."""
 
-    def __init__(self, embedder: Embedder, combine: bool = True) -> None:
+    def __init__(self, embedder: Embedder, combine: bool = True, max_parallel: int | None = None) -> None:
+        from edgeface.io.runtime.onnx import usable_cores
+
         self.inner = embedder
         self.combine = combine
         """False: each call runs on its own, concurrently (the comparison in tools/bench_cameras.py)."""
+        self.max_parallel = max_parallel or usable_cores()
         self.precision = embedder.precision
         self.flip = embedder.flip
         self.selfcheck_distance = embedder.selfcheck_distance
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
-        self._busy = False
+        self._running = 0
         self.calls = 0
         """Embedder runs made (one per combined batch)."""
         self.requests = 0
@@ -106,12 +112,16 @@ class CombiningEmbedder:
         request = _Request(np.asarray(chips_bgr))
         with self._cond:
             self._queue.append(request)
-            while self._busy and not request.done:
+            while self._running >= self.max_parallel and not request.taken:
                 self._cond.wait()
-            if request.done:
+            if request.taken:  # in another caller's batch: wait for its answer
+                while not request.done:
+                    self._cond.wait()
                 return self._answer(request)
-            self._busy = True
+            self._running += 1
             batch, self._queue = self._queue, []
+            for r in batch:
+                r.taken = True
         try:
             vectors = self.inner.embed(np.concatenate([r.chips for r in batch]) if len(batch) > 1 else batch[0].chips)
             start = 0
@@ -125,7 +135,7 @@ class CombiningEmbedder:
                 r.done = True
             self.calls += 1
             self.requests += len(batch)
-            self._busy = False
+            self._running -= 1
             self._cond.notify_all()
         return self._answer(request)
 
