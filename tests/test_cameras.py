@@ -231,3 +231,226 @@ def test_four_cameras_in_one_process_decide_what_each_video_decides_alone(tmp_pa
     assert len(ended) == len(set(ended))  # one counter: a track id names one track of the station
     assert {e.track_id for e in events if e.track_id is not None} == set(ended)  # every track closed
     assert "Traceback" not in log
+
+
+# -- a camera that dies, the watchdog --------------------------------------------------------------
+
+
+def hamilton_frames(first: int, last: int) -> list:
+    import cv2
+
+    capture = cv2.VideoCapture(str(HAMILTON))
+    frames = [capture.read()[1] for _ in range(last)][first:]
+    capture.release()
+    return frames
+
+
+class Run:
+    """`edgeface run` in a subprocess; stdout and stderr collected as they come."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        environ = {k: v for k, v in os.environ.items() if k not in ("EDGEFACE_GALLERY", "EDGEFACE_SOURCE")}
+        self.process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", *args], cwd=tmp_path,
+                                        env={**environ, **(env or {})}, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._readers = [threading.Thread(target=lambda s=stream, out=out: out.extend(s), daemon=True)
+                         for stream, out in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def wait_for(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                raise AssertionError(f"the run exited ({self.process.returncode}) before {what}:\n"
+                                     + "".join(self.stderr[-30:]))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}:\n" + "".join(self.stderr[-30:]))
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+RETRY = """\
+pipeline:
+  source:
+    max_retries: {max_retries}
+    backoff_initial_s: 0.1
+    backoff_max_s: 0.5
+    open_timeout_s: 3
+    read_timeout_s: {read_timeout_s}
+  tracking:
+    track_max_gap_s: 1.0
+"""
+
+
+@needs_videos
+@pytest.mark.slow
+def test_a_camera_that_dies_is_reported_while_the_other_goes_on_and_comes_back(tmp_path: Path) -> None:
+    from _mqtt_helpers import MOSQUITTO, Collector, PrivateBroker
+
+    if not Path(MOSQUITTO).is_file():
+        pytest.skip("no mosquitto")
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    frames = hamilton_frames(90, 200)
+    door, yard = MjpegServer(fps=15, frames=frames).start(), MjpegServer(fps=15, frames=frames).start()
+    config = tmp_path / "edgeface.yaml"
+    config.write_text(RETRY.format(max_retries=1, read_timeout_s=3) + f"""\
+station_id: twocams
+mqtt:
+  url: mqtt://127.0.0.1:{broker.port}
+  commands: false
+  stats_interval_s: 1
+  outbox_path: {tmp_path / 'outbox.sqlite'}
+""")
+    collector = Collector(broker.port, "edgeface/twocams/#")
+    run = Run(tmp_path, "--source", f"door={door.url}", "--source", f"yard={yard.url}", "--config", str(config))
+
+    def stats() -> dict:
+        payloads = collector.payloads("/stats")
+        return json.loads(payloads[-1]) if payloads else {}
+
+    def states(kind: str) -> list[dict]:
+        return [e for e in collector.unique_events() if e.get("type") == kind]
+
+    try:
+        run.wait_for(lambda: all(stats().get("cameras", {}).get(c, {}).get("frames", 0) > 10 for c in ("door", "yard")),
+                     120, "both cameras delivering")
+        door.stop()  # the door camera loses power for good (one retry allowed)
+        run.wait_for(lambda: states("camera_state"), 60, "the door camera reported failed")
+        (failed,) = states("camera_state")
+        assert (failed["camera"], failed["state"], failed["failures"]) == ("door", "failed", 1)
+        assert "gave up after 1 retry" in failed["reason"] and door.url in failed["reason"]
+        yard_frames = stats()["cameras"]["yard"]["frames"]
+        run.wait_for(lambda: stats()["cameras"]["yard"]["frames"] > yard_frames + 20
+                     and stats()["cameras"]["door"]["state"] == "failed", 60, "the yard camera going on")
+        assert stats()["cameras"]["yard"]["state"] == "running"
+        door = MjpegServer(port=door.port, fps=15, frames=frames).start()  # power is back
+        run.wait_for(lambda: len(states("camera_state")) == 2, 60, "the door camera back")
+        back = states("camera_state")[1]
+        assert (back["camera"], back["state"], back["reason"]) == ("door", "connected", None)
+        door_frames = stats()["cameras"]["door"]["frames"]
+        run.wait_for(lambda: stats()["cameras"]["door"]["frames"] > door_frames + 10, 60, "door frames again")
+        code = run.stop()
+    finally:
+        run.kill()
+        door.stop()
+        yard.stop()
+        collector.close()
+        broker.close()
+    assert code == 0, "".join(run.stderr)
+    log = "".join(run.stderr)
+    assert "camera door failed:" in log and "the other cameras go on" in log and "Traceback" not in log
+    events = [parse_event(line) for line in run.stdout if line.strip()]
+    assert not events  # everything went to the broker
+    for event in collector.unique_events():
+        parse_event(json.dumps(event))  # every payload is a valid event of the schema
+
+
+@needs_videos
+def test_the_last_camera_failing_ends_the_run_with_its_error(tmp_path: Path) -> None:
+    config = tmp_path / "edgeface.yaml"
+    config.write_text(RETRY.format(max_retries=1, read_timeout_s=3))
+    frames = hamilton_frames(90, 120)
+    door, yard = MjpegServer(fps=15, frames=frames).start(), MjpegServer(fps=15, frames=frames).start()
+    run = Run(tmp_path, "--source", f"door={door.url}", "--source", f"yard={yard.url}", "--config", str(config),
+              env={"EDGEFACE_GALLERY": str(tmp_path / "gallery.db")})
+    try:
+        run.wait_for(lambda: any("camera_state" not in line for line in run.stdout), 120, "a first event")
+        door.stop()
+        run.wait_for(lambda: any('"camera_state"' in line for line in run.stdout), 60, "door reported")
+        yard.stop()
+        code = run.process.wait(timeout=60)
+    finally:
+        run.kill()
+        door.stop()
+        yard.stop()
+    for reader in run._readers:
+        reader.join(10)
+    assert code == 1
+    errors = [line for line in run.stderr if line.startswith("edgeface: error:")]
+    assert len(errors) == 1 and errors[0].startswith("edgeface: error: every camera stopped: door: "), run.stderr
+    assert "yard: " in errors[0]
+    events = [parse_event(line) for line in run.stdout if line.strip()]
+    tracks = {e.track_id for e in events if e.track_id is not None}
+    assert tracks == {e.track_id for e in events if e.type == "track_ended"}  # both cameras' tracks closed
+
+
+@needs_videos
+@pytest.mark.slow
+def test_the_watchdog_is_fed_while_every_camera_delivers_or_retries(tmp_path: Path) -> None:
+    """WATCHDOG_USEC 0.4 s: a ping at most every 0.2 s while every camera delivers; a camera that is
+    reconnecting (its camera stopped, retries left) does not stop the pings; a camera whose picture
+    froze (connected, no frame, before its read timeout) does."""
+    import tempfile
+
+    from test_systemd import FakeSystemd
+
+    directory = Path(tempfile.mkdtemp(prefix="sdn"))  # sun_path is 108 bytes
+    systemd = FakeSystemd(str(directory / "notify"), str(directory / "notify"))
+    messages: list[tuple[float, str]] = []
+    done = threading.Event()
+
+    def drain() -> None:
+        while not done.is_set():
+            try:
+                message = systemd.receive(0.05)
+            except TimeoutError:
+                continue
+            messages.append((time.monotonic(), next(iter(message))))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+
+    def pings(since: float, until: float | None = None) -> int:
+        return sum(kind == "WATCHDOG" and at >= since and (until is None or at < until) for at, kind in messages)
+
+    config = tmp_path / "edgeface.yaml"
+    config.write_text(RETRY.format(max_retries=1000, read_timeout_s=30))
+    frames = hamilton_frames(90, 120)
+    door, yard = MjpegServer(fps=15, frames=frames).start(), MjpegServer(fps=15, frames=frames).start()
+    run = Run(tmp_path, "--source", f"door={door.url}", "--source", f"yard={yard.url}", "--config", str(config),
+              env={"NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "400000",
+                   "EDGEFACE_GALLERY": str(tmp_path / "gallery.db")})
+    try:
+        run.wait_for(lambda: pings(0) >= 3, 120, "pings while both cameras deliver")
+        door.stop()  # reconnecting, retries left
+        time.sleep(1.0)
+        reconnecting = time.monotonic()
+        time.sleep(2.0)
+        assert pings(reconnecting) >= 4, messages[-10:]
+        door = MjpegServer(port=door.port, fps=15, frames=frames).start()
+        time.sleep(3.0)  # reconnected
+        yard.paused.set()  # the yard picture freezes: connected, no frame
+        time.sleep(1.0)
+        frozen = time.monotonic()
+        time.sleep(2.5)
+        assert pings(frozen) == 0, messages[-10:]
+        yard.paused.clear()
+        thawed = time.monotonic()
+        run.wait_for(lambda: pings(thawed) >= 2, 30, "pings again once the yard delivers")
+        code = run.stop()
+    finally:
+        run.kill()
+        door.stop()
+        yard.stop()
+        done.set()
+        reader.join(5)
+        systemd.close()
+    assert code == 0, "".join(run.stderr)
+    kinds = [kind for _, kind in messages]
+    assert kinds[0] == "READY" and kinds[-1] == "STOPPING"

@@ -177,15 +177,20 @@ class CameraRunner:
                 self.pipeline.run(self._frames(group, on_frame), stop, on_frame=after_frame)
             except SourceError as error:
                 self.source.close()
-                self.failures += 1
+                again = self.state == "failed"  # opened again, and failed again before its first frame
                 self.last_error = str(error)
                 self.state = "failed"
+                if not again:
+                    self.failures += 1
                 if stop.is_set() or not group.others_running(self):
                     return  # the last camera: the station ends with this error, as a single camera always did
-                log.warning("camera %s failed: %s; the other cameras go on, and it is opened again every %s s",
-                            self.name, error, f"{self.reopen_after_s:g}")
-                group.bus.publish(CameraStateEvent(station=self.spec.config.station_id, camera=self.name,
-                                                   state="failed", reason=str(error), failures=self.failures))
+                if again:
+                    log.info("camera %s is still failing; opened again in %s s", self.name, f"{self.reopen_after_s:g}")
+                else:
+                    log.warning("camera %s failed: %s; the other cameras go on, and it is opened again every %s s",
+                                self.name, error, f"{self.reopen_after_s:g}")
+                    group.bus.publish(CameraStateEvent(station=self.spec.config.station_id, camera=self.name,
+                                                       state="failed", reason=str(error), failures=self.failures))
                 if not self._reopen(stop, group):
                     return
                 continue
