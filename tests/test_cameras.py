@@ -454,3 +454,37 @@ def test_the_watchdog_is_fed_while_every_camera_delivers_or_retries(tmp_path: Pa
     assert code == 0, "".join(run.stderr)
     kinds = [kind for _, kind in messages]
     assert kinds[0] == "READY" and kinds[-1] == "STOPPING"
+
+
+@needs_videos
+def test_the_station_page_shows_each_camera_by_name(tmp_path: Path) -> None:
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    import cv2
+
+    run = Run(tmp_path, "--source", f"front={HAMILTON}", "--source", f"hall={CROWD}", "--every-frame",
+              "--web", "127.0.0.1:0", env={"EDGEFACE_WEB_PASSWORD": "correct horse battery",
+                                           "EDGEFACE_GALLERY": str(tmp_path / "gallery.db")})
+    try:
+        run.wait_for(lambda: any("every camera's source ended" in line for line in run.stderr), 180,
+                     "both videos processed")
+        url = next(re.search(r"station page on (\S+)", line).group(1)  # type: ignore[union-attr]
+                   for line in run.stderr if "station page on" in line)
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        opener.open(url + "/login", urllib.parse.urlencode({"password": "correct horse battery"}).encode(), timeout=10)
+        sizes = {}
+        for camera in ("front", "hall"):
+            jpeg = opener.open(f"{url}/live.jpg?camera={camera}", timeout=10).read()
+            sizes[camera] = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        page = opener.open(f"{url}/live?camera=hall", timeout=10).read().decode()
+        status = opener.open(f"{url}/status", timeout=10).read().decode()
+        code = run.stop()
+    finally:
+        run.kill()
+    assert sizes == {"front": (360, 640), "hall": (1080, 1920)}  # each camera's own last frame
+    assert 'data-src="/live.jpg?camera=hall"' in page and 'href="/live?camera=front"' in page
+    assert "camera front" in status and "camera hall" in status and "275 frames" in status
+    assert code == 0, "".join(run.stderr)
