@@ -227,10 +227,16 @@ class CameraConfig(StrictModel):
 
     name: str = Field(description="Camera name in events (`camera`), logs and stats: 1-64 letters, digits, '_', '.' "
                       "or '-'")
-    source: str = Field(
-        min_length=1,
+    source: str | None = Field(
+        None, min_length=1,
         description="Camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file or image "
-        "folder (as --source); a URL with a password is better given as --source NAME=URL from $EDGEFACE_SOURCE",
+        "folder (as --source). A URL with a password belongs in source_env instead (the config file is readable "
+        "by the service's user and often by others)",
+    )
+    source_env: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the source (e.g. set in the 0600 /etc/edgeface/edgeface.env), so "
+        "that a camera password stays out of the config file and the process list; give source or source_env",
     )
     detector: DetectorConfig | None = Field(None, description="This camera's detector (default: recognition.detector)")
     quality: QualityGateConfig | None = Field(None, description="This camera's quality gate (default: pipeline.quality)")
@@ -241,6 +247,12 @@ class CameraConfig(StrictModel):
     @classmethod
     def _safe_name(cls, name: str) -> str:
         return check_camera_name(name)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CameraConfig:
+        if (self.source is None) == (self.source_env is None):
+            raise ValueError(f"camera {self.name!r} needs a source or a source_env (one of them)")
+        return self
 
 
 class GalleryConfig(StrictModel):

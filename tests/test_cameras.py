@@ -59,7 +59,9 @@ def test_camera_names_must_be_unique_and_safe_for_topics(tmp_path: Path) -> None
         message = _config_error(tmp_path, f"cameras:\n  - name: '{bad}'\n    source: a.mp4\n")
         assert "line 2: cameras.0.name: camera name" in message and "is not allowed" in message, message
     missing = _config_error(tmp_path, "cameras:\n  - name: door\n")
-    assert "line 2: cameras.0.source: Field required" in missing
+    assert "line 2: cameras.0: camera 'door' needs a source or a source_env (one of them)" in missing
+    both = _config_error(tmp_path, "cameras:\n  - {name: door, source: a.mp4, source_env: DOOR_URL}\n")
+    assert "needs a source or a source_env (one of them)" in both
     typo = _config_error(tmp_path, "cameras:\n  - name: door\n    source: a.mp4\n    detecter: {model: full}\n")
     assert "line 4: cameras.0.detecter: unknown key" in typo
 
@@ -102,6 +104,19 @@ def test_sources_on_the_command_line(tmp_path: Path) -> None:
         camera_specs(config, ["door=0", "door=1"])
     with pytest.raises(ConfigError, match="no camera"):
         camera_specs(Config(), [])
+
+
+def test_a_camera_password_can_stay_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeface.service.cameras import camera_specs
+
+    config = Config.model_validate({"cameras": [{"name": "door", "source_env": "EDGEFACE_TEST_DOOR"},
+                                                {"name": "yard", "source": "1"}]})
+    monkeypatch.delenv("EDGEFACE_TEST_DOOR", raising=False)
+    with pytest.raises(ConfigError, match=r"camera door: \$EDGEFACE_TEST_DOOR \(its source_env\) is not set"):
+        camera_specs(config, [])
+    monkeypatch.setenv("EDGEFACE_TEST_DOOR", "rtsp://user:secret@door.lan/stream")
+    door, yard = camera_specs(config, [])
+    assert (door.source, yard.source) == ("rtsp://user:secret@door.lan/stream", "1")
 
 
 def test_a_bad_camera_name_on_the_command_line_is_one_line(tmp_path: Path) -> None:

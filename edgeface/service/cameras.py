@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -31,7 +32,7 @@ from edgeface.events import CameraStateEvent, CameraStats
 
 if TYPE_CHECKING:
     from edgeface.bus import EventBus
-    from edgeface.config import Config
+    from edgeface.config import CameraConfig, Config
     from edgeface.pipeline import FrameResult, Pipeline, PipelineStats
     from edgeface.recognition.decider import RecentTrack
     from edgeface.service.systemd import WatchdogFeeder
@@ -64,6 +65,17 @@ def split_named_source(spec: str) -> tuple[str | None, str]:
     return found.group(1), found.group(2)
 
 
+def _source_of(camera: CameraConfig) -> str:
+    """The camera's source: `source`, or the environment variable `source_env` names."""
+    if camera.source is not None:
+        return camera.source
+    assert camera.source_env is not None
+    value = os.environ.get(camera.source_env, "").strip()
+    if not value:
+        raise ConfigError(f"camera {camera.name}: ${camera.source_env} (its source_env) is not set or empty")
+    return value
+
+
 def camera_specs(config: Config, sources: Sequence[str]) -> list[CameraSpec]:
     """The cameras to run: the --source values (one plain SRC: the one camera, named `pipeline.camera`;
     or NAME=SRC each, taking the settings of the `cameras:` entry of that name when there is one), else
@@ -74,7 +86,7 @@ def camera_specs(config: Config, sources: Sequence[str]) -> list[CameraSpec]:
         if not config.cameras:
             raise ConfigError("no camera: give --source SRC (or NAME=SRC, repeated), $EDGEFACE_SOURCE or a "
                               "`cameras:` list in the config")
-        return [CameraSpec(c.name, c.source, config.for_camera(c)) for c in config.cameras]
+        return [CameraSpec(c.name, _source_of(c), config.for_camera(c)) for c in config.cameras]
     named = [split_named_source(spec) for spec in sources]
     if len(named) == 1 and named[0][0] is None:
         return [CameraSpec(config.pipeline.camera, named[0][1], config.model_copy(update={"cameras": []}))]
@@ -91,7 +103,7 @@ def camera_specs(config: Config, sources: Sequence[str]) -> list[CameraSpec]:
     for name, source in named:
         assert name is not None
         camera = configured.get(name) or CameraConfig(name=name, source=source)
-        specs.append(CameraSpec(name, source, config.for_camera(camera.model_copy(update={"source": source}))))
+        specs.append(CameraSpec(name, source, config.for_camera(camera)))
     return specs
 
 
