@@ -122,7 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     sources: dict[str, Any] = {}
     stop = threading.Event()
-    stopper = _StopOnSignals(stop, _Sources(sources))
+    closer = _Sources(sources)
+    stopper = _StopOnSignals(stop, closer)
     running = None
     notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
     listen = getattr(args, "web", None) or config.web.listen
@@ -139,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         gallery = open_gallery(config, args.gallery, create_default=True)
         running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url,
                                 commands=bool(listen), cameras=specs, sources=sources, open_source=open_camera)
-        cameras = running.cameras
+        cameras = closer.cameras = running.cameras
         assert cameras is not None
         if listen and password is not None:
             from edgeface.service.web import StationPage
@@ -182,10 +183,14 @@ class _Sources:
 
     def __init__(self, sources: dict[str, Any]) -> None:
         self.sources = sources
+        self.cameras: Any = None
+        """Once built: the cameras, whose sources may have been opened again since."""
 
     def close(self) -> None:
         for source in list(self.sources.values()):
             source.close()
+        if self.cameras is not None:
+            self.cameras.close_sources()
 
 
 def _on_frame(page: Any) -> Any:

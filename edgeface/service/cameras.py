@@ -217,10 +217,15 @@ class CameraRunner:
             if not group.others_running(self):
                 return False
             try:
-                self.source = self._open_source(self.spec)
-                return True  # the state turns "running" with its first frame
+                source = self._open_source(self.spec)
             except SourceError as error:
                 log.warning("camera %s: still failing (%s)", self.name, error)
+                continue
+            self.source = source
+            if stop.is_set():  # stopped while it was being opened: the signal closed the old source only
+                source.close()
+                return False
+            return True  # the state turns "running" with its first frame
         return False
 
 
