@@ -119,6 +119,19 @@ def test_a_camera_password_can_stay_in_the_environment(monkeypatch: pytest.Monke
     assert (door.source, yard.source) == ("rtsp://user:secret@door.lan/stream", "1")
 
 
+@needs_videos
+def test_doctor_reads_a_frame_from_each_camera(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeface.service.doctor import DoctorOptions, run_checks
+
+    config = tmp_path / "edgeface.yaml"
+    config.write_text(f"cameras:\n  - {{name: front, source: '{HAMILTON}'}}\n  - {{name: back, source_env: EDGEFACE_TEST_BACK}}\n")
+    monkeypatch.delenv("EDGEFACE_TEST_BACK", raising=False)
+    checks = {c.name: c for c in run_checks(DoctorOptions(config_path=config, gallery=tmp_path / "gallery.db"))}
+    assert checks["camera front"].status == "ok" and "read a 640x360 frame" in checks["camera front"].detail
+    assert checks["camera back"].status == "fail" and "$EDGEFACE_TEST_BACK" in checks["camera back"].detail
+    assert "camera" not in checks
+
+
 def test_a_bad_camera_name_on_the_command_line_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "EDGEFACE_GALLERY": str(tmp_path / "gallery.db")}
     done = subprocess.run([sys.executable, "-m", "edgeface.cli", "run", "--source", "a=x.mp4", "--source",

@@ -65,7 +65,7 @@ def split_named_source(spec: str) -> tuple[str | None, str]:
     return found.group(1), found.group(2)
 
 
-def _source_of(camera: CameraConfig) -> str:
+def source_of(camera: CameraConfig) -> str:
     """The camera's source: `source`, or the environment variable `source_env` names."""
     if camera.source is not None:
         return camera.source
@@ -86,7 +86,7 @@ def camera_specs(config: Config, sources: Sequence[str]) -> list[CameraSpec]:
         if not config.cameras:
             raise ConfigError("no camera: give --source SRC (or NAME=SRC, repeated), $EDGEFACE_SOURCE or a "
                               "`cameras:` list in the config")
-        return [CameraSpec(c.name, _source_of(c), config.for_camera(c)) for c in config.cameras]
+        return [CameraSpec(c.name, source_of(c), config.for_camera(c)) for c in config.cameras]
     named = [split_named_source(spec) for spec in sources]
     if len(named) == 1 and named[0][0] is None:
         return [CameraSpec(config.pipeline.camera, named[0][1], config.model_copy(update={"cameras": []}))]

@@ -580,6 +580,7 @@ class Station:
             "identities": len(self.gallery.snapshot()) if self.gallery is not None else 0,
             "gallery": str(self.gallery.path) if self.gallery is not None else None,
             "recent_tracks": len(pipeline.decider.recent_track_ids()) if pipeline is not None else 0,
+            "cameras": {name: camera.model_dump() for name, camera in self._camera_stats(advance=False).items()},
             "homeassistant": self.ha is not None,
             "mqtt": None if publisher is None else {
                 "connected": publisher.connected, "protocol": publisher.protocol,
