@@ -114,6 +114,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "keeps a camera password out of the process list, or list `cameras:` in the config)", file=sys.stderr)
         return 2
     specs = camera_specs(config, given)
+    if len(specs) > 1:
+        from edgeface.service.cameras import return_frames_to_the_system
+
+        return_frames_to_the_system()
     mqtt_url = getattr(args, "mqtt_url", None)
     kind = sink_kind(config, args.sink, mqtt_url)
 
