@@ -166,11 +166,11 @@ class CameraRunner:
             stop.set()
             group.wake()
 
-    def _frames(self, group: Cameras, on_frame: Any) -> Iterator[Any]:
+    def _frames(self, group: Cameras) -> Iterator[Any]:
         for frame in self.source:
             if self.state == "failed":
                 self.state = "running"
-                log.warning("camera %s delivers frames again", self.name)
+                log.info("camera %s delivers frames again", self.name)
                 group.bus.publish(CameraStateEvent(station=self.spec.config.station_id, camera=self.name,
                                                    state="connected", failures=self.failures))
             self._image = frame.image
@@ -186,7 +186,7 @@ class CameraRunner:
 
         while True:
             try:
-                self.pipeline.run(self._frames(group, on_frame), stop, on_frame=after_frame)
+                self.pipeline.run(self._frames(group), stop, on_frame=after_frame)
             except SourceError as error:
                 self.source.close()
                 again = self.state == "failed"  # opened again, and failed again before its first frame
