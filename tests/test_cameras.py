@@ -261,6 +261,47 @@ def test_four_cameras_in_one_process_decide_what_each_video_decides_alone(tmp_pa
     assert "Traceback" not in log
 
 
+@needs_videos
+def test_the_stations_commands_reach_every_camera(tmp_path: Path, gallery_file: Path) -> None:
+    """status lists each camera and adds them up; reject finds a track of whichever camera decided it
+    (track ids are the station's)."""
+    import io
+    import shutil
+
+    from edgeface.io.sources import open_source
+    from edgeface.service.app import build_station
+    from edgeface.service.cameras import camera_specs
+    from edgeface.service.mqtt.commands import RejectCommand, StatusCommand
+    from edgeface.storage.gallery import Gallery
+
+    copy = tmp_path / "gallery.db"
+    shutil.copy(gallery_file, copy)
+    config = Config()
+    specs = camera_specs(config, [f"front={HAMILTON}", f"back={HAMILTON}"])
+
+    def opened(spec):
+        return open_source(spec.source, every_frame=True)
+
+    out = io.StringIO()
+    running = build_station(config, gallery=Gallery(copy, create=False), stdout=out, commands=True, cameras=specs,
+                            sources={s.name: opened(s) for s in specs}, open_source=opened)
+    try:
+        assert running.cameras is not None and running.station is not None
+        running.cameras.run(threading.Event())
+        events = [parse_event(line) for line in out.getvalue().splitlines()]
+        recognized = {e.camera: e.track_id for e in events if e.type == "recognized" and e.name == "lin_manuel_miranda"}
+        assert set(recognized) == {"front", "back"} and recognized["front"] != recognized["back"]
+        status = running.station.status(StatusCommand()).result
+        assert {name: (c["state"], c["frames"]) for name, c in status["cameras"].items()} == \
+            {"front": ("ended", 275), "back": ("ended", 275)}
+        assert status["frames"] == 550
+        assert status["events"]["track_ended"] == sum(e.type == "track_ended" for e in events)
+        reply = running.station.reject(RejectCommand(track_id=recognized["back"], name="lin_manuel_miranda"))
+        assert f"track {recognized['back']} was not lin_manuel_miranda" in reply.message
+    finally:
+        running.close()
+
+
 # -- a camera that dies, the watchdog --------------------------------------------------------------
 
 
