@@ -223,7 +223,8 @@ class PipelineConfig(StrictModel):
 
 class CameraConfig(StrictModel):
     """One camera of `cameras:`: its name and source, and the settings that may differ from the top-level
-    ones (unset: the top-level `recognition.detector`, `pipeline.quality` and `pipeline.detect_tiles_*`)."""
+    ones (unset: the top-level `recognition.detector`, `pipeline.quality`, `pipeline.detect_tiles_*` and
+    `pipeline.source`)."""
 
     name: str = Field(description="Camera name in events (`camera`), logs and stats: 1-64 letters, digits, '_', '.' "
                       "or '-'")
@@ -242,6 +243,9 @@ class CameraConfig(StrictModel):
     quality: QualityGateConfig | None = Field(None, description="This camera's quality gate (default: pipeline.quality)")
     detect_tiles_x: int | None = Field(None, ge=1, le=8, description="This camera's tile columns (default: pipeline.detect_tiles_x)")
     detect_tiles_y: int | None = Field(None, ge=1, le=8, description="This camera's tile rows (default: pipeline.detect_tiles_y)")
+    capture: SourceConfig | None = Field(
+        None, description="How this camera's frames are read: frame-rate cap, region of interest, retries, timeouts "
+        "(default: pipeline.source; a region of interest is usually one camera's)")
 
     @field_validator("name")
     @classmethod
@@ -414,6 +418,8 @@ class Config(StrictModel):
         pipeline: dict[str, Any] = {"camera": camera.name}
         if camera.quality is not None:
             pipeline["quality"] = camera.quality
+        if camera.capture is not None:
+            pipeline["source"] = camera.capture
         for key in ("detect_tiles_x", "detect_tiles_y"):
             if getattr(camera, key) is not None:
                 pipeline[key] = getattr(camera, key)

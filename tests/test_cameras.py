@@ -70,7 +70,7 @@ def test_each_camera_sees_its_own_detector_quality_and_tiles(tmp_path: Path) -> 
     path = tmp_path / "edgeface.yaml"
     path.write_text("pipeline: {detect_tiles_x: 1}\ncameras:\n"
                     "  - {name: hall, source: a.mp4, detector: {model: full}, detect_tiles_x: 2, detect_tiles_y: 2,\n"
-                    "     quality: {min_face_px: 24}}\n"
+                    "     quality: {min_face_px: 24}, capture: {roi: [0, 0, 320, 200], max_retries: 3}}\n"
                     "  - {name: door, source: b.mp4}\n")
     config = load_config(path)
     hall, door = (config.for_camera(c) for c in config.cameras)
@@ -79,6 +79,8 @@ def test_each_camera_sees_its_own_detector_quality_and_tiles(tmp_path: Path) -> 
     assert (hall.pipeline.detect_tiles_x, hall.pipeline.detect_tiles_y) == (2, 2)
     assert (door.pipeline.detect_tiles_x, door.pipeline.detect_tiles_y) == (1, 1)
     assert hall.pipeline.quality.min_face_px == 24 and door.pipeline.quality.min_face_px == 40
+    assert (hall.pipeline.source.roi, hall.pipeline.source.max_retries) == ((0, 0, 320, 200), 3)
+    assert (door.pipeline.source.roi, door.pipeline.source.max_retries) == (None, 10)
 
 
 def test_sources_on_the_command_line(tmp_path: Path) -> None:
@@ -534,7 +536,10 @@ def test_the_station_page_shows_each_camera_by_name(tmp_path: Path) -> None:
 
     import cv2
 
+    config = tmp_path / "edgeface.yaml"  # the hall camera's settings (its own region of interest) by its name
+    config.write_text("cameras:\n  - {name: hall, source: unused.mp4, capture: {roi: [0, 0, 960, 540]}}\n")
     run = Run(tmp_path, "--source", f"front={HAMILTON}", "--source", f"hall={CROWD}", "--every-frame",
+              "--config", str(config),
               "--web", "127.0.0.1:0", env={"EDGEFACE_WEB_PASSWORD": "correct horse battery",
                                            "EDGEFACE_GALLERY": str(tmp_path / "gallery.db")})
     try:
@@ -553,7 +558,7 @@ def test_the_station_page_shows_each_camera_by_name(tmp_path: Path) -> None:
         code = run.stop()
     finally:
         run.kill()
-    assert sizes == {"front": (360, 640), "hall": (1080, 1920)}  # each camera's own last frame
+    assert sizes == {"front": (360, 640), "hall": (540, 960)}  # each camera's own last frame, hall's cropped
     assert 'data-src="/live.jpg?camera=hall"' in page and 'href="/live?camera=front"' in page
     assert "camera front" in status and "camera hall" in status and "275 frames" in status
     assert code == 0, "".join(run.stderr)
