@@ -26,7 +26,7 @@ from edgeface.events import (
     parse_event,
 )
 from edgeface.recognition.clusters import ClusterError, OnlineClusters, parse_cluster_id
-from edgeface.storage.cluster_store import ClusterStore
+from edgeface.storage.cluster_store import CLUSTER_SCHEMA_VERSION, ClusterStore
 from edgeface.storage.gallery import Gallery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -543,6 +543,6 @@ def test_cluster_schema_1_is_migrated_with_its_clusters(tmp_path: Path) -> None:
         again = store.observe(vector, ts=2e9, track_key="x", apart_from=["new"])
         assert again.cluster.id == "unknown-7"
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM cluster_schema_version").fetchall() == [(2,)]
-        rows = db.execute("SELECT number, apart, not_names FROM cluster_clusters ORDER BY number").fetchall()
-    assert rows == [(7, "[8]", "[]"), (8, "[7]", "[]")]
+        assert db.execute("SELECT version FROM cluster_schema_version").fetchall() == [(CLUSTER_SCHEMA_VERSION,)]
+        rows = db.execute("SELECT number, apart, not_names, ignored FROM cluster_clusters ORDER BY number").fetchall()
+    assert rows == [(7, "[8]", "[]", 0), (8, "[7]", "[]", 0)]

@@ -79,6 +79,13 @@ def test_list_show_merge_forget(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 0 and isinstance(event, ClusterMergedEvent) and (event.kept_id, event.merged_id) == ("unknown-2", "unknown-3")
     code, out, _ = _cli(capsys, "clusters", "forget", "unknown-1", *g)
     assert code == 0 and "unknown-1 forgotten" in out
+    code, out, _ = _cli(capsys, "clusters", "ignore", "unknown-2", *g)
+    assert code == 0 and "ignoring unknown-2" in out
+    code, out, _ = _cli(capsys, "clusters", "list", *g)
+    assert out.splitlines()[0].startswith("unknown-2\t") and out.splitlines()[0].endswith("\tignored")
+    code, out, _ = _cli(capsys, "clusters", "ignore", "unknown-2", "--undo", *g)
+    assert code == 0 and "no longer ignoring unknown-2" in out
+    assert not json.loads(_cli(capsys, "clusters", "list", "--json", *g)[1])[0]["ignored"]
     for args, message in ((("show", "unknown-1"), "unknown-1 was forgotten"),
                           (("show", "unknown-3"), "unknown-3 was merged into unknown-2"),
                           (("show", "unknown-99"), "no cluster unknown-99"),

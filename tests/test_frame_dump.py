@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "fixtures" / "frame_dump"
+BOX_TOLERANCE_PX = 0.05
 
 
 def _tool():
@@ -34,4 +35,9 @@ def test_frames_match_the_code_before_the_restructure(video: str) -> None:
     assert got["event_types"] == expected["event_types"]
     assert len(got["frames"]) == len(expected["frames"])
     for mine, theirs in zip(got["frames"], expected["frames"]):
-        assert mine == theirs, f"frame {theirs[0]}"
+        assert mine[0] == theirs[0]
+        assert [face[:2] for face in mine[1]] == [face[:2] for face in theirs[1]], f"frame {theirs[0]}"
+        for face, expected_face in zip(mine[1], theirs[1]):
+            # Boxes to BOX_TOLERANCE_PX: another CPU's SIMD kernels (AVX-512 or not) move a coordinate by a
+            # hundredth of a pixel, across the 2-decimal rounding of the dump.
+            assert max(abs(a - b) for a, b in zip(face[2], expected_face[2])) <= BOX_TOLERANCE_PX, f"frame {theirs[0]}"

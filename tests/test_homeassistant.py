@@ -61,6 +61,7 @@ def test_discovery_payloads() -> None:
     assert set(configs) == {
         "homeassistant/sensor/edgeface_hall/last_person/config",
         "homeassistant/binary_sensor/edgeface_hall/unknown_visitor/config",
+        "homeassistant/image/edgeface_hall/last_unknown_face/config",
         "homeassistant/sensor/edgeface_hall/fps/config",
         "homeassistant/sensor/edgeface_hall/outbox_length/config",
     }
@@ -70,7 +71,7 @@ def test_discovery_payloads() -> None:
     for config in every:
         assert config["device"]["identifiers"] == ["edgeface_hall"]
         assert config["availability"][0]["topic"] == "edgeface/hall/status"
-        assert config["state_topic"].startswith("edgeface/hall/")
+        assert config.get("state_topic", config.get("image_topic", "")).startswith("edgeface/hall/")
         assert json.loads(encode(config)) == config
     assert topics.person_config("Ada Lovelace") == \
         f"homeassistant/binary_sensor/edgeface_hall/present_{person_key('Ada Lovelace')}/config"

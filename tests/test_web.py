@@ -144,6 +144,23 @@ def _wait(condition, timeout_s: float = 30, what: str = "") -> None:  # type: ig
         time.sleep(0.2)
 
 
+def _cookie(browser) -> str:  # type: ignore[no-untyped-def]
+    return "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+
+
+def _people(browser) -> list[str]:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    return [h.text for h in browser.find_elements(By.CSS_SELECTOR, ".person-card h2.person")]
+
+
+def _faces_loaded(browser, selector: str) -> bool:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    faces = browser.find_elements(By.CSS_SELECTOR, selector)
+    return bool(faces) and all(browser.execute_script("return arguments[0].naturalWidth", f) > 0 for f in faces)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAMILTON.is_file(), reason="../shared/data/video/hamilton_clip.mp4 is absent")
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
@@ -162,6 +179,9 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         assert _request(f"{base}/unknown") == 303
         assert _request(f"{base}/live.jpg") == 401
         assert _request(f"{base}/crop/unknown-1/0.jpg") == 401
+        assert _request(f"{base}/template/1.jpg") == 401
+        assert _request(f"{base}/event/{'0' * 32}.jpg") == 401
+        assert _request(f"{base}/status") == 303
         assert _request(f"{base}/unknown/forget", {"cluster_id": "unknown-1", "csrf": "x"}) == 401
 
         browser = _browser(412, 915)  # a phone's screen
@@ -189,6 +209,31 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
         browser.save_screenshot(str(tmp_path / "unknown.png"))
         cluster_id = cards[0].get_attribute("id")
+        browser.get(f"{base}/events")
+        about = f"//table[@class='events']//tr[td[4][starts-with(normalize-space(.), '{cluster_id}')]]//img"
+        assert browser.find_elements(By.XPATH, about), "no event about the cluster shows its face"
+        _wait(lambda: _faces_loaded(browser, "table.events img.face"), what="the events' faces")
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        browser.save_screenshot(str(tmp_path / "events.png"))
+        browser.get(f"{base}/unknown")
+        cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+
+        # "Not a face / ignore": off the list of unknown people, onto the ignore list, its faces erased;
+        # "Stop ignoring" brings it back (without the faces). The same face not being offered again is
+        # tests/test_cluster_ignore.py.
+        cards[0].find_element(By.XPATH, ".//button[text()='Not a face / ignore']").click()
+        _wait(lambda: f"ignoring {cluster_id}" in browser.page_source, what="the ignore's message")
+        assert browser.find_elements(By.CSS_SELECTOR, f".card[id='{cluster_id}']") == []
+        assert browser.find_elements(By.CSS_SELECTOR, f"tr.ignored[id='{cluster_id}']")
+        assert _request(f"{base}/crop/{cluster_id}/0.jpg", headers={"Cookie": _cookie(browser)}) == 404
+        browser.get(f"{base}/events")
+        assert browser.find_elements(By.XPATH, about) == []  # nor the faces of the events about it
+        browser.get(f"{base}/unknown")
+        ignored = browser.find_element(By.CSS_SELECTOR, f"tr.ignored[id='{cluster_id}']")
+        ignored.find_element(By.XPATH, ".//button[text()='Stop ignoring']").click()
+        _wait(lambda: f"no longer ignoring {cluster_id}" in browser.page_source, what="the un-ignore's message")
+        cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+        assert cards[0].get_attribute("id") == cluster_id
 
         cards[0].find_element(By.NAME, "name").send_keys("Visitor A")
         cards[0].find_element(By.XPATH, ".//button[text()='Name']").click()
@@ -196,16 +241,29 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         assert browser.find_elements(By.ID, cluster_id) == []  # it left the unknown people
 
         browser.get(f"{base}/people")
-        assert [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td.person")] == ["Visitor A"]
-        browser.find_element(By.CSS_SELECTOR, "input[name=name][placeholder]").send_keys("Lin")
+        assert _people(browser) == ["Visitor A"]
+        visitor = browser.find_element(By.CSS_SELECTOR, ".person-card[data-name='Visitor A']")
+        assert "no face stored" in visitor.text  # ignoring erased the cluster's faces (named faces: test_web_live)
+        browser.find_element(By.CSS_SELECTOR, "form[action='/people/enroll'] input[name=name]").send_keys("Lin")
         browser.find_element(By.NAME, "photo").send_keys(str(PHOTO))
         browser.find_element(By.XPATH, "//button[text()='Enroll']").click()
         _wait(lambda: "enrolled Lin (1 template)" in browser.page_source, what="the enrollment's message")
-        assert [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td.person")] == ["Lin", "Visitor A"]
+        assert _people(browser) == ["Lin", "Visitor A"]
+        lin = browser.find_element(By.CSS_SELECTOR, ".person-card[data-name='Lin']")
+        assert len(lin.find_elements(By.CSS_SELECTOR, ".faces img")) == 1  # the uploaded photo's face
+        _wait(lambda: _faces_loaded(browser, ".person-card .faces img"), what="the enrolled face")
         browser.save_screenshot(str(tmp_path / "people.png"))
+        lin.find_element(By.NAME, "new_name").send_keys("Lin-Manuel")
+        lin.find_element(By.XPATH, ".//button[text()='Rename']").click()
+        _wait(lambda: "renamed Lin to Lin-Manuel" in browser.page_source, what="the rename's message")
+        assert _people(browser) == ["Lin-Manuel", "Visitor A"]
+        renamed = browser.find_element(By.CSS_SELECTOR, ".person-card[data-name='Lin-Manuel']")
+        assert len(renamed.find_elements(By.CSS_SELECTOR, ".faces img")) == 1  # the face followed the name
 
         browser.get(f"{base}/events")
         assert "cluster_named" in [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td.type")]
+        browser.get(f"{base}/status")
+        assert "Checks (edgeface doctor)" in browser.page_source
 
         # A stale or missing form token is refused even with the session cookie.
         browser.get(f"{base}/people")
@@ -213,7 +271,8 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         browser.find_element(By.XPATH, "//button[text()='Remove']").click()
         _wait(lambda: "stale" in browser.page_source, what="the refusal")
         browser.get(f"{base}/people")
-        assert [td.text for td in browser.find_elements(By.CSS_SELECTOR, "td.person")] == ["Lin", "Visitor A"]
+        assert _people(browser) == ["Lin-Manuel", "Visitor A"]
+
     finally:
         if browser is not None:
             browser.quit()

@@ -37,7 +37,7 @@ def one_run(video: Path, with_page: bool) -> float:
 
     folder = Path(tempfile.mkdtemp(prefix="edgeface-bench-web-"))
     env = {**os.environ, "EDGEFACE_WEB_PASSWORD": PASSWORD}
-    process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", "--source", str(video), "--every-frame",
+    process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", "--source", str(video.resolve()), "--every-frame",
                                 "--web", "127.0.0.1:0"], cwd=folder, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None

@@ -46,7 +46,8 @@ def _when(value: datetime) -> str:
 
 def _info_dict(info) -> dict[str, Any]:
     return {"id": info.id, "status": info.status, "observations": info.observations, "visits": info.visits,
-            "first_seen": _when(info.first_seen), "last_seen": _when(info.last_seen), "exemplars": info.exemplars}
+            "first_seen": _when(info.first_seen), "last_seen": _when(info.last_seen), "exemplars": info.exemplars,
+            "ignored": info.ignored}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -58,8 +59,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([_info_dict(c) for c in clusters]))
     else:
         for c in clusters:
+            ignored = "\tignored" if c.ignored else ""  # on the station page's ignore list
             print(f"{c.id}\t{c.status}\t{c.observations} seen\t{c.visits} visits\tfirst {_when(c.first_seen)}"
-                  f"\tlast {_when(c.last_seen)}")
+                  f"\tlast {_when(c.last_seen)}{ignored}")
         print(f"{len(clusters)} cluster{'' if len(clusters) == 1 else 's'}", file=sys.stderr)
     return 0
 
@@ -111,6 +113,14 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ignore(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        done = store.ignore(args.id, not args.undo)
+    print(f"no longer ignoring {done}" if args.undo else
+          f"ignoring {done}: its face crops are erased and the same face will not be offered again")
+    return 0
+
+
 def render_sheet(store, limit: int = 50, faces: int = 6):
     """(sheet, clusters shown, clusters with crops): a contact sheet (uint8 BGR image), one row per
     cluster (confirmed first, then most recently seen) with its best stored face crops, or a note
@@ -118,7 +128,8 @@ def render_sheet(store, limit: int = 50, faces: int = 6):
     import cv2
     import numpy as np
 
-    clusters = sorted(store.list_clusters(), key=lambda c: (c.status != "confirmed", -c.last_seen.timestamp()))[:limit]
+    clusters = sorted((c for c in store.list_clusters() if not c.ignored),
+                      key=lambda c: (c.status != "confirmed", -c.last_seen.timestamp()))[:limit]
     crops_on = store.settings.store_face_crops
     row_h = SHEET_FACE_PX + 2 * SHEET_PAD_PX
     width = SHEET_LABEL_PX + faces * (SHEET_FACE_PX + SHEET_PAD_PX) + SHEET_PAD_PX
@@ -181,7 +192,7 @@ def _cmd_sheet(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `clusters` to the main `edgeface` parser."""
-    clusters = subparsers.add_parser("clusters", help="unknown people grouped by face: list, name, merge, forget")
+    clusters = subparsers.add_parser("clusters", help="unknown people grouped by face: list, name, merge, forget, ignore")
     actions = clusters.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="every cluster of unknowns, with status and sightings")
@@ -217,6 +228,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     forget.add_argument("id", metavar="ID")
     _common(forget)
     forget.set_defaults(handler=_cmd_forget)
+    ignore = actions.add_parser("ignore", help="not a face / never offer it again: keep the cluster on the ignore list "
+                                "(its crops erased; the same face joins it and gets no cluster)")
+    ignore.add_argument("id", metavar="ID")
+    ignore.add_argument("--undo", action="store_true", help="take the cluster off the ignore list")
+    _common(ignore)
+    ignore.set_defaults(handler=_cmd_ignore)
 
     sheet = actions.add_parser("sheet", help="contact sheet of each cluster's best face crops (PNG/JPEG)")
     sheet.add_argument("-o", "--output", type=Path, required=True, help="image file to write (.png or .jpg)")

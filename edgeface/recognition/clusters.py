@@ -168,6 +168,9 @@ class ClusterState:
     """Cannot-links: clusters this one must never join (a track of each was on screen at the same time)."""
     not_names: set[str] = field(default_factory=set)
     """Cannot-links to people: seen together with them, or a cluster it was apart from was named so."""
+    ignored: bool = False
+    """Marked "not a face / ignore": faces still join it (so the same face is not offered again as a new
+    cluster), but it is not shown for naming and its faces get no cluster in events."""
 
     @property
     def id(self) -> str:
@@ -189,11 +192,12 @@ class ClusterInfo:
     first_seen: datetime
     last_seen: datetime
     exemplars: int
+    ignored: bool = False
 
 
 def cluster_info(state: ClusterState) -> ClusterInfo:
     return ClusterInfo(state.id, state.status, state.observations, state.visits, utc_from_epoch(state.first_seen),
-                       utc_from_epoch(state.last_seen), len(state.exemplars))
+                       utc_from_epoch(state.last_seen), len(state.exemplars), state.ignored)
 
 
 @dataclass
@@ -319,6 +323,17 @@ class OnlineClusters:
         self._confirmed[slot] = False
         self._spread[slot] = 0.0
         self._free.append(slot)
+        return state
+
+    def set_ignored(self, number: int, ignored: bool) -> ClusterState:
+        """Mark a cluster ignored (confirmed too, so it never expires and the face comes back as new) or
+        not ignored any more."""
+        state = self.get(number)
+        if state is None:
+            raise ClusterError(f"no cluster {format_cluster_id(number)}")
+        state.ignored = ignored
+        state.confirmed = state.confirmed or ignored
+        self._refresh(self._slot[number])
         return state
 
     def take_touched(self) -> set[int]:
@@ -483,6 +498,7 @@ class OnlineClusters:
                 linked.apart.add(kept)
                 a.apart.add(other)
         a.not_names |= b.not_names
+        a.ignored = a.ignored or b.ignored  # within the threshold of an ignored face: the same face
         self.remove(gone)
         for key, value in self.recent_tracks.items():
             if value == gone:

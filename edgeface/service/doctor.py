@@ -388,9 +388,11 @@ def check_commands(mqtt_config: Any, environ: dict[str, str] | None = None) -> C
 
 def private_paths(config: Any, gallery: Path, environ: dict[str, str] | None = None) -> tuple[list[Path], list[Path]]:
     """(files, folders) that must be private: the gallery and its -wal/-shm, the outbox, its signature
-    record and Home Assistant state, the command secret and MQTT password files, the state folder."""
+    record and Home Assistant state, the station page's sessions, the command secret and MQTT password files, the state folder."""
     environ = dict(os.environ) if environ is None else environ
-    files = [gallery, Path(f"{gallery}-wal"), Path(f"{gallery}-shm")]
+    from edgeface.service.web.auth import sessions_path
+
+    files = [gallery, Path(f"{gallery}-wal"), Path(f"{gallery}-shm"), sessions_path(gallery)]
     folders: list[Path] = []
     mqtt_config = getattr(config, "mqtt", None)
     if mqtt_config is not None:
@@ -437,6 +439,22 @@ def doctor_gallery_path() -> Path:
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / DEFAULT_GALLERY
     return DEFAULT_GALLERY
+
+
+def station_checks(config: Any, gallery: Path | None) -> list[Check]:
+    """The checks that make sense inside a running station (its status page): model files, gallery,
+    free disk, command policy, private files. Not the camera, the broker or the models' loading: the
+    station is using them, and its own status shows how they do."""
+    checks = _guarded("models", check_models)
+    if gallery is not None:
+        checks += _guarded("gallery", lambda: check_gallery(gallery))
+        checks += _guarded("disk", lambda: check_disk([gallery.resolve().parent]))
+    mqtt_config = getattr(config, "mqtt", None)
+    if mqtt_config is not None:
+        checks += _guarded("commands", lambda: check_commands(mqtt_config))
+    files, folders = private_paths(config, gallery) if gallery is not None else ([], [])
+    checks += _guarded("files", lambda: check_permissions(files, folders))
+    return checks
 
 
 def run_checks(options: DoctorOptions) -> Iterable[Check]:

@@ -14,6 +14,9 @@ and made unavailable by the station's ``<prefix>status`` (``online``/``offline``
 - ``binary_sensor`` **Unknown visitor** (``unknown_visitor``): the same for tracks decided unknown,
   on ``<prefix>presence/unknown_visitor``, attributes from the latest ``<prefix>events/unknown`` event
   (cluster id, visit count, ...);
+- ``image`` **Last unknown visitor** (``last_unknown_face``): the best stored face crop of the cluster
+  of the latest unknown visitor, a retained JPEG on ``<prefix>last_unknown/face`` (only when face crops
+  are stored; emptied when that face is erased: edgeface.service.unknown_face);
 - ``sensor`` diagnostics **Frames per second** and **Outbox length** from ``<prefix>stats``.
 
 ``<key>`` is :func:`person_key` (an ASCII slug of the name plus 8 hex digits of its hash, so any
@@ -109,6 +112,15 @@ class HaTopics:
 
     def presence_attributes(self, name: str) -> str:
         return f"{self.prefix}presence/{person_key(name)}/attributes"
+
+    @property
+    def unknown_face(self) -> str:
+        """Retained JPEG of the last unknown visitor's face (empty: none, or erased)."""
+        return f"{self.prefix}last_unknown/face"
+
+    @property
+    def unknown_face_config(self) -> str:
+        return self.config("image", "last_unknown_face")
 
     @property
     def unknown_presence(self) -> str:
@@ -207,6 +219,17 @@ def unknown_visitor_config(topics: HaTopics) -> dict[str, Any]:
     }
 
 
+def unknown_face_config(topics: HaTopics) -> dict[str, Any]:
+    """The ``image`` entity showing the last unknown visitor's face (raw JPEG bytes on its topic)."""
+    return {
+        "name": "Last unknown visitor",
+        **_common(topics, "last_unknown_face"),
+        "image_topic": topics.unknown_face,
+        "content_type": "image/jpeg",
+        "icon": "mdi:account-question",
+    }
+
+
 def stats_config(topics: HaTopics, field: str) -> dict[str, Any]:
     """A diagnostic ``sensor`` reading one field of the stats payload."""
     if field not in STATS_SENSORS:
@@ -223,7 +246,8 @@ def stats_config(topics: HaTopics, field: str) -> dict[str, Any]:
 def station_configs(topics: HaTopics) -> dict[str, dict[str, Any]]:
     """Config topic -> payload of every entity that does not depend on the gallery."""
     configs = {topics.last_person_config: last_person_config(topics),
-               topics.unknown_visitor_config: unknown_visitor_config(topics)}
+               topics.unknown_visitor_config: unknown_visitor_config(topics),
+               topics.unknown_face_config: unknown_face_config(topics)}
     for field in STATS_SENSORS:
         configs[topics.stats_config(field)] = stats_config(topics, field)
     return configs

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from edgeface import __version__
 from edgeface.bus import EventBus
 from edgeface.config import Config, MqttConfig
+from edgeface.errors import EdgefaceError
 from edgeface.events import PersonForgottenEvent, Stats
 from edgeface.service.homeassistant import (
     PAYLOAD_OFF,
@@ -57,6 +58,7 @@ from edgeface.service.mqtt.commands import (
     StatusCommand,
 )
 from edgeface.service.mqtt.secrets import read_secret
+from edgeface.service.unknown_face import UnknownFace
 
 if TYPE_CHECKING:
     from edgeface.pipeline import Pipeline
@@ -159,6 +161,8 @@ class Station:
         self.ha: HaTopics | None = None
         self._presence = PresenceTracker(self.mqtt.present_timeout_s)
         self._people: set[str] = set()
+        self._face = UnknownFace()
+        """The last unknown visitor's face on Home Assistant (edgeface.service.unknown_face)."""
         self._pending_clears: list[tuple[float, list[str]]] = []
         """(when, topics) to empty once their entity is gone (REMOVAL_DELAY_S)."""
         self._lock = threading.RLock()
@@ -222,7 +226,9 @@ class Station:
                 self._pub.publish_raw(topic, encode(payload), retain=True)
             self._pub.publish_raw(self.ha.unknown_presence, PAYLOAD_OFF.encode(), retain=True)
             self._people = self._load_published()
+            self._face = UnknownFace.from_state(self._load_state())
             self.sync_people(force=True)
+            self._check_face()
         self._ticker.start()
         return self
 
@@ -248,6 +254,7 @@ class Station:
         if self.ha is None:
             return
         with self._lock:
+            self._face.on_event(event)
             if getattr(event, "type", None) == "recognized":
                 self._pub.publish_raw(self.ha.last_person, event.to_json().encode("utf-8"), retain=True)
                 if event.name in self._people:  # the attributes first: the ON must not show the last visit's
@@ -282,12 +289,18 @@ class Station:
     def _state_file(self) -> Path:
         return Path(self._pub.outbox.path).with_suffix(".homeassistant.json")
 
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self._state_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
     def _load_published(self) -> set[str]:
         """People whose entities an earlier run published (so that ones removed meanwhile are cleared)."""
         try:
-            data = json.loads(self._state_file().read_text(encoding="utf-8"))
-            return {str(name) for name in data.get("people", [])}
-        except (OSError, ValueError, AttributeError):
+            return {str(name) for name in self._load_state().get("people", [])}
+        except (TypeError, AttributeError):
             return set()
 
     def _save_published(self) -> None:
@@ -295,7 +308,8 @@ class Station:
 
         path = self._state_file()
         try:
-            write_private_file(path, json.dumps({"people": sorted(self._people)}, ensure_ascii=False).encode("utf-8"))
+            state = {"people": sorted(self._people), **self._face.to_state()}
+            write_private_file(path, json.dumps(state, ensure_ascii=False).encode("utf-8"))
         except OSError as error:
             log.warning("cannot save %s (%s); entities of people removed while the station is down may stay in "
                         "Home Assistant", path, error.strerror or error)
@@ -339,6 +353,48 @@ class Station:
             for topic in topics:
                 self._pub.publish_raw(topic, removal(), retain=True)
 
+    # -- the last unknown visitor's face ----------------------------------------------------------
+
+    def _face_store(self) -> Any:
+        if self._clusters is not None or self.gallery is None:
+            return self._clusters
+        try:
+            with self._command_lock:  # the commands open it the same way: one store, not two
+                return self._cluster_store()
+        except CommandFailed:
+            return None
+
+    def _publish_face(self) -> None:
+        """A new unknown visitor's face, if one is due (ticker)."""
+        if self.ha is None or self._face.due is None:
+            return
+        store = self._face_store()
+        with self._lock:
+            face = self._face.take_due(store)
+            if face is not None:
+                self._pub.publish_raw(self.ha.unknown_face, face[1], retain=True)
+                self._save_published()
+
+    def _clear_face(self, who: str | None = None) -> None:
+        """Empty the retained face when it shows `who` (a cluster id or a name); None: whatever it shows."""
+        if self.ha is None:
+            return
+        with self._lock:
+            if self._face.cluster_id is None or (who is not None and not self._face.concerns(who)):
+                return
+            self._face.cleared()
+            self._pub.publish_raw(self.ha.unknown_face, removal(), retain=True)
+            self._save_published()
+        log.info("Home Assistant: the last unknown visitor's face was erased")
+
+    def _check_face(self) -> None:
+        """Clear the face if it is no longer stored (forgotten from a shell, expired, past retention)."""
+        if self.ha is None or self._face.cluster_id is None:
+            return
+        crops_on = self.config.clusters.store_face_crops  # turned off since: no face is shown any more
+        if not crops_on or not self._face.still_stored(self._face_store(), set(self._people)):
+            self._clear_face()
+
     # -- ticker --------------------------------------------------------------------------------
 
     def _tick_loop(self) -> None:
@@ -352,6 +408,7 @@ class Station:
                         for key, on in self._presence.tick(now):
                             self._publish_presence(key, on)
                         self._clear_pending(now)
+                    self._publish_face()
                 if now >= next_stats:
                     next_stats = now + self.mqtt.stats_interval_s
                     self.publish_stats()
@@ -359,6 +416,7 @@ class Station:
                     next_sync = now + GALLERY_SYNC_S
                     self.sync_people()
                     self._forward_cluster_events()
+                    self._check_face()
             except Exception:  # the ticker must survive a busy gallery or a closed sink
                 log.exception("station ticker: an update failed; retrying on the next tick")
 
@@ -478,12 +536,22 @@ class Station:
                 raise CommandFailed(f"photo not enrolled for {plan.name!r}: {outcome.reason.value}"
                                     + (f" ({outcome.detail})" if outcome.detail else ""))
             ids = enroller.commit(plan)
+            self._keep_template_face(ids, outcome.chip)
         templates = gallery.show(plan.name).template_count
         self.sync_people()
         warning = f"; warning: {outcome.warning}" if outcome.warning else ""
         return CommandResult(f"enrolled {plan.name} ({templates} template{'s' if templates != 1 else ''}){warning}",
                              {"name": plan.name, "template_ids": list[Any](ids), "templates": templates,
                               "warning": outcome.warning})
+
+    def _keep_template_face(self, ids: list[int], chip: Any) -> None:
+        """The enrolled photo's face, for the station page (when face crops are stored)."""
+        if not ids or chip is None:
+            return
+        try:
+            self._cluster_store().add_template_crop(ids[0], chip)
+        except (CommandFailed, EdgefaceError) as error:
+            log.warning("the enrolled face's crop was not kept: %s", error)
 
     def _name_cluster(self, cluster_id: str, name: str, force: bool = False) -> dict[str, Any]:
         with self._command_lock:
@@ -510,7 +578,31 @@ class Station:
         """Not a face, or someone not to keep: the cluster goes with its face crops."""
         with self._command_lock:
             gone = self._cluster_store().forget(cluster_id)
+        self._clear_face(gone)
         return CommandResult(f"forgot {gone} and its face crops", {"cluster_id": gone})
+
+    def rename_person(self, old: str, new: str) -> CommandResult:
+        """`edgeface gallery rename` from the station page: templates, negatives and face crops keep
+        their rows; Home Assistant's entity follows (the old one removed, the new one announced)."""
+        gallery = self._require_gallery()
+        with self._command_lock:
+            info = gallery.show(old)
+            gallery.rename(info.name, new)
+        renamed = gallery.show(new).name
+        if self.pipeline is not None:
+            self.pipeline.decider.forget_name(info.name)  # its recent decisions carry the old name
+        self.sync_people()
+        return CommandResult(f"renamed {info.name} to {renamed}", {"old": info.name, "name": renamed})
+
+    def ignore_cluster(self, cluster_id: str, ignored: bool = True) -> CommandResult:
+        """Not a face, or someone never to be offered again: the cluster goes on the ignore list (its
+        crops erased; the same face joins it and gets no cluster). ignored=False takes it off."""
+        with self._command_lock:
+            done = self._cluster_store().ignore(cluster_id, ignored)
+        if ignored:
+            self._clear_face(done)
+            return CommandResult(f"ignoring {done}: the same face will not be offered again", {"cluster_id": done})
+        return CommandResult(f"no longer ignoring {done}", {"cluster_id": done})
 
     def forget(self, command: ForgetCommand) -> CommandResult:
         gallery = self._require_gallery()
@@ -533,6 +625,7 @@ class Station:
                 self._people.discard(info.name)
                 self._clear_person(info.name)
                 self._save_published()
+        self._clear_face(info.name)
         self._emit(PersonForgottenEvent(station=self.config.station_id, name=info.name))
         return CommandResult(f"forgot {info.name}",
                              {"name": info.name, "templates": info.template_count, "negatives": info.negative_count,

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_TAG = "edgeface-cluster-exemplar"
 
-CLUSTER_SCHEMA_VERSION = 2
+CLUSTER_SCHEMA_VERSION = 3
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -84,10 +84,20 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE cluster_clusters ADD COLUMN not_names TEXT NOT NULL DEFAULT '[]'")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """The ignore list: clusters marked "not a face / ignore" (ClusterState.ignored). The face crops of
+    gallery templates (a named cluster's exemplars keep theirs; an enrollment photo's face), erased
+    with their template (trigger; orphans are also swept with the old crops and never shown)."""
+    db.execute("ALTER TABLE cluster_clusters ADD COLUMN ignored INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE TABLE IF NOT EXISTS template_crops (template_id INTEGER PRIMARY KEY, crop BLOB NOT NULL, ts REAL NOT NULL)")
+    db.execute("CREATE TRIGGER IF NOT EXISTS template_crops_gone AFTER DELETE ON templates"
+               " BEGIN DELETE FROM template_crops WHERE template_id = old.id; END")
+
+
 CROP_ERASE_INTERVAL_S = 3600.0
 """How often (in observed time) the camera loop erases crops past their retention."""
 
-CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2)
+CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
 
 
 @dataclass(frozen=True)
@@ -213,15 +223,15 @@ class ClusterStore:
         for eid, number, blob, quality, ts in db.execute(
                 "SELECT id, number, embedding, quality, ts FROM cluster_exemplars ORDER BY id"):
             exemplars.setdefault(number, []).append(Exemplar(eid, _vector(blob), quality, ts))
-        for number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names in db.execute(
-                "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum, apart, not_names"
-                " FROM cluster_clusters"):
+        for number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names, ignored in db.execute(
+                "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum, apart, not_names,"
+                " ignored FROM cluster_clusters"):
             total = np.frombuffer(blob, "<f8").astype(np.float64)
             if total.shape != (EMBEDDING_DIM,):
                 raise ClusterError(f"{self.path}: cluster {format_cluster_id(number)} is damaged")
             clusters.insert(ClusterState(number, first, last, observations, visits, json.loads(tracks), bool(confirmed),
                                          exemplars.get(number, []), total, set(json.loads(apart)),
-                                         set(json.loads(not_names))))
+                                         set(json.loads(not_names)), bool(ignored)))
         clusters.recent_tracks = self._resolve_tracks(db, clusters)
         self.clusters = clusters
 
@@ -250,15 +260,19 @@ class ClusterStore:
             if state is None:
                 continue
             db.execute("INSERT OR REPLACE INTO cluster_clusters (number, first_seen, last_seen, observations, visits,"
-                       " tracks, confirmed, sum, apart, not_names) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " tracks, confirmed, sum, apart, not_names, ignored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (number, state.first_seen, state.last_seen, state.observations, state.visits,
                         json.dumps(state.tracks), int(state.confirmed), np.asarray(state.sum, "<f8").tobytes(),
-                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names))))
+                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names)), int(state.ignored)))
             for e in state.exemplars:
+                if state.ignored:
+                    e.crop = None  # an ignored face is not kept
                 db.execute("INSERT INTO cluster_exemplars (id, number, embedding, quality, ts, crop) VALUES (?, ?, ?, ?, ?, ?)"
                            " ON CONFLICT(id) DO UPDATE SET number = excluded.number",
                            (e.id, number, np.asarray(e.vector, "<f4").tobytes(), e.quality, e.ts, e.crop))
                 e.crop = None
+            if state.ignored:
+                db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE number = ? AND crop IS NOT NULL", (number,))
         for number in removed:  # after the upserts: a merged cluster's exemplars now belong to the kept one
             db.execute("DELETE FROM cluster_clusters WHERE number = ?", (number,))
             db.execute("DELETE FROM cluster_exemplars WHERE number = ?", (number,))
@@ -297,14 +311,16 @@ class ClusterStore:
         return update
 
     def erase_old_crops(self, now: datetime | float | None = None) -> int:
-        """Erase the face crops older than clusters.crop_retention_days (the clusters and their embeddings
-        stay); returns how many were erased."""
+        """Erase the face crops older than clusters.crop_retention_days, of clusters and of templates (the
+        clusters, templates and embeddings stay); returns how many were erased."""
         when = to_epoch(now)
         self._crops_erased_at = when
         cutoff = when - self.settings.crop_retention_days * 86400.0
         with self._transaction() as db:
-            cursor = db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?", (cutoff,))
-            erased = cursor.rowcount
+            erased = db.execute("DELETE FROM template_crops WHERE ts < ? OR template_id NOT IN (SELECT id FROM templates)",
+                                (cutoff,)).rowcount
+            erased += db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?",
+                                 (cutoff,)).rowcount
         if erased:
             log.info("erased %d face crop%s older than %g days", erased, "" if erased == 1 else "s",
                      self.settings.crop_retention_days)
@@ -413,11 +429,15 @@ class ClusterStore:
             raise ClusterError(f"{state.id} was already added to the gallery as {min(conflicting)!r}; "
                                "rename that identity instead (`edgeface gallery rename`)")
         todo = [(e, h) for e, h in zip(exemplars, hashes) if h not in have]
+        template_ids = []
         if todo:
-            self.gallery.add_templates(person, np.stack([e.vector for e, _ in todo]), [e.quality for e, _ in todo],
-                                       [h for _, h in todo], create=True)
+            template_ids = self.gallery.add_templates(person, np.stack([e.vector for e, _ in todo]),
+                                                      [e.quality for e, _ in todo], [h for _, h in todo], create=True)
         event = ClusterNamedEvent(station=self.station, cluster_id=state.id, name=person)
         with self._transaction() as db:
+            for (exemplar, _), template_id in zip(todo, template_ids):  # the faces go with their templates
+                db.execute("INSERT OR IGNORE INTO template_crops (template_id, crop, ts) SELECT ?, crop, ts"
+                           " FROM cluster_exemplars WHERE id = ? AND crop IS NOT NULL", (template_id, exemplar.id))
             if self.clusters.get(state.number) is not None:
                 gone = self.clusters.remove(state.number, named=person)
                 self._write(db, set(), {gone.number}, [])
@@ -486,6 +506,42 @@ class ClusterStore:
             self._history(db, state.number, "forgotten")
         return state.id
 
+    def ignore(self, cluster_id: str, ignored: bool = True) -> str:
+        """Put a cluster on the ignore list ("not a face / ignore"), or take it off. Unlike `forget`,
+        the cluster stays, without its face crops: the same face joins it again and is not offered
+        as a new unknown person (`ClusterStage` gives its tracks no cluster)."""
+        with self._transaction() as db:
+            state = self._require(db, cluster_id)
+            self.clusters.set_ignored(state.number, ignored)
+            self._write(db, {state.number}, set(), [])
+        return state.id
+
+    def add_template_crop(self, template_id: int, chip: np.ndarray, ts: datetime | float | None = None) -> bool:
+        """Keep the face a template was made from (an enrollment photo's aligned chip), when face crops
+        are stored; True when kept."""
+        if not self.settings.store_face_crops:
+            return False
+        jpeg = _encode_crop(chip)
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO template_crops (template_id, crop, ts) SELECT id, ?, ? FROM templates"
+                       " WHERE id = ?", (jpeg, to_epoch(ts), template_id))
+        return True
+
+    def template_crops(self, name: str, limit: int) -> list[int]:
+        """Ids of `name`'s templates that have a stored face crop, newest first."""
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT c.template_id FROM template_crops c JOIN templates t ON t.id = c.template_id"
+                              " JOIN identities i ON i.id = t.identity_id WHERE i.name = ? ORDER BY c.ts DESC LIMIT ?",
+                              (name, limit)).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def template_crop(self, template_id: int) -> bytes | None:
+        """The stored face crop of one template (JPEG), None when there is none."""
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT c.crop FROM template_crops c JOIN templates t ON t.id = c.template_id"
+                             " WHERE c.template_id = ?", (template_id,)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
     def forget_person(self, name: str) -> int:
         """Erase `name` from the clusters' history (clusters named after the person become plain
         forgotten ids); returns how many clusters mentioned them. Their exemplars already left with
@@ -551,6 +607,9 @@ class ClusterStage:
                                for kept, gone in update.merged]
         caused += self.take_pending()
         info = update.cluster
+        if info.ignored:
+            log.debug("track %s of %s joined the ignored %s", track.track_id, track.camera, info.id)
+            return None, caused
         return ClusterAssignment(info.id, info.status, info.visits, info.first_seen, info.last_seen), caused
 
     def take_pending(self) -> list[Event]:

@@ -103,6 +103,8 @@ class PhotoOutcome:
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
     warning: str | None = None
     """Set on an accepted photo that resembles another enrolled person: who, and how near."""
+    chip: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The accepted face's aligned chip (the station page keeps it as the template's face crop)."""
 
     @property
     def accepted(self) -> bool:
@@ -300,7 +302,8 @@ class Enroller:
                 QualityReason.EXTREME_ROLL: f"head tilted {abs(m.roll_deg):.0f} deg > {self.gate.max_roll_deg:.0f}",
             }[result.reason]
             return PhotoOutcome(path, name, _QUALITY_REASONS[result.reason], detail, sha256=digest)
-        return PhotoOutcome(path, name, None, "", result.weight, digest, faces.embeddings[index])
+        return PhotoOutcome(path, name, None, "", result.weight, digest, faces.embeddings[index],
+                            chip=np.array(faces.chips[index]))
 
     def examine(self, name: str, files: Sequence[Path | Photo],
                 on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:

@@ -158,7 +158,13 @@ def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
     if any(len(b) != 4 * EMBEDDING_DIM for b in blobs):
         for b in blobs:
             _from_blob(b, what)
-    return unit_rows(np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), EMBEDDING_DIM))
+    rows = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), EMBEDDING_DIM).astype(np.float32)
+    # Stored rows are unit rows already: re-dividing by a norm of 1 +- 1 ulp would change their last bits
+    # on some CPUs, and the snapshot updated in place would then differ from one read afresh.
+    stray = ~(np.abs(np.linalg.norm(rows, axis=1) - 1.0) <= 1e-5)  # NaN, inf and zero rows included
+    if np.any(stray):
+        rows[stray] = unit_rows(rows[stray])  # refuses NaN, inf and zero rows
+    return rows
 
 
 def _check_sha256(value: str | None) -> str | None:

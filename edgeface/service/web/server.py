@@ -1,20 +1,5 @@
-"""The station page: `edgeface run --web HOST:PORT` serves it from the running station (a thread of
-the same process). Live view, unknown people (name, merge, forget), people (enroll by upload,
-remove), the latest events and the status; every change goes through the same `Station` handlers as
-the MQTT commands, so the page and MQTT cannot disagree.
-
-Why the standard library's `http.server` and not a framework: the page is a handful of server-rendered
-forms, one user at a time, on a board where every dependency must have aarch64 wheels and every
-thread competes with the camera loop. A `ThreadingHTTPServer` needs no event loop next to the camera
-thread and no new dependency; what a framework would add is done here in a few lines and tested:
-a password from the MQTT secret sources, a random session cookie (HttpOnly, SameSite=Strict, Secure
-over HTTPS), a per-session CSRF token on every form plus an Origin check, a Content-Security-Policy
-that allows no inline script, escaped output, size-limited bodies, HTTPS when given a certificate.
-
-The live view costs the camera loop one reference assignment per frame (`LiveView.offer`); the frame
-is drawn and JPEG-encoded in the request's thread, only while someone is watching, at most
-`web.live_max_fps` times a second.
-"""
+"""The station page's HTTP server: `StationPage` (sessions, the pages, the forms); see the package's
+docstring for why it is built on the standard library."""
 
 from __future__ import annotations
 
@@ -24,18 +9,17 @@ import hmac
 import html
 import logging
 import re
-import secrets
 import ssl
 import threading
 import time
 from base64 import b64encode
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -43,6 +27,8 @@ from pydantic import ValidationError
 
 from edgeface.errors import ConfigError, EdgefaceError
 from edgeface.service.mqtt.secrets import read_secret
+from edgeface.service.web.auth import LoginThrottle, Session, SessionStore, retry_after, sessions_path
+from edgeface.service.web.live import EVENTS_KEPT, EventCrops, LiveView
 
 if TYPE_CHECKING:
     from edgeface.config import WebConfig
@@ -54,10 +40,9 @@ PASSWORD_CREDENTIAL = "web_password"
 """File name of the page's password under ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``)."""
 
 COOKIE = "edgeface_session"
-MAX_SESSIONS = 64
-EVENTS_KEPT = 200
 CROPS_SHOWN = 4
 FAILED_LOGIN_DELAY_S = 1.0
+DOCTOR_CACHE_S = 60.0
 
 _CLUSTER_ID = re.compile(r"^unknown-\d{1,12}$")
 
@@ -87,50 +72,17 @@ def resolve_password(web: WebConfig, environ: Mapping[str, str] | None = None) -
     return password
 
 
-class LiveView:
-    """The latest frame and its result, drawn and encoded on demand (never on the camera thread)."""
-
-    def __init__(self) -> None:
-        self.pending: Any = None
-        """The image of the frame being processed (set by the loop's frame iterator)."""
-        self._latest: tuple[Any, Any] | None = None
-        self._lock = threading.Lock()
-        self._encoded: tuple[int, bytes] | None = None
-
-    def offer(self, image: Any, result: Any) -> None:
-        self._latest = (image, result)  # one assignment: atomic, no copy, no lock on the camera thread
-
-    def jpeg(self) -> bytes | None:
-        latest = self._latest
-        if latest is None:
-            return None
-        image, result = latest
-        with self._lock:
-            if self._encoded is not None and self._encoded[0] == result.index:
-                return self._encoded[1]
-            import cv2
-
-            from edgeface.service.overlay import draw
-
-            ok, buffer = cv2.imencode(".jpg", draw(image, result), [cv2.IMWRITE_JPEG_QUALITY, 80])
-            if not ok:
-                return None
-            self._encoded = (result.index, buffer.tobytes())
-            return self._encoded[1]
-
-
-@dataclass
-class _Session:
-    csrf: str
-    expires: float
-    flash: list[tuple[str, str]] = field(default_factory=list)
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 resets connections when a page and its images load at once
 
 
 class StationPage:
     """The page of one running station. `start()` serves it on a thread; `close()` stops it."""
 
     def __init__(self, running: RunningStation, listen: str, password: str, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, sessions_file: Path | None = None) -> None:
+        """sessions_file: where logins are kept across restarts (default: next to the gallery; memory
+        only without one)."""
         if running.station is None:
             raise ConfigError("the station page needs the station's commands (build_station(commands=True))")
         self.running = running
@@ -139,10 +91,14 @@ class StationPage:
         self.host, self.port = parse_listen(listen)
         self._password = password.encode("utf-8")
         self._clock = clock
-        self._sessions: dict[str, _Session] = {}
-        self._sessions_lock = threading.Lock()
+        if sessions_file is None and running.gallery is not None:
+            sessions_file = sessions_path(Path(running.gallery.path))
+        self.sessions = SessionStore(sessions_file, self.web.session_max_age_s)
+        self.throttle = LoginThrottle()
+        crops_on = running.config.clusters.store_face_crops
+        self.event_crops = EventCrops() if crops_on else None
         names = [r.name for r in running.cameras.runners] if running.cameras is not None else [running.config.pipeline.camera]
-        self.lives = {name: LiveView() for name in names}
+        self.lives = {name: LiveView(self.event_crops) for name in names}
         """One live view per camera (`/live.jpg?camera=NAME`); `live` is the first camera's."""
         self.live = self.lives[names[0]]
         self.events: deque[Any] = deque(maxlen=EVENTS_KEPT)
@@ -150,7 +106,39 @@ class StationPage:
         self.https = self.web.cert_file is not None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        running.bus.subscribe(self.events.append, name="station page")
+        self._doctor: tuple[float, list[Any]] | None = None
+        self._doctor_lock = threading.Lock()
+        running.bus.subscribe(self.on_event, name="station page")
+
+    def on_event(self, event: Any) -> None:
+        """Keep the event for the Events page; a forgotten person's or cluster's faces go."""
+        self.events.append(event)
+        if self.event_crops is None:
+            return
+        kind = getattr(event, "type", None)
+        if kind == "person_forgotten":
+            self.event_crops.forget(event.name)
+        elif kind == "cluster_named":
+            self.event_crops.relabel(event.cluster_id, event.name)
+        elif kind == "cluster_merged":
+            self.event_crops.relabel(event.merged_id, event.kept_id)
+
+    def forget_faces(self, who: str) -> None:
+        """Drop the faces of the events about `who` (a cluster forgotten or ignored from this page)."""
+        if self.event_crops is not None:
+            self.event_crops.forget(who)
+
+    def doctor_checks(self) -> list[Any]:
+        """The doctor's checks that make sense inside a running station (models, gallery, disk,
+        commands, file permissions), at most once a minute."""
+        with self._doctor_lock:
+            now = self._clock()
+            if self._doctor is None or now - self._doctor[0] >= DOCTOR_CACHE_S:
+                from edgeface.service.doctor import station_checks
+
+                gallery = Path(self.running.gallery.path) if self.running.gallery is not None else None
+                self._doctor = (now, station_checks(self.running.config, gallery))
+            return self._doctor[1]
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -162,7 +150,7 @@ class StationPage:
     def start(self) -> StationPage:
         handler = type("Handler", (_Handler,), {"page": self})
         try:
-            server = ThreadingHTTPServer((self.host, self.port), handler)
+            server = _Server((self.host, self.port), handler)
         except OSError as error:
             raise ConfigError(f"cannot serve the station page on {self.host}:{self.port}: "
                               f"{error.strerror or error}") from None
@@ -194,35 +182,12 @@ class StationPage:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            self.sessions.close()
 
     # -- sessions ------------------------------------------------------------------------------
 
     def check_password(self, given: str) -> bool:
         return hmac.compare_digest(given.encode("utf-8"), self._password)
-
-    def new_session(self) -> str:
-        token = secrets.token_urlsafe(32)
-        now = self._clock()
-        with self._sessions_lock:
-            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
-            while len(self._sessions) >= MAX_SESSIONS:
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[token] = _Session(secrets.token_urlsafe(32), now + self.web.session_max_age_s)
-        return token
-
-    def session(self, token: str | None) -> _Session | None:
-        if not token:
-            return None
-        with self._sessions_lock:
-            session = self._sessions.get(token)
-            if session is None or session.expires <= self._clock():
-                self._sessions.pop(token, None)
-                return None
-            return session
-
-    def end_session(self, token: str | None) -> None:
-        with self._sessions_lock:
-            self._sessions.pop(token or "", None)
 
 
 def _h(value: object) -> str:
@@ -250,13 +215,16 @@ nav form{margin-left:auto}
 main{padding:.6rem;max-width:70rem;margin:auto}
 .cards{display:flex;flex-wrap:wrap;gap:.6rem}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.6rem;flex:1 1 18rem;max-width:100%}
-.faces img{width:72px;height:72px;object-fit:cover;border-radius:4px;margin:0 .2rem .2rem 0}
+ul.tracks{list-style:none;padding:0}ul.tracks li{display:flex;align-items:center;gap:.4rem;flex-wrap:wrap}
+.faces img,img.face{width:72px;height:72px;object-fit:cover;border-radius:4px;margin:0 .2rem .2rem 0}
+img.face{width:48px;height:48px}
+tr.warn td:first-child{color:#a60}tr.fail td:first-child{color:#c00;font-weight:bold}
 .live{max-width:100%;height:auto;background:#000}
 form.inline{display:flex;flex-wrap:wrap;gap:.3rem;margin:.3rem 0}
 input,select,button{font-size:1rem;padding:.3rem}
 .flash{padding:.5rem;border-radius:4px;margin:.4rem 0}
 .ok{background:#dfd}.error{background:#fdd}
-table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}
+table{border-collapse:collapse;width:100%;background:#fff;overflow-wrap:anywhere}td,th{border-bottom:1px solid #ddd;padding:.3rem;text-align:left}
 .note{color:#555}
 """
 
@@ -268,6 +236,7 @@ SCRIPT = """
   var src=img.getAttribute('data-src')||'/live.jpg';
   function next(){setTimeout(function(){img.src=src+(src.indexOf('?')<0?'?':'&')+'t='+Date.now();},period);}
   img.addEventListener('load',next);img.addEventListener('error',function(){setTimeout(next,1000);});
+  if(img.complete){next();}  // the first frame may have loaded before this script ran
 })();
 """
 
@@ -319,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
         secure = "; Secure" if self.page.https else ""
         return f"{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
 
-    def _layout(self, current: str, title: str, body: str, session: _Session | None) -> bytes:
+    def _layout(self, current: str, title: str, body: str, session: Session | None) -> bytes:
         nav = ""
         if session is not None:
             links = "".join(f'<a href="/{key}"{" class=on" if key == current else ""}>{label}</a>' for key, label in PAGES)
@@ -336,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
                 f"<body>{nav}<main><h1>{_h(title)}</h1>{flash}{body}</main>"
                 f"<script src=/app.js></script></body></html>").encode()
 
-    def _form(self, action: str, session: _Session, inner: str, multipart: bool = False) -> str:
+    def _form(self, action: str, session: Session, inner: str, multipart: bool = False) -> str:
         enctype = " enctype=multipart/form-data" if multipart else ""
         return (f'<form class=inline method=post action="{action}"{enctype}>'
                 f'<input type=hidden name=csrf value="{_h(session.csrf)}">{inner}</form>')
@@ -360,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.OK, SCRIPT.encode(), "text/javascript; charset=utf-8")
         if path == "/login":
             return self._send(HTTPStatus.OK, self._login_page())
-        session = self.page.session(self._token())
+        session = self.page.sessions.get(self._token())
         if session is None:
             if path.endswith(".jpg"):
                 return self._send(HTTPStatus.UNAUTHORIZED, b"log in first", "text/plain; charset=utf-8")
@@ -371,6 +340,21 @@ class _Handler(BaseHTTPRequestHandler):
             jpeg = self._live_view().jpeg()
             if jpeg is None:
                 return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet", "text/plain; charset=utf-8")
+            return self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+        match = re.fullmatch(r"/template/(\d{1,12})\.jpg", path)
+        if match:
+            try:
+                jpeg = self.page.station._cluster_store().template_crop(int(match.group(1)))
+            except EdgefaceError:
+                jpeg = None
+            if jpeg is None:
+                return self._send(HTTPStatus.NOT_FOUND, b"no such face", "text/plain; charset=utf-8")
+            return self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+        match = re.fullmatch(r"/event/([0-9a-f-]{8,64})\.jpg", path)
+        if match:
+            jpeg = self.page.event_crops.jpeg(match.group(1)) if self.page.event_crops is not None else None
+            if jpeg is None:
+                return self._send(HTTPStatus.NOT_FOUND, b"no such face", "text/plain; charset=utf-8")
             return self._send(HTTPStatus.OK, jpeg, "image/jpeg")
         match = re.fullmatch(r"/crop/(unknown-\d{1,12})/(\d{1,2})\.jpg", path)
         if match:
@@ -394,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
         name = parse_qs(urlsplit(self.path).query).get("camera", [""])[0]
         return self.page.lives.get(name, self.page.live)
 
-    def _live(self, session: _Session) -> tuple[str, str]:
+    def _live(self, session: Session) -> tuple[str, str]:
         period_ms = int(1000 / self.page.web.live_max_fps)
         view = self._live_view()
         name = next(n for n, v in self.page.lives.items() if v is view)
@@ -417,12 +401,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(HTTPStatus.NOT_FOUND, b"no such crop", "text/plain; charset=utf-8")
         self._send(HTTPStatus.OK, crops[index], "image/jpeg")
 
-    def _unknown(self, session: _Session) -> tuple[str, str]:
+    def _unknown(self, session: Session) -> tuple[str, str]:
         station = self.page.station
         if self.page.running.gallery is None:
             return "Unknown people", "<p>This station runs without a gallery, so unknown people are not clustered.</p>"
         store = station._cluster_store()
-        clusters = sorted(store.list_clusters(), key=lambda c: c.last_seen, reverse=True)
+        every = sorted(store.list_clusters(), key=lambda c: c.last_seen, reverse=True)
+        clusters = [c for c in every if not c.ignored]
+        ignored = [c for c in every if c.ignored]
         crops_on = store.settings.store_face_crops
         people = [info.name for info in station.gallery.list_identities()] if station.gallery is not None else []
         parts = []
@@ -450,50 +436,113 @@ class _Handler(BaseHTTPRequestHandler):
             merge_form = self._form("/unknown/merge", session,
                                     f'<input type=hidden name=a value="{_h(info.id)}"><select name=b>{others}</select>'
                                     "<button>Same person: merge</button>") if others else ""
-            forget_form = self._form("/unknown/forget", session,
+            forget_form = self._form("/unknown/ignore", session,
                                      f'<input type=hidden name=cluster_id value="{_h(info.id)}">'
-                                     "<button>Not a face / forget</button>")
+                                     "<button>Not a face / ignore</button>") + \
+                self._form("/unknown/forget", session, f'<input type=hidden name=cluster_id value="{_h(info.id)}">'
+                           "<button>Forget (erase)</button>")
             parts.append(f'<div class=card id="{_h(info.id)}"><h2>{_h(info.id)}</h2><div class=faces>{faces}</div>'
                          f"<p>{_h(info.status.value if hasattr(info.status, 'value') else info.status)}, "
                          f"{info.visits} visit{'s' if info.visits != 1 else ''}, {info.observations} sighting"
                          f"{'s' if info.observations != 1 else ''}<br>first seen {_h(_when(info.first_seen))}<br>"
                          f"last seen {_h(_when(info.last_seen))}</p>{name_form}{merge_form}{forget_form}</div>")
         parts.append("</div>")
+        if ignored:
+            rows = "".join(
+                f'<tr class=ignored id="{_h(c.id)}"><td>{_h(c.id)}</td><td>{c.observations} sighting'
+                f"{'s' if c.observations != 1 else ''}, last {_h(_when(c.last_seen))}</td><td>"
+                + self._form("/unknown/unignore", session, f'<input type=hidden name=cluster_id value="{_h(c.id)}">'
+                             "<button>Stop ignoring</button>") + "</td></tr>" for c in ignored)
+            parts.append("<h2>Ignored</h2><p class=note>Marked \u201cnot a face / ignore\u201d: the same face joins its "
+                         "cluster again and is not offered here; its faces are not kept. Forget erases a cluster "
+                         f"instead, and the face may come back as a new one.</p><table>{rows}</table>")
         return "Unknown people", "".join(parts)
 
-    def _people(self, session: _Session) -> tuple[str, str]:
-        gallery = self.page.station.gallery
+    def _people(self, session: Session) -> tuple[str, str]:
+        station = self.page.station
+        gallery = station.gallery
         if gallery is None:
             return "People", "<p>This station runs without a gallery.</p>"
-        rows = []
+        store = station._cluster_store()
+        crops_on = store.settings.store_face_crops
+        recent = self._recent_decisions()
+        cards = []
         for info in gallery.list_identities():
-            remove = self._form("/people/remove", session,
-                                f'<input type=hidden name=name value="{_h(info.name)}"><button>Remove</button>')
-            rows.append(f"<tr><td class=person>{_h(info.name)}</td><td>{info.template_count}</td>"
-                        f"<td>{info.negative_count}</td><td>{remove}</td></tr>")
-        table = ("<table><tr><th>Name</th><th>Templates</th><th>Negatives</th><th></th></tr>" + "".join(rows) + "</table>"
-                 if rows else "<p>Nobody is enrolled yet.</p>")
+            name = _h(info.name)
+            faces = "".join(f'<img src="/template/{i}.jpg" alt="a face of {name}">'
+                            for i in store.template_crops(info.name, CROPS_SHOWN)) if crops_on else ""
+            hidden = f'<input type=hidden name=name value="{name}">'
+            rename = self._form("/people/rename", session, hidden + '<input name=new_name placeholder="new name" '
+                                f'required maxlength=64 aria-label="new name for {name}"><button>Rename</button>')
+            remove = self._form("/people/remove", session, hidden + "<button>Remove</button>")
+            tracks = []
+            for track_id, event_id in recent.get(info.name, []):
+                face = (f'<img class=face src="/event/{_h(event_id)}.jpg" alt="track {track_id}">'
+                        if event_id and self.page.event_crops is not None and self.page.event_crops.has(event_id) else "")
+                tracks.append(f"<li>{face} track {track_id} "
+                              + self._form("/people/reject", session,
+                                           f'{hidden}<input type=hidden name=track_id value="{track_id}">'
+                                           f"<button>This was not {name}</button>") + "</li>")
+            recent_html = (f"<p>Recently recognised as {name}:</p><ul class=tracks>{''.join(tracks)}</ul>"
+                           if tracks else "")
+            cards.append(f'<div class="card person-card" data-name="{name}"><h2 class=person>{name}</h2>'
+                         f"<div class=faces>{faces or '<span class=note>no face stored</span>'}</div>"
+                         f"<p>{info.template_count} template{'s' if info.template_count != 1 else ''}, "
+                         f"{info.negative_count} negative{'s' if info.negative_count != 1 else ''}</p>"
+                         f"{recent_html}{rename}{remove}</div>")
+        note = ("<p class=note>Faces are the crops a person's templates were made from (a named cluster's, an "
+                f"uploaded photo's), kept {store.settings.crop_retention_days:g} days; removing a person erases "
+                "them.</p>" if crops_on else
+                "<p class=note>No faces are shown: face crops are not stored on this station "
+                "(clusters.store_face_crops: false).</p>")
+        people = f"{note}<div class=cards>{''.join(cards)}</div>" if cards else "<p>Nobody is enrolled yet.</p>"
         enroll = self._form("/people/enroll", session,
                             '<input name=name placeholder="name" required maxlength=64>'
                             '<input type=file name=photo accept="image/*" required><button>Enroll</button>',
                             multipart=True)
-        return "People", f"{table}<h2>Enroll from a photo</h2>{enroll}"
+        return "People", f"{people}<h2>Enroll from a photo</h2>{enroll}"
 
-    def _events(self, session: _Session) -> tuple[str, str]:
+    def _recent_decisions(self) -> dict[str, list[tuple[int, str | None]]]:
+        """Name -> (track id, id of its latest recognized event) of the tracks the camera loop still
+        remembers as decided so (what "this was not X" can be said about), newest first."""
+        pipeline = self.page.station.pipeline
+        if pipeline is None:
+            return {}
+        latest: dict[tuple[int, str], str] = {}
+        for event in self.page.events:
+            if getattr(event, "type", None) == "recognized":
+                latest[(event.track_id, event.name)] = event.id
+        out: dict[str, list[tuple[int, str | None]]] = {}
+        for track_id in reversed(pipeline.decider.recent_track_ids()):
+            recent = pipeline.decider.recent(track_id)
+            for name in recent.embeddings if recent is not None else ():
+                out.setdefault(name, []).append((track_id, latest.get((track_id, name))))
+        return {name: tracks[:CROPS_SHOWN] for name, tracks in out.items()}
+
+    def _events(self, session: Session) -> tuple[str, str]:
+        crops = self.page.event_crops
         rows = []
         for event in reversed(self.page.events):
             data = event.to_dict()
             who = data.get("name") or data.get("cluster_id") or data.get("kept_id") or ""
             detail = ", ".join(f"{k} {v}" for k, v in data.items()
                                if k in ("track_id", "confidence", "merged_id", "label") and v is not None)
-            rows.append(f"<tr><td>{_h(data.get('ts', ''))}</td><td class=type>{_h(data.get('type', ''))}</td>"
-                        f"<td>{_h(who)}</td><td>{_h(detail)}</td></tr>")
+            face = ""
+            if crops is not None and crops.has(event.id):
+                face = f'<img class=face src="/event/{_h(event.id)}.jpg" alt="the face of this event">'
+            ts = str(data.get("ts", ""))
+            when = ts[11:19] if len(ts) >= 19 else ts  # the time of day (UTC); the full stamp on hover
+            rows.append(f"<tr><td>{face}</td><td title=\"{_h(ts)}\">{_h(when)}</td><td class=type>"
+                        f"{_h(data.get('type', ''))}</td><td>{_h(who)}<br><span class=note>{_h(detail)}</span></td></tr>")
+        note = ("" if crops is not None else "<p class=note>No faces are shown: face crops are not stored on this "
+                "station (clusters.store_face_crops: false).</p>")
         if not rows:
-            return "Events", "<p>No events since the station started.</p>"
-        return "Events", ("<table><tr><th>When</th><th>Event</th><th>Who</th><th></th></tr>" + "".join(rows)
-                          + "</table>")
+            return "Events", f"{note}<p>No events since the station started.</p>"
+        return "Events", (f"{note}<table class=events><tr><th></th><th>UTC</th><th>Event</th><th>Who</th></tr>"
+                          + "".join(rows) + "</table><p class=note>The faces of the last events are kept in memory "
+                          "only; forgetting a person or a cluster drops theirs.</p>")
 
-    def _status(self, session: _Session) -> tuple[str, str]:
+    def _status(self, session: Session) -> tuple[str, str]:
         running = self.page.running
         stats = running.cameras.stats if running.cameras is not None else running.pipeline.stats
         uptime = max(self.page._clock() - self.page.started_at, 1e-9)
@@ -519,7 +568,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             items.append(("broker", "none: events go to stdout (jsonl)"))
         rows = "".join(f"<tr><th>{_h(k)}</th><td>{_h(v)}</td></tr>" for k, v in items)
-        return "Status", f"<table>{rows}</table>"
+        checks = "".join(f'<tr class="check {_h(c.status)}"><td>{_h(c.status)}</td><td>{_h(c.name)}</td>'
+                         f"<td>{_h(c.detail)}{f'<br><b>fix:</b> {_h(c.fix)}' if c.fix else ''}</td></tr>"
+                         for c in self.page.doctor_checks())
+        return "Status", (f"<table>{rows}</table><h2>Checks (edgeface doctor)</h2><table class=checks>{checks}</table>"
+                          "<p class=note>The doctor's checks of a running station, at most once a minute; "
+                          "`edgeface doctor` checks the camera and the broker too.</p>")
 
     # -- POST ------------------------------------------------------------------------------------
 
@@ -572,24 +626,21 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._same_origin():
             return self._send(HTTPStatus.FORBIDDEN, b"cross-site request refused", "text/plain; charset=utf-8")
         if path == "/login":
-            if self.page.check_password(str(form.get("password", ""))):
-                token = self.page.new_session()
-                return self._redirect("/live", {"Set-Cookie": self._cookie(token, int(self.page.web.session_max_age_s))})
-            log.warning("station page: a wrong password from %s", self.client_address[0])
-            time.sleep(FAILED_LOGIN_DELAY_S)
-            return self._send(HTTPStatus.UNAUTHORIZED, self._login_page("Wrong password."))
+            return self._login(form)
         cookie = self._token()
-        session = self.page.session(cookie)
+        session = self.page.sessions.get(cookie)
         if session is None:
             return self._send(HTTPStatus.UNAUTHORIZED, self._login_page("Log in first."))
         if not hmac.compare_digest(str(form.get("csrf", "")).encode(), session.csrf.encode()):
             return self._send(HTTPStatus.FORBIDDEN, b"the form's token is missing or stale: reload the page",
                               "text/plain; charset=utf-8")
         if path == "/logout":
-            self.page.end_session(cookie)
+            self.page.sessions.end(cookie)
             return self._redirect("/login", {"Set-Cookie": self._cookie("", 0)})
         action = {"/unknown/name": self._name, "/unknown/merge": self._merge, "/unknown/forget": self._forget_cluster,
-                  "/people/enroll": self._enroll, "/people/remove": self._remove}.get(path)
+                  "/unknown/ignore": self._ignore_cluster, "/unknown/unignore": self._unignore_cluster,
+                  "/people/enroll": self._enroll, "/people/remove": self._remove, "/people/rename": self._rename,
+                  "/people/reject": self._reject}.get(path)
         if action is None:
             return self._send(HTTPStatus.NOT_FOUND, b"no such action", "text/plain; charset=utf-8")
         back = "/" + path.strip("/").split("/")[0]
@@ -601,6 +652,21 @@ class _Handler(BaseHTTPRequestHandler):
         except EdgefaceError as error:
             session.flash.append(("error", str(error).splitlines()[0] if str(error) else type(error).__name__))
         self._redirect(back)
+
+    def _login(self, form: dict[str, Any]) -> None:
+        wait_s = self.page.throttle.take()  # before the password is even looked at
+        if wait_s > 0:
+            seconds = retry_after(wait_s)
+            log.warning("station page: login attempts throttled (%s)", self.client_address[0])
+            return self._send(HTTPStatus.TOO_MANY_REQUESTS,
+                              self._login_page(f"Too many login attempts: try again in {seconds} s."),
+                              headers={"Retry-After": str(seconds)})
+        if self.page.check_password(str(form.get("password", ""))):
+            session = self.page.sessions.new()
+            return self._redirect("/live", {"Set-Cookie": self._cookie(session.token, int(self.page.web.session_max_age_s))})
+        log.warning("station page: a wrong password from %s", self.client_address[0])
+        time.sleep(FAILED_LOGIN_DELAY_S)
+        return self._send(HTTPStatus.UNAUTHORIZED, self._login_page("Wrong password."))
 
     def _name(self, form: dict[str, Any]) -> str:
         from edgeface.service.mqtt.commands import NameClusterCommand
@@ -619,7 +685,21 @@ class _Handler(BaseHTTPRequestHandler):
         cluster_id = str(form.get("cluster_id", ""))
         if not _CLUSTER_ID.match(cluster_id):
             raise EdgefaceError(f"{cluster_id!r} is not a cluster id")
-        return self.page.station.forget_cluster(cluster_id).message
+        message = self.page.station.forget_cluster(cluster_id).message
+        self.page.forget_faces(cluster_id)
+        return message
+
+    def _ignore_cluster(self, form: dict[str, Any], ignored: bool = True) -> str:
+        cluster_id = str(form.get("cluster_id", ""))
+        if not _CLUSTER_ID.match(cluster_id):
+            raise EdgefaceError(f"{cluster_id!r} is not a cluster id")
+        message = self.page.station.ignore_cluster(cluster_id, ignored).message
+        if ignored:
+            self.page.forget_faces(cluster_id)
+        return message
+
+    def _unignore_cluster(self, form: dict[str, Any]) -> str:
+        return self._ignore_cluster(form, ignored=False)
 
     def _enroll(self, form: dict[str, Any]) -> str:
         from edgeface.service.mqtt.commands import EnrollCommand
@@ -629,6 +709,20 @@ class _Handler(BaseHTTPRequestHandler):
             raise EdgefaceError("choose a photo to enroll")
         command = EnrollCommand(name=str(form.get("name", "")).strip(), image=b64encode(photo).decode("ascii"))
         return self.page.station.enroll(command).message
+
+    def _rename(self, form: dict[str, Any]) -> str:
+        result = self.page.station.rename_person(str(form.get("name", "")), str(form.get("new_name", "")).strip())
+        if self.page.event_crops is not None and isinstance(result.result, dict):
+            self.page.event_crops.relabel(str(result.result["old"]), str(result.result["name"]))
+        return result.message
+
+    def _reject(self, form: dict[str, Any]) -> str:
+        from edgeface.service.mqtt.commands import RejectCommand
+
+        track = str(form.get("track_id", ""))
+        if not track.isdigit():
+            raise EdgefaceError(f"{track!r} is not a track id")
+        return self.page.station.reject(RejectCommand(track_id=int(track), name=str(form.get("name", "")))).message
 
     def _remove(self, form: dict[str, Any]) -> str:
         from edgeface.service.mqtt.commands import ForgetCommand
