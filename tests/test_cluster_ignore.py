@@ -78,3 +78,34 @@ def test_a_gallery_from_the_previous_schema_gets_the_ignore_list(tmp_path: Path)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT MAX(version) FROM cluster_schema_version").fetchone()[0] == CLUSTER_SCHEMA_VERSION
         assert db.execute("SELECT ignored FROM cluster_clusters").fetchall() == [(1,)]
+
+
+def test_stop_ignoring_brings_back_the_normal_expiry(tmp_path: Path) -> None:
+    """Ignoring confirms a cluster (an ignored face must not age out and come back as new); taken off
+    the list, its sightings decide again: one never confirmed by them expires like any tentative one,
+    one they confirmed stays."""
+    from edgeface.config import ClusterSettings
+
+    settings = ClusterSettings(tentative_max_age_s=3600.0)
+    day = 1.7e9
+    with ClusterStore(tmp_path / "gallery.db", settings) as store:
+        once = store.observe(_unit(1), ts=day, track_key="a").cluster.id  # one sighting: tentative
+        often = store.observe(_unit(2), ts=day, track_key="b1").cluster.id
+        for i, key in enumerate(("b2", "b3")):
+            store.observe(_near(_unit(2), 10 + i), ts=day + 1 + i, track_key=key)
+        statuses = {c.id: c.status for c in store.list_clusters()}
+        assert statuses == {once: "tentative", often: "confirmed"}
+
+        store.ignore(once)
+        store.ignore(often)
+        assert {c.id: c.status for c in store.list_clusters()} == {once: "confirmed", often: "confirmed"}
+        store.observe(_unit(3), ts=day + 2 * 3600, track_key="c")  # later: an ignored cluster does not expire
+        assert {once, often} <= {c.id for c in store.list_clusters()}
+
+        store.ignore(once, False)
+        store.ignore(often, False)
+        assert {c.id: c.status for c in store.list_clusters() if c.id in (once, often)} == \
+            {once: "tentative", often: "confirmed"}
+        store.observe(_unit(4), ts=day + 3 * 3600, track_key="d")  # the next expiry check
+        left = {c.id for c in store.list_clusters()}
+        assert once not in left and often in left

@@ -236,6 +236,23 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
         assert not replay["ok"] and "replayed" in replay["message"], replay
         unsigned = commander.send("forget", json.dumps({"name": "lin_manuel_miranda", "request_id": "u1"}).encode(), "u1")
         assert not unsigned["ok"] and "signed" in unsigned["message"], unsigned
+        # The ignore list: an unknown id is refused with the reason; a cluster goes on it and off again
+        # (one made in the gallery file by this process, as `edgeface clusters` would: the clip's unknowns
+        # here are too few to be sure of one).
+        missing = commander.send("ignore_cluster", {"cluster_id": "unknown-999"}, "i0")
+        assert not missing["ok"] and "no cluster unknown-999" in missing["message"], missing
+        from edgeface.storage.cluster_store import ClusterStore
+
+        with ClusterStore(gallery, create=False) as shell:
+            visitor = shell.observe(np.eye(128, dtype=np.float32)[7], track_key="shell:1").cluster.id
+            ignored = commander.send("ignore_cluster", {"cluster_id": visitor}, "i1")
+            assert ignored["ok"] and ignored["result"] == {"cluster_id": visitor, "ignored": True}, ignored
+            assert [c.ignored for c in shell.list_clusters() if c.id == visitor] == [True]
+            undone = commander.send("ignore_cluster", {"cluster_id": visitor, "undo": True}, "i2")
+            assert undone["ok"] and undone["result"] == {"cluster_id": visitor, "ignored": False}, undone
+            assert [c.ignored for c in shell.list_clusters() if c.id == visitor] == [False]
+        unsigned = commander.send("ignore_cluster", json.dumps({"cluster_id": visitor, "request_id": "i3"}).encode(), "i3")
+        assert not unsigned["ok"] and "signed" in unsigned["message"], unsigned
         last_reply_at = len(events.messages)
 
         # The loop kept running: events after the last reply, through one more pass of the clip.

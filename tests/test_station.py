@@ -18,7 +18,7 @@ import pytest
 from edgeface.config import Config, MqttConfig, load_config
 from edgeface.errors import ConfigError
 from edgeface.recognition.decider import Decider, DecisionPolicy, Vote
-from edgeface.service.mqtt.commands import CommandRouter, sign_command
+from edgeface.service.mqtt.commands import CommandRouter, NameClusterCommand, sign_command
 from edgeface.service.station import resolve_command_secret
 from edgeface.storage.gallery import Gallery
 
@@ -109,7 +109,7 @@ def test_station_router_with_a_secret_refuses_unsigned_commands(tmp_path: Path) 
     gallery.add_templates("Ada", _unit(1))
     station = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery)
     router = station.register(CommandRouter(secret=secret))
-    assert router.verbs == ["enroll", "forget", "name_cluster", "reject", "reload", "status"]
+    assert router.verbs == ["enroll", "forget", "ignore_cluster", "name_cluster", "reject", "reload", "status"]
     unsigned = router.handle("reload", b"{}")
     assert not unsigned.ok and "signed" in unsigned.message
     signed = router.handle("reload", sign_command(secret, "reload", {"request_id": "r"}))
@@ -223,7 +223,7 @@ def fuzz_router(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(verb=st.sampled_from(["enroll", "name_cluster", "forget", "reject", "reload", "status", "nope"]),
+@given(verb=st.sampled_from(["enroll", "name_cluster", "ignore_cluster", "forget", "reject", "reload", "status", "nope"]),
        body=_fields | st.binary(max_size=64).map(lambda b: b))  # type: ignore[arg-type]
 def test_station_answers_every_malformed_command(fuzz_router, verb: str, body) -> None:  # type: ignore[no-untyped-def]
     import json
@@ -267,4 +267,62 @@ def test_cluster_commands_move_a_cluster_into_the_gallery(tmp_path: Path) -> Non
     gone = router.handle("name_cluster", f'{{"cluster_id": "{ids[0]}", "name": "Grace"}}'.encode())
     assert not gone.ok and "named 'Grace'" in gone.message
     assert {c.id for c in store.list_clusters()} == set()
+    store.close()
+
+
+def test_ignore_cluster_command_is_signed_and_can_be_undone(tmp_path: Path) -> None:
+    from edgeface.service.station import Station
+    from edgeface.storage.cluster_store import ClusterStore
+
+    secret = b"0123456789abcdef0123456789abcdef"
+    gallery = Gallery(tmp_path / "g.db")
+    store = ClusterStore(gallery.path, station="hall", gallery=gallery)
+    chip = np.full((150, 150, 3), 90, np.uint8)
+    for visit in range(3):
+        vector = _unit(50) + 0.05 * _unit(5000 + visit)
+        cluster = store.observe(vector / np.linalg.norm(vector), ts=1e9 + visit, track_key=f"50:{visit}",
+                                crop=chip).cluster.id
+    station = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery, clusters=store)
+    router = station.register(CommandRouter(secret=secret))
+
+    unsigned = router.handle("ignore_cluster", f'{{"cluster_id": "{cluster}"}}'.encode())
+    assert not unsigned.ok and "signed" in unsigned.message
+    assert store.crops(cluster, 5)
+    ignored = router.handle("ignore_cluster", sign_command(secret, "ignore_cluster", {"cluster_id": cluster}))
+    assert ignored.ok and ignored.result == {"cluster_id": cluster, "ignored": True}, ignored
+    assert [c.ignored for c in store.list_clusters()] == [True] and store.crops(cluster, 5) == []
+    undone = router.handle("ignore_cluster", sign_command(secret, "ignore_cluster", {"cluster_id": cluster, "undo": True}))
+    assert undone.ok and undone.message == f"no longer ignoring {cluster}", undone
+    assert [c.ignored for c in store.list_clusters()] == [False]
+    for payload, why in [({"cluster_id": "unknown-999"}, "no cluster unknown-999"),
+                         ({"cluster_id": "cluster-1"}, "cluster_id"), ({"cluster_id": cluster, "undo": "maybe"}, "undo")]:
+        reply = router.handle("ignore_cluster", sign_command(secret, "ignore_cluster", payload))
+        assert not reply.ok and why in reply.message and "\n" not in reply.message, reply
+    store.close()
+
+
+def test_naming_a_cluster_through_the_station_keeps_its_faces_unless_ignoring_erased_them(tmp_path: Path) -> None:
+    """What the People page shows after naming (tests/test_web.py names a cluster it had ignored and
+    taken off the list, so it shows "no face stored"): the cluster's crops become the templates' faces;
+    ignoring erases them for good, so a cluster named after "Stop ignoring" brings none."""
+    from edgeface.service.station import Station
+    from edgeface.storage.cluster_store import ClusterStore
+
+    gallery = Gallery(tmp_path / "g.db")
+    store = ClusterStore(gallery.path, station="hall", gallery=gallery)
+    chip = np.full((150, 150, 3), 90, np.uint8)
+    ids = []
+    for person in (50, 60):
+        for visit in range(3):
+            vector = _unit(person) + 0.05 * _unit(person * 100 + visit)
+            ids.append(store.observe(vector / np.linalg.norm(vector), ts=1e9 + visit, track_key=f"{person}:{visit}",
+                                     crop=chip).cluster.id)
+    kept, ignored = ids[0], ids[-1]
+    station = Station(Config(station_id="hall", mqtt=MqttConfig()), gallery=gallery, clusters=store)
+    station.ignore_cluster(ignored)
+    station.ignore_cluster(ignored, False)
+    assert station.name_cluster(NameClusterCommand(cluster_id=kept, name="Grace")).message == f"{kept} is now Grace"
+    assert station.name_cluster(NameClusterCommand(cluster_id=ignored, name="Alan")).message == f"{ignored} is now Alan"
+    assert len(store.template_crops("Grace", 8)) == gallery.show("Grace").template_count >= 1
+    assert store.template_crops("Alan", 8) == []
     store.close()

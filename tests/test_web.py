@@ -134,7 +134,21 @@ def _browser(width: int, height: int):  # type: ignore[no-untyped-def]
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--window-size={width},{height}"):
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER or ""), options=options)
+    # Headless chromium makes no window narrower than 500 px: emulate the phone's screen itself.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
+    return browser
+
+
+def _fully_shown(browser, element) -> bool:  # type: ignore[no-untyped-def]
+    """The element's text is not cut: it fits its own box, inside its card, and overlaps no button."""
+    return bool(browser.execute_script("""
+        var e = arguments[0], r = e.getBoundingClientRect(), card = e.closest('.card').getBoundingClientRect();
+        var clear = Array.from(e.closest('form').querySelectorAll('button')).every(function (b) {
+          var q = b.getBoundingClientRect();
+          return q.left >= r.right || q.right <= r.left || q.top >= r.bottom || q.bottom <= r.top; });
+        return e.scrollWidth <= e.clientWidth && r.left >= card.left && r.right <= card.right && clear;""", element))
 
 
 def _wait(condition, timeout_s: float = 30, what: str = "") -> None:  # type: ignore[no-untyped-def]
@@ -207,6 +221,9 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         _wait(lambda: all(browser.execute_script("return arguments[0].naturalWidth", f) > 0 for f in faces),
               what="the face crops")
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        assert browser.execute_script("return window.innerWidth") == 412
+        force = cards[0].find_element(By.XPATH, ".//label[input[@name='force']]")
+        assert force.text == "even if they look unlike" and _fully_shown(browser, force)
         browser.save_screenshot(str(tmp_path / "unknown.png"))
         cluster_id = cards[0].get_attribute("id")
         browser.get(f"{base}/events")

@@ -326,13 +326,15 @@ class OnlineClusters:
         return state
 
     def set_ignored(self, number: int, ignored: bool) -> ClusterState:
-        """Mark a cluster ignored (confirmed too, so it never expires and the face comes back as new) or
-        not ignored any more."""
+        """Mark a cluster ignored (confirmed too, so it never expires: an expired one would let the face
+        come back as new) or not ignored any more: then its sightings decide its status again, and a
+        cluster they never confirmed ages out like any tentative one."""
         state = self.get(number)
         if state is None:
             raise ClusterError(f"no cluster {format_cluster_id(number)}")
         state.ignored = ignored
-        state.confirmed = state.confirmed or ignored
+        state.confirmed = ignored or (state.observations >= self.settings.min_observations
+                                      and len(state.tracks) >= self.settings.min_tracks)
         self._refresh(self._slot[number])
         return state
 

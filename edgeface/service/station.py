@@ -12,8 +12,8 @@ remove people) and forwards events that `edgeface clusters` queued in the galler
 and the cluster store are thread-safe (one lock around their SQLite connection); the pipeline's
 decider keeps its recent-track memory under its own lock, so a command never waits for a frame.
 
-Commands (see docs/mqtt.md): enroll (photo, or a cluster), name_cluster, forget, reject, reload,
-status. A handler raises `CommandFailed`/`EdgefaceError` for an `ok: false` reply with a one-line
+Commands (see docs/mqtt.md): enroll (photo, or a cluster), name_cluster, ignore_cluster, forget, reject,
+reload, status. A handler raises `CommandFailed`/`EdgefaceError` for an `ok: false` reply with a one-line
 message; the router turns anything else into an internal-error reply, so no command can stop the
 loop.
 """
@@ -52,6 +52,7 @@ from edgeface.service.mqtt.commands import (
     CommandRouter,
     EnrollCommand,
     ForgetCommand,
+    IgnoreClusterCommand,
     NameClusterCommand,
     RejectCommand,
     ReloadCommand,
@@ -180,6 +181,7 @@ class Station:
         self._signed = router.signed
         router.register("enroll", self.enroll)
         router.register("name_cluster", self.name_cluster)
+        router.register("ignore_cluster", self.ignore_cluster_command)
         router.register("forget", self.forget)
         router.register("reject", self.reject)
         router.register("reload", self.reload)
@@ -601,8 +603,13 @@ class Station:
             done = self._cluster_store().ignore(cluster_id, ignored)
         if ignored:
             self._clear_face(done)
-            return CommandResult(f"ignoring {done}: the same face will not be offered again", {"cluster_id": done})
-        return CommandResult(f"no longer ignoring {done}", {"cluster_id": done})
+            return CommandResult(f"ignoring {done}: the same face will not be offered again",
+                                 {"cluster_id": done, "ignored": True})
+        return CommandResult(f"no longer ignoring {done}", {"cluster_id": done, "ignored": False})
+
+    def ignore_cluster_command(self, command: IgnoreClusterCommand) -> CommandResult:
+        """The `ignore_cluster` command (MQTT): `ignore_cluster` with undo meaning ignored=False."""
+        return self.ignore_cluster(command.cluster_id, not command.undo)
 
     def forget(self, command: ForgetCommand) -> CommandResult:
         gallery = self._require_gallery()

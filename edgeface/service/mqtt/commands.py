@@ -10,6 +10,7 @@ Verbs and payloads (``request_id`` is optional everywhere; an empty payload mean
 
     enroll        {"name": str, "image": base64 JPEG/PNG}  or  {"name": str, "cluster_id": "unknown-17"}
     name_cluster  {"cluster_id": "unknown-17", "name": str, "force": false}
+    ignore_cluster {"cluster_id": "unknown-17", "undo": false}   "not a face / ignore", or take it off
     forget        {"name": str}
     reject        {"track_id": int, "name": str}    negative feedback: "track 42 was not NAME"
     reload        {}
@@ -163,6 +164,13 @@ class NameClusterCommand(CommandBase):
     _name = field_validator("name")(_check_person_name)
 
 
+class IgnoreClusterCommand(CommandBase):
+    """Put a cluster on the ignore list ("not a face / ignore"), or take it off with undo."""
+
+    cluster_id: ClusterId
+    undo: bool = Field(False, description="Take the cluster off the ignore list")
+
+
 class ForgetCommand(CommandBase):
     """Remove a person from the gallery."""
 
@@ -187,6 +195,7 @@ class StatusCommand(CommandBase):
 COMMAND_MODELS: dict[str, type[CommandBase]] = {
     "enroll": EnrollCommand,
     "name_cluster": NameClusterCommand,
+    "ignore_cluster": IgnoreClusterCommand,
     "forget": ForgetCommand,
     "reject": RejectCommand,
     "reload": ReloadCommand,

@@ -220,7 +220,9 @@ ul.tracks{list-style:none;padding:0}ul.tracks li{display:flex;align-items:center
 img.face{width:48px;height:48px}
 tr.warn td:first-child{color:#a60}tr.fail td:first-child{color:#c00;font-weight:bold}
 .live{max-width:100%;height:auto;background:#000}
-form.inline{display:flex;flex-wrap:wrap;gap:.3rem;margin:.3rem 0}
+form.inline{display:flex;flex-wrap:wrap;align-items:center;gap:.3rem;margin:.3rem 0}
+form.inline input:not([type]){flex:1 1 9rem;min-width:0}
+form.inline label{display:flex;align-items:center;gap:.3rem;min-width:0;overflow-wrap:anywhere}
 input,select,button{font-size:1rem;padding:.3rem}
 .flash{padding:.5rem;border-radius:4px;margin:.4rem 0}
 .ok{background:#dfd}.error{background:#fdd}
@@ -431,7 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
             name_form = self._form("/unknown/name", session,
                                    f'<input type=hidden name=cluster_id value="{_h(info.id)}">'
                                    '<input name=name list=people placeholder="name" required maxlength=64>'
-                                   "<label><input type=checkbox name=force value=1> even if unlike</label>"
+                                   "<label><input type=checkbox name=force value=1> even if they look unlike</label>"
                                    "<button>Name</button>")
             merge_form = self._form("/unknown/merge", session,
                                     f'<input type=hidden name=a value="{_h(info.id)}"><select name=b>{others}</select>'
