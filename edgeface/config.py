@@ -57,6 +57,19 @@ class RecognitionConfig(StrictModel):
     detector: DetectorConfig = DetectorConfig()
     alignment: AlignmentConfig = AlignmentConfig()
     embedder: EmbedderConfig = EmbedderConfig()
+    second_opinion: Literal["auto", "always", "off"] = Field(
+        "auto",
+        description="A second, independent embedder (SFace) fused with dlib's for matching "
+        "(edgeface.recognition.fusion): 'auto' asks it only when dlib's answer is not clear-cut (near the "
+        "threshold, or a close runner-up), 'always' for every face, 'off' never (dlib alone, no SFace model "
+        "loaded). Enrollment stores both embeddings unless off. Measured: README, Second opinion",
+    )
+
+    @field_validator("second_opinion", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML 1.1 reads a bare `off` as false (and `on` as true)."""
+        return {False: "off", True: "always"}.get(value, value) if isinstance(value, bool) else value
 
 
 class TrackingConfig(StrictModel):

@@ -41,7 +41,7 @@ from edgeface.bus import EventBus
 from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
 from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
 from edgeface.recognition.tracker import Tracker
-from edgeface.vision.analyzer import CameraModels, FaceAnalyzer, camera_models
+from edgeface.vision.analyzer import CameraModels, FaceAnalyzer, align_faces, camera_models
 from edgeface.vision.detections import FaceDetections
 from edgeface.vision.quality import (
     QualityGate,
@@ -54,11 +54,13 @@ from edgeface.vision.scene import SceneCutDetector
 
 if TYPE_CHECKING:
     from edgeface.config import Config
+    from edgeface.recognition.fusion import SecondOpinion
     from edgeface.storage.gallery import Match
+    from edgeface.vision.sface import SecondEmbedder
 
 log = logging.getLogger(__name__)
 
-STAGES = ("detect", "track", "quality", "align", "embed", "match", "decide", "cluster", "sink")
+STAGES = ("detect", "track", "quality", "align", "embed", "match", "second_opinion", "decide", "cluster", "sink")
 """Timed stages; `PipelineStats.stage_ms_per_frame` adds "other" (the glue between them), so that the
 figures add up to the time inside Pipeline.process."""
 
@@ -153,6 +155,8 @@ class FrameFaces:
     """Faces that passed the gate, with their quality weight (gate)."""
     chips: Mapping[int, np.ndarray] = field(default_factory=dict)
     """Aligned chips (align; the tracker may ask for some to settle a tie)."""
+    second_chips: Mapping[int, np.ndarray] = field(default_factory=dict)
+    """SFace chips from the same landmarks (align, with a second opinion); embedded only when asked (match)."""
     embeddings: Mapping[int, np.ndarray] = field(default_factory=dict)
     """Embeddings (embed)."""
     matches: Mapping[int, Match] = field(default_factory=dict)
@@ -195,6 +199,10 @@ class PipelineStats:
     tracks_ended: int = 0
     scene_cuts: int = 0
     ambiguous: int = 0
+    second_opinions: int = 0
+    """Faces whose match had the second opinion (SFace embedded and fused)."""
+    second_opinion_tracks: int = 0
+    """Tracks with at least one such face."""
     quality_rejections: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -230,8 +238,12 @@ class Pipeline:
         scene_cut: SceneCutDetector | None = None,
         clusters: ClusterStage | None = None,
         clock: Callable[[], datetime] = utc_now,
+        second: SecondEmbedder | None = None,
     ) -> None:
         self.detector = detector
+        self.second = second
+        """SFace, the second opinion; None: dlib alone."""
+        self._asked_tracks: set[int] = set()
         self.aligner = aligner
         self.embedder = embedder
         self.matcher = matcher or NoGallery()
@@ -291,9 +303,13 @@ class Pipeline:
             return faces
         a = time.perf_counter()
         chips = dict(faces.chips)
-        chips.update(zip(wanted, self.aligner.align(image, faces.detections[np.array(wanted)])))
+        second_chips = dict(faces.second_chips)
+        made, made_second = align_faces(self.aligner, self.second, image, faces.detections[np.array(wanted)])  # type: ignore[arg-type]
+        chips.update(zip(wanted, made))
+        if made_second is not None:
+            second_chips.update(zip(wanted, made_second))
         self.stats.stage_s["align"] += time.perf_counter() - a
-        return dataclasses.replace(faces, chips=chips)
+        return dataclasses.replace(faces, chips=chips, second_chips=second_chips)
 
     def _embed(self, faces: FrameFaces, indices: Sequence[int]) -> FrameFaces:
         wanted = [i for i in indices if i not in faces.embeddings]
@@ -341,6 +357,7 @@ class Pipeline:
         events: list[Event] = []
         for track in ended:  # noticed now; the event says when the face was last seen (`ended`)
             events += self.decider.end_track(track.id, now=faces.ts)
+            self._asked_tracks.discard(track.id)
         self.stats.tracks_ended += len(ended)
         self.stats.tracks_started += started
         for track_id in faces.track_ids:
@@ -386,8 +403,29 @@ class Pipeline:
     def _match(self, faces: FrameFaces) -> FrameFaces:
         good = list(faces.weights)
         t = time.perf_counter()
-        matches = self.matcher.match(np.stack([faces.embeddings[i] for i in good]))
-        self.stats.stage_s["match"] += time.perf_counter() - t
+        embeddings = np.stack([faces.embeddings[i] for i in good])
+        second_s = 0.0
+        if self.second is not None and isinstance(self.matcher, ThresholdedMatcher) and all(i in faces.second_chips for i in good):
+            second = self.second
+
+            def embed_second(rows: np.ndarray) -> np.ndarray:
+                nonlocal second_s
+                began = time.perf_counter()
+                vectors = second.embed(np.stack([faces.second_chips[good[r]] for r in rows.tolist()]))
+                second_s += time.perf_counter() - began
+                return vectors
+
+            matches, asked = self.matcher.match_second(embeddings, embed_second)
+            self.stats.second_opinions += int(asked.sum())
+            for r in np.flatnonzero(asked).tolist():
+                track_id = faces.track_ids[good[r]]
+                if track_id not in self._asked_tracks:
+                    self._asked_tracks.add(track_id)
+                    self.stats.second_opinion_tracks += 1
+        else:
+            matches = self.matcher.match(embeddings)
+        self.stats.stage_s["second_opinion"] += second_s
+        self.stats.stage_s["match"] += time.perf_counter() - t - second_s
         return dataclasses.replace(faces, matches=dict(zip(good, matches)))
 
     def _decide(self, faces: FrameFaces) -> list[Event]:
@@ -498,7 +536,7 @@ class Pipeline:
     def analyzer(self) -> FaceAnalyzer:
         """The camera loop's models as a photo analyzer (enrollment over MQTT), used under the loop's lock:
         the models are not shared between threads at once, and a photo waits for the frame in progress."""
-        return FaceAnalyzer(self.detector, self.aligner, self.embedder, lock=self._lock)  # type: ignore[arg-type]
+        return FaceAnalyzer(self.detector, self.aligner, self.embedder, lock=self._lock, second=self.second)  # type: ignore[arg-type]
 
     def flush(self) -> list[Event]:
         """End every open track (each gets its track_ended) and publish those events."""
@@ -522,14 +560,27 @@ def use_opencv_threads(threads: int) -> None:
 
 class ThresholdedMatcher:
     """A gallery matched at the configured threshold (`Config.match_max_distance`), whatever the gallery
-    object was opened with."""
+    object was opened with; with the second opinion (`recognition.second_opinion`) fused in where asked."""
 
-    def __init__(self, gallery: Any, max_distance: float) -> None:
+    def __init__(self, gallery: Any, max_distance: float, second_opinion: SecondOpinion = "off") -> None:
         self.gallery = gallery
         self.max_distance = max_distance
+        self.second_opinion: SecondOpinion = second_opinion
 
     def match(self, embeddings: np.ndarray) -> list[Match]:
         return self.gallery.match(embeddings, self.max_distance)  # type: ignore[no-any-return]
+
+    def match_second(self, embeddings: np.ndarray, embed_second: Callable[[np.ndarray], np.ndarray]
+                     ) -> tuple[list[Match], np.ndarray]:
+        """(matches, which rows had the second opinion); SFace embeds only the rows asked for."""
+        from edgeface.storage.gallery import Gallery
+        from edgeface.storage.second_opinion import match_with_second_opinion
+        from edgeface.vision.sface import SFACE_MODEL_ID
+
+        if self.second_opinion == "off" or not isinstance(self.gallery, Gallery):
+            return self.match(embeddings), np.zeros(len(embeddings), bool)
+        return match_with_second_opinion(self.gallery, embeddings, self.max_distance, self.second_opinion,
+                                         SFACE_MODEL_ID, embed_second)
 
 
 def decision_policy(config: Config) -> DecisionPolicy:
@@ -565,7 +616,8 @@ def build_pipeline(
         detector=models.detector,
         aligner=models.aligner,
         embedder=models.embedder,
-        matcher=None if matcher is None else ThresholdedMatcher(matcher, config.match_max_distance),
+        matcher=None if matcher is None else ThresholdedMatcher(matcher, config.match_max_distance,
+                                                                config.recognition.second_opinion),
         decider=Decider(config.station_id, p.camera, decision_policy(config), clustering=clusters is not None,
                         embed_every_frames=p.embed_every_frames, recheck_every_frames=p.recheck_every_frames,
                         recent_tracks=d.recent_tracks_kept),
@@ -579,4 +631,5 @@ def build_pipeline(
         scene_cut=SceneCutDetector(t.scene_cut_min_diff) if t.scene_cut_min_diff > 0 else None,
         clusters=clusters,
         clock=clock,
+        second=models.second,
     )

@@ -207,6 +207,29 @@ def test_a_runner_pool_serves_threads_with_what_one_runner_gives() -> None:
     assert pool.runners <= 2
 
 
+def test_interpreters_made_on_several_threads_at_once_leave_stderr_alone() -> None:
+    """LiteRT interpreters are made with fd 2 swapped for a moment (to drop the runtime's chatter); made on
+    several camera threads at once, the swaps must not interleave, or fd 2 stays on a temporary file and
+    every later log line is lost (found with four cameras: a run's log ended at start-up)."""
+    from edgeface.vision.blazeface import litert_runner
+
+    before = os.fstat(2)
+    start = threading.Barrier(6)
+
+    def make() -> None:
+        start.wait()
+        for _ in range(3):
+            litert_runner("short")
+
+    threads = [threading.Thread(target=make) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
 # -- real runs -----------------------------------------------------------------------------------
 
 

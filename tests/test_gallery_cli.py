@@ -61,6 +61,7 @@ def test_enroll_from_folders_reports_every_photo(enrolled) -> None:
         ("alex_lacamoire", 2), ("barack_obama", 2), ("joe_biden", 2), ("lin_manuel_miranda", 1)]
     shown = json.loads(run("gallery", "show", "joe_biden", "--json", cwd=cwd).stdout)
     assert [t["model_id"] for t in shown["templates"]] == ["dlib_resnet_v1"] * 2
+    assert [t["second_model"] for t in shown["templates"]] == ["sface_2021dec/int8"] * 2  # tagged with its model
     assert all(len(t["source_sha256"]) == 64 for t in shown["templates"])
 
 

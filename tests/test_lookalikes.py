@@ -131,10 +131,18 @@ def test_enroll_cli_and_mqtt_reply_carry_the_warning(tmp_path: Path) -> None:
     assert "warning: resembles Jeong (0.2" in line.stdout
     # identify names the right one of the two and shows a runner-up only when it was within the margin
     photos = sorted(p for p in (LFW / "Jeong_Se-hyun").iterdir() if p.name != first.name)
-    records = [json.loads(r) for r in edgeface("identify", *photos, "--jsonl").stdout.splitlines()]
+    # dlib's distances, to compare with the gallery's own match below (the second opinion's runner-up is
+    # tested in test_second_opinion.py)
+    off = tmp_path / "off.yaml"
+    off.write_text("recognition:\n  second_opinion: off\n")
+    records = [json.loads(r) for r in edgeface("identify", *photos, "--jsonl", "--config", off).stdout.splitlines()]
     central = [min(r["faces"], key=lambda f: abs(f["box"][0] + f["box"][2] - 250)) for r in records]
     assert central and all(f["name"] in ("Jeong", "unknown") for f in central)  # never the look-alike
     assert sum(f["name"] == "Jeong" for f in central) >= 0.7 * len(central)
+    fused = [json.loads(r) for r in edgeface("identify", *photos, "--jsonl").stdout.splitlines()]  # second opinion on
+    fused_central = [min(r["faces"], key=lambda f: abs(f["box"][0] + f["box"][2] - 250)) for r in fused]
+    assert all(f["name"] in ("Jeong", "unknown") for f in fused_central)
+    assert sum(f["name"] == "Jeong" for f in fused_central) >= sum(f["name"] == "Jeong" for f in central)
     margin = Config().pipeline.decision.runner_up_margin
     with Gallery(tmp_path / "cli.db") as cli_gallery:
         matches = cli_gallery.match(np.stack([_labelled(_analyzer(), p, "central") for p in photos]))

@@ -134,6 +134,7 @@ def _events(collector: Collector, start: int = 0) -> list:
 @pytest.mark.slow
 def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path, gallery_file: Path) -> None:
     import shutil
+    import sqlite3
 
     station = f"run-{uuid.uuid4().hex[:8]}"
     gallery = tmp_path / "gallery.db"
@@ -207,6 +208,12 @@ def test_run_with_mqtt_answers_commands_while_events_keep_flowing(tmp_path: Path
         enrolled = commander.send("enroll", {"name": "Aaron Eckhart", "image": image}, "e1")
         assert enrolled["ok"], enrolled
         assert enrolled["result"]["templates"] == 1
+        # the running station's models stored both embeddings (the second opinion is on by default)
+        stored = sqlite3.connect(gallery).execute(
+            "SELECT s.model_id, length(c.chip) FROM templates t JOIN identities i ON i.id = t.identity_id"
+            " JOIN second_embeddings s ON s.template_id = t.id JOIN template_chips c ON c.template_id = t.id"
+            " WHERE i.name = 'Aaron Eckhart'").fetchall()
+        assert stored == [("sface_2021dec", 112 * 112 * 3)], stored
         again = commander.send("enroll", {"name": "Aaron Eckhart", "image": image}, "e2")
         assert not again["ok"] and "duplicate" in again["message"]
         # The reply can overtake the config (replies go straight out, configs through the outbox): wait for it.

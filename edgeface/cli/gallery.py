@@ -1,4 +1,4 @@
-"""The gallery commands of `edgeface`: enroll, gallery list|show|rename|remove|export|import|reject,
+"""The gallery commands of `edgeface`: enroll, gallery list|show|rename|remove|export|import|upgrade|reject,
 identify. `register(subparsers)` adds them to the main parser (edgeface/cli.py).
 
 The gallery file is --gallery FILE, else $EDGEFACE_GALLERY, else ./gallery.db. Commands that only
@@ -198,7 +198,8 @@ def _info_dict(info, templates: bool = False) -> dict[str, Any]:
                            "templates": info.template_count, "negatives": info.negative_count}
     if templates:
         out["templates"] = [{"id": t.id, "quality": round(t.quality, 3), "source_sha256": t.source_sha256,
-                             "created": t.created, "model_id": t.model_id} for t in info.templates]
+                             "created": t.created, "model_id": t.model_id, "second_model": t.second_model}
+                            for t in info.templates]
     return out
 
 
@@ -226,7 +227,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if info.metadata:
         print(f"metadata: {json.dumps(info.metadata, ensure_ascii=False)}")
     for t in info.templates:
-        print(f"  template {t.id}\tquality {t.quality:.2f}\t{t.model_id}\t{t.created}\tsource sha256 {t.source_sha256 or '-'}")
+        models = t.model_id + (f" + {t.second_model}" if t.second_model else " only")
+        print(f"  template {t.id}\tquality {t.quality:.2f}\t{models}\t{t.created}\tsource sha256 {t.source_sha256 or '-'}")
     return 0
 
 
@@ -269,6 +271,99 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    """Add the missing second-opinion (SFace) embeddings: from the chips stored with the templates, else
+    from the very photos the templates were made from (found by their sha256 under --photos)."""
+    import numpy as np
+
+    from edgeface.config import load_config
+    from edgeface.errors import EdgefaceError
+    from edgeface.storage.gallery import SecondTemplate
+    from edgeface.vision.sface import SFACE_MODEL_ID
+
+    config = load_config(args.config)
+    if config.recognition.second_opinion == "off":
+        raise EdgefaceError("recognition.second_opinion is off in this config: there is no second model to upgrade to")
+    if args.photos is not None and not args.photos.is_dir():
+        raise EdgefaceError(f"--photos {args.photos}: not a folder (give the enrollment photos, one sub-folder per person)")
+    with _open(args) as gallery:
+        missing = gallery.templates_without_second(SFACE_MODEL_ID)
+        if not missing:
+            print("every template has its SFace embedding; nothing to do", file=sys.stderr)
+            return 0
+        from edgeface.vision.analyzer import FaceAnalyzer
+
+        analyzer = FaceAnalyzer.for_camera(config)  # the chips enrollment makes
+        second = analyzer.second
+        assert second is not None
+        found: list[tuple[int, SecondTemplate]] = []
+        chips = [m for m in missing if m.chip is not None]
+        if chips:
+            vectors = second.embed(np.stack([m.chip for m in chips if m.chip is not None]))
+            found += [(m.template_id, SecondTemplate(SFACE_MODEL_ID, second.model_version, v, m.chip))
+                      for m, v in zip(chips, vectors)]
+        if args.photos is not None:
+            found += _second_from_photos(args.photos, [m for m in missing if m.chip is None], analyzer)
+        added = gallery.add_second_embeddings(found) if found else 0
+        done = {t for t, _ in found}
+        need_photo = sorted({m.name for m in missing if m.template_id not in done} - _people_with_second(gallery))
+    print(f"added {plural(added, 'SFace embedding')} ({len({m.name for m in missing if m.template_id in done})} "
+          f"of {plural(len({m.name for m in missing}), 'person', 'people')} without one)", file=sys.stderr)
+    if need_photo:
+        hint = "" if args.photos is not None else "pass --photos DIR (the enrollment photos, one folder per person) or "
+        print(f"{plural(len(need_photo), 'person', 'people')} still decided by dlib alone (enrolled before chips were "
+              f"kept): {', '.join(need_photo)}; {hint}add a new photo (`edgeface enroll --add NAME PHOTO`)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _second_from_photos(root: Path, missing: list[Any], analyzer: Any) -> list[tuple[int, Any]]:
+    """SFace embeddings of the templates whose source photo (same sha256) is under root/NAME/."""
+    import hashlib
+
+    import numpy as np
+
+    from edgeface.errors import ImageError
+    from edgeface.io.images import IMAGE_SUFFIXES, decode_image
+    from edgeface.storage.gallery import SecondTemplate
+
+    wanted: dict[tuple[str, str], int] = {(m.name, m.source_sha256): m.template_id for m in missing if m.source_sha256}
+    out = []
+    for name in sorted({name for name, _ in wanted}):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                print(f"edgeface: {path}: {error.strerror or error}; skipped", file=sys.stderr)
+                continue
+            template_id = wanted.pop((name, hashlib.sha256(data).hexdigest()), None)
+            if template_id is None:
+                continue
+            try:
+                faces = analyzer.analyze(decode_image(data, str(path)))
+            except ImageError as error:
+                print(f"{path}: {error}", file=sys.stderr)
+                continue
+            if len(faces) == 0 or faces.second_embeddings is None or faces.second_chips is None:
+                continue
+            k = int(np.argmax(faces.detections.area))  # enrollment took the dominant face
+            out.append((template_id, SecondTemplate(analyzer.second.model_id, analyzer.second.model_version,
+                                                    faces.second_embeddings[k], faces.second_chips[k])))
+    return out
+
+
+def _people_with_second(gallery: Any) -> set[str]:
+    import numpy as np
+
+    from edgeface.vision.sface import SFACE_MODEL_ID
+
+    means = gallery.second_means(SFACE_MODEL_ID)
+    return {name for name, row in zip(means.snapshot.names, means.means) if not np.isnan(row).any()}
+
+
 def _cmd_reject(args: argparse.Namespace) -> int:
     from edgeface.errors import EdgefaceError
     from edgeface.io.images import read_image
@@ -304,9 +399,13 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     from edgeface.config import load_config
     from edgeface.errors import ImageError
     from edgeface.io.images import read_image
+    from edgeface.storage.second_opinion import match_with_second_opinion
+    from edgeface.vision.sface import SFACE_MODEL_ID
 
     analyzer = _analyzer(args)
-    margin = load_config(args.config).pipeline.decision.runner_up_margin
+    config = load_config(args.config)
+    margin = config.pipeline.decision.runner_up_margin
+    mode = config.recognition.second_opinion
     errors = 0
     with _open(args, read_only=True) as gallery:  # identifying writes nothing: read access is enough
         for path in args.paths:
@@ -317,7 +416,13 @@ def _cmd_identify(args: argparse.Namespace) -> int:
                 record["error"] = str(error)
                 errors += 1
             else:
-                for i, match in enumerate(gallery.match(faces.embeddings)):
+                second = faces.second_embeddings
+                if second is None or mode == "off":
+                    matches = gallery.match(faces.embeddings)
+                else:  # the second opinion, as the camera loop asks it (the photo analyzer embedded every face)
+                    matches, _ = match_with_second_opinion(gallery, faces.embeddings, gallery.match_max_distance, mode,
+                                                           SFACE_MODEL_ID, second.__getitem__)
+                for i, match in enumerate(matches):
                     record["faces"].append({
                         "box": [round(float(v), 1) for v in faces.detections.xyxy[i]],
                         "name": match.name or "unknown",
@@ -381,12 +486,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importing = actions.add_parser("import", help="add identities from an export file (same model only)")
     importing.add_argument("file", type=Path, metavar="FILE")
     importing.set_defaults(handler=_cmd_import)
+    upgrade = actions.add_parser("upgrade", help="add the second-opinion (SFace) embeddings a template lacks, from "
+                                 "its stored chip; names the people who need a new photo")
+    upgrade.add_argument("--photos", type=Path, metavar="DIR",
+                         help="the enrollment photos, one sub-folder per person: templates without a stored chip are "
+                         "embedded again from the photo they were made from (same sha256)")
+    upgrade.set_defaults(handler=_cmd_upgrade)
     reject = actions.add_parser("reject", help="the face in PHOTO is not NAME: stop that mistake recurring")
     reject.add_argument("name", metavar="NAME")
     reject.add_argument("photo", type=Path, metavar="PHOTO")
     reject.set_defaults(handler=_cmd_reject)
     for parser, config in ((listing, False), (show, False), (rename, False), (remove, False), (export, False),
-                           (importing, False), (reject, True)):
+                           (importing, False), (upgrade, True), (reject, True)):
         _common(parser, config=config)
 
     identify = subparsers.add_parser("identify", help="name every face in photos, or 'unknown', with the distance")

@@ -101,6 +101,7 @@ def _cmd_eval_lfw(args: argparse.Namespace) -> int:
         args.data, pairs_path=args.pairs, recognition=config.recognition, precisions=precisions,
         progress=not args.json, face_rule=args.face, faces_file=args.faces, cache_dir=args.cache_dir,
         match_max_distance=config.match_max_distance, max_pairs_per_fold=args.max_pairs_per_fold,
+        embedder=args.embedder,
     )
     return print_figures(report.summary_lines(), report.as_dict(), args.json)
 
@@ -121,8 +122,12 @@ def _cmd_bench_gallery(args: argparse.Namespace) -> int:
 
 def _cmd_models_build(args: argparse.Namespace) -> int:
     from edgeface.convert.build import build_all_models
+    from edgeface.convert.sface_onnx import SFACE_PACKAGE, build_sface_models
 
     build_all_models(out_dir=args.out, calibration_dir=args.calibration_data, wheel_dir=args.wheels)
+    name, version = SFACE_PACKAGE
+    has_sface = args.wheels is not None and any(Path(args.wheels).glob(f"{name}-{version}-*.whl"))
+    build_sface_models(args.out, args.calibration_data, args.wheels if has_sface else None)  # None: downloads it
     return 0
 
 
@@ -171,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only the first N same and N different pairs of each fold (a quick check)")
     lfw.add_argument("--pairs", type=Path, help="pair list (default: DATA/pairs.txt)")
     lfw.add_argument("--precision", choices=["int8", "fp32"], help="only this precision (default: both)")
+    lfw.add_argument("--embedder", choices=["dlib", "sface", "fused"],
+                     help="score with dlib alone, SFace alone or fused as recognition.second_opinion says "
+                     "(default: fused; dlib when it is off)")
     lfw.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     _add_config_option(lfw)
     lfw.set_defaults(handler=_cmd_eval_lfw)

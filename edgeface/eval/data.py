@@ -7,7 +7,8 @@ and `FaceTable.pick` chooses. The same file format holds face_recognition's face
 (`tools/face_recognition_faces.py`), so both systems are scored by one protocol (`--faces FILE`).
 
 File format (np.savez): files (n,) relative paths; sizes (n, 2) width, height; owner (m,) index into
-files of each face; boxes (m, 4) x1, y1, x2, y2; vectors (m, 128); key (the settings that made it);
+files of each face; boxes (m, 4) x1, y1, x2, y2; vectors (m, 128); second_vectors (m, 128), the second
+embedder's (SFace; NaN rows without one; absent in older files); key (the settings that made it);
 seconds_per_image.
 """
 
@@ -68,10 +69,17 @@ class FaceTable:
     vectors: np.ndarray
     key: str
     seconds_per_image: float
+    second_vectors: np.ndarray | None = None
+    """(m, 128) the second embedder's (SFace) embeddings of the same faces; None: not computed."""
 
-    def pick(self, rule: FaceRule, files: Sequence[str] | None = None) -> np.ndarray:
-        """(len(files), 128) unit embeddings of each image's chosen face; a NaN row for an image without
-        a face or not in the table."""
+    def pick(self, rule: FaceRule, files: Sequence[str] | None = None, *, second: bool = False) -> np.ndarray:
+        """(len(files), 128) unit embeddings of each image's chosen face (the second embedder's when
+        `second`); a NaN row for an image without a face or not in the table."""
+        vectors = self.vectors
+        if second:
+            if self.second_vectors is None:
+                raise EdgefaceError("these faces have no second-opinion (SFace) embeddings")
+            vectors = self.second_vectors
         wanted = self.files if files is None else list(files)
         index = {name: i for i, name in enumerate(self.files)}
         chosen = np.full(len(self.files), -1, np.int64)
@@ -89,14 +97,18 @@ class FaceTable:
         for row, name in enumerate(wanted):
             i = index.get(name, -1)
             if i >= 0 and chosen[i] >= 0:
-                vector = self.vectors[chosen[i]].astype(np.float32)
+                vector = vectors[chosen[i]].astype(np.float32)
                 out[row] = vector / max(float(np.linalg.norm(vector)), 1e-12)
         return out
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, files=np.array(self.files), sizes=self.sizes, owner=self.owner, boxes=self.boxes,
-                 vectors=self.vectors, key=self.key, seconds_per_image=self.seconds_per_image)
+        arrays: dict[str, Any] = {"files": np.array(self.files), "sizes": self.sizes, "owner": self.owner,
+                                  "boxes": self.boxes, "vectors": self.vectors, "key": self.key,
+                                  "seconds_per_image": self.seconds_per_image}
+        if self.second_vectors is not None:
+            arrays["second_vectors"] = self.second_vectors
+        np.savez(tmp, **arrays)
         tmp.replace(path)
 
     @classmethod
@@ -106,24 +118,27 @@ class FaceTable:
                 return cls(stored["files"].tolist(), stored["sizes"].reshape(-1, 2).astype(np.float32),
                            stored["owner"].astype(np.int64), stored["boxes"].reshape(-1, 4).astype(np.float32),
                            stored["vectors"].reshape(-1, EMBEDDING_DIM).astype(np.float32), str(stored["key"]),
-                           float(stored["seconds_per_image"]))
+                           float(stored["seconds_per_image"]),
+                           stored["second_vectors"].reshape(-1, EMBEDDING_DIM).astype(np.float32)
+                           if "second_vectors" in stored.files else None)
         except (OSError, ValueError, KeyError) as error:
             raise EdgefaceError(f"cannot read faces file {path}: {error}") from None
 
     @classmethod
-    def empty(cls, key: str) -> FaceTable:
+    def empty(cls, key: str, second: bool = False) -> FaceTable:
         return cls([], np.zeros((0, 2), np.float32), np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                   np.zeros((0, EMBEDDING_DIM), np.float32), key, 0.0)
+                   np.zeros((0, EMBEDDING_DIM), np.float32), key, 0.0,
+                   np.zeros((0, EMBEDDING_DIM), np.float32) if second else None)
 
 
 def analyse_files(root: Path, files: Sequence[str], make_analyzer: Callable[[], Any], *, key: str,
-                  cache: Path | None = None, progress: bool = False) -> FaceTable:
+                  cache: Path | None = None, progress: bool = False, second: bool = False) -> FaceTable:
     """Every face of every file (relative to root), reusing and extending `cache` when it was made with
     the same key. An unreadable image counts as one without a face (and is logged)."""
     from edgeface.errors import ImageError
     from edgeface.io.images import read_image
 
-    table = FaceTable.empty(key)
+    table = FaceTable.empty(key, second)
     if cache is not None and cache.is_file():
         stored = FaceTable.load(cache)
         if stored.key == key:
@@ -141,6 +156,7 @@ def analyse_files(root: Path, files: Sequence[str], make_analyzer: Callable[[], 
 
         iterator = tqdm(missing, desc="analyse", unit="img", file=sys.stderr)
     sizes, owners, boxes, vectors = [], [], [], []
+    seconds_vectors: list[np.ndarray] = []
     started = time.perf_counter()
     for i, name in enumerate(iterator, start=len(table.files)):
         try:
@@ -154,6 +170,9 @@ def analyse_files(root: Path, files: Sequence[str], make_analyzer: Callable[[], 
         owners += [i] * len(faces)
         boxes.append(faces.detections.xyxy.reshape(-1, 4))
         vectors.append(faces.embeddings.reshape(-1, EMBEDDING_DIM))
+        found = faces.second_embeddings if faces.second_embeddings is not None else \
+            np.full((len(faces), EMBEDDING_DIM), np.nan, np.float32)
+        seconds_vectors.append(found.reshape(-1, EMBEDDING_DIM))
     seconds = (time.perf_counter() - started) / len(missing)
     done = len(table.files)
     table = FaceTable(
@@ -164,6 +183,8 @@ def analyse_files(root: Path, files: Sequence[str], make_analyzer: Callable[[], 
         np.concatenate([table.vectors, *vectors]).astype(np.float32) if vectors else table.vectors,
         key,
         (table.seconds_per_image * done + seconds * len(missing)) / (done + len(missing)),
+        None if table.second_vectors is None else
+        np.concatenate([table.second_vectors, *seconds_vectors]).astype(np.float32) if seconds_vectors else table.second_vectors,
     )
     if cache is not None:
         table.save(cache)
@@ -171,7 +192,7 @@ def analyse_files(root: Path, files: Sequence[str], make_analyzer: Callable[[], 
 
 
 def dataset_faces(data: Path, files: Sequence[str], *, faces_file: Path | None, make_analyzer: Callable[[], Any],
-                  key: str, cache: Path | None, progress: bool) -> FaceTable:
+                  key: str, cache: Path | None, progress: bool, second: bool = False) -> FaceTable:
     """The faces of `files`: from a precomputed faces file (another system's, e.g. face_recognition's)
     when given, else analysed by edgeface (cached)."""
     if faces_file is not None:
@@ -180,4 +201,5 @@ def dataset_faces(data: Path, files: Sequence[str], *, faces_file: Path | None, 
         if absent:
             raise EdgefaceError(f"{faces_file} lacks {len(absent)} of the {len(files)} images (e.g. {absent[0]})")
         return table
-    return analyse_files(images_root(data), files, make_analyzer, key=key, cache=cache, progress=progress)
+    return analyse_files(images_root(data), files, make_analyzer, key=key, cache=cache, progress=progress,
+                         second=second)

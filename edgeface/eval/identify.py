@@ -37,8 +37,10 @@ from edgeface.errors import EdgefaceError
 from edgeface.eval.data import FaceRule, dataset_faces, default_face_rule, images_root
 from edgeface.eval.data import dataset_people as _folder_people
 from edgeface.eval.report import print_figures
+from edgeface.recognition.fusion import Band, SecondOpinion, rank_with_second_opinion
 from edgeface.recognition.vectors import EMBEDDING_DIM
 from edgeface.storage.gallery import GallerySnapshot, MatchStrategy
+from edgeface.vision.sface import SFACE_MODEL_ID
 
 FARS = (0.01, 0.001)
 STATION_PEOPLE = 50
@@ -65,29 +67,74 @@ class Figures:
     gallery_people: int
     mated: int
     non_mated: int
+    second_opinion_share: float | None = None
+    """Share of the probes (with a face) whose answer had the second opinion (fused scoring)."""
+
+
+Embedding = Literal["dlib", "sface", "fused"]
+EMBEDDINGS: tuple[str, ...] = ("dlib", "sface", "fused")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How probes are scored: dlib alone, SFace alone, or fused (the second opinion asked as `mode`
+    says, at the match threshold `threshold`)."""
+
+    embedding: Embedding = "dlib"
+    mode: SecondOpinion = "auto"
+    threshold: float = 0.3776
 
 
 def identification_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated: np.ndarray, mated_owner: np.ndarray,
-                           non_mated: np.ndarray, fars: tuple[float, ...] = FARS, strategy: MatchStrategy = "min") -> Figures:
+                           non_mated: np.ndarray, fars: tuple[float, ...] = FARS, strategy: MatchStrategy = "min",
+                           second: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                           scoring: Scoring = Scoring()) -> Figures:
     """gallery (g, d) unit rows owned by people gallery_owner (g,) ints; probes as (n, d) rows (NaN rows:
-    no face found), mated_owner (m,) ints."""
+    no face found), mated_owner (m,) ints. `second`: the SFace rows of the same gallery, mated and
+    non-mated faces (needed unless scoring is dlib alone)."""
     names = sorted(set(gallery_owner.tolist()))
-    snapshot = GallerySnapshot.build([(f"{o:09d}", i, v) for i, (o, v) in enumerate(zip(gallery_owner, gallery))], [])
     owners = np.array(names)
+    if scoring.embedding == "sface":
+        if second is None:
+            raise EdgefaceError("SFace scoring needs the faces' SFace embeddings")
+        gallery, mated, non_mated = second
+    snapshot = GallerySnapshot.build([(f"{o:09d}", i, v) for i, (o, v) in enumerate(zip(gallery_owner, gallery))], [])
+    second_snapshot = None
+    if scoring.embedding == "fused":
+        if second is None:
+            raise EdgefaceError("fused scoring needs the faces' SFace embeddings")
+        second_snapshot = GallerySnapshot.build(
+            [(f"{o:09d}", i, np.nan_to_num(v)) for i, (o, v) in enumerate(zip(gallery_owner, second[0]))], [])
+    band = Band(scoring.threshold)
+    asked = [0, 0]
 
-    def nearest(probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(probes: np.ndarray, second_probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         found = ~np.isnan(probes).any(axis=1)
         who = np.full(len(probes), -1)
         distance = np.full(len(probes), np.inf)
         for start in range(0, int(found.sum()), 4096):
             rows = np.flatnonzero(found)[start:start + 4096]
             d = snapshot.distances(probes[rows], strategy)
-            best = np.argmin(d, axis=1)
-            who[rows], distance[rows] = owners[best], d[np.arange(len(rows)), best]
+            if second_snapshot is None or second_probes is None:
+                best = np.argmin(d, axis=1)
+                who[rows], distance[rows] = owners[best], d[np.arange(len(rows)), best]
+                continue
+            chunk = second_probes[rows]
+
+            def cosines(r: np.ndarray, candidates: np.ndarray, chunk: np.ndarray = chunk) -> np.ndarray:
+                c = 1.0 - np.square(second_snapshot.distances(np.nan_to_num(chunk[r]), strategy)) / 2.0
+                c[np.isnan(chunk[r]).any(axis=1)] = np.nan
+                return np.take_along_axis(c, candidates, axis=1)
+
+            ranked = rank_with_second_opinion(d, cosines, scoring.mode, band)
+            who[rows], distance[rows] = owners[ranked.nearest], ranked.distance
+            asked[0] += int(ranked.asked.sum())
+            asked[1] += len(rows)
         return who, distance
 
-    mated_who, mated_distance = nearest(mated)
-    _, non_mated_distance = nearest(non_mated)
+    second_mated, second_non_mated = (second[1], second[2]) if second is not None else (None, None)
+    mated_who, mated_distance = nearest(mated, second_mated)
+    _, non_mated_distance = nearest(non_mated, second_non_mated)
     correct = mated_who == mated_owner
     ordered = np.sort(non_mated_distance)
     dir_at_far: dict[float, float | None] = {}
@@ -97,7 +144,8 @@ def identification_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated
         threshold = float(ordered[allowed]) if allowed < len(ordered) and np.isfinite(ordered[allowed]) else None
         thresholds[far] = threshold
         dir_at_far[far] = None if threshold is None else float(np.mean(correct & (mated_distance < threshold)))
-    return Figures(float(np.mean(correct)), dir_at_far, thresholds, len(names), len(mated), len(non_mated))
+    return Figures(float(np.mean(correct)), dir_at_far, thresholds, len(names), len(mated), len(non_mated),
+                   asked[0] / asked[1] if asked[1] else None)
 
 
 @dataclass
@@ -136,6 +184,12 @@ class IdentifyReport:
             lines.append(f"full gallery: {self.full.gallery_people} people, {self.full.mated} mated and {self.full.non_mated} "
                          f"non-mated probes: rank-1 {self.full.rank1:.3f}, {far(self.full)}")
         lines.append(f"{self._station_label()}: rank-1 {spread([s.rank1 for s in self.station])}, {station_far}")
+        station_share = _mean([s.second_opinion_share for s in self.station])
+        if station_share is not None:
+            full_share = None if self.full is None else self.full.second_opinion_share
+            lines.append("second opinion asked for " + (f"{100 * full_share:.1f}% of the full gallery's probes, "
+                                                        if full_share is not None else "")
+                         + f"{100 * station_share:.1f}% of the {self.protocol}'s")
         return lines
 
     def as_dict(self) -> dict[str, object]:
@@ -161,6 +215,11 @@ class IdentifyReport:
             "images": self.images, "images_without_face": self.images_without_face,
             "ms_per_image": round(1000 * self.seconds_per_image, 2), "templates": self.templates, **self.settings,
         })
+        if self.full is not None and self.full.second_opinion_share is not None:
+            out["second_opinion_share"] = r(self.full.second_opinion_share)
+        station_share = _mean([s.second_opinion_share for s in self.station])
+        if station_share is not None:
+            out["station_second_opinion_share"] = r(station_share)
         return out
 
 
@@ -181,7 +240,8 @@ def _min(values: list[float | None]) -> float | None:
 def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templates: int = 1,
                             strategy: MatchStrategy = "mean", progress: bool = True, seeds: int = STATION_SEEDS,
                             cache: Path | None = None, cache_key: str = "", *, face_rule: FaceRule | None = None,
-                            faces_file: Path | None = None) -> IdentifyReport:
+                            faces_file: Path | None = None, second: bool = False,
+                            scoring: Scoring = Scoring()) -> IdentifyReport:
     """cache: an .npz of every face (edgeface.eval.data), reused and extended when made with the same
     cache_key (the pipeline settings), so gallery variants can be compared without analysing again."""
     if templates < 1:
@@ -192,26 +252,40 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
     root = images_root(data)
     relative = {f: f.relative_to(root).as_posix() for images in people.values() for f in images}
     table = dataset_faces(data, list(relative.values()), faces_file=faces_file, make_analyzer=make_analyzer,
-                          key=cache_key, cache=cache, progress=progress)
-    picked = table.pick(face_rule or default_face_rule(data), list(relative.values()))
+                          key=cache_key, cache=cache, progress=progress, second=second and faces_file is None)
+    rule = face_rule or default_face_rule(data)
+    picked = table.pick(rule, list(relative.values()))
     vectors = dict(zip(relative, picked))
+    second_vectors: dict[Path, np.ndarray] = {}
+    if scoring.embedding != "dlib":
+        if table.second_vectors is None:
+            raise EdgefaceError(f"--embedder {scoring.embedding} needs SFace embeddings: recognition.second_opinion "
+                                "must not be off (and --faces files have none)")
+        second_vectors = dict(zip(relative, table.pick(rule, list(relative.values()), second=True)))
 
     ids = {name: i for i, name in enumerate(people)}
     several = [name for name, images in people.items() if len(images) >= 2]
     split = {name: min(templates, len(people[name]) - 1) for name in several}
 
-    def stack(pairs: list[tuple[str, Path]]) -> tuple[np.ndarray, np.ndarray]:
+    def stack(pairs: list[tuple[str, Path]], rows: dict[Path, np.ndarray] = vectors) -> tuple[np.ndarray, np.ndarray]:
         if not pairs:
             return np.zeros((0, EMBEDDING_DIM), np.float32), np.zeros(0, int)
-        return np.stack([vectors[f] for _, f in pairs]), np.array([ids[n] for n, _ in pairs])
+        return np.stack([rows[f] for _, f in pairs]), np.array([ids[n] for n, _ in pairs])
 
     def figures(chosen: list[str], strangers: list[str]) -> Figures:
         gallery_pairs = [(n, f) for n in chosen for f in people[n][:split[n]]]
         kept = [(n, v) for n, v in gallery_pairs if not np.isnan(vectors[v]).any()]
         gallery, owner = stack(kept)
-        mated, mated_owner = stack([(n, f) for n in chosen for f in people[n][split[n]:]])
-        non_mated, _ = stack([(n, f) for n in strangers for f in people[n]])
-        return identification_figures(gallery, owner, mated, mated_owner, non_mated, strategy=strategy)
+        mated_pairs = [(n, f) for n in chosen for f in people[n][split[n]:]]
+        non_mated_pairs = [(n, f) for n in strangers for f in people[n]]
+        mated, mated_owner = stack(mated_pairs)
+        non_mated, _ = stack(non_mated_pairs)
+        second = None
+        if second_vectors:
+            second = (stack(kept, second_vectors)[0], stack(mated_pairs, second_vectors)[0],
+                      stack(non_mated_pairs, second_vectors)[0])
+        return identification_figures(gallery, owner, mated, mated_owner, non_mated, strategy=strategy,
+                                      second=second, scoring=scoring)
 
     singles = [n for n, images in people.items() if len(images) == 1]
     full = figures(several, singles) if singles else None
@@ -222,20 +296,36 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
         station.append(figures(chosen, [n for n in people if n not in set(chosen)]))
     missing = int(np.isnan(picked).any(axis=1).sum())
     return IdentifyReport(full, station, "station" if singles else "half split", len(relative), missing,
-                          table.seconds_per_image, templates, {"strategy": strategy})
+                          table.seconds_per_image, templates, {"strategy": strategy, **_scoring_settings(scoring)})
+
+
+def _scoring_settings(scoring: Scoring) -> dict[str, object]:
+    if scoring.embedding != "fused":
+        return {"embedder": scoring.embedding}
+    return {"embedder": "fused", "second_opinion": scoring.mode, "match_max_distance": scoring.threshold}
 
 
 def _run(args: argparse.Namespace) -> int:
     from edgeface.config import load_config
     from edgeface.vision.analyzer import FaceAnalyzer
 
-    recognition = load_config(args.config).recognition
-    settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
-                "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
+    config = load_config(args.config)
+    recognition = config.recognition
+    settings: dict[str, object] = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
+                                   "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
+    if recognition.second_opinion != "off":
+        settings["second"] = SFACE_MODEL_ID
+    embedding: Embedding = args.embedder or ("dlib" if recognition.second_opinion == "off" else "fused")
+    if embedding != "dlib" and (recognition.second_opinion == "off" or args.faces):
+        raise EdgefaceError(f"--embedder {embedding} needs SFace embeddings: recognition.second_opinion must not be off "
+                            "(and --faces files have none)")
+    mode: SecondOpinion = "always" if recognition.second_opinion == "off" else recognition.second_opinion
+    scoring = Scoring(embedding, mode, config.match_max_distance)
     report = run_identify_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), templates=args.templates,
                                      strategy=args.strategy, progress=not args.json, cache=args.cache,
                                      cache_key=json.dumps(settings, sort_keys=True), seeds=args.seeds,
-                                     face_rule=args.face, faces_file=args.faces)
+                                     face_rule=args.face, faces_file=args.faces, second="second" in settings,
+                                     scoring=scoring)
     report.settings.update({"faces": str(args.faces)} if args.faces else settings)
     return print_figures(report.lines(), report.as_dict(), args.json)
 
@@ -253,6 +343,9 @@ def register_eval(eval_kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--face", choices=["largest", "central"],
                         help="which face is the labelled person (default: central on LFW, largest elsewhere)")
     parser.add_argument("--faces", type=Path, help="score another system's faces (.npz from tools/face_recognition_faces.py)")
+    parser.add_argument("--embedder", choices=EMBEDDINGS,
+                        help="score with dlib alone, SFace alone or fused (default: fused as recognition.second_opinion "
+                        "says; dlib when it is off)")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
     parser.set_defaults(handler=_run)

@@ -120,9 +120,13 @@ def run_lfw_evaluation(
     faces_file: Path | None = None,
     cache_dir: Path | None = None,
     match_max_distance: float | None = None,
+    embedder: Literal["dlib", "sface", "fused"] | None = None,
 ) -> LfwReport:
-    """`cache_dir`: keep each precision's faces in an .npz there (reused when the settings match)."""
+    """`cache_dir`: keep each precision's faces in an .npz there (reused when the settings match).
+    `embedder`: dlib alone, SFace alone, or fused as recognition.second_opinion says (default: fused
+    unless it is off)."""
     from edgeface.config import GalleryConfig
+    from edgeface.recognition.fusion import Band, fused_distance
     from edgeface.vision.analyzer import FaceAnalyzer
 
     pairs_path = pairs_path or data_dir / "pairs.txt"
@@ -136,9 +140,20 @@ def run_lfw_evaluation(
     threshold = match_max_distance if match_max_distance is not None else GalleryConfig().match_max_distance
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
-                "flip": recognition.embedder.flip}
-    system = "faces from " + str(faces_file) if faces_file else "edgeface " + ", ".join(f"{k} {v}" for k, v in settings.items())
+    settings: dict[str, object] = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
+                                   "flip": recognition.embedder.flip}
+    second = recognition.second_opinion != "off" and faces_file is None
+    if second:
+        from edgeface.vision.sface import SFACE_MODEL_ID
+
+        settings["second"] = SFACE_MODEL_ID
+    scoring = embedder or ("fused" if second else "dlib")
+    if scoring != "dlib" and not second:
+        raise EdgefaceError(f"--embedder {scoring} needs SFace embeddings: recognition.second_opinion must not be off "
+                            "(and --faces files have none)")
+    mode = recognition.second_opinion if recognition.second_opinion != "off" else "always"
+    shown = {**settings, "embedder": scoring if scoring != "fused" else f"fused ({mode})"}
+    system = "faces from " + str(faces_file) if faces_file else "edgeface " + ", ".join(f"{k} {v}" for k, v in shown.items())
     report = LfwReport(dataset=f"{data_dir} ({pairs_path.name})", pairs=len(pairs), images=len(names),
                        images_without_face=[], pairs_with_missing_face=0, face_rule=rule, system=system,
                        match_max_distance=threshold)
@@ -150,13 +165,24 @@ def run_lfw_evaluation(
         table = dataset_faces(
             data_dir, names, faces_file=faces_file, key=key, cache=cache, progress=progress,
             make_analyzer=lambda p=precision: FaceAnalyzer.from_config(recognition, precision=p),  # type: ignore[misc]
+            second=second,
         )
         embeddings = dict(zip(names, table.pick(rule, names)))
+        second_embeddings = dict(zip(names, table.pick(rule, names, second=True))) if scoring != "dlib" else {}
         missing = [n for n in names if np.isnan(embeddings[n]).any()]
         if len(missing) >= len(report.images_without_face):  # the precision that missed most (they agree but for ties)
             report.images_without_face = missing
             report.pairs_with_missing_face = sum(1 for p in pairs if p.first in set(missing) or p.second in set(missing))
         distances = pair_distances(pairs, embeddings)
+        if scoring == "sface":
+            distances = pair_distances(pairs, second_embeddings)
+        elif scoring == "fused":
+            cosines = 1.0 - np.square(pair_distances(pairs, second_embeddings)) / 2.0
+            asked = np.ones(len(pairs), bool) if mode == "always" else \
+                Band(threshold).needs_second_opinion(np.nan_to_num(distances, nan=np.inf), np.full(len(pairs), np.inf))
+            asked &= ~np.isnan(distances)
+            distances = distances.copy()
+            distances[asked] = fused_distance(distances[asked], cosines[asked])
         ten_fold = ten_fold_accuracy(distances, same, folds)
         tar, at = tar_at_far(distances, same, 1e-3)
         # The shipped threshold's rates are over the pairs where both faces were found: what it does, not

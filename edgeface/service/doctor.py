@@ -149,6 +149,21 @@ def check_embedder() -> Check:
                  f"limit {SELFCHECK_MAX_DISTANCE})")
 
 
+def check_second_opinion(mode: str) -> Check:
+    """Load SFace (the second opinion) as the station would: its INT8 self-check on this CPU."""
+    if mode == "off":
+        return Check("sface", "ok", "second opinion off (recognition.second_opinion): dlib alone decides")
+    from edgeface.vision.sface import SFACE_SELFCHECK_MIN_COSINE, SFaceEmbedder
+
+    embedder = SFaceEmbedder("int8")
+    if embedder.precision != "int8":
+        return Check("sface", "warn", "the INT8 SFace self-check failed on this CPU; the FP32 SFace runs instead "
+                     "(same accuracy, ~2x slower, peak memory ~290 MB)",
+                     "report the CPU and onnxruntime version; or set recognition.second_opinion: off to save the memory")
+    return Check("sface", "ok", f"second opinion ({mode}): INT8 SFace self-check passed on this CPU (cosine "
+                 f"{embedder.selfcheck_cosine:.3f}, limit {SFACE_SELFCHECK_MIN_COSINE})")
+
+
 # -- camera ---------------------------------------------------------------------------------------
 
 
@@ -311,6 +326,7 @@ def check_gallery(path: Path) -> Check:
         version = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
         identities = db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
         templates = db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
+        dlib_only = _dlib_only_people(db, tables)
     except sqlite3.DatabaseError as error:
         return Check("gallery", "fail", f"{path} is corrupted or not a gallery ({error})", fix_corrupt)
     finally:
@@ -319,8 +335,24 @@ def check_gallery(path: Path) -> Check:
         return Check("gallery", "fail", f"{path} has schema version {version}; this edgeface reads up to {SCHEMA_VERSION}",
                      "upgrade edgeface (the gallery was written by a newer one)")
     upgrade = f" (schema {version}, upgraded to {SCHEMA_VERSION} when the station opens it)" if version < SCHEMA_VERSION else ""
+    if dlib_only:
+        shown = ", ".join(dlib_only[:5]) + (f" and {len(dlib_only) - 5} more" if len(dlib_only) > 5 else "")
+        return Check("gallery", "warn",
+                     f"{path}: integrity ok, {identities} {'person' if identities == 1 else 'people'}; "
+                     f"{len(dlib_only)} without a second-opinion (SFace) template, decided by dlib alone: {shown}{upgrade}",
+                     "run `edgeface gallery upgrade` (it embeds stored chips; it names the people who need a new photo)")
     return Check("gallery", "ok", f"{path}: integrity ok, {identities} {'person' if identities == 1 else 'people'}, "
                  f"{templates} template{'' if templates == 1 else 's'}{upgrade}")
+
+
+def _dlib_only_people(db: sqlite3.Connection, tables: set[str]) -> list[str]:
+    """People none of whose templates has a second-model (SFace) embedding (a gallery enrolled before
+    the second opinion, or with it off)."""
+    if "second_embeddings" not in tables:
+        return [row[0] for row in db.execute("SELECT name FROM identities ORDER BY name")]
+    return [row[0] for row in db.execute(
+        "SELECT i.name FROM identities i WHERE NOT EXISTS (SELECT 1 FROM templates t JOIN second_embeddings s"
+        " ON s.template_id = t.id WHERE t.identity_id = i.id) ORDER BY i.name")]
 
 
 def check_disk(paths: Iterable[Path], warn_mb: float = DISK_WARN_FREE_MB, fail_mb: float = DISK_FAIL_FREE_MB) -> list[Check]:
@@ -475,6 +507,7 @@ def run_checks(options: DoctorOptions) -> Iterable[Check]:
     yield from _guarded("runtime", check_runtimes)
     yield from _guarded("detector", lambda: check_detector(config.recognition.detector.model))
     yield from _guarded("embedder", check_embedder)
+    yield from _guarded("sface", lambda: check_second_opinion(config.recognition.second_opinion))
     if options.source is None and config.cameras:  # each camera of `cameras:` reads a frame
         for camera in config.cameras:
             yield from _guarded(f"camera {camera.name}", functools.partial(_camera_named, camera, options))

@@ -32,7 +32,7 @@ import numpy as np
 from edgeface.errors import EdgefaceError, ImageError
 from edgeface.io.images import IMAGE_SUFFIXES
 from edgeface.recognition.vectors import pairwise_distances
-from edgeface.storage.gallery import Gallery, GallerySnapshot, validate_name
+from edgeface.storage.gallery import Gallery, GallerySnapshot, SecondTemplate, validate_name
 from edgeface.text import plural
 from edgeface.vision.quality import QualityGate, QualityReason
 
@@ -103,6 +103,8 @@ class PhotoOutcome:
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
     warning: str | None = None
     """Set on an accepted photo that resembles another enrolled person: who, and how near."""
+    second: SecondTemplate | None = field(default=None, repr=False, compare=False)
+    """The second model's (SFace) embedding and chip of the face, stored with the template."""
     chip: np.ndarray | None = field(default=None, repr=False, compare=False)
     """The accepted face's aligned chip (the station page keeps it as the template's face crop)."""
 
@@ -303,7 +305,14 @@ class Enroller:
             }[result.reason]
             return PhotoOutcome(path, name, _QUALITY_REASONS[result.reason], detail, sha256=digest)
         return PhotoOutcome(path, name, None, "", result.weight, digest, faces.embeddings[index],
-                            chip=np.array(faces.chips[index]))
+                            second=self._second_template(faces, index), chip=np.array(faces.chips[index]))
+
+    def _second_template(self, faces: AnalyzedFaces, index: int) -> SecondTemplate | None:
+        second = getattr(self.analyzer, "second", None)
+        if second is None or faces.second_embeddings is None or faces.second_chips is None:
+            return None
+        return SecondTemplate(second.model_id, second.model_version, faces.second_embeddings[index],
+                              faces.second_chips[index])
 
     def examine(self, name: str, files: Sequence[Path | Photo],
                 on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:
@@ -363,7 +372,7 @@ class Enroller:
             return []
         return self.gallery.add_templates(plan.name, np.stack([o.vector for o in accepted]),
                                           [o.quality or 0.0 for o in accepted], [o.sha256 for o in accepted],
-                                          metadata=metadata)
+                                          metadata=metadata, second=[o.second for o in accepted])
 
     def enroll(self, name: str, files: Sequence[Path], on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:
         plan = self.examine(name, files, on_photo)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import dataclasses
 import json
 import logging
 import math
@@ -80,7 +81,8 @@ MAX_NAME_CHARS = 64
 SAME_TEMPLATE_MAX_DISTANCE = 1e-3
 """Import: an incoming template (or negative) this close to a stored one of its identity is already there."""
 EXPORT_FORMAT: Literal["edgeface-gallery"] = "edgeface-gallery"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
+"""2: a template may carry its second-model (SFace) embedding, tagged with model id and version."""
 
 
 class InvalidNameError(GalleryError):
@@ -220,7 +222,18 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX negatives_by_identity ON negatives(identity_id)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """The second opinion: a template's embedding by a second model (SFace), tagged with that model's
+    id and version, and the aligned chip it was made from (so it can be made again by a new model
+    version: `edgeface gallery upgrade`). Templates of version-2 files have neither (dlib only)."""
+    db.execute("CREATE TABLE second_embeddings (template_id INTEGER PRIMARY KEY"
+               " REFERENCES templates(id) ON DELETE CASCADE, model_id TEXT NOT NULL, model_version TEXT NOT NULL,"
+               " embedding BLOB NOT NULL)")
+    db.execute("CREATE TABLE template_chips (template_id INTEGER PRIMARY KEY"
+               " REFERENCES templates(id) ON DELETE CASCADE, kind TEXT NOT NULL, chip BLOB NOT NULL)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -267,6 +280,8 @@ class TemplateInfo:
     source_sha256: str | None
     created: str
     model_id: str
+    second_model: str | None = None
+    """"model_id/model_version" of its second-model (SFace) embedding; None: dlib only."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +301,34 @@ class ImportReport:
     templates_added: int
     templates_skipped: int
     negatives_added: int
+
+
+@dataclass(frozen=True)
+class SecondTemplate:
+    """A template's embedding by the second model (SFace), tagged with its id and version, and the
+    aligned chip it was made from (kept so `edgeface gallery upgrade` can embed it again)."""
+
+    model_id: str
+    model_version: str
+    embedding: np.ndarray
+    chip: np.ndarray | None = None
+
+
+SECOND_CHIP_KIND = "sface_112x112_bgr_u8"
+"""How template_chips stores a chip: the raw bytes of a (112, 112, 3) uint8 BGR array."""
+SECOND_CHIP_SHAPE = (112, 112, 3)
+
+
+@dataclass(frozen=True)
+class SecondMeans:
+    """Per identity of one GallerySnapshot (same order), the unit mean of its templates' second-model
+    embeddings; NaN rows for identities without any (dlib alone decides for them)."""
+
+    snapshot: GallerySnapshot
+    model_id: str
+    means: np.ndarray
+    identities_with: int
+    """How many identities have an SFace template."""
 
 
 # -- in-memory search ------------------------------------------------------------------------
@@ -374,6 +417,10 @@ class GallerySnapshot:
             self._limit_cache.clear()
             self._limit_cache[key] = cached
         return cached
+
+    def limits(self, max_distance: float, strategy: MatchStrategy) -> np.ndarray:
+        """Each identity's threshold (max_distance, tightened by template count under "mean")."""
+        return self._limits(max_distance, strategy)
 
     def _nearest_templates(self, probe: np.ndarray, identities: np.ndarray) -> np.ndarray:
         """Distance from one unit probe to the nearest template of each given identity."""
@@ -523,11 +570,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _SecondRecord(_Strict):
+    model_id: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    embedding_f32le_b64: str
+
+
 class _TemplateRecord(_Strict):
     embedding_f32le_b64: str
     quality: float = Field(1.0, ge=0.0, le=1.0)
     source_sha256: str | None = None
     created: str
+    second: _SecondRecord | None = None
 
 
 class _NegativeRecord(_Strict):
@@ -587,6 +641,37 @@ def _read_export(path: Path) -> _ExportFile:
                            f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
+def _checked_second(template: SecondTemplate | None) -> SecondTemplate | None:
+    if template is None:
+        return None
+    if not template.model_id or not template.model_version:
+        raise GalleryError("a second-model template needs its model id and version")
+    chip = template.chip
+    if chip is not None and (chip.shape != SECOND_CHIP_SHAPE or chip.dtype != np.uint8):
+        raise GalleryError(f"a second-model chip must be uint8 {SECOND_CHIP_SHAPE}, got {chip.dtype} {chip.shape}")
+    return SecondTemplate(template.model_id, template.model_version, unit_rows(template.embedding)[0], chip)
+
+
+def _insert_second(db: sqlite3.Connection, template_id: int, template: SecondTemplate) -> None:
+    db.execute("INSERT OR REPLACE INTO second_embeddings (template_id, model_id, model_version, embedding)"
+               " VALUES (?, ?, ?, ?)", (template_id, template.model_id, template.model_version, _to_blob(template.embedding)))
+    if template.chip is not None:
+        db.execute("INSERT OR REPLACE INTO template_chips (template_id, kind, chip) VALUES (?, ?, ?)",
+                   (template_id, SECOND_CHIP_KIND, np.ascontiguousarray(template.chip).tobytes()))
+
+
+@dataclass(frozen=True)
+class MissingSecond:
+    """A template without an embedding by the second model: its person, id and stored chip (None when
+    the template was enrolled before chips were kept: that person needs a new photo)."""
+
+    name: str
+    template_id: int
+    chip: np.ndarray | None
+    source_sha256: str | None = None
+    """The sha256 of the photo the template was made from (the same photo can then be embedded again)."""
+
+
 # -- the gallery -----------------------------------------------------------------------------
 
 
@@ -621,6 +706,7 @@ class Gallery:
         self._snapshot: GallerySnapshot | None = None
         self._before_write: GallerySnapshot | None = None
         self._data_version = -1
+        self._second_means: SecondMeans | None = None
         self.read_only = read_only
         self._db = self._open_read_only() if read_only else self._open(create)
 
@@ -653,7 +739,7 @@ class Gallery:
         if version != SCHEMA_VERSION:
             db.close()
             newer = "a newer edgeface (upgrade edgeface)" if version > SCHEMA_VERSION else \
-                "an older edgeface: open it once with write access to upgrade it"
+                "an older edgeface: open it once with write access to upgrade it (`edgeface gallery upgrade`)"
             raise GalleryVersionError(f"gallery {self.path} has schema version {version}, written by {newer}")
         return db
 
@@ -783,9 +869,11 @@ class Gallery:
         *,
         create: bool = True,
         metadata: dict[str, Any] | None = None,
+        second: Sequence[SecondTemplate | None] | None = None,
     ) -> list[int]:
         """Store templates for NAME in ONE transaction, creating the identity when `create` (metadata
-        applies to a new identity). Returns the new template ids. Nothing is written on error."""
+        applies to a new identity), each with its second-model embedding and chip when `second` gives
+        one. Returns the new template ids. Nothing is written on error."""
         name = validate_name(name)
         vectors = unit_rows(embeddings)
         count = len(vectors)
@@ -797,6 +885,9 @@ class Gallery:
             raise GalleryError(f"{count} embeddings but {len(qualities)} qualities and {len(sources)} source hashes")
         if not all(0.0 <= q <= 1.0 for q in qualities):
             raise GalleryError("template qualities must be in [0, 1]")
+        seconds = [None] * count if second is None else [_checked_second(t) for t in second]
+        if len(seconds) != count:
+            raise GalleryError(f"{count} embeddings but {len(seconds)} second-model templates")
         encoded = _metadata_json(metadata or {})
         with self._lock:
             with self._transaction(write=True) as db:
@@ -807,6 +898,9 @@ class Gallery:
                 created = _now()
                 ids = [self._insert_template(db, identity_id, v, q, s, created)
                        for v, q, s in zip(vectors, qualities, sources)]
+                for template_id, extra in zip(ids, seconds):
+                    if extra is not None:
+                        _insert_second(db, template_id, extra)
 
             def added(snapshot: GallerySnapshot) -> GallerySnapshot:
                 old_ids, old_templates, negatives = snapshot.identity_rows(name)
@@ -896,10 +990,12 @@ class Gallery:
         with self._transaction(write=False) as db:
             identity_id = self._identity_id(db, name)
             created, metadata = db.execute("SELECT created, metadata FROM identities WHERE id = ?", (identity_id,)).fetchone()
-            templates = db.execute("SELECT id, quality, source_sha256, created, model_id FROM templates"
-                                   " WHERE identity_id = ? ORDER BY id", (identity_id,)).fetchall()
+            templates = db.execute("SELECT t.id, t.quality, t.source_sha256, t.created, t.model_id,"
+                                   " s.model_id || '/' || s.model_version FROM templates t"
+                                   " LEFT JOIN second_embeddings s ON s.template_id = t.id"
+                                   " WHERE t.identity_id = ? ORDER BY t.id", (identity_id,)).fetchall()
             negatives = db.execute("SELECT COUNT(*) FROM negatives WHERE identity_id = ?", (identity_id,)).fetchone()[0]
-        infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4]) for t in templates)
+        infos = tuple(TemplateInfo(int(t[0]), float(t[1]), t[2], t[3], t[4], t[5]) for t in templates)
         return IdentityInfo(_nfc(name), created, json.loads(metadata), len(infos), int(negatives), infos)
 
     def source_hashes(self, among: Sequence[str] | None = None) -> dict[str, str]:
@@ -949,6 +1045,66 @@ class Gallery:
         return self.snapshot().match(embeddings, self.match_max_distance if max_distance is None else max_distance,
                                      self.strategy)
 
+    # -- the second opinion ------------------------------------------------------------------
+
+    def second_means(self, model_id: str) -> SecondMeans:
+        """Per identity of the current snapshot, the mean of its second-model (model_id) embeddings;
+        recomputed only when the snapshot changed."""
+        with self._lock:
+            snapshot = self.snapshot()
+            cached = self._second_means
+            if cached is not None and cached.snapshot is snapshot and cached.model_id == model_id:
+                return cached
+            with self._transaction(write=False) as db:
+                rows = db.execute("SELECT i.name, s.embedding FROM second_embeddings s JOIN templates t"
+                                  " ON t.id = s.template_id JOIN identities i ON i.id = t.identity_id"
+                                  " WHERE s.model_id = ? AND t.model_id = ?", (model_id, self.model_id)).fetchall()
+            index = {name: k for k, name in enumerate(snapshot.names)}
+            owners = np.array([index.get(name, -1) for name, _ in rows], np.int64)
+            known = owners >= 0
+            vectors = _stack([blob for (_, blob), ok in zip(rows, known) if ok], "a second-model embedding")
+            sums = np.zeros((len(snapshot.names), EMBEDDING_DIM), np.float32)
+            np.add.at(sums, owners[known], vectors)
+            counts = np.bincount(owners[known], minlength=len(snapshot.names))
+            # float16: half the memory (51 -> 26 MB at 100,000 people); cosines move by < 1e-3
+            means = np.full(sums.shape, np.nan, np.float16)
+            have = counts > 0
+            if have.any():
+                means[have] = unit_rows(sums[have]).astype(np.float16)
+            self._second_means = SecondMeans(snapshot, model_id, means, int(have.sum()))
+            return self._second_means
+
+    def templates_without_second(self, model_id: str) -> list[MissingSecond]:
+        """Every template of this gallery's model without a `model_id` embedding, with its stored chip."""
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT i.name, t.id, c.kind, c.chip, t.source_sha256 FROM templates t"
+                " JOIN identities i ON i.id = t.identity_id"
+                " LEFT JOIN template_chips c ON c.template_id = t.id"
+                " WHERE t.model_id = ? AND NOT EXISTS (SELECT 1 FROM second_embeddings s"
+                " WHERE s.template_id = t.id AND s.model_id = ?) ORDER BY i.name, t.id",
+                (self.model_id, model_id)).fetchall()
+        out = []
+        for name, template_id, kind, blob, source in rows:
+            chip = None
+            if kind == SECOND_CHIP_KIND and blob is not None and len(blob) == int(np.prod(SECOND_CHIP_SHAPE)):
+                chip = np.frombuffer(blob, np.uint8).reshape(SECOND_CHIP_SHAPE).copy()
+            out.append(MissingSecond(name, int(template_id), chip, source))
+        return out
+
+    def add_second_embeddings(self, templates: Sequence[tuple[int, SecondTemplate]]) -> int:
+        """Store second-model embeddings of existing templates (by id) in ONE transaction; returns how many."""
+        checked = [(int(i), _checked_second(t)) for i, t in templates]
+        with self._lock:
+            with self._transaction(write=True) as db:
+                for template_id, template in checked:
+                    if db.execute("SELECT 1 FROM templates WHERE id = ?", (template_id,)).fetchone() is None:
+                        raise GalleryError(f"no template {template_id} in gallery {self.path}; nothing was written")
+                    assert template is not None
+                    _insert_second(db, template_id, template)
+            self._after_write(lambda snapshot: dataclasses.replace(snapshot, _limit_cache={}))
+        return len(checked)
+
     # -- export / import ---------------------------------------------------------------------
 
     def export_to(self, path: str | Path) -> tuple[int, int]:
@@ -960,11 +1116,16 @@ class Gallery:
         with self._transaction(write=False) as db:
             for iid, name, created, metadata in db.execute("SELECT id, name, created, metadata FROM identities ORDER BY name"):
                 records[iid] = _IdentityRecord(name=name, created=created, metadata=json.loads(metadata))
-            for iid, blob, quality, source, created in db.execute(
-                    "SELECT identity_id, embedding, quality, source_sha256, created FROM templates WHERE model_id = ?"
-                    " ORDER BY id", (self.model_id,)):
+            for iid, blob, quality, source, created, second_model, second_version, second_blob in db.execute(
+                    "SELECT t.identity_id, t.embedding, t.quality, t.source_sha256, t.created, s.model_id,"
+                    " s.model_version, s.embedding FROM templates t LEFT JOIN second_embeddings s ON s.template_id = t.id"
+                    " WHERE t.model_id = ? ORDER BY t.id", (self.model_id,)):
+                second = None if second_blob is None else _SecondRecord(
+                    model_id=second_model, model_version=second_version,
+                    embedding_f32le_b64=_encode(_from_blob(second_blob, "a second-model embedding")))
                 records[iid].templates.append(_TemplateRecord(embedding_f32le_b64=_encode(_from_blob(blob, "a template")),
-                                                              quality=quality, source_sha256=source, created=created))
+                                                              quality=quality, source_sha256=source, created=created,
+                                                              second=second))
             for iid, blob, created in db.execute("SELECT identity_id, embedding, created FROM negatives"
                                                  " WHERE model_id = ? ORDER BY id", (self.model_id,)):
                 records[iid].negatives.append(_NegativeRecord(embedding_f32le_b64=_encode(_from_blob(blob, "a negative")),
@@ -996,6 +1157,8 @@ class Gallery:
             where = f"{path}: {name!r}"
             for t in record.templates:
                 _check_sha256(t.source_sha256)
+                if t.second is not None:
+                    _decode(t.second.embedding_f32le_b64, f"{where} second-model embedding")
             incoming.append((name, record,
                              [(_decode(t.embedding_f32le_b64, f"{where} template {j}"), t) for j, t in enumerate(record.templates)],
                              [(_decode(n.embedding_f32le_b64, f"{where} negative {j}"), n) for j, n in enumerate(record.negatives)]))
@@ -1020,7 +1183,11 @@ class Gallery:
                             (len(have) and pairwise_distances(vector[None], have).min() <= SAME_TEMPLATE_MAX_DISTANCE):
                         skipped += 1
                         continue
-                    self._insert_template(db, identity_id, vector, t.quality, t.source_sha256, t.created)
+                    template_id = self._insert_template(db, identity_id, vector, t.quality, t.source_sha256, t.created)
+                    if t.second is not None:
+                        _insert_second(db, template_id, SecondTemplate(
+                            t.second.model_id, t.second.model_version,
+                            _decode(t.second.embedding_f32le_b64, f"{path}: {name!r} second-model embedding")))
                     have = np.vstack([have, vector[None]])
                     have_sources.add(t.source_sha256 or "")
                     added += 1

@@ -153,7 +153,8 @@ def dlib_boxes_from_blazeface(xyxy: np.ndarray) -> np.ndarray:
     return np.stack([cx - half, cy - half, cx + half, cy + half], axis=1)
 
 
-def _as_bgr(image: np.ndarray) -> np.ndarray:
+def as_bgr(image: np.ndarray) -> np.ndarray:
+    """3-channel BGR (grey and BGRA converted; BGR as it is)."""
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     if image.shape[2] == 4:
@@ -221,7 +222,13 @@ class Aligner:
         return np.stack([dlib_chip_matrix(t, face_points) for t, face_points in zip(templates.tolist(), points.tolist())])
 
     def align(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray:
-        image = _as_bgr(image)
+        image = as_bgr(image)
         matrices = self.chip_matrices(image, detections)
         chips = [extract_chip(image, matrix) for matrix in matrices]
+        return np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+
+    def align_landmarks(self, image: np.ndarray, points: np.ndarray, templates: np.ndarray) -> np.ndarray:
+        """Chips from landmarks `landmarks` returned (so a second embedder's chips can share them)."""
+        image = as_bgr(image)
+        chips = [extract_chip(image, dlib_chip_matrix(t, p)) for t, p in zip(templates.tolist(), points.tolist())]
         return np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)

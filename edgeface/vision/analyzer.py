@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from edgeface.config import Config, RecognitionConfig
     from edgeface.vision.align import Aligner
     from edgeface.vision.embed import Embedder
+    from edgeface.vision.sface import SecondEmbedder
     from edgeface.vision.shared import SharedModels
 
 
@@ -31,11 +32,14 @@ class Detector(Protocol):
 
 @dataclass(frozen=True)
 class AnalyzedFaces:
-    """Every face found in one image: detections, aligned chips (n, 150, 150, 3) and embeddings (n, 128)."""
+    """Every face found in one image: detections, aligned chips (n, 150, 150, 3) and embeddings (n, 128);
+    with a second embedder (SFace), its chips (n, 112, 112, 3) and embeddings (n, 128) too."""
 
     detections: FaceDetections
     chips: np.ndarray
     embeddings: np.ndarray
+    second_chips: np.ndarray | None = None
+    second_embeddings: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -48,6 +52,19 @@ class CameraModels:
     detector: Any
     aligner: Aligner
     embedder: Embedder
+    second: SecondEmbedder | None = None
+    """SFace, the second opinion (None when recognition.second_opinion is off)."""
+
+
+def second_embedder(config: RecognitionConfig, refiner: Any, detector_model: str,
+                    threads: int | None = None) -> SecondEmbedder | None:
+    """SFace at the embedder's precision, unless recognition.second_opinion is off."""
+    if config.second_opinion == "off":
+        return None
+    from edgeface.vision.sface import SecondEmbedder
+
+    return SecondEmbedder(config.embedder.precision, threads or config.embedder.threads, refiner=refiner,
+                          detector_model=detector_model)
 
 
 def camera_models(config: Config, *, wrap_runner: Callable[[Any], Any] | None = None,
@@ -79,15 +96,19 @@ def camera_models(config: Config, *, wrap_runner: Callable[[Any], Any] | None = 
         detector,
         Aligner(method=recognition.alignment.method, detector_model=template_model, refiner=refiner),
         embedder,
+        shared.second_embedder(recognition, refiner, template_model, n_threads) if shared is not None else
+        second_embedder(recognition, refiner, template_model, n_threads),
     )
 
 
 class FaceAnalyzer:
     def __init__(self, detector: Detector, aligner: Aligner, embedder: Embedder,
-                 lock: threading.Lock | None = None) -> None:
+                 lock: threading.Lock | None = None, second: SecondEmbedder | None = None) -> None:
         self.detector = detector
         self.aligner = aligner
         self.embedder = embedder
+        self.second = second
+        """SFace: every face gets its embedding too (photos: enrollment, identify, eval)."""
         self._lock = lock
         """Held around each analysis when the models are shared with a running camera loop."""
 
@@ -107,13 +128,14 @@ class FaceAnalyzer:
             Aligner(method=config.alignment.method, detector_model=detector.model, refiner=refiner),
             Embedder(precision=precision or config.embedder.precision, threads=config.embedder.threads,
                      flip=config.embedder.flip),
+            second=second_embedder(config, refiner, detector.model),
         )
 
     @classmethod
     def for_camera(cls, config: Config) -> FaceAnalyzer:
         """The camera loop's models on their own (enrollment without a running station)."""
         models = camera_models(config)
-        return cls(models.detector, models.aligner, models.embedder)
+        return cls(models.detector, models.aligner, models.embedder, second=models.second)
 
     def analyze(self, image: np.ndarray) -> AnalyzedFaces:
         if self._lock is None:
@@ -123,5 +145,23 @@ class FaceAnalyzer:
 
     def _analyze(self, image: np.ndarray) -> AnalyzedFaces:
         detections = self.detector.detect(image)
-        chips = self.aligner.align(image, detections)
-        return AnalyzedFaces(detections, chips, self.embedder.embed(chips))
+        chips, second_chips = align_faces(self.aligner, self.second, image, detections)
+        if self.second is None or second_chips is None:
+            return AnalyzedFaces(detections, chips, self.embedder.embed(chips))
+        return AnalyzedFaces(detections, chips, self.embedder.embed(chips), second_chips,
+                             self.second.embed(second_chips))
+
+
+def align_faces(aligner: Aligner, second: SecondEmbedder | None, image: np.ndarray,
+                detections: FaceDetections) -> tuple[np.ndarray, np.ndarray | None]:
+    """dlib chips, and SFace chips from the same landmarks (one landmark pass, one keypoint refinement
+    per face) when there is a second embedder."""
+    if second is None:
+        return aligner.align(image, detections), None
+    from edgeface.vision.align import as_bgr
+
+    image = as_bgr(image)  # as Aligner.align places and warps
+    if len(detections) == 0:
+        return aligner.align(image, detections), np.zeros((0, 112, 112, 3), np.uint8)
+    points, templates = aligner.landmarks(image, detections)
+    return aligner.align_landmarks(image, points, templates), second.chips(image, detections, points, templates)

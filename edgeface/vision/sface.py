@@ -149,7 +149,7 @@ def sface_self_check(runner: OnnxRunner, directory: Path | None = None) -> float
     with np.load(path) as data:
         chips, expected = data["chips"], data["fp32_features"]
     try:
-        got = np.concatenate([runner.run(chips_to_input(chips[i : i + 2]))[0] for i in range(0, len(chips), 2)])
+        got = np.concatenate([runner.run(chips_to_input(chips[i : i + 1]))[0] for i in range(len(chips))])
         cosine = float((_normalise(got) * _normalise(expected)).sum(axis=1).min())
     except Exception as error:  # an operator this onnxruntime build lacks, a wrong output shape, ...
         raise SFaceSelfCheckFailed(f"INT8 SFace failed to run on this CPU ({type(error).__name__})") from error
@@ -178,13 +178,14 @@ class SFaceEmbedder:
         self.requested_precision: Precision = precision
         self.precision: Precision = precision
         self.selfcheck_cosine: float | None = None
-        runner = OnnxRunner(verified_model_path(SFACE_FILES[precision], directory), threads=threads)
+        runner = OnnxRunner(verified_model_path(SFACE_FILES[precision], directory), threads=threads,
+                            memory_arena=True)  # steady memory (edgeface.io.runtime.onnx)
         if precision == "int8":
             try:
                 self.selfcheck_cosine = sface_self_check(runner, directory)
             except SFaceSelfCheckFailed as error:
                 logger.warning("%s; falling back to the FP32 SFace", error)
-                runner = OnnxRunner(verified_model_path(SFACE_FILES["fp32"], directory), threads=threads)
+                runner = OnnxRunner(verified_model_path(SFACE_FILES["fp32"], directory), threads=threads, memory_arena=True)
                 self.precision = "fp32"
         self._runner = runner
 
@@ -195,7 +196,50 @@ class SFaceEmbedder:
             raise ValueError(f"chips must be uint8 (n, 112, 112, 3), got {chips_bgr.dtype} {chips_bgr.shape}")
         if len(chips_bgr) == 0:
             return np.zeros((0, SFACE_EMBEDDING_DIM), np.float32)
-        return self._runner.run(chips_to_input(chips_bgr))[0]
+        # One chip per call: onnxruntime's activations grow with the batch (peak RSS +11 MB per chip
+        # measured here), and the camera loop's memory budget matters more than batching's few percent.
+        return np.concatenate([self._runner.run(chips_to_input(chips_bgr[i : i + 1]))[0] for i in range(len(chips_bgr))])
 
     def embed(self, chips_bgr: np.ndarray) -> np.ndarray:
         return _normalise(self.raw_features(chips_bgr))
+
+
+class SecondEmbedder:
+    """SFace as the second opinion: its chips from the landmarks the dlib aligner placed (one landmark
+    pass per face), its embeddings on demand."""
+
+    model_id = SFACE_MODEL_ID
+
+    def __init__(self, precision: Precision = "int8", threads: int = 1, refiner: KeypointRefiner | None = None,
+                 detector_model: str = "short") -> None:
+        self.aligner = SFaceAligner(detector_model, refiner)
+        self._precision: Precision = precision
+        self._threads = threads
+        self._embedder: SFaceEmbedder | None = None
+
+    @property
+    def embedder(self) -> SFaceEmbedder:
+        """Loaded on first use (~33 MB): a station whose gallery has no SFace templates, or that never meets
+        a face dlib is unsure about, never loads it."""
+        if self._embedder is None:
+            self._embedder = SFaceEmbedder(self._precision, self._threads)
+        return self._embedder
+
+    @property
+    def model_version(self) -> str:
+        """The precision actually running (INT8 falls back to FP32 when its self-check fails)."""
+        return self.embedder.precision
+
+    def chips(self, image: np.ndarray, detections: FaceDetections, points: np.ndarray | None,
+              dlib_templates: np.ndarray | None) -> np.ndarray:
+        """SFace chips from an Aligner's landmarks when they were placed on BlazeFace templates, else
+        (shape-predictor alignment) from the detections' own keypoints."""
+        if points is not None and dlib_templates is not None:
+            try:
+                return self.aligner.align_landmarks(image, points, dlib_templates)
+            except ValueError:
+                pass
+        return self.aligner.align(image, detections)
+
+    def embed(self, chips_bgr: np.ndarray) -> np.ndarray:
+        return self.embedder.embed(chips_bgr)

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from edgeface.config import EmbedderConfig
+    from edgeface.config import EmbedderConfig, RecognitionConfig
     from edgeface.vision.embed import Embedder
+    from edgeface.vision.sface import SecondEmbedder, SFaceEmbedder
 
 
 class RunnerPool:
@@ -160,6 +161,7 @@ class SharedModels:
     combine_embeddings: bool = True
     _runners: dict[tuple[str, int], RunnerPool] = field(default_factory=dict)
     _embedders: dict[tuple[str, int, bool], CombiningEmbedder] = field(default_factory=dict)
+    _sface: dict[tuple[str, int], _LazySFace] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def runner(self, model: Any, threads: int) -> RunnerPool:
@@ -183,3 +185,39 @@ class SharedModels:
                 self._embedders[key] = CombiningEmbedder(
                     Embedder(precision=config.precision, threads=threads, flip=config.flip), self.combine_embeddings)
             return self._embedders[key]
+
+    def second_embedder(self, config: RecognitionConfig, refiner: Any, detector_model: str,
+                        threads: int) -> SecondEmbedder | None:
+        """The second opinion for one camera: its own SFace aligner (on its refiner), the one SFace model of
+        the process (loaded when a camera first needs it); None when recognition.second_opinion is off."""
+        if config.second_opinion == "off":
+            return None
+        from edgeface.vision.sface import SecondEmbedder
+
+        with self._lock:
+            model = self._sface.setdefault((config.embedder.precision, threads),
+                                           _LazySFace(config.embedder.precision, threads))
+
+        class _Shared(SecondEmbedder):
+            @property
+            def embedder(self) -> SFaceEmbedder:
+                return model.get()
+
+        return _Shared(config.embedder.precision, threads, refiner=refiner, detector_model=detector_model)
+
+
+class _LazySFace:
+    """One SFace model for every camera, loaded on first use (as `SecondEmbedder` loads its own)."""
+
+    def __init__(self, precision: Any, threads: int) -> None:
+        self.precision, self.threads = precision, threads
+        self._model: SFaceEmbedder | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> SFaceEmbedder:
+        with self._lock:
+            if self._model is None:
+                from edgeface.vision.sface import SFaceEmbedder
+
+                self._model = SFaceEmbedder(self.precision, self.threads)
+            return self._model
