@@ -30,6 +30,7 @@ from _mjpeg import MjpegServer
 from edgeface.config import Config, load_config
 from edgeface.errors import ConfigError
 from edgeface.events import parse_event
+from edgeface.vision.analyzer import camera_models
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HAMILTON = DATA / "video" / "hamilton_clip.mp4"
@@ -205,6 +206,19 @@ def test_a_runner_pool_serves_threads_with_what_one_runner_gives() -> None:
         for a, b in zip(results[k], expected):
             np.testing.assert_array_equal(a, b)
     assert pool.runners <= 2
+
+
+def test_cameras_share_one_sface_model() -> None:
+    from edgeface.vision.shared import SharedModels
+
+    shared = SharedModels()
+    for_door, for_yard = (camera_models(Config(), shared=shared) for _ in range(2))
+    assert for_door.second is not None and for_yard.second is not None
+    assert for_door.second.aligner is not for_yard.second.aligner  # each camera its own aligner
+    assert for_door.second.embedder is for_yard.second.embedder  # one SFace model, loaded on first use
+    assert for_door.embedder is for_yard.embedder
+    off = Config.model_validate({"recognition": {"second_opinion": "off"}})
+    assert camera_models(off, shared=shared).second is None
 
 
 def test_interpreters_made_on_several_threads_at_once_leave_stderr_alone() -> None:
