@@ -125,7 +125,7 @@ class DecisionConfig(StrictModel):
     unknown_best_faces: int = Field(5, ge=1, le=100, description="Best faces averaged into an unknown track's embedding for clustering")
     recheck_window: int = Field(3, ge=1, le=50, description="Consecutive disagreeing re-checks that switch a decided track's person")
     runner_up_margin: float = Field(
-        0.04, ge=0.0, le=2.0,
+        0.06, ge=0.0, le=2.0,
         description="A recognised person's runner-up (the next nearest enrolled person) less than this farther away "
         "than them (euclidean distance) is named in the recognized event's runner_up: a look-alike, such as a relative",
     )

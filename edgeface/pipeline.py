@@ -201,6 +201,8 @@ class PipelineStats:
     ambiguous: int = 0
     second_opinions: int = 0
     """Faces whose match had the second opinion (SFace embedded and fused)."""
+    second_exemplars: int = 0
+    """Unknown tracks embedded by SFace for their cluster exemplar."""
     second_opinion_tracks: int = 0
     """Tracks with at least one such face."""
     quality_rejections: Counter = field(default_factory=Counter)
@@ -435,7 +437,8 @@ class Pipeline:
             track_id, vector, match = faces.track_ids[i], faces.embeddings[i], faces.matches[i]
             self.tracker.observe(track_id, vector)
             vote = Vote(vector, weight, match.name, float(match.distance) if np.isfinite(match.distance) else 2.0,
-                        faces.index, faces.chips[i], match.runner_up, float(match.runner_up_distance))
+                        faces.index, faces.chips[i], match.runner_up, float(match.runner_up_distance),
+                        faces.second_chips.get(i))
             events += self.decider.add_vote(track_id, vote, faces.ts)
         self.stats.stage_s["decide"] += time.perf_counter() - t
         return events
@@ -453,7 +456,7 @@ class Pipeline:
         assigned: dict[int, str] = {}
         for event in events:
             if isinstance(event, UnknownEvent) and event.track_id in tracks:
-                assignment, side = self.clusters.assign(tracks.pop(event.track_id))
+                assignment, side = self.clusters.assign(self._with_second_embedding(tracks.pop(event.track_id)))
                 caused += side
                 if assignment is not None:
                     assigned[event.track_id] = assignment.cluster_id
@@ -468,6 +471,27 @@ class Pipeline:
             out.append(event)
         self.stats.stage_s["cluster"] += time.perf_counter() - t
         return caused + out
+
+    def _with_second_embedding(self, track: UnknownTrack) -> UnknownTrack:
+        """The track with its SFace embedding (the unit mean over the chips of the faces its dlib
+        embedding averages), so that naming its cluster gives the person SFace templates too."""
+        if self.second is None or track.second_chips is None or not len(track.second_chips):
+            return track
+        from edgeface.vision.sface import SFACE_MODEL_ID
+
+        began = time.perf_counter()
+        try:
+            vectors = np.asarray(self.second.embed(track.second_chips), np.float64)
+        except Exception as error:  # the clustering goes on with dlib alone
+            log.warning("track %s: no SFace embedding for its cluster: %s", track.track_id, error)
+            return track
+        finally:
+            self.stats.stage_s["second_opinion"] += time.perf_counter() - began
+        mean = (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).mean(axis=0)
+        mean /= max(float(np.linalg.norm(mean)), 1e-12)
+        self.stats.second_exemplars += 1
+        return dataclasses.replace(track, second_chips=None, second_embedding=mean.astype(np.float32),
+                                   second_model=(SFACE_MODEL_ID, self.second.model_version))
 
     def _publish(self, events: Iterable[Event]) -> list[Event]:
         t = time.perf_counter()

@@ -11,7 +11,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from edgeface.recognition.clusters import ClusterError
 from edgeface.recognition.decider import UnknownTrack
 from edgeface.storage.cluster_store import CLUSTER_SCHEMA_VERSION, ClusterStage, ClusterStore
 
@@ -67,6 +69,8 @@ def test_a_gallery_from_the_previous_schema_gets_the_ignore_list(tmp_path: Path)
     with ClusterStore(path) as store:
         kept = store.observe(_unit(1), ts=time.time(), track_key="t1").cluster.id
     with sqlite3.connect(path) as db:  # back to schema 2, as the previous edgeface left it
+        for column in ("second_model_id", "second_model_version", "second_embedding"):
+            db.execute(f"ALTER TABLE cluster_exemplars DROP COLUMN {column}")
         db.execute("ALTER TABLE cluster_clusters DROP COLUMN ignored")
         db.execute("DROP TABLE template_crops")
         db.execute("DROP TRIGGER template_crops_gone")
@@ -78,6 +82,36 @@ def test_a_gallery_from_the_previous_schema_gets_the_ignore_list(tmp_path: Path)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT MAX(version) FROM cluster_schema_version").fetchone()[0] == CLUSTER_SCHEMA_VERSION
         assert db.execute("SELECT ignored FROM cluster_clusters").fetchall() == [(1,)]
+
+
+def test_a_schema_3_store_gets_sface_exemplars_and_names_its_old_ones_dlib_only(tmp_path: Path) -> None:
+    from edgeface.recognition.clusters import SecondExemplar
+    from edgeface.storage.gallery import Gallery
+
+    path = tmp_path / "gallery.db"
+    with ClusterStore(path) as store:
+        old = store.observe(_unit(1), ts=time.time(), track_key="t1").cluster.id
+    with sqlite3.connect(path) as db:  # back to schema 3, as issue 16's edgeface left it
+        for column in ("second_model_id", "second_model_version", "second_embedding"):
+            db.execute(f"ALTER TABLE cluster_exemplars DROP COLUMN {column}")
+        db.execute("UPDATE cluster_schema_version SET version = 3")
+    with ClusterStore(path) as store:
+        new = store.observe(_unit(2), ts=time.time(), track_key="t2",
+                            second=SecondExemplar("sface_2021dec", "int8", 3 * _unit(3))).cluster.id
+        with pytest.raises(ClusterError, match="second-model embedding must be"):
+            store.observe(_unit(4), ts=time.time(), track_key="t3", second=SecondExemplar("sface_2021dec", "int8", _unit(4)[:64]))
+        store.name(old, "Ann")
+        store.name(new, "Bo")
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT MAX(version) FROM cluster_schema_version").fetchone()[0] == CLUSTER_SCHEMA_VERSION
+        rows = db.execute("SELECT i.name, s.model_id, s.model_version, s.embedding FROM templates t JOIN identities i"
+                          " ON i.id = t.identity_id LEFT JOIN second_embeddings s ON s.template_id = t.id").fetchall()
+    by_name = {r[0]: r[1:] for r in rows}
+    assert by_name["Ann"] == (None, None, None)  # exemplars from before keep dlib only
+    assert by_name["Bo"][:2] == ("sface_2021dec", "int8")
+    assert np.allclose(np.frombuffer(by_name["Bo"][2], "<f4"), _unit(3), atol=1e-6)
+    with Gallery(path) as gallery:
+        assert gallery.second_means("sface_2021dec").identities_with == 1
 
 
 def test_stop_ignoring_brings_back_the_normal_expiry(tmp_path: Path) -> None:

@@ -120,6 +120,28 @@ def test_unknown_track_goes_to_clustering_with_one_aggregated_embedding() -> Non
     roundtrip(events + ended)
 
 
+def test_an_unknown_track_carries_the_sface_chips_of_the_faces_it_averages_and_no_other_chip() -> None:
+    """The exemplar's SFace embedding is made from the same best faces as its dlib embedding; a track
+    keeps only the chips a decision can use (the best face's, the best faces' SFace chips)."""
+    policy = DecisionPolicy(min_good_faces=2, min_good_faces_unknown=5, max_faces_undecided=6, unknown_best_faces=2)
+    decider = Decider("hall", "door", policy, clustering=True)
+    weights = [0.3, 0.9, 0.2, 0.8, 0.5]
+    votes = [Vote(unit(i), w, None, 0.5, i, np.full((150, 150, 3), i, np.uint8), second_chip=np.full((112, 112, 3), i, np.uint8))
+             for i, w in enumerate(weights)]
+    for i, x in enumerate(votes[:-1]):
+        decider.seen(7, T0 + timedelta(seconds=i))
+        decider.add_vote(7, x, T0 + timedelta(seconds=i))
+    kept = decider._tracks[7].votes
+    assert [x.chip is not None for x in kept] == [False, True, False, False]
+    assert [x.second_chip is not None for x in kept] == [False, True, False, True]
+    feed(decider, 7, votes[-1:])
+    [track] = decider.take_unknown_tracks()
+    assert track.second_chips is not None and [int(c[0, 0, 0]) for c in track.second_chips] == [1, 3]
+    assert track.chip is not None and int(track.chip[0, 0, 0]) == 1
+    expected = unit(1) + unit(3)
+    np.testing.assert_allclose(track.embedding, expected / np.linalg.norm(expected), atol=1e-6)
+
+
 def test_without_clustering_an_unknown_event_has_no_cluster() -> None:
     decider = Decider("hall", "door", DecisionPolicy(min_good_faces=1, min_good_faces_unknown=2, max_faces_undecided=2))
     events = feed(decider, 1, [v(None), v(None)])

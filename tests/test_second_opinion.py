@@ -326,3 +326,95 @@ def test_upgrade_refuses_a_missing_photo_folder_in_one_line(tmp_path: Path) -> N
     assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "not a folder" in result.stderr
     with Gallery(tmp_path / "g.db") as gallery:  # nothing lost
         assert [(i.name, i.template_count) for i in gallery.list_identities()] == [("ada", 1)]
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_cluster_named_from_the_camera_gives_the_person_sface_templates_and_fused_decisions(tmp_path: Path) -> None:
+    """hamilton_clip with nobody enrolled: the unknown tracks' exemplars carry SFace embeddings; naming the
+    biggest cluster stores them with its templates, tagged as enrollment tags them, and a second pass
+    over the clip recognises that person with the fused score (distances unlike dlib's alone)."""
+    from edgeface.bus import EventBus
+    from edgeface.io.sources import open_source
+    from edgeface.pipeline import build_pipeline
+    from edgeface.storage.cluster_store import ClusterStage, ClusterStore
+
+    clip = DATA / "video" / "hamilton_clip.mp4"
+    if not clip.is_file():
+        pytest.skip("../shared/data/video is absent")
+    gallery_path = tmp_path / "g.db"
+    config = Config()
+    assert config.recognition.second_opinion == "auto"
+    with Gallery(gallery_path) as gallery, ClusterStore(gallery_path, config.clusters, gallery=gallery) as store:
+        pipeline = build_pipeline(config, bus=EventBus(), matcher=gallery, clusters=ClusterStage(store))
+        stats = pipeline.run(open_source(str(clip), every_frame=True))
+        assert stats.second_exemplars > 0
+        db = sqlite3.connect(gallery_path)
+        exemplars = db.execute("SELECT COUNT(*), COUNT(second_embedding), MIN(second_model_id), MIN(second_model_version)"
+                               " FROM cluster_exemplars").fetchone()
+        assert exemplars[0] > 0 and exemplars == (exemplars[0], exemplars[0], "sface_2021dec", "int8")
+        biggest = max(store.list_clusters(), key=lambda c: c.exemplars)
+        store.name(biggest.id, "visitor")
+    templates = db.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
+    assert templates > 0
+    assert db.execute("SELECT COUNT(*), MIN(model_id), MIN(model_version) FROM second_embeddings").fetchone() == \
+        (templates, "sface_2021dec", "int8")
+    # the stored SFace embeddings are unit vectors, one per template, like enrollment's
+    vectors = np.stack([np.frombuffer(b, "<f4") for (b,) in db.execute("SELECT embedding FROM second_embeddings")])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    db.close()
+
+    outcome = {}
+    for mode in ("off", "always"):
+        events: list = []
+        bus = EventBus()
+        bus.subscribe(events.append, name="test", required=True)
+        with Gallery(gallery_path) as gallery:
+            pipeline = build_pipeline(Config.model_validate({"recognition": {"second_opinion": mode}}), bus=bus,
+                                      matcher=gallery)
+            stats = pipeline.run(open_source(str(clip), every_frame=True))
+        outcome[mode] = ([(e.track_id, round(e.distance, 4)) for e in events
+                          if e.type == "recognized" and e.name == "visitor"], stats.second_opinions)
+    assert outcome["always"][0], "the named cluster's person was not recognised with the second opinion"
+    assert outcome["off"][1] == 0 < outcome["always"][1]
+    fused, dlib = dict(outcome["always"][0]), dict(outcome["off"][0])
+    assert any(fused[t] != dlib[t] for t in fused.keys() & dlib.keys()), (fused, dlib)
+
+
+@needs_data
+def test_sface_chips_follow_store_face_crops_and_go_with_their_person(tmp_path: Path) -> None:
+    """The 112 px SFace chips are face images: with clusters.store_face_crops off none is stored (the
+    embeddings are), turning it off erases those kept before, and removing a person erases theirs."""
+    from edgeface.config import ClusterSettings
+    from edgeface.storage.cluster_store import ClusterStore
+
+    people = tmp_path / "people"
+    for name in ("barack_obama", "joe_biden"):
+        (people / name).mkdir(parents=True)
+        for photo in sorted((DATA / "people" / name).glob("*.jpg"))[:2]:
+            (people / name / photo.name).symlink_to(photo)
+    off = tmp_path / "off.yaml"
+    off.write_text("clusters:\n  store_face_crops: false\n")
+
+    def counts(path: Path) -> tuple[int, int, int]:
+        with sqlite3.connect(path) as db:
+            return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
+                         for t in ("templates", "second_embeddings", "template_chips"))
+
+    without = tmp_path / "without.db"
+    enrolled = _cli("enroll", "--from-folders", str(people), "--gallery", str(without), "--config", str(off))
+    assert enrolled.returncode == 0, enrolled.stderr
+    templates, seconds, chips = counts(without)
+    assert templates == seconds > 0 and chips == 0
+
+    kept = tmp_path / "kept.db"
+    assert _cli("enroll", "--from-folders", str(people), "--gallery", str(kept)).returncode == 0
+    templates, seconds, chips = counts(kept)
+    assert templates == seconds == chips > 0
+    with Gallery(kept) as gallery:
+        obama = gallery.show("barack_obama").template_count
+    removed = _cli("gallery", "remove", "barack_obama", "--gallery", str(kept))
+    assert removed.returncode == 0, removed.stderr
+    assert counts(kept) == (templates - obama, seconds - obama, chips - obama)
+    ClusterStore(kept, ClusterSettings(store_face_crops=False)).close()  # as `run` opens it with crops off
+    assert counts(kept) == (templates - obama, seconds - obama, 0)

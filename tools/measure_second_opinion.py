@@ -52,10 +52,19 @@ def main() -> None:
     parser.add_argument("--celeba", type=Path, required=True, help="eval identify --cache file of ../shared/data/celeba")
     parser.add_argument("--lfw", type=Path, required=True, help="eval identify --cache file of ../shared/data/lfw")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--runner-up-margins", type=float, nargs="+", metavar="M",
+                        help="only measure the runner-up flag at these margins, on both open sets")
     args = parser.parse_args()
 
     celeba = FaceTable.load(args.celeba)
     lfw = FaceTable.load(args.lfw)
+    threshold = Config().match_max_distance
+    if args.runner_up_margins:
+        for margin in args.runner_up_margins:
+            for label, table, rule in (("LFW", lfw, "central"), ("CelebA", celeba, "largest")):
+                print(f"runner-up flag (within {margin}) on {label}'s open set (first photo of each person with two or more):")
+                runner_up_flags(table, rule, threshold, margin)
+        return
     dev = read_lfw_pairs(args.data / "lfw" / "pairsDevTrain.txt")
     dev_files = sorted({p.first for p in dev} | {p.second for p in dev})
     sets = [all_pairs(celeba, celeba.files, "largest"), all_pairs(lfw, dev_files, "central")]
@@ -77,7 +86,6 @@ def main() -> None:
     print(f"dlib z at FAR {FARS}: {np.round(q_d, 3)}; raw fused: {np.round(q_f, 3)}")
     print(f"FUSED_SCALE = {scale:.4f}\nFUSED_OFFSET = {offset:.4f}")
 
-    threshold = Config().match_max_distance
     d = np.sqrt(np.clip(2 - 2 * dlib, 0, 4))
     fused = fusion.fused_distance(d, sface)
     print("IMPOSTOR_DISTANCE_AT_FAR = {  # per-comparison false-accept rate: (dlib distance, fused distance)")
@@ -139,7 +147,9 @@ def runner_up_flags(table: FaceTable, rule: str, threshold: float, margin: float
         wrong = named & (nearest != truth)
         flagged = named & (runner_gap < margin)
         print(f"  {mode:6s}: named {named.sum()} of {len(named)} probes; wrong when flagged "
-              f"{wrong[flagged].mean():.3f} ({flagged.sum()} flagged), when not flagged {wrong[named & ~flagged].mean():.3f}")
+              f"{wrong[flagged].mean():.3f} ({wrong[flagged].sum()} of {flagged.sum()} flagged), when not flagged "
+              f"{wrong[named & ~flagged].mean():.3f} ({wrong[named & ~flagged].sum()} of {(named & ~flagged).sum()}); "
+              f"wrong names caught by the flag {wrong[flagged].sum() / max(wrong.sum(), 1):.3f}")
 
 
 if __name__ == "__main__":

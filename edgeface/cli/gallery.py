@@ -46,6 +46,13 @@ def _analyzer(args: argparse.Namespace):
     return FaceAnalyzer.from_config(load_config(args.config).recognition)
 
 
+def _keeps_face_crops(args: argparse.Namespace) -> bool:
+    """clusters.store_face_crops: whether face images (crops, SFace chips) may be stored."""
+    from edgeface.config import load_config
+
+    return load_config(args.config).clusters.store_face_crops
+
+
 def _camera_analyzer(args: argparse.Namespace):
     """The camera loop's models (enroll, reject): templates and negatives come from the chips the camera's
     probes come from."""
@@ -108,7 +115,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     bar = tqdm(total=photos, unit="photo", file=sys.stderr, disable=args.jsonl or not sys.stderr.isatty(),
                leave=False)
     with _open(args, create=True) as gallery, bar:
-        enroller = Enroller(analyzer, gallery)
+        enroller = Enroller(analyzer, gallery, keep_chips=_keeps_face_crops(args))
 
         def report(outcome: PhotoOutcome) -> None:
             if outcome.accepted:  # reported once committed: "enrolled" must mean it is in the gallery
@@ -304,6 +311,8 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
                       for m, v in zip(chips, vectors)]
         if args.photos is not None:
             found += _second_from_photos(args.photos, [m for m in missing if m.chip is None], analyzer)
+        if not config.clusters.store_face_crops:  # the embeddings only: no face image is kept
+            found = [(t, SecondTemplate(s.model_id, s.model_version, s.embedding)) for t, s in found]
         added = gallery.add_second_embeddings(found) if found else 0
         done = {t for t, _ in found}
         need_photo = sorted({m.name for m in missing if m.template_id not in done} - _people_with_second(gallery))

@@ -150,6 +150,18 @@ class Exemplar:
     ts: float
     crop: bytes | None = None
     """JPEG bytes; held only until written (the store keeps crops on disk, not in memory)."""
+    second: SecondExemplar | None = None
+    """The exemplar's SFace embedding; like `crop`, held only until written."""
+
+
+@dataclass(frozen=True)
+class SecondExemplar:
+    """An exemplar's embedding by the second model (SFace), from the chips of the same faces, with that
+    model's id and version: naming the cluster gives the person SFace templates too."""
+
+    model_id: str
+    model_version: str
+    embedding: np.ndarray
 
 
 @dataclass
@@ -388,7 +400,8 @@ class OnlineClusters:
         return state.number, math.sqrt(max(0.0, 2.0 - 2.0 * float(similarity[slot])))
 
     def observe(self, embedding: np.ndarray, *, quality: float = 1.0, ts: float, track_key: str,
-                crop: bytes | None = None, apart_from: Sequence[str] = (), not_names: Sequence[str] = ()) -> Update:
+                crop: bytes | None = None, apart_from: Sequence[str] = (), not_names: Sequence[str] = (),
+                second: SecondExemplar | None = None) -> Update:
         """Cluster one unknown track's aggregated embedding (128,) seen at `ts` (epoch seconds).
         apart_from: keys of tracks that were on screen at the same time (their clusters are never
         joined nor merged with this one); not_names: people seen at the same time (this cluster is
@@ -433,7 +446,7 @@ class OnlineClusters:
         state.last_seen = max(state.last_seen, ts)
         if track_key not in state.tracks and len(state.tracks) < max(self.settings.min_tracks, 1):
             state.tracks.append(track_key)
-        state.exemplars.append(Exemplar(self.next_exemplar, vector, float(quality), ts, crop))
+        state.exemplars.append(Exemplar(self.next_exemplar, vector, float(quality), ts, crop, second))
         self.next_exemplar += 1
         dropped += self._cap_exemplars(state)
         state.confirmed = self._status_of(state)

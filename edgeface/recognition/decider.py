@@ -35,6 +35,7 @@ Pure logic: no models, no I/O, no clock (timestamps come with the calls).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -73,6 +74,9 @@ class Vote:
     runner_up: str | None = None
     """The nearest enrolled person other than `name` (None: nobody else enrolled)."""
     runner_up_distance: float = math.inf
+    second_chip: np.ndarray | None = None
+    """The SFace chip (112, 112, 3) from the same landmarks, when there is a second opinion: an unknown
+    track's exemplar is embedded by SFace from the chips of the faces its dlib embedding averages."""
 
 
 def track_key(camera: str, track_id: int, started: datetime) -> str:
@@ -99,6 +103,12 @@ class UnknownTrack:
     """Keys (`track_key`) of the tracks that were on a frame together with this one."""
     not_names: tuple[str, ...] = ()
     """Names those tracks were recognised as (this track is none of them)."""
+    second_chips: np.ndarray | None = None
+    """The SFace chips (k, 112, 112, 3) of the faces `embedding` averages (None without a second opinion)."""
+    second_embedding: np.ndarray | None = None
+    """Their SFace embeddings' unit mean (128,), filled in by the pipeline before clustering."""
+    second_model: tuple[str, str] | None = None
+    """(model id, model version) of `second_embedding`."""
 
     @property
     def key(self) -> str:
@@ -146,7 +156,11 @@ class DecisionPolicy:
     Measured (python tools/measure_lookalikes.py, one photo per person enrolled): a single face whose
     runner-up is within 0.04 is given a wrong name 29% (LFW) / 34% (CelebA) of the time against 0.4% /
     1.9% without; but tracks decided by the vote (3 faces) were never wrong with a close runner-up, and
-    asking for 6 faces then changed no decision on 768 LFW and 300 CelebA simulated tracks."""
+    asking for 6 faces then changed no decision on 768 LFW and 300 CelebA simulated tracks.
+    0.06 since the fused score (python tools/measure_second_opinion.py --runner-up-margins 0.04 0.06, every
+    probe fused, first photo of each person enrolled): names without the flag are wrong 3.1% (LFW) / 0.3%
+    (CelebA) of the time against 7.6% / 0.5% at 0.04, and the flag catches 90% / 78% of the wrong names
+    against 74% / 61%; flagged names are wrong 94% / 19% (96% / 34% at 0.04)."""
 
     def __post_init__(self) -> None:
         if self.min_good_faces < 1:
@@ -214,9 +228,30 @@ def close_runner_up(mine: Sequence[Vote], margin: float) -> tuple[str, float] | 
     return name, float(np.average([v.runner_up_distance for v in chosen], weights=[v.weight for v in chosen]))
 
 
+def best_votes(votes: Sequence[Vote], best: int) -> list[Vote]:
+    """The `best` highest-weight faces."""
+    return sorted(votes, key=lambda v: v.weight, reverse=True)[:best]
+
+
+def drop_unused_chips(votes: list[Vote], best: int) -> list[Vote]:
+    """The votes with only the chips a decision can use: the best face's chip (the unknown track's
+    crop) and the `best` faces' SFace chips (its exemplar); up to max_votes_kept chips of 67 + 38 KB
+    per track otherwise stay in memory until it ends."""
+    chosen = best_votes(votes, best)
+    first = chosen[0] if chosen else None
+    seconds = {id(v) for v in chosen}
+    out = []
+    for v in votes:
+        chip = v.chip if v is first else None
+        second_chip = v.second_chip if id(v) in seconds else None
+        out.append(v if chip is v.chip and second_chip is v.second_chip
+                   else dataclasses.replace(v, chip=chip, second_chip=second_chip))
+    return out
+
+
 def aggregate_embedding(votes: Sequence[Vote], best: int) -> tuple[np.ndarray, float, int]:
     """(unit mean embedding of the `best` highest-weight faces, their mean weight, how many)."""
-    chosen = sorted(votes, key=lambda v: v.weight, reverse=True)[:best]
+    chosen = best_votes(votes, best)
     stacked = np.stack([np.asarray(v.embedding, np.float64) for v in chosen])
     stacked /= np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)
     mean = stacked.mean(axis=0)
@@ -403,6 +438,7 @@ class Decider:
         state.votes.append(vote_)
         if len(state.votes) > self.policy.max_votes_kept:  # keep the best faces, drop the weakest
             state.votes.remove(min(state.votes, key=lambda v: v.weight))
+        state.votes = drop_unused_chips(state.votes, self.policy.unknown_best_faces)
         if state.decision is None:
             outcome = vote(state.votes, self.policy)
             return self._decide(state, outcome, ts) if outcome.decision is not None else []
@@ -452,8 +488,11 @@ class Decider:
             others = sorted(state.together.values(), key=lambda o: o.track_id)
             apart = tuple(track_key(self.camera, o.track_id, o.started) for o in others)
             names = tuple(sorted({o.decision for o in others if o.decision not in (None, UNKNOWN)}))  # type: ignore[misc]
+            chosen = best_votes(state.votes, self.policy.unknown_best_faces)
+            seconds = [v.second_chip for v in chosen if v.second_chip is not None]
+            second_chips = np.stack(seconds) if seconds and len(seconds) == len(chosen) else None
             self._unclustered.append(UnknownTrack(self.camera, state.track_id, embedding, quality, used,
-                                                  state.started, state.last_seen, best.chip, apart, names))
+                                                  state.started, state.last_seen, best.chip, apart, names, second_chips))
         return [UnknownEvent(ts=ts, station=self.station, camera=self.camera, track_id=state.track_id,
                              faces_used=used)]
 

@@ -530,7 +530,7 @@ class Station:
         gallery = self._require_gallery()
         photo = Photo(Path("photo"), _image_bytes(command.image or ""))
         with self._command_lock:
-            enroller = Enroller(self._analyze(), gallery)
+            enroller = Enroller(self._analyze(), gallery, keep_chips=self.config.clusters.store_face_crops)
             plan = enroller.examine(command.name, [photo])
             outcome = plan.outcomes[0]
             if not outcome.accepted:

@@ -38,6 +38,7 @@ from edgeface.recognition.clusters import (
     ClusterState,
     Exemplar,
     OnlineClusters,
+    SecondExemplar,
     Update,
     cluster_info,
     format_cluster_id,
@@ -46,7 +47,7 @@ from edgeface.recognition.clusters import (
     utc_from_epoch,
 )
 from edgeface.recognition.vectors import EMBEDDING_DIM, pairwise_distances
-from edgeface.storage.gallery import Gallery, validate_name
+from edgeface.storage.gallery import Gallery, SecondTemplate, validate_name
 from edgeface.storage.sqlite import apply_migrations, transaction
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_TAG = "edgeface-cluster-exemplar"
 
-CLUSTER_SCHEMA_VERSION = 3
+CLUSTER_SCHEMA_VERSION = 4
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -94,10 +95,19 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
                " BEGIN DELETE FROM template_crops WHERE template_id = old.id; END")
 
 
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """An exemplar's SFace embedding (the second opinion), tagged with the model's id and version, so a
+    cluster named a person gives them SFace templates too (NULL for exemplars made before, or with
+    recognition.second_opinion off)."""
+    db.execute("ALTER TABLE cluster_exemplars ADD COLUMN second_model_id TEXT")
+    db.execute("ALTER TABLE cluster_exemplars ADD COLUMN second_model_version TEXT")
+    db.execute("ALTER TABLE cluster_exemplars ADD COLUMN second_embedding BLOB")
+
+
 CROP_ERASE_INTERVAL_S = 3600.0
 """How often (in observed time) the camera loop erases crops past their retention."""
 
-CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
+CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4)
 
 
 @dataclass(frozen=True)
@@ -267,10 +277,15 @@ class ClusterStore:
             for e in state.exemplars:
                 if state.ignored:
                     e.crop = None  # an ignored face is not kept
-                db.execute("INSERT INTO cluster_exemplars (id, number, embedding, quality, ts, crop) VALUES (?, ?, ?, ?, ?, ?)"
+                second = e.second
+                db.execute("INSERT INTO cluster_exemplars (id, number, embedding, quality, ts, crop, second_model_id,"
+                           " second_model_version, second_embedding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                            " ON CONFLICT(id) DO UPDATE SET number = excluded.number",
-                           (e.id, number, np.asarray(e.vector, "<f4").tobytes(), e.quality, e.ts, e.crop))
+                           (e.id, number, np.asarray(e.vector, "<f4").tobytes(), e.quality, e.ts, e.crop,
+                            None if second is None else second.model_id, None if second is None else second.model_version,
+                            None if second is None else np.asarray(second.embedding, "<f4").tobytes()))
                 e.crop = None
+                e.second = None
             if state.ignored:
                 db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE number = ? AND crop IS NOT NULL", (number,))
         for number in removed:  # after the upserts: a merged cluster's exemplars now belong to the kept one
@@ -289,18 +304,20 @@ class ClusterStore:
 
     def observe(self, embedding: np.ndarray, *, quality: float = 1.0, ts: datetime | float | None = None,
                 track_key: str, crop: np.ndarray | None = None, apart_from: Sequence[str] = (),
-                not_names: Sequence[str] = ()) -> Update:
+                not_names: Sequence[str] = (), second: SecondExemplar | None = None) -> Update:
         """Cluster one unknown track: its aggregated unit embedding (128,), quality in [0, 1], time
         (aware datetime or epoch seconds; default now), a key unique per track (e.g. "cam1:42:<start>"),
         and optionally its best aligned face chip (uint8 BGR), kept only when store_face_crops is on.
         apart_from: keys of the tracks on screen at the same time; not_names: people recognised on
-        screen at the same time (cannot-links, see OnlineClusters.observe).
+        screen at the same time (cannot-links, see OnlineClusters.observe); second: the track's SFace
+        embedding, stored with its exemplar and given to the person's templates when it is named.
         Committed before it returns. Turn the result into events with `update.events(...)`."""
         when = to_epoch(ts)
         jpeg = _encode_crop(crop) if crop is not None and self.settings.store_face_crops else None
         with self._transaction() as db:
             update = self.clusters.observe(embedding, quality=quality, ts=when, track_key=str(track_key), crop=jpeg,
-                                           apart_from=[str(k) for k in apart_from], not_names=list(not_names))
+                                           apart_from=[str(k) for k in apart_from], not_names=list(not_names),
+                                           second=_checked_second(second))
             self._write(db, update.changed, update.removed, update.dropped_exemplars)
             for kept, gone in update.merged:
                 self._history(db, parse_cluster_id(gone), "merged", parse_cluster_id(kept), ts=when)
@@ -321,6 +338,8 @@ class ClusterStore:
                                 (cutoff,)).rowcount
             erased += db.execute("UPDATE cluster_exemplars SET crop = NULL WHERE crop IS NOT NULL AND ts < ?",
                                  (cutoff,)).rowcount
+            if not self.settings.store_face_crops:  # turned off: the SFace chips kept for `gallery upgrade` go too
+                erased += db.execute("DELETE FROM template_chips").rowcount
         if erased:
             log.info("erased %d face crop%s older than %g days", erased, "" if erased == 1 else "s",
                      self.settings.crop_retention_days)
@@ -431,8 +450,10 @@ class ClusterStore:
         todo = [(e, h) for e, h in zip(exemplars, hashes) if h not in have]
         template_ids = []
         if todo:
+            seconds = self._second_templates([e.id for e, _ in todo])
             template_ids = self.gallery.add_templates(person, np.stack([e.vector for e, _ in todo]),
-                                                      [e.quality for e, _ in todo], [h for _, h in todo], create=True)
+                                                      [e.quality for e, _ in todo], [h for _, h in todo], create=True,
+                                                      second=seconds)
         event = ClusterNamedEvent(station=self.station, cluster_id=state.id, name=person)
         with self._transaction() as db:
             for (exemplar, _), template_id in zip(todo, template_ids):  # the faces go with their templates
@@ -446,6 +467,18 @@ class ClusterStore:
                     self._queue(db, event)
         log.info("%s named %r: %d templates added to the gallery", state.id, person, len(todo))
         return event
+
+    def _second_templates(self, exemplar_ids: Sequence[int]) -> list[SecondTemplate | None]:
+        """The exemplars' stored SFace embeddings as templates (tagged as enrollment tags them; no chip:
+        `gallery upgrade` asks for a photo of such a template when the model changes)."""
+        with self._transaction(write=False) as db:
+            found: dict[int, SecondTemplate] = {}
+            for eid, model_id, version, blob in db.execute(
+                    "SELECT id, second_model_id, second_model_version, second_embedding FROM cluster_exemplars"
+                    f" WHERE second_embedding IS NOT NULL AND id IN ({','.join('?' * len(exemplar_ids))})",
+                    list(exemplar_ids)):
+                found[int(eid)] = SecondTemplate(model_id, version, _vector(blob))
+        return [found.get(int(i)) for i in exemplar_ids]
 
     def naming_check(self, cluster_id: str, exemplars: Sequence[Exemplar], not_names: set[str], person: str) -> str | None:
         """Why the cluster should not be named `person`, or None. Apart from them (seen together);
@@ -562,6 +595,23 @@ def _vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, "<f4").astype(np.float32)
 
 
+def _checked_second(second: SecondExemplar | None) -> SecondExemplar | None:
+    if second is None:
+        return None
+    if not second.model_id or not second.model_version:
+        raise ClusterError("an exemplar's second-model embedding needs the model's id and version")
+    vector = _one_unit(second.embedding)
+    return SecondExemplar(second.model_id, second.model_version, vector)
+
+
+def _one_unit(embedding: np.ndarray) -> np.ndarray:
+    vector = np.asarray(embedding, np.float64).reshape(-1)
+    norm = float(np.linalg.norm(vector))
+    if vector.shape != (EMBEDDING_DIM,) or not np.isfinite(vector).all() or norm < 1e-6:
+        raise ClusterError(f"a second-model embedding must be a finite non-zero ({EMBEDDING_DIM},) vector")
+    return (vector / norm).astype(np.float32)
+
+
 def _exemplar_hash(number: int, exemplar: Exemplar) -> str:
     digest = hashlib.sha256(f"{SOURCE_TAG}:{number}:{exemplar.id}:".encode())
     digest.update(np.asarray(exemplar.vector, "<f4").tobytes())
@@ -598,8 +648,11 @@ class ClusterStage:
 
         quality = min(max(float(track.quality), 0.0), 1.0)
         try:
+            second = None if track.second_embedding is None or track.second_model is None else \
+                SecondExemplar(track.second_model[0], track.second_model[1], track.second_embedding)
             update = self.store.observe(track.embedding, quality=quality, ts=track.seen, track_key=track.key,
-                                        crop=track.chip, apart_from=track.apart_from, not_names=track.not_names)
+                                        crop=track.chip, apart_from=track.apart_from, not_names=track.not_names,
+                                        second=second)
         except ClusterError as error:
             log.warning("track %s of %s was not clustered: %s", track.track_id, track.camera, error)
             return None, []

@@ -253,8 +253,12 @@ class Enroller:
         dominant_face_area_ratio: float = DOMINANT_FACE_AREA_RATIO,
         duplicate_max_distance: float = DUPLICATE_MAX_DISTANCE,
         wrong_name_min_distance: float = WRONG_NAME_MIN_DISTANCE,
+        keep_chips: bool = True,
     ) -> None:
+        """keep_chips: store each template's 112 px SFace chip (a face image, for `gallery upgrade`);
+        the callers pass clusters.store_face_crops."""
         self.analyzer = analyzer
+        self.keep_chips = keep_chips
         self.gallery = gallery
         self.gate = gate or QualityGate.for_enrollment()
         self.dominant_face_area_ratio = dominant_face_area_ratio
@@ -312,7 +316,7 @@ class Enroller:
         if second is None or faces.second_embeddings is None or faces.second_chips is None:
             return None
         return SecondTemplate(second.model_id, second.model_version, faces.second_embeddings[index],
-                              faces.second_chips[index])
+                              faces.second_chips[index] if self.keep_chips else None)
 
     def examine(self, name: str, files: Sequence[Path | Photo],
                 on_photo: Callable[[PhotoOutcome], None] | None = None) -> PersonPlan:

@@ -179,13 +179,14 @@ class SFaceEmbedder:
         self.precision: Precision = precision
         self.selfcheck_cosine: float | None = None
         runner = OnnxRunner(verified_model_path(SFACE_FILES[precision], directory), threads=threads,
-                            memory_arena=True)  # steady memory (edgeface.io.runtime.onnx)
+                            memory_arena=True, memory_pattern=False)  # steady memory (edgeface.io.runtime.onnx)
         if precision == "int8":
             try:
                 self.selfcheck_cosine = sface_self_check(runner, directory)
             except SFaceSelfCheckFailed as error:
                 logger.warning("%s; falling back to the FP32 SFace", error)
-                runner = OnnxRunner(verified_model_path(SFACE_FILES["fp32"], directory), threads=threads, memory_arena=True)
+                runner = OnnxRunner(verified_model_path(SFACE_FILES["fp32"], directory), threads=threads, memory_arena=True,
+                                    memory_pattern=False)
                 self.precision = "fp32"
         self._runner = runner
 
