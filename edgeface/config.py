@@ -135,7 +135,8 @@ class DecisionConfig(StrictModel):
         "('this was not NAME', the MQTT reject command)",
     )
     match_max_distance: float | None = Field(
-        None, gt=0.0, le=2.0, description="Gallery match threshold (euclidean, unit vectors); default: the gallery's measured one"
+        None, gt=0.0, le=2.0, description="Fixed gallery match threshold (euclidean, unit vectors); overrides gallery.match_max_distance "
+        "and gallery.false_alarm_rate"
     )
 
     @model_validator(mode="after")
@@ -273,11 +274,17 @@ class CameraConfig(StrictModel):
 
 
 class GalleryConfig(StrictModel):
-    match_max_distance: float = Field(
-        0.3776, gt=0.0, le=2.0,
-        description="A face matches an enrolled person when its embedding is closer than this (euclidean, unit "
-        "vectors). Measured: the distance at a false-accept rate of 0.1% on LFW View 1 pairsDevTrain.txt with "
-        "the default recognition settings (python tools/measure_match_threshold.py)",
+    false_alarm_rate: float = Field(
+        0.01, gt=0.0, lt=1.0,
+        description="Target share of strangers' faces given a name (per face, before the per-track vote). The "
+        "match threshold is derived from it, the gallery's current size and the embedder's measured impostor "
+        "scores (models/impostor_scores.json), so it holds at any gallery size: enrolling people tightens it",
+    )
+    match_max_distance: float | None = Field(
+        None, gt=0.0, le=2.0,
+        description="A fixed match threshold (euclidean, unit vectors) instead of the one derived from "
+        "false_alarm_rate: a face matches an enrolled person when its embedding is closer than this. 0.3776 is "
+        "a false-accept rate of 0.1% per comparison on LFW View 1 pairsDevTrain.txt",
     )
 
 
@@ -397,6 +404,25 @@ class WebConfig(StrictModel):
     max_upload_bytes: int = Field(10_000_000, ge=1000, description="Largest enrollment photo accepted, bytes")
 
 
+class FleetConfig(StrictModel):
+    """`fleet:` section: stations sharing one gallery over MQTT (docs/fleet.md). The shared key signs every
+    change record; a station without it does not join. Pure data: the key is read by `edgeface.service.fleet`."""
+
+    enabled: bool = Field(False, description="Join the fleet: publish this gallery's changes and apply the others'")
+    group: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                       description="Fleet name: records live under edgeface/fleet/<group>/")
+    key_env: str = Field("EDGEFACE_FLEET_KEY", description="Environment variable holding the shared key")
+    key_file: Path | None = Field(None, description="File holding the shared key (first line); also read from "
+                                  "$CREDENTIALS_DIRECTORY/fleet_key (systemd LoadCredential=)")
+    cluster_block: int | None = Field(
+        None, ge=1, le=999,
+        description="This station's block of unknown-N numbers (N = block x 1,000,000 + k), so two stations never "
+        "give one id to two strangers; None: derived from the station id (two stations of a group that get the same "
+        "block are reported: then set it)")
+    poll_s: float = Field(0.5, gt=0.0, le=60.0,
+                          description="How often the station looks for changes other processes made to its gallery file")
+
+
 class Config(StrictModel):
     station_id: str = Field("edgeface", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                             description="Name of this station in events and MQTT topics")
@@ -414,6 +440,7 @@ class Config(StrictModel):
     mqtt: MqttConfig | None = Field(
         None, description="MQTT broker: when set, `edgeface run` publishes there unless --sink jsonl is given",
     )
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("cameras")
     @classmethod
@@ -442,9 +469,10 @@ class Config(StrictModel):
         return self.model_copy(update=update)
 
     @property
-    def match_max_distance(self) -> float:
-        """The one gallery match threshold of `run`, `identify` and the eval commands:
-        `gallery.match_max_distance`, unless `pipeline.decision.match_max_distance` overrides it."""
+    def match_max_distance(self) -> float | None:
+        """The fixed match threshold when one is configured: `gallery.match_max_distance`, unless
+        `pipeline.decision.match_max_distance` overrides it; None when the threshold is derived from
+        `gallery.false_alarm_rate` (edgeface.recognition.false_alarm.MatchThreshold.from_config)."""
         override = self.pipeline.decision.match_max_distance
         return self.gallery.match_max_distance if override is None else override
 

@@ -40,6 +40,7 @@ import numpy as np
 from edgeface.bus import EventBus
 from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
 from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
+from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.tracker import Tracker
 from edgeface.vision.analyzer import CameraModels, FaceAnalyzer, align_faces, camera_models
 from edgeface.vision.detections import FaceDetections
@@ -583,13 +584,20 @@ def use_opencv_threads(threads: int) -> None:
 
 
 class ThresholdedMatcher:
-    """A gallery matched at the configured threshold (`Config.match_max_distance`), whatever the gallery
-    object was opened with; with the second opinion (`recognition.second_opinion`) fused in where asked."""
+    """A gallery matched at the configured threshold (`MatchThreshold.from_config`: fixed, or derived
+    from the false-alarm target for the gallery's size at this frame), whatever the gallery object was
+    opened with; with the second opinion (`recognition.second_opinion`) fused in where asked (fused
+    distances are on dlib's scale, so the one threshold serves both)."""
 
-    def __init__(self, gallery: Any, max_distance: float, second_opinion: SecondOpinion = "off") -> None:
+    def __init__(self, gallery: Any, threshold: MatchThreshold, second_opinion: SecondOpinion = "off") -> None:
         self.gallery = gallery
-        self.max_distance = max_distance
+        self.threshold = threshold
         self.second_opinion: SecondOpinion = second_opinion
+
+    @property
+    def max_distance(self) -> float:
+        """The threshold for the gallery's size now (re-derived as people are enrolled or removed)."""
+        return self.threshold.at(self.gallery.size())
 
     def match(self, embeddings: np.ndarray) -> list[Match]:
         return self.gallery.match(embeddings, self.max_distance)  # type: ignore[no-any-return]
@@ -627,7 +635,7 @@ def build_pipeline(
     track_ids: Iterator[int] | None = None,
 ) -> Pipeline:
     """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds; the
-    gallery (`matcher`) is matched at `config.match_max_distance`. `clusters`: where unknown tracks are
+    gallery (`matcher`) is matched at `MatchThreshold.from_config(config)`. `clusters`: where unknown tracks are
     clustered (None: they stay plain unknowns). `wrap_runner` wraps every detector model runner (the
     detector's and the keypoint refiner's; e.g. in a TimedRunner); `threads` overrides the embedder's
     (and detectors') thread count. Several cameras in one process pass `models` (their shared runners and
@@ -640,7 +648,7 @@ def build_pipeline(
         detector=models.detector,
         aligner=models.aligner,
         embedder=models.embedder,
-        matcher=None if matcher is None else ThresholdedMatcher(matcher, config.match_max_distance,
+        matcher=None if matcher is None else ThresholdedMatcher(matcher, MatchThreshold.from_config(config),
                                                                 config.recognition.second_opinion),
         decider=Decider(config.station_id, p.camera, decision_policy(config), clustering=clusters is not None,
                         embed_every_frames=p.embed_every_frames, recheck_every_frames=p.recheck_every_frames,

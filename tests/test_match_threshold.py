@@ -1,4 +1,5 @@
-"""`gallery.match_max_distance` is the one match threshold of `run`, `identify` and the eval commands
+"""The config's match threshold (`gallery.match_max_distance` when given, else derived from
+`gallery.false_alarm_rate`) is the one match threshold of `run`, `identify` and the eval commands
 (before, `edgeface run` never passed it to the gallery: with 0.05 the hamilton clip still recognised
 Miranda)."""
 
@@ -24,7 +25,7 @@ STRICT = {"gallery": {"match_max_distance": 0.05}}
 
 
 def test_the_config_has_one_threshold() -> None:
-    assert Config().match_max_distance == Config().gallery.match_max_distance
+    assert Config().match_max_distance is None  # derived from gallery.false_alarm_rate
     assert Config.model_validate(STRICT).match_max_distance == 0.05
     override = Config.model_validate({**STRICT, "pipeline": {"decision": {"match_max_distance": 0.5}}})
     assert override.match_max_distance == 0.5  # the older key still overrides, as documented

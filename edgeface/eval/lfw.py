@@ -8,8 +8,9 @@ face elsewhere (`--face` overrides). An image without a face has no embedding, a
 counts as an error (a same pair rejected, a different pair accepted). With `--faces FILE` the faces of
 another system (face_recognition's, from tools/face_recognition_faces.py) are scored the same way.
 
-Besides the 10-fold accuracy it reports what the shipped threshold (gallery.match_max_distance) does
-on these pairs (those where both faces were found): its false-accept and true-accept rates, so a
+Besides the 10-fold accuracy it reports what the fixed threshold (gallery.match_max_distance when
+given, else 0.3776: 0.1% false accepts per comparison on LFW View 1; the station derives its own from
+gallery.false_alarm_rate and the gallery size) does on these pairs (those where both faces were found): its false-accept and true-accept rates, so a
 threshold that holds on one set but not another shows.
 """
 
@@ -125,8 +126,8 @@ def run_lfw_evaluation(
     """`cache_dir`: keep each precision's faces in an .npz there (reused when the settings match).
     `embedder`: dlib alone, SFace alone, or fused as recognition.second_opinion says (default: fused
     unless it is off)."""
-    from edgeface.config import GalleryConfig
     from edgeface.recognition.fusion import Band, fused_distance
+    from edgeface.storage.gallery import DEFAULT_MATCH_MAX_DISTANCE
     from edgeface.vision.analyzer import FaceAnalyzer
 
     pairs_path = pairs_path or data_dir / "pairs.txt"
@@ -137,7 +138,9 @@ def run_lfw_evaluation(
         pairs = _subsample(pairs, max_pairs_per_fold)
     names = sorted({p.first for p in pairs} | {p.second for p in pairs})
     rule = face_rule or default_face_rule(data_dir)
-    threshold = match_max_distance if match_max_distance is not None else GalleryConfig().match_max_distance
+    # the fixed threshold, or the per-comparison 0.1% distance when the station derives its own from
+    # gallery.false_alarm_rate (that one depends on the gallery's size; eval identify --gallery-size measures it)
+    threshold = match_max_distance if match_max_distance is not None else DEFAULT_MATCH_MAX_DISTANCE
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     settings: dict[str, object] = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,

@@ -241,9 +241,13 @@ class OnlineClusters:
     Slots of a growing matrix hold the clusters; a removed cluster's row is zeroed (a zero mean can
     never be within the threshold) and the slot is reused."""
 
-    def __init__(self, settings: ClusterSettings | None = None, *, next_number: int = 1, next_exemplar: int = 1) -> None:
+    def __init__(self, settings: ClusterSettings | None = None, *, next_number: int = 1, next_exemplar: int = 1,
+                 number_block: tuple[int, int] | None = None) -> None:
         self.settings = settings or ClusterSettings()
-        self.next_number = next_number
+        self.number_block = number_block
+        """[first, end) of the numbers new clusters take (a fleet station's own block, so that two stations
+        never give one number to two people); None: any number above the highest seen."""
+        self.next_number = max(next_number, number_block[0]) if number_block else next_number
         self.next_exemplar = next_exemplar
         capacity = 64
         self._means = np.zeros((capacity, EMBEDDING_DIM), np.float32)
@@ -309,7 +313,8 @@ class OnlineClusters:
         self._slot[state.number] = slot
         self._top = max(self._top, slot + 1)
         self._refresh(slot)
-        self.next_number = max(self.next_number, state.number + 1)
+        if self.number_block is None or self.number_block[0] <= state.number < self.number_block[1]:
+            self.next_number = max(self.next_number, state.number + 1)
         self.next_exemplar = max([self.next_exemplar] + [e.id + 1 for e in state.exemplars])
         return slot
 
@@ -433,6 +438,8 @@ class OnlineClusters:
                 removed.add(victim)
                 expired.append(format_cluster_id(victim))
             number = self.next_number
+            if self.number_block is not None and number >= self.number_block[1]:
+                raise ClusterError(f"this station's cluster numbers ({self.number_block[0]}-{self.number_block[1] - 1}) are used up")
             self.next_number += 1
             slot = self.insert(ClusterState(number, ts, ts, 0, 0, [], False))
             created = True
@@ -493,6 +500,10 @@ class OnlineClusters:
                 break
             other_number = self._states[other].number  # type: ignore[union-attr]
             kept, gone = min(number, other_number), max(number, other_number)
+            if self.number_block is not None:  # numbers of a fleet come from several stations: the older id is kept
+                older = min((self._states[slot], self._states[other]),  # type: ignore[union-attr]
+                            key=lambda state: (state.first_seen, state.number))  # type: ignore[union-attr]
+                kept, gone = older.number, other_number if older.number == number else number  # type: ignore[union-attr]
             dropped += self.merge(kept, gone)
             merges.append((kept, gone))
             changed.add(kept)

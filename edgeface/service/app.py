@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from edgeface.config import Config
     from edgeface.pipeline import Pipeline
     from edgeface.service.cameras import Cameras, CameraSpec
+    from edgeface.service.fleet import Fleet
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.service.mqtt.commands import CommandRouter
     from edgeface.service.station import Station
@@ -40,22 +41,25 @@ SinkKind = Literal["jsonl", "mqtt"]
 
 def open_gallery(config: Config, path: Path | None, *, required: bool = False,
                  create_default: bool = False) -> Gallery | None:
-    """The gallery to match against, at the configured threshold (`Config.match_max_distance`):
+    """The gallery to match against, at the configured threshold (`MatchThreshold.from_config`):
     PATH (must exist), else $EDGEFACE_GALLERY or ./gallery.db when present (created empty when
-    `create_default`: unknown faces are clustered in it), else None (every face is unknown)."""
+    `create_default`: unknown faces are clustered in it), else None (every face is unknown). Another
+    process's changes (and the cluster store's, on its own connection) are read on a background thread:
+    the camera loop never waits for a reload."""
+    from edgeface.recognition.false_alarm import MatchThreshold
     from edgeface.storage.gallery import Gallery
     from edgeface.storage.paths import default_gallery_path
 
-    threshold = config.match_max_distance
+    threshold = MatchThreshold.from_config(config)
     if path is not None:
-        return Gallery(path, create=False, match_max_distance=threshold)
+        return Gallery(path, create=False, match_max_distance=threshold, background_reload=True)
     default = default_gallery_path()
     if default.is_file():
-        return Gallery(default, create=False, match_max_distance=threshold)
+        return Gallery(default, create=False, match_max_distance=threshold, background_reload=True)
     if create_default:
         log.info("created an empty gallery at %s: unknown faces are clustered there; enroll people with "
                  "`edgeface enroll`", default)
-        return Gallery(default, create=True, match_max_distance=threshold)
+        return Gallery(default, create=True, match_max_distance=threshold, background_reload=True)
     if required:
         raise ConfigError(f"no gallery at {default}; pass --gallery FILE")
     log.warning("no gallery (%s does not exist): every face will be unknown; enroll people or pass --gallery FILE",
@@ -84,6 +88,7 @@ class RunningStation:
     publisher: MqttPublisher | None
     cameras: Cameras | None = None
     """With `build_station(cameras=...)`: every camera (`pipeline` is then the first camera's)."""
+    fleet: Fleet | None = None
     _closed: bool = False
 
     def close(self) -> None:
@@ -147,16 +152,25 @@ def build_station(
     cameras: Sequence[CameraSpec] | None = None,
     sources: dict[str, Any] | None = None,
     open_source: Callable[[CameraSpec], Any] | None = None,
+    fleet: bool = False,
 ) -> RunningStation:
     """Everything `edgeface run` runs, wired: the bus with JSONL on `stdout` or MQTT, unknown tracks
     clustered in the gallery's file (without a gallery they stay plain unknowns), the pipeline and, with
     MQTT or `commands` (the station page), the station that answers commands on that pipeline and source.
     `cameras` (with their open `sources` by name, and `open_source` to open one again after it failed):
-    a pipeline per camera on one set of models (service/cameras.py) instead of the one pipeline."""
+    a pipeline per camera on one set of models (service/cameras.py) instead of the one pipeline.
+    `fleet`: join the fleet when `fleet.enabled` (refused, before anything starts, without the key)."""
     from edgeface.pipeline import build_pipeline
     from edgeface.service.sinks import JsonlSink
     from edgeface.storage.cluster_store import ClusterStage, ClusterStore
 
+    fleet_key = None
+    if fleet and config.fleet.enabled:
+        from edgeface.service.fleet import resolve_fleet_key
+
+        fleet_key = resolve_fleet_key(config)
+        if gallery is None:
+            raise ConfigError("the fleet shares a gallery: pass --gallery FILE")
     bus = EventBus()
     station = publisher = None
     if sink == "mqtt":
@@ -195,4 +209,33 @@ def build_station(
         raise
     if station is not None:
         station.attach_pipeline(group or pipeline, None if group is not None else source, clusters)
-    return RunningStation(config, bus, pipeline, gallery, clusters, station, publisher, group)
+    running = RunningStation(config, bus, pipeline, gallery, clusters, station, publisher, group)
+    if fleet_key is not None and gallery is not None:
+        running.fleet = _join_fleet(running, gallery, fleet_key, mqtt_url)
+    return running
+
+
+def _join_fleet(running: RunningStation, gallery: Gallery, key: bytes, mqtt_url: str | None) -> Fleet:
+    """The fleet link of a built station; a forgotten person is also erased from its clusters, the
+    decider's memory and Home Assistant."""
+    from edgeface.service.fleet import Fleet
+
+    def erase(name: str) -> int:
+        cleared = running.clusters.store.forget_person(name) if running.clusters is not None else 0
+        if running.station is not None:
+            running.station.erased(name)
+        else:
+            (running.cameras or running.pipeline).decider.forget_name(name)
+        return cleared
+
+    fleet = Fleet(running.config, gallery, key=key, mqtt_url=mqtt_url, on_forgotten=erase,
+                  clusters=running.clusters.store if running.clusters is not None else None, emit=running.bus.publish)
+    try:
+        fleet.start()
+    except BaseException:
+        running.close()
+        raise
+    running.bus.on_close(fleet.close, "fleet")
+    if running.station is not None:
+        running.station.fleet = fleet
+    return fleet

@@ -436,9 +436,25 @@ def private_paths(config: Any, gallery: Path, environ: dict[str, str] | None = N
                   outbox.with_suffix(".homeassistant.json"), default_secret_file(environ)]
         files += [p for p in (mqtt_config.command_secret_file, mqtt_config.password_file) if p is not None]
         folders.append(outbox.parent)
+    fleet = getattr(config, "fleet", None)
+    if fleet is not None and fleet.key_file is not None:
+        files.append(fleet.key_file)
     if environ.get("STATE_DIRECTORY"):
         folders.append(Path(environ["STATE_DIRECTORY"].split(":")[0]))
     return files, folders
+
+
+def check_fleet(config: Any, environ: dict[str, str] | None = None) -> Check | None:
+    """With `fleet.enabled`: whether the shared key is there (without it the station does not start)."""
+    if not config.fleet.enabled:
+        return None
+    from edgeface.service.fleet import resolve_fleet_key
+
+    try:
+        resolve_fleet_key(config, environ)
+    except EdgefaceError as error:
+        return Check("fleet", "fail", str(error), "copy the fleet's key to this station (docs/fleet.md, The key)")
+    return Check("fleet", "ok", f"fleet {config.fleet.group!r}: the shared key is there")
 
 
 # -- all of them ----------------------------------------------------------------------------------
@@ -520,4 +536,7 @@ def run_checks(options: DoctorOptions) -> Iterable[Check]:
         disk_paths.append(Path(os.environ["STATE_DIRECTORY"].split(":")[0]))
     yield from _guarded("disk", lambda: check_disk(disk_paths))
     yield from _guarded("commands", lambda: check_commands(mqtt_config))
+    fleet_check = check_fleet(config)
+    if fleet_check is not None:
+        yield fleet_check
     yield from _guarded("files", lambda: check_permissions(*private_paths(config, gallery)))

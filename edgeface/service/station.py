@@ -64,6 +64,7 @@ from edgeface.service.unknown_face import UnknownFace
 if TYPE_CHECKING:
     from edgeface.pipeline import Pipeline
     from edgeface.service.cameras import Cameras
+    from edgeface.service.fleet import Fleet
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.storage.cluster_store import ClusterStage
     from edgeface.vision.analyzer import FaceAnalyzer
@@ -174,6 +175,8 @@ class Station:
         self._stats_at = clock()
         self.stats_published = 0
         self._signed = False
+        self.fleet: Fleet | None = None
+        """The fleet link (`edgeface.service.fleet`), when the station joined one: its counts in `status`."""
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -611,6 +614,18 @@ class Station:
         """The `ignore_cluster` command (MQTT): `ignore_cluster` with undo meaning ignored=False."""
         return self.ignore_cluster(command.cluster_id, not command.undo)
 
+    def erased(self, name: str) -> None:
+        """`name` left the gallery (this station's forget, or the fleet's): the decider's memory of them,
+        their Home Assistant entity and a retained face of theirs go too."""
+        if self.pipeline is not None:
+            self.pipeline.decider.forget_name(name)
+        with self._lock:
+            if self.ha is not None and name in self._people:
+                self._people.discard(name)
+                self._clear_person(name)
+                self._save_published()
+        self._clear_face(name)
+
     def forget(self, command: ForgetCommand) -> CommandResult:
         gallery = self._require_gallery()
         with self._command_lock:
@@ -625,14 +640,7 @@ class Station:
             forget_person = getattr(store, "forget_person", None)
             if callable(forget_person):
                 clusters_cleared = int(forget_person(info.name) or 0)
-        if self.pipeline is not None:
-            self.pipeline.decider.forget_name(info.name)
-        with self._lock:
-            if self.ha is not None and info.name in self._people:
-                self._people.discard(info.name)
-                self._clear_person(info.name)
-                self._save_published()
-        self._clear_face(info.name)
+        self.erased(info.name)
         self._emit(PersonForgottenEvent(station=self.config.station_id, name=info.name))
         return CommandResult(f"forgot {info.name}",
                              {"name": info.name, "templates": info.template_count, "negatives": info.negative_count,
@@ -682,6 +690,7 @@ class Station:
             "recent_tracks": len(pipeline.decider.recent_track_ids()) if pipeline is not None else 0,
             "cameras": {name: camera.model_dump() for name, camera in self._camera_stats(advance=False).items()},
             "homeassistant": self.ha is not None,
+            "fleet": self.fleet.status() if self.fleet is not None else None,
             "mqtt": None if publisher is None else {
                 "connected": publisher.connected, "protocol": publisher.protocol,
                 "outbox_length": publisher.outbox_length, "dropped": publisher.dropped,

@@ -138,6 +138,7 @@ class ClusterStore:
         self.gallery = gallery if gallery is not None else Gallery(self.path, create=create, busy_timeout_ms=busy_timeout_ms)
         self._generation = -1
         self._data_version = -1
+        self.number_block: tuple[int, int] | None = None
         self.clusters = OnlineClusters(self.settings)
         self._db: sqlite3.Connection | None = None
         self._crops_erased_at = 0.0
@@ -228,7 +229,7 @@ class ClusterStore:
 
     def _load(self, db: sqlite3.Connection) -> None:
         clusters = OnlineClusters(self.settings, next_number=self._meta("next_number"),
-                                  next_exemplar=self._meta("next_exemplar"))
+                                  next_exemplar=self._meta("next_exemplar"), number_block=self.number_block)
         exemplars: dict[int, list[Exemplar]] = {}
         for eid, number, blob, quality, ts in db.execute(
                 "SELECT id, number, embedding, quality, ts FROM cluster_exemplars ORDER BY id"):
@@ -582,6 +583,67 @@ class ClusterStore:
         with self._transaction() as db:
             cursor = db.execute("UPDATE cluster_history SET fate = 'forgotten', name = NULL WHERE name = ?", (name,))
             return cursor.rowcount
+
+    # -- the fleet (edgeface.service.fleet): strangers shared between stations ----------------------
+
+    def use_number_block(self, first: int, end: int) -> None:
+        """New clusters take numbers in [first, end) from now on (this station's block in its fleet)."""
+        with self._transaction() as db:
+            used = [n + 1 for n in self._numbers(db) if first <= n < end]
+            current = [self.clusters.next_number] if first <= self.clusters.next_number < end else []
+            self.number_block = (first, end)
+            self.clusters.number_block = self.number_block
+            self.clusters.next_number = max([first, *used, *current])
+
+    @staticmethod
+    def _numbers(db: sqlite3.Connection) -> list[int]:
+        return [int(r[0]) for r in db.execute("SELECT number FROM cluster_clusters UNION SELECT number FROM cluster_history")]
+
+    def confirmed(self) -> list[ClusterState]:
+        """The confirmed clusters as they are now (copies of their states' fields are the caller's to read)."""
+        with self._transaction(write=False):
+            return [s for s in self.clusters.states() if s.confirmed]
+
+    def adopt(self, number: int, first_seen: float, centroid: np.ndarray, apart: Sequence[int],
+              not_names: Sequence[str]) -> bool:
+        """Hold another station's confirmed cluster under its number (its centroid as the one exemplar),
+        so this station's sightings of that stranger join it. False when the number is taken or was
+        used here before (a cluster's id is never reused)."""
+        vector = np.asarray(centroid, np.float32)
+        with self._transaction() as db:
+            if number in self.clusters or number in self._numbers(db):
+                return False
+            exemplar = Exemplar(self.clusters.next_exemplar, vector, 0.5, first_seen)
+            self.clusters.next_exemplar += 1
+            state = ClusterState(number, first_seen, first_seen, 1, 1, [], True, [exemplar], vector.astype(np.float64),
+                                 {a for a in apart if a in self.clusters}, set(not_names))
+            self.clusters.insert(state)
+            for other in state.apart:  # cannot-links hold both ways
+                linked = self.clusters.get(other)
+                if linked is not None:
+                    linked.apart.add(number)
+            self._write(db, {number, *state.apart}, set(), [])
+        return True
+
+    def fate(self, number: int) -> tuple[str, int | None, str | None] | None:
+        """(fate, merged into, named) of a cluster that is gone, None while it lives or never was."""
+        with self._transaction(write=False) as db:
+            if number in self.clusters:
+                return None
+            row = db.execute("SELECT fate, into_number, name FROM cluster_history WHERE number = ?", (number,)).fetchone()
+        return None if row is None else (str(row[0]), row[1], row[2])
+
+    def absorb(self, kept: int, gone: int) -> ClusterMergedEvent | None:
+        """The fleet found `gone` and `kept` to be one stranger: merge, keeping `kept` (the older id).
+        None when either is not here or they are apart (a cannot-link is never overridden)."""
+        with self._transaction() as db:
+            first, second = self.clusters.get(kept), self.clusters.get(gone)
+            if first is None or second is None or kept == gone or gone in first.apart:
+                return None
+            dropped = self.clusters.merge(kept, gone)
+            self._write(db, {kept}, {gone}, dropped)
+            self._history(db, gone, "merged", kept)
+        return ClusterMergedEvent(station=self.station, kept_id=format_cluster_id(kept), merged_id=format_cluster_id(gone))
 
     def crops(self, cluster_id: str, limit: int) -> list[bytes]:
         """Stored JPEG face crops of a cluster, best quality first (empty when crops are off)."""

@@ -2,7 +2,9 @@
 
 Storage: tables `identities` (name, created, metadata), `templates` (unit float32 embedding,
 quality, source-file sha256, created, model id), `negatives` (faces that were wrongly matched to an
-identity: "this was not NAME") and `schema_version`, upgraded by MIGRATIONS. The file runs in WAL
+identity: "this was not NAME"), `changes` (a change log: which identity changed and how, written in
+the same transaction as the change, whatever process made it; `edgeface.service.fleet` publishes it)
+and `schema_version`, upgraded by MIGRATIONS. The file runs in WAL
 mode, so a camera loop reads while `edgeface enroll` writes from another process. Every change is
 one transaction: a process killed mid-enrollment leaves each identity either complete or absent.
 
@@ -10,10 +12,14 @@ Search: a `GallerySnapshot` (template matrix grouped by identity, per-identity m
 threshold tightenings, negatives) lives in memory and is searched with array operations, no Python
 loop over identities. This process's own writes are applied to it in place (a copy of the arrays, no
 re-read of the file); `Gallery.match` checks `PRAGMA data_version` (a few microseconds) and reloads
-it when another connection committed a change.
+it when another connection committed a change: synchronously, or with `background_reload` (the camera
+loop's gallery) on a thread with its own read connection, the old snapshot answering meanwhile and the
+new one swapped in whole (a reload older than one of this process's own writes is dropped).
 
-Matching is open-set: the nearest identity answers only when its distance is below
-`match_max_distance`; otherwise the face is unknown. Distances are euclidean between unit vectors.
+Matching is open-set: the nearest identity answers only when its distance is below the match
+threshold; otherwise the face is unknown. Distances are euclidean between unit vectors. The threshold
+is fixed (a float) or a `MatchThreshold` derived from a false-alarm target per stranger, re-derived
+from the number of identities searched at every match (edgeface.recognition.false_alarm).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 import sqlite3
 import sys
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,9 +45,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeface.config import GalleryConfig
 from edgeface.errors import GalleryError
+from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.vectors import EMBEDDING_DIM, pairwise_distances, unit_rows
+from edgeface.storage.gallery_scan import SCAN_MIN_ROWS, Int8Scan, scanned_distances
 from edgeface.storage.sqlite import apply_migrations, transaction
 
 log = logging.getLogger(__name__)
@@ -49,8 +57,9 @@ DEFAULT_MODEL_ID = "dlib_resnet_v1"
 """The embedding space of every template written by this edgeface (dlib's ResNet; its FP32 and INT8
 builds agree to ~0.07 and share it). Templates of another model id are never compared with it."""
 
-DEFAULT_MATCH_MAX_DISTANCE = GalleryConfig().match_max_distance
-"""The config's `gallery.match_max_distance` default (0.3776). Accept a match when distance < this.
+DEFAULT_MATCH_MAX_DISTANCE = 0.3776
+"""A plain `Gallery(path)`'s fixed threshold (the station instead derives one from
+`gallery.false_alarm_rate`: MatchThreshold.from_config). Accept a match when distance < this.
 Measured, not guessed: the distance at a false-accept rate of 0.1% on LFW View 1 `pairsDevTrain.txt`
 (1 of 1,100 different-person pairs accepted; TAR 0.943 there) with the default pipeline of 2026-11-23
 (`Config().recognition`: BlazeFace short, blazeface alignment, INT8 embedder, flip on; the face nearest
@@ -60,7 +69,7 @@ whenever the pipeline's defaults change.
 
 This is a per-comparison rate: a stranger is compared with every identity, so the share of strangers
 matched to someone grows with the gallery (LFW, one template per person, shape_predictor alignment:
-3-6% for 50 people, 54% for 1,680), which the per-track vote has to absorb."""
+3-6% for 50 people, 54% for 1,680): hence the station's threshold derived from a target per stranger."""
 
 MEAN_THRESHOLD_TIGHTENING = (0.0, 0.0, 0.0166, 0.0221)
 """With the "mean" strategy, an identity with k templates is matched below match_max_distance minus
@@ -70,13 +79,20 @@ images: the first k images make the identity, the others are genuine probes; eve
 is a stranger probe; default pipeline, flip on; python tools/measure_match_strategies.py): the
 distance at a false-accept rate of 0.1% per identity is 0.3741 (k=1), 0.3575 (k=2), 0.3520 (k=3). At
 that rate the mean template accepts 98.5% (k=2) and 99.0% (k=3) of genuine probes against 97.6% and
-98.3% for the nearest template, so "mean" is the default; with one template both are the same."""
+98.3% for the nearest template, so "mean" is the default; with one template both are the same.
+The tightening holds at the much lower per-comparison rates a derived threshold works at: measured
+0.0172-0.0182 (k=2) and 0.0235-0.0319 (k=3) at 1e-3 ... 1e-5 (models/impostor_scores.json,
+template_tightening_measured), so a k-template identity keeps about the one-template rate."""
+
+_SCAN_LOCK = threading.Lock()
 
 MatchStrategy = Literal["min", "mean"]
 MATCH_STRATEGIES: tuple[str, ...] = ("min", "mean")
 """min: distance to an identity = to its nearest template; mean: to its normalised mean template."""
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+RELOAD_RETRY_S = 5.0
+"""After a failed background reload, the old snapshot keeps answering this long before the next try."""
 MAX_NAME_CHARS = 64
 SAME_TEMPLATE_MAX_DISTANCE = 1e-3
 """Import: an incoming template (or negative) this close to a stored one of its identity is already there."""
@@ -103,6 +119,10 @@ class ModelMismatchError(GalleryError):
 
 class GalleryVersionError(GalleryError):
     pass
+
+
+class ChangesPendingError(GalleryError):
+    """A fleet write refused: this gallery has changes of its own that the fleet has not read yet."""
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -154,19 +174,47 @@ def _from_blob(blob: bytes, what: str) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
+def _unit(vector: np.ndarray) -> np.ndarray:
+    """A vector another station stored, kept bit for bit (its digest names it on every station)."""
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.shape != (EMBEDDING_DIM,) or not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1) > 1e-3:
+        raise GalleryError(f"an embedding must be {EMBEDDING_DIM} finite numbers of unit length")
+    return vector
+
+
+_BLOCK_ROWS = 8192
+"""Large arrays are made in blocks of this many rows: a background reload then never holds the GIL
+(some numpy steps keep it) long enough to stall the camera loop's search for long."""
+
+
+def _unit_rows_in_blocks(rows: np.ndarray) -> np.ndarray:
+    """unit_rows(rows), the same numbers, a block of rows at a time."""
+    if len(rows) <= _BLOCK_ROWS:
+        return unit_rows(rows)
+    out = np.empty((len(rows), EMBEDDING_DIM), np.float32)
+    for start in range(0, len(rows), _BLOCK_ROWS):
+        out[start:start + _BLOCK_ROWS] = unit_rows(rows[start:start + _BLOCK_ROWS])
+    return out
+
+
 def _stack(blobs: Sequence[bytes], what: str) -> np.ndarray:
+    """Stored rows as stored (unit rows), a block at a time; a stray row that is not a unit row is normalised."""
     if not blobs:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
     if any(len(b) != 4 * EMBEDDING_DIM for b in blobs):
         for b in blobs:
             _from_blob(b, what)
-    rows = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), EMBEDDING_DIM).astype(np.float32)
-    # Stored rows are unit rows already: re-dividing by a norm of 1 +- 1 ulp would change their last bits
-    # on some CPUs, and the snapshot updated in place would then differ from one read afresh.
-    stray = ~(np.abs(np.linalg.norm(rows, axis=1) - 1.0) <= 1e-5)  # NaN, inf and zero rows included
-    if np.any(stray):
-        rows[stray] = unit_rows(rows[stray])  # refuses NaN, inf and zero rows
-    return rows
+    out = np.empty((len(blobs), EMBEDDING_DIM), np.float32)
+    for start in range(0, len(blobs), _BLOCK_ROWS):
+        chunk = blobs[start:start + _BLOCK_ROWS]
+        rows = np.frombuffer(b"".join(chunk), dtype="<f4").reshape(len(chunk), EMBEDDING_DIM).astype(np.float32)
+        # Stored rows are unit rows already: re-dividing by a norm of 1 +- 1 ulp would change their last
+        # bits on some CPUs, and the snapshot updated in place would then differ from one read afresh.
+        stray = ~(np.abs(np.linalg.norm(rows, axis=1) - 1.0) <= 1e-5)  # NaN, inf and zero rows included
+        if np.any(stray):
+            rows[stray] = unit_rows(rows[stray])  # refuses NaN, inf and zero rows
+        out[start:start + len(chunk)] = rows
+    return out
 
 
 def _check_sha256(value: str | None) -> str | None:
@@ -233,7 +281,16 @@ def _migrate_2_to_3(db: sqlite3.Connection) -> None:
                " REFERENCES templates(id) ON DELETE CASCADE, kind TEXT NOT NULL, chip BLOB NOT NULL)")
 
 
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3)
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """The change log: one row per change of an identity (no name: a forgotten person's name must not
+    linger here), with its time (ms since the epoch). remote = 1 for changes a fleet station applied
+    from another station's record."""
+    db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, identity_id INTEGER NOT NULL,"
+               " kind TEXT NOT NULL, remote INTEGER NOT NULL DEFAULT 0, at_ms INTEGER NOT NULL)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3,
+                                                                 _migrate_3_to_4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -294,6 +351,34 @@ class IdentityInfo:
     templates: tuple[TemplateInfo, ...] = ()
 
 
+ChangeKind = Literal["templates", "renamed", "removed", "rejected"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of the change log: identity `identity_id` changed (`kind`); remote when applied from
+    another fleet station's record."""
+
+    seq: int
+    identity_id: int
+    kind: ChangeKind
+    remote: bool
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class StoredPerson:
+    """An identity as stored: its templates (id, unit vector, quality, source sha256, created) and
+    negatives (id, unit vector, created), this gallery's model only."""
+
+    identity_id: int
+    name: str
+    templates: tuple[tuple[int, np.ndarray, float, str | None, str], ...]
+    negatives: tuple[tuple[int, np.ndarray, str], ...]
+    seconds: dict[int, SecondTemplate] = field(default_factory=dict)
+    """Template id -> its second-model embedding (without the chip: chips are images and stay here)."""
+
+
 @dataclass(frozen=True)
 class ImportReport:
     identities_created: int
@@ -351,6 +436,8 @@ class GallerySnapshot:
     negative_owner: np.ndarray
     mean_tightening: np.ndarray
     _limit_cache: dict[tuple[float, str], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    _scan: list[Int8Scan] = field(default_factory=list, compare=False, repr=False)
+    """The int8 copy of `means` for galleries of SCAN_MIN_ROWS or more identities, made at the first search."""
 
     @staticmethod
     def build(rows: Sequence[tuple[str, int, np.ndarray]], negative_rows: Sequence[tuple[str, np.ndarray]]) -> GallerySnapshot:
@@ -377,7 +464,7 @@ class GallerySnapshot:
                 starts.append(i)
         start_array = np.array(starts, dtype=np.int64)
         end_array = np.append(start_array[1:], len(owners)).astype(np.int64) if names else start_array
-        means = unit_rows(_segment_sums(templates, start_array, end_array)) if names else templates[:0]
+        means = _mean_templates(templates, start_array, end_array)
         index = {name: k for k, name in enumerate(names)}
         owner = np.array([index.get(n, -1) for n in negative_names], dtype=np.int64)
         keep = np.flatnonzero(owner >= 0)
@@ -391,8 +478,8 @@ class GallerySnapshot:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays and the names."""
-        arrays = (self.starts, self.ends, self.templates, self.template_ids, self.means, self.negatives,
-                  self.negative_owner, self.mean_tightening)
+        arrays = (self.starts, self.ends, self.templates, self.template_ids, self.negatives,
+                  self.negative_owner, self.mean_tightening) + (() if self.means is self.templates else (self.means,))
         return sum(a.nbytes for a in arrays) + sys.getsizeof(self.names) + sum(sys.getsizeof(n) for n in self.names)
 
     def distances(self, probes: np.ndarray, strategy: MatchStrategy = "min") -> np.ndarray:
@@ -418,6 +505,14 @@ class GallerySnapshot:
             self._limit_cache[key] = cached
         return cached
 
+    def mean_scan(self) -> Int8Scan:
+        if not self._scan:  # built outside the lock: a background reload's build never blocks another snapshot's search
+            built = Int8Scan.build(self.means)
+            with _SCAN_LOCK:
+                if not self._scan:
+                    self._scan.append(built)
+        return self._scan[0]
+
     def limits(self, max_distance: float, strategy: MatchStrategy) -> np.ndarray:
         """Each identity's threshold (max_distance, tightened by template count under "mean")."""
         return self._limits(max_distance, strategy)
@@ -439,7 +534,9 @@ class GallerySnapshot:
         if not self.names:
             return [Match(None, math.inf) for _ in probes]
         to_templates = None
-        if strategy == "mean":
+        if strategy == "mean" and len(self.names) >= SCAN_MIN_ROWS:  # int8 scan, exact re-rank: the same answers
+            by_identity = scanned_distances(probes, self.means, self.mean_scan(), self._limits(max_distance, strategy))
+        elif strategy == "mean":
             by_identity = pairwise_distances(probes, self.means)
         else:
             to_templates = pairwise_distances(probes, self.templates)
@@ -525,7 +622,9 @@ class GallerySnapshot:
             mine = negative_owner == k
             negative_rows, negative_owner = negative_rows[~mine], negative_owner[~mine]
             negative_owner = np.where(negative_owner > k, negative_owner - 1, negative_owner)
-        means = self.means if k is None else np.delete(self.means, k, axis=0)
+        shared = self.means is self.templates  # every identity has one template: no second matrix
+        means = self.means if k is None or shared else np.delete(self.means, k, axis=0)
+        scan = [s if k is None else s.without(k) for s in self._scan]  # kept up to date, not rebuilt
         if new_name is not None and len(templates):
             j = bisect.bisect_left(names, new_name)
             at = int(starts[j]) if j < len(names) else len(rows_templates)
@@ -537,13 +636,31 @@ class GallerySnapshot:
             ends[j + 1:] += count
             rows_templates = np.insert(rows_templates, at, templates.astype(np.float32), axis=0)
             rows_ids = np.insert(rows_ids, at, template_ids.astype(np.int64))
-            means = np.insert(means, j, unit_rows(np.add.reduceat(templates.astype(np.float32), [0], axis=0)), axis=0)
+            mean_row = (templates[:1].astype(np.float32) if count == 1
+                        else unit_rows(np.add.reduceat(templates.astype(np.float32), [0], axis=0)))
+            if not shared:
+                means = np.insert(means, j, mean_row, axis=0)
             negative_owner = np.where(negative_owner >= j, negative_owner + 1, negative_owner)
             at_negative = int(np.searchsorted(negative_owner, j))
             negative_rows = np.insert(negative_rows, at_negative, negatives.astype(np.float32), axis=0)
             negative_owner = np.insert(negative_owner, at_negative, np.full(len(negatives), j, np.int64))
+            scan = [s.with_row(j, mean_row[0]) for s in scan]
+        if shared or len(names) == len(rows_templates):
+            means = _mean_templates(rows_templates, starts, ends)
         return GallerySnapshot(tuple(names), starts, ends, rows_templates, rows_ids, means, negative_rows,
-                               negative_owner, _tightening(ends - starts))
+                               negative_owner, _tightening(ends - starts), _scan=scan)
+
+
+def _mean_templates(templates: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Each identity's normalised mean template. A one-template identity's is its template row itself
+    (already a unit row), and when every identity has one template the result IS the template array:
+    no second 512-byte copy per identity."""
+    if len(starts) == len(templates):
+        return templates
+    means = _unit_rows_in_blocks(_segment_sums(templates, starts, ends))
+    single = np.flatnonzero(ends - starts == 1)
+    means[single] = templates[starts[single]]
+    return means
 
 
 def _segment_sums(rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -687,26 +804,35 @@ class Gallery:
         path: str | Path,
         *,
         model_id: str = DEFAULT_MODEL_ID,
-        match_max_distance: float = DEFAULT_MATCH_MAX_DISTANCE,
+        match_max_distance: float | MatchThreshold = DEFAULT_MATCH_MAX_DISTANCE,
         strategy: MatchStrategy = "mean",
         create: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         read_only: bool = False,
+        background_reload: bool = False,
     ) -> None:
         if strategy not in MATCH_STRATEGIES:
             raise GalleryError(f"unknown match strategy {strategy!r}; use one of {', '.join(MATCH_STRATEGIES)}")
-        if not 0 < match_max_distance <= 2:
-            raise GalleryError(f"match_max_distance must be in (0, 2], got {match_max_distance}")
+        if not isinstance(match_max_distance, MatchThreshold):
+            if not 0 < match_max_distance <= 2:
+                raise GalleryError(f"match_max_distance must be in (0, 2], got {match_max_distance}")
+            match_max_distance = MatchThreshold(fixed=float(match_max_distance))
         self.path = Path(path)
         self.model_id = model_id
-        self.match_max_distance = match_max_distance
+        self.threshold = match_max_distance
         self.strategy: MatchStrategy = strategy
         self.busy_timeout_ms = busy_timeout_ms
         self._lock = threading.RLock()
         self._snapshot: GallerySnapshot | None = None
         self._before_write: GallerySnapshot | None = None
         self._data_version = -1
+        self._generation = 0  # counts snapshot replacements; a background reload from an older one is dropped
+        self._reloader: threading.Thread | None = None
+        self._reload_retry_at = 0.0
+        self._closed = False
+        self.background_reload = background_reload
         self._second_means: SecondMeans | None = None
+        self._remote = False
         self.read_only = read_only
         self._db = self._open_read_only() if read_only else self._open(create)
 
@@ -788,7 +914,23 @@ class Gallery:
         if 0 < version < SCHEMA_VERSION:
             log.info("gallery %s upgraded from schema version %d to %d", self.path, version, SCHEMA_VERSION)
 
+    @property
+    def match_max_distance(self) -> float:
+        """The match threshold now: the fixed one, or the one derived for the current number of identities."""
+        if self.threshold.fixed is not None:
+            return self.threshold.fixed
+        return self.threshold.at(self.size())
+
+    def size(self) -> int:
+        """Identities searched (those with a template of this gallery's model)."""
+        return len(self.snapshot())
+
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            reloader = self._reloader
+        if reloader is not None:
+            reloader.join(timeout=30)
         with self._lock:
             self._db.close()
 
@@ -809,6 +951,7 @@ class Gallery:
                 finally:
                     if write:  # our own commits do not change data_version: _after_write updates it
                         self._before_write, self._snapshot = self._snapshot, None
+                        self._generation += 1
             except sqlite3.OperationalError as error:
                 if "locked" in str(error) or "busy" in str(error):
                     raise GalleryError(f"gallery {self.path} is busy: another process held it for more than "
@@ -841,6 +984,11 @@ class Gallery:
         before, self._before_write = self._before_write, None
         if before is not None and self._snapshot is None and self._data_version_now() == self._data_version:
             self._snapshot = update(before)
+
+    def _log(self, db: sqlite3.Connection, identity_id: int, kind: ChangeKind) -> None:
+        """The change-log row of a change, in the change's own transaction."""
+        db.execute("INSERT INTO changes (identity_id, kind, remote, at_ms) VALUES (?, ?, ?, ?)",
+                   (identity_id, kind, int(self._remote), int(time.time() * 1000)))
 
     def _insert_template(self, db: sqlite3.Connection, identity_id: int, vector: np.ndarray, quality: float,
                          source: str | None, created: str) -> int:
@@ -901,6 +1049,7 @@ class Gallery:
                 for template_id, extra in zip(ids, seconds):
                     if extra is not None:
                         _insert_second(db, template_id, extra)
+                self._log(db, identity_id, "templates")
 
             def added(snapshot: GallerySnapshot) -> GallerySnapshot:
                 old_ids, old_templates, negatives = snapshot.identity_rows(name)
@@ -926,6 +1075,7 @@ class Gallery:
                                                  (name, created)))
                 for vector in vectors:
                     self._insert_template(db, identity_id, vector, 1.0, None, created)
+                self._log(db, identity_id, "templates")
         return sum(len(v) for _, v in checked)
 
     def rename(self, old_name: str, new_name: str) -> None:
@@ -936,6 +1086,7 @@ class Gallery:
                 if new_name != _nfc(old_name) and self._find_id(db, new_name) is not None:
                     raise DuplicateNameError(f"cannot rename {old_name!r}: an identity named {new_name!r} already exists")
                 db.execute("UPDATE identities SET name = ? WHERE id = ?", (new_name, identity_id))
+                self._log(db, identity_id, "renamed")
             self._after_write(lambda snapshot: snapshot.replaced(_nfc(old_name), new_name,
                                                                  *snapshot.identity_rows(_nfc(old_name))))
 
@@ -943,7 +1094,9 @@ class Gallery:
         """Delete the identity with its templates and negatives."""
         with self._lock:
             with self._transaction(write=True) as db:
-                db.execute("DELETE FROM identities WHERE id = ?", (self._identity_id(db, name),))
+                identity_id = self._identity_id(db, name)
+                db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+                self._log(db, identity_id, "removed")
             self._after_write(lambda snapshot: snapshot.replaced(_nfc(name), None, *snapshot.identity_rows(_nfc(name))))
 
     def reject_match(self, name: str, embedding: np.ndarray) -> int | None:
@@ -955,16 +1108,18 @@ class Gallery:
         if len(vector) != 1:
             raise GalleryError(f"reject_match takes one embedding, got {len(vector)}")
         with self._lock:
+            limit = self.match_max_distance
             with self._transaction(write=True) as db:
                 identity_id = self._identity_id(db, name)
                 ids, stored, _ = self._templates_of(db, identity_id)
                 removed = None
-                offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < self.match_max_distance)
+                offending = np.flatnonzero(pairwise_distances(vector, stored)[0] < limit)
                 if len(ids) > 1 and len(offending) == 1:
                     removed = ids[int(offending[0])]
                     db.execute("DELETE FROM templates WHERE id = ?", (removed,))
                     log.info("removed template %d of %r: it alone matched a face that was not them", removed, name)
                 self._insert_negative(db, identity_id, vector[0], _now())
+                self._log(db, identity_id, "rejected")
 
             def rejected(snapshot: GallerySnapshot) -> GallerySnapshot:
                 key = _nfc(name)
@@ -974,6 +1129,110 @@ class Gallery:
 
             self._after_write(rejected)
         return removed
+
+    # -- the change log and the fleet's writes ---------------------------------------------------
+
+    @contextmanager
+    def remote_changes(self) -> Iterator[Gallery]:
+        """Writes made inside are logged as remote (a fleet station applying another station's record,
+        which it must not publish again as its own). Holds the gallery's lock throughout."""
+        with self._lock:
+            self._remote = True
+            try:
+                yield self
+            finally:
+                self._remote = False
+
+    def changes_after(self, seq: int, limit: int = 1000) -> list[Change]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT seq, identity_id, kind, remote, at_ms FROM changes WHERE seq > ? ORDER BY seq"
+                              " LIMIT ?", (seq, limit)).fetchall()
+        return [Change(int(r[0]), int(r[1]), r[2], bool(r[3]), int(r[4])) for r in rows]
+
+    def last_change(self) -> int:
+        with self._transaction(write=False) as db:
+            return int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+
+    def prune_changes(self, through_seq: int) -> None:
+        """Drop the log rows up to `through_seq` (published by the fleet station; AUTOINCREMENT never
+        reuses their numbers)."""
+        with self._lock:
+            with self._transaction(write=True) as db:
+                db.execute("DELETE FROM changes WHERE seq <= ?", (through_seq,))
+            self._after_write(lambda snapshot: snapshot)  # no identity changed: the snapshot stays
+
+    def identity_ids(self) -> dict[str, int]:
+        with self._transaction(write=False) as db:
+            return {name: int(iid) for iid, name in db.execute("SELECT id, name FROM identities")}
+
+    def stored_person(self, identity_id: int) -> StoredPerson | None:
+        """The identity with this id as stored, or None when it is gone."""
+        with self._transaction(write=False) as db:
+            row = db.execute("SELECT name FROM identities WHERE id = ?", (identity_id,)).fetchone()
+            if row is None:
+                return None
+            templates = db.execute("SELECT id, embedding, quality, source_sha256, created FROM templates"
+                                   " WHERE identity_id = ? AND model_id = ? ORDER BY id", (identity_id, self.model_id)).fetchall()
+            negatives = db.execute("SELECT id, embedding, created FROM negatives WHERE identity_id = ? AND model_id = ?"
+                                   " ORDER BY id", (identity_id, self.model_id)).fetchall()
+            seconds = db.execute("SELECT s.template_id, s.model_id, s.model_version, s.embedding FROM second_embeddings s"
+                                 " JOIN templates t ON t.id = s.template_id WHERE t.identity_id = ?", (identity_id,)).fetchall()
+        return StoredPerson(identity_id, row[0],
+                            tuple((int(t[0]), _from_blob(t[1], "a template"), float(t[2]), t[3], t[4]) for t in templates),
+                            tuple((int(n[0]), _from_blob(n[1], "a negative"), n[2]) for n in negatives),
+                            {int(r[0]): SecondTemplate(r[1], r[2], _from_blob(r[3], "a second-model embedding"))
+                             for r in seconds})
+
+    def apply_person(self, identity_id: int | None, name: str,
+                     add_templates: Sequence[tuple[np.ndarray, float, str | None, str]],
+                     drop_template_ids: Sequence[int], add_negatives: Sequence[tuple[np.ndarray, str]],
+                     read_through: int | None = None, add_seconds: Sequence[SecondTemplate | None] = (),
+                     seconds_of: Sequence[tuple[int, SecondTemplate]] = ()) -> int:
+        """Bring one identity in line with a fleet record in ONE transaction: create it (identity_id
+        None) or rename it to `name`, add templates (unit vector, quality, source sha256, created) and
+        negatives (unit vector, created), drop templates by id. Returns the identity's id. Logged as
+        remote inside `remote_changes()`. `add_seconds[i]`: the second-model embedding of add_templates[i]
+        (or None); `seconds_of`: second-model embeddings for templates stored already (by id).
+        `read_through`: the last change-log row the caller has read;
+        a local change logged after it refuses the write (ChangesPendingError), so that a change made
+        meanwhile by another process is never overwritten by a record computed without it."""
+        name = validate_name(name)
+        with self._lock:
+            with self._transaction(write=True) as db:
+                if read_through is not None and db.execute(
+                        "SELECT 1 FROM changes WHERE seq > ? AND remote = 0 LIMIT 1", (read_through,)).fetchone():
+                    raise ChangesPendingError(f"gallery {self.path} changed meanwhile; read its changes first")
+                if identity_id is None:
+                    if self._find_id(db, name) is not None:
+                        raise DuplicateNameError(f"an identity named {name!r} already exists")
+                    identity_id = _row_id(db.execute("INSERT INTO identities (name, created, metadata) VALUES (?, ?, '{}')",
+                                                     (name, _now())))
+                    self._log(db, identity_id, "templates")
+                else:
+                    current = db.execute("SELECT name FROM identities WHERE id = ?", (identity_id,)).fetchone()
+                    if current is None:
+                        raise UnknownIdentityError(f"identity {identity_id} is gone from gallery {self.path}")
+                    if current[0] != name:
+                        if self._find_id(db, name) is not None:
+                            raise DuplicateNameError(f"an identity named {name!r} already exists")
+                        db.execute("UPDATE identities SET name = ? WHERE id = ?", (name, identity_id))
+                        self._log(db, identity_id, "renamed")
+                extra = list(add_seconds) + [None] * (len(add_templates) - len(add_seconds))
+                for (vector, quality, source, created), second in zip(add_templates, extra):
+                    template_id = self._insert_template(db, identity_id, _unit(vector), quality, _check_sha256(source),
+                                                        created)
+                    if second is not None:
+                        _insert_second(db, template_id, _checked_second(second))  # type: ignore[arg-type]
+                for template_id, second in seconds_of:
+                    _insert_second(db, template_id, _checked_second(second))  # type: ignore[arg-type]
+                for template_id in drop_template_ids:
+                    db.execute("DELETE FROM templates WHERE id = ? AND identity_id = ?", (template_id, identity_id))
+                for vector, created in add_negatives:
+                    self._insert_negative(db, identity_id, _unit(vector), created)
+                if add_templates or drop_template_ids or add_negatives or seconds_of:
+                    self._log(db, identity_id, "templates")
+            self._before_write = None  # the next search reloads the file
+        return identity_id
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -1020,30 +1279,71 @@ class Gallery:
                 version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
             except sqlite3.Error as error:
                 raise GalleryError(f"gallery {self.path}: {error}") from None
-            if self._snapshot is None or version != self._data_version:
+            if self._snapshot is not None and version != self._data_version and self.background_reload:
+                self._start_reload(version)  # the old snapshot answers until the new one is ready
+            elif self._snapshot is None or version != self._data_version:
                 with self._transaction(write=False) as db:
-                    # SQLite's BINARY order of UTF-8 text is Python's order of str: rows come sorted as the snapshot needs
-                    templates = db.execute("SELECT i.name, t.id, t.embedding FROM templates t JOIN identities i"
-                                           " ON i.id = t.identity_id WHERE t.model_id = ? ORDER BY i.name, t.id",
-                                           (self.model_id,)).fetchall()
-                    negatives = db.execute("SELECT i.name, n.embedding FROM negatives n JOIN identities i"
-                                           " ON i.id = n.identity_id WHERE n.model_id = ?", (self.model_id,)).fetchall()
-                    other = db.execute("SELECT COUNT(*) FROM templates WHERE model_id != ?", (self.model_id,)).fetchone()[0]
-                if other:
-                    log.warning("gallery %s: %d templates from another model than %s are ignored; re-enroll those people",
-                                self.path, other, self.model_id)
-                self._snapshot = GallerySnapshot._from_sorted(
-                    [t[0] for t in templates], np.array([t[1] for t in templates], dtype=np.int64),
-                    _stack([t[2] for t in templates], "a template"),
-                    [n[0] for n in negatives], _stack([n[1] for n in negatives], "a negative"))
+                    self._snapshot = self._read_snapshot(db)
                 self._data_version = version
+                self._generation += 1
                 log.debug("gallery %s loaded: %d identities", self.path, len(self._snapshot))
             return self._snapshot
 
+    def _read_snapshot(self, db: sqlite3.Connection) -> GallerySnapshot:
+        """The search arrays from the file (call inside a read transaction)."""
+        # SQLite's BINARY order of UTF-8 text is Python's order of str: rows come sorted as the snapshot needs
+        templates = db.execute("SELECT i.name, t.id, t.embedding FROM templates t JOIN identities i"
+                               " ON i.id = t.identity_id WHERE t.model_id = ? ORDER BY i.name, t.id",
+                               (self.model_id,)).fetchall()
+        negatives = db.execute("SELECT i.name, n.embedding FROM negatives n JOIN identities i"
+                               " ON i.id = n.identity_id WHERE n.model_id = ?", (self.model_id,)).fetchall()
+        other = db.execute("SELECT COUNT(*) FROM templates WHERE model_id != ?", (self.model_id,)).fetchone()[0]
+        if other:
+            log.warning("gallery %s: %d templates from another model than %s are ignored; re-enroll those people",
+                        self.path, other, self.model_id)
+        return GallerySnapshot._from_sorted(
+            [t[0] for t in templates], np.array([t[1] for t in templates], dtype=np.int64),
+            _stack([t[2] for t in templates], "a template"),
+            [n[0] for n in negatives], _stack([n[1] for n in negatives], "a negative"))
+
+    def _start_reload(self, version: int) -> None:
+        """Read the file again on a thread with its own connection (call under self._lock); at most one."""
+        if self._reloader is not None or self._closed or time.monotonic() < self._reload_retry_at:
+            return
+        generation = self._generation
+
+        def reload() -> None:
+            fresh = None
+            try:
+                db = self._connect_read_only(immutable=False)
+                try:
+                    db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                    with transaction(db, write=False):
+                        fresh = self._read_snapshot(db)
+                finally:
+                    db.close()
+                if len(fresh) >= SCAN_MIN_ROWS and self.strategy == "mean":
+                    fresh.mean_scan()  # built here, not on the camera loop's first search
+            except (sqlite3.Error, GalleryError) as error:
+                log.warning("gallery %s: background reload failed (%s); retrying in %g s", self.path, error,
+                            RELOAD_RETRY_S)
+            with self._lock:
+                self._reloader = None
+                if fresh is None:
+                    self._reload_retry_at = time.monotonic() + RELOAD_RETRY_S
+                if fresh is not None and generation == self._generation and not self._closed:
+                    self._snapshot, self._data_version = fresh, version
+                    self._generation += 1
+                    log.debug("gallery %s reloaded in the background: %d identities", self.path, len(fresh))
+
+        self._reloader = threading.Thread(target=reload, name="gallery-reload", daemon=True)
+        self._reloader.start()
+
     def match(self, embeddings: np.ndarray, max_distance: float | None = None) -> list[Match]:
         """One Match per row of embeddings (n, 128): a name, or None (unknown), and the distance."""
-        return self.snapshot().match(embeddings, self.match_max_distance if max_distance is None else max_distance,
-                                     self.strategy)
+        snapshot = self.snapshot()
+        limit = self.threshold.at(len(snapshot)) if max_distance is None else max_distance
+        return snapshot.match(embeddings, limit, self.strategy)
 
     # -- the second opinion ------------------------------------------------------------------
 
@@ -1102,6 +1402,10 @@ class Gallery:
                         raise GalleryError(f"no template {template_id} in gallery {self.path}; nothing was written")
                     assert template is not None
                     _insert_second(db, template_id, template)
+                identities = db.execute(f"SELECT DISTINCT identity_id FROM templates WHERE id IN ({', '.join('?' * len(checked))})",
+                                        [i for i, _ in checked]).fetchall() if checked else []
+                for (identity_id,) in identities:
+                    self._log(db, int(identity_id), "templates")
             self._after_write(lambda snapshot: dataclasses.replace(snapshot, _limit_cache={}))
         return len(checked)
 
@@ -1197,4 +1501,5 @@ class Gallery:
                     self._insert_negative(db, identity_id, vector, n.created)
                     have_negatives = np.vstack([have_negatives, vector[None]])
                     negatives_added += 1
+                self._log(db, identity_id, "templates")
         return ImportReport(created, merged, added, skipped, negatives_added)

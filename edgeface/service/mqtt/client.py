@@ -126,6 +126,25 @@ def resolve_password(config: MqttConfig, environ: Mapping[str, str] | None = Non
                        credential=PASSWORD_CREDENTIAL, environ=environ)
 
 
+def secure_client(client: paho.Client, config: MqttConfig, username: str | None, password: str | None,
+                  tls: bool) -> None:
+    """The broker credentials and TLS settings of `config` on a paho client (the publisher's, the fleet's)."""
+    if username is not None:
+        client.username_pw_set(username, password)
+    if tls:
+        try:
+            client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                certfile=str(config.cert_file) if config.cert_file else None,
+                keyfile=str(config.key_file) if config.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise ConfigError(f"MQTT TLS setup failed: {first_line(error)}; check ca_file/cert_file/key_file") from None
+        if config.tls_insecure:
+            client.tls_insecure_set(True)
+
+
 def default_outbox_path(station_id: str, environ: Mapping[str, str] | None = None) -> Path:
     """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``) or ``$XDG_STATE_HOME``/~/.local/state, /edgeface."""
     environ = os.environ if environ is None else environ
@@ -391,20 +410,7 @@ class MqttPublisher:
             clean_session=None if self._protocol == MQTTProtocolVersion.MQTTv5 else True,
             reconnect_on_failure=True,
         )
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        if self._tls:
-            try:
-                client.tls_set(
-                    ca_certs=str(self.config.ca_file) if self.config.ca_file else None,
-                    certfile=str(self.config.cert_file) if self.config.cert_file else None,
-                    keyfile=str(self.config.key_file) if self.config.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (ssl.SSLError, OSError, ValueError) as error:
-                raise ConfigError(f"MQTT TLS setup failed: {first_line(error)}; check ca_file/cert_file/key_file") from None
-            if self.config.tls_insecure:
-                client.tls_insecure_set(True)
+        secure_client(client, self.config, self._username, self._password, self._tls)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(self.config.max_inflight)
