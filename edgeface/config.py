@@ -146,6 +146,20 @@ class DecisionConfig(StrictModel):
         return self
 
 
+CAMERA_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+"""Camera names: letters, digits, '_', '.', '-' (they appear in MQTT payloads and may become topic levels)."""
+
+
+def check_camera_name(name: str) -> str:
+    """`name` if it is a usable camera name, else ValueError saying what is allowed."""
+    import re
+
+    if not re.match(CAMERA_NAME_PATTERN, name) or len(name) > 64:
+        raise ValueError(f"camera name {name!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-' (it goes "
+                         f"into events and MQTT topics, where '/', '+', '#' and spaces break things)")
+    return name
+
+
 class SourceConfig(StrictModel):
     """`pipeline.source:` how frames are read (edgeface.io.sources.open_source takes these as arguments)."""
 
@@ -188,7 +202,7 @@ class SourceConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    camera: str = Field("cam0", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+    camera: str = Field("cam0", min_length=1, max_length=64, pattern=CAMERA_NAME_PATTERN,
                         description="Camera name in events")
     embed_every_frames: int = Field(3, ge=1, le=1000, description="An undecided track's face is embedded at most every this many frames; a face refused on its aligned chip (blurred) is tried again this many frames later")
     recheck_every_frames: int = Field(
@@ -219,6 +233,44 @@ class PipelineConfig(StrictModel):
     quality: QualityGateConfig = QualityGateConfig()
     tracking: TrackingConfig = TrackingConfig()
     decision: DecisionConfig = DecisionConfig()
+
+
+class CameraConfig(StrictModel):
+    """One camera of `cameras:`: its name and source, and the settings that may differ from the top-level
+    ones (unset: the top-level `recognition.detector`, `pipeline.quality`, `pipeline.detect_tiles_*` and
+    `pipeline.source`)."""
+
+    name: str = Field(description="Camera name in events (`camera`), logs and stats: 1-64 letters, digits, '_', '.' "
+                      "or '-'")
+    source: str | None = Field(
+        None, min_length=1,
+        description="Camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file or image "
+        "folder (as --source). A URL with a password belongs in source_env instead (the config file is readable "
+        "by the service's user and often by others)",
+    )
+    source_env: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the source (e.g. set in the 0600 /etc/edgeface/edgeface.env), so "
+        "that a camera password stays out of the config file and the process list; give source or source_env",
+    )
+    detector: DetectorConfig | None = Field(None, description="This camera's detector (default: recognition.detector)")
+    quality: QualityGateConfig | None = Field(None, description="This camera's quality gate (default: pipeline.quality)")
+    detect_tiles_x: int | None = Field(None, ge=1, le=8, description="This camera's tile columns (default: pipeline.detect_tiles_x)")
+    detect_tiles_y: int | None = Field(None, ge=1, le=8, description="This camera's tile rows (default: pipeline.detect_tiles_y)")
+    capture: SourceConfig | None = Field(
+        None, description="How this camera's frames are read: frame-rate cap, region of interest, retries, timeouts "
+        "(default: pipeline.source; a region of interest is usually one camera's)")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_camera_name(name)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CameraConfig:
+        if (self.source is None) == (self.source_env is None):
+            raise ValueError(f"camera {self.name!r} needs a source or a source_env (one of them)")
+        return self
 
 
 class GalleryConfig(StrictModel):
@@ -379,11 +431,43 @@ class Config(StrictModel):
     gallery: GalleryConfig = GalleryConfig()
     clusters: ClusterSettings = ClusterSettings()
     pipeline: PipelineConfig = PipelineConfig()
+    cameras: list[CameraConfig] = Field(
+        default_factory=list, max_length=64,
+        description="Several cameras in one process (one set of models, one gallery, one outbox); each camera has a "
+        "capture thread, a tracker and a decider of its own. Empty: the one camera of --source, named "
+        "pipeline.camera. --source NAME=SRC on the command line replaces this list",
+    )
     web: WebConfig = WebConfig()
     mqtt: MqttConfig | None = Field(
         None, description="MQTT broker: when set, `edgeface run` publishes there unless --sink jsonl is given",
     )
     fleet: FleetConfig = FleetConfig()
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        names = [camera.name for camera in cameras]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"camera names must be unique; {', '.join(repr(n) for n in twice)} "
+                             f"{'is' if len(twice) == 1 else 'are'} used more than once")
+        return cameras
+
+    def for_camera(self, camera: CameraConfig) -> Config:
+        """This config as one camera sees it: `pipeline.camera` is its name, and its own detector, quality
+        gate and tiles replace the top-level ones."""
+        pipeline: dict[str, Any] = {"camera": camera.name}
+        if camera.quality is not None:
+            pipeline["quality"] = camera.quality
+        if camera.capture is not None:
+            pipeline["source"] = camera.capture
+        for key in ("detect_tiles_x", "detect_tiles_y"):
+            if getattr(camera, key) is not None:
+                pipeline[key] = getattr(camera, key)
+        update: dict[str, Any] = {"pipeline": self.pipeline.model_copy(update=pipeline), "cameras": []}
+        if camera.detector is not None:
+            update["recognition"] = self.recognition.model_copy(update={"detector": camera.detector})
+        return self.model_copy(update=update)
 
     @property
     def match_max_distance(self) -> float | None:
@@ -420,6 +504,11 @@ def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
                 child = (*path, str(key.value))
                 lines.setdefault(child, key.start_mark.line + 1)
                 walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):  # list items by index (cameras.1.name)
+            for index, item in enumerate(node.value):
+                child = (*path, str(index))
+                lines.setdefault(child, item.start_mark.line + 1)
+                walk(item, child)
 
     try:
         walk(yaml.compose(text), ())

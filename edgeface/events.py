@@ -246,15 +246,40 @@ class PersonForgottenEvent(_StationEvent):
     name: PersonName
 
 
+class CameraStateEvent(_EventBase):
+    """A camera of the station failed after its retries (``failed``: the station's other cameras go on,
+    and this one is opened again later) or delivers frames again after such a failure (``connected``)."""
+
+    type: Literal["camera_state"] = "camera_state"
+    track_id: None = None
+    state: Literal["failed", "connected"]
+    reason: str | None = Field(None, max_length=1000, description="Why it failed (one line), null when connected")
+    failures: Count = Field(description="Times this camera failed since the station started")
+
+
 Event = Annotated[
-    RecognizedEvent | UnknownEvent | TrackEndedEvent | ClusterMergedEvent | ClusterNamedEvent | PersonForgottenEvent,
+    RecognizedEvent | UnknownEvent | TrackEndedEvent | ClusterMergedEvent | ClusterNamedEvent | PersonForgottenEvent
+    | CameraStateEvent,
     Field(discriminator="type"),
 ]
 """Any event; ``type`` selects the model."""
 
 EVENT_TYPES: tuple[str, ...] = (
-    "recognized", "unknown", "track_ended", "cluster_merged", "cluster_named", "person_forgotten",
+    "recognized", "unknown", "track_ended", "cluster_merged", "cluster_named", "person_forgotten", "camera_state",
 )
+
+
+class CameraStats(BaseModel):
+    """One camera's numbers in Stats."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    state: Literal["running", "reconnecting", "failed", "ended"] = Field(
+        description="running: delivering frames; reconnecting: retrying within its limits; failed: out of retries, "
+        "opened again later; ended: its file or folder was read to the end")
+    fps: float = Field(ge=0.0, description="Frames processed per second since the previous stats")
+    frames: Count = Field(description="Frames processed since the station started")
+    failures: Count = Field(description="Times the camera failed after its retries")
 
 
 class Stats(_Payload):
@@ -271,6 +296,9 @@ class Stats(_Payload):
     dropped_events: Count = Field(0, description="Events dropped because the outbox was full")
     outbox_write_failures: Count = Field(
         0, description="Events the outbox could not store at once (full disk, I/O error); they waited in memory"
+    )
+    cameras: dict[CameraName, CameraStats] = Field(
+        default_factory=dict, description="Each camera of the station by name (absent in stats of older versions)"
     )
 
 

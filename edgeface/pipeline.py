@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -42,7 +42,7 @@ from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
 from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
 from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.tracker import Tracker
-from edgeface.vision.analyzer import FaceAnalyzer, align_faces, camera_models
+from edgeface.vision.analyzer import CameraModels, FaceAnalyzer, align_faces, camera_models
 from edgeface.vision.detections import FaceDetections
 from edgeface.vision.quality import (
     QualityGate,
@@ -257,7 +257,7 @@ class Pipeline:
         self.scene_cut = scene_cut
         self.clusters = clusters
         self.stats = PipelineStats()
-        bus.subscribe(self.stats.count_event, name="pipeline stats")
+        bus.subscribe(self._count_event, name="pipeline stats")
         self._clock = clock
         self._start = clock()
         self._last_ts = self._start
@@ -265,6 +265,11 @@ class Pipeline:
         self._closed = False
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _count_event(self, event: Event) -> None:
+        """This camera's events and the station's (several cameras may share the bus)."""
+        if event.camera is None or event.camera == self.decider.camera:
+            self.stats.count_event(event)
 
     def frame_time(self, ts: float) -> datetime:
         """The wall-clock time of a frame: its capture time for a live source (ts is time.time()), the
@@ -626,14 +631,18 @@ def build_pipeline(
     wrap_runner: Callable[[Any], Any] | None = None,
     threads: int | None = None,
     clock: Callable[[], datetime] = utc_now,
+    models: CameraModels | None = None,
+    track_ids: Iterator[int] | None = None,
 ) -> Pipeline:
     """A Pipeline from an `edgeface.config.Config`: the models it names, the thresholds it holds; the
     gallery (`matcher`) is matched at `MatchThreshold.from_config(config)`. `clusters`: where unknown tracks are
     clustered (None: they stay plain unknowns). `wrap_runner` wraps every detector model runner (the
     detector's and the keypoint refiner's; e.g. in a TimedRunner); `threads` overrides the embedder's
-    (and detectors') thread count."""
+    (and detectors') thread count. Several cameras in one process pass `models` (their shared runners and
+    embedder: `camera_models(config, shared=...)`) and one `track_ids` counter."""
     p = config.pipeline
-    models = camera_models(config, wrap_runner=wrap_runner, threads=threads)
+    if models is None:
+        models = camera_models(config, wrap_runner=wrap_runner, threads=threads)
     q, t, d = p.quality, p.tracking, p.decision
     return Pipeline(
         detector=models.detector,
@@ -647,7 +656,8 @@ def build_pipeline(
         bus=bus,
         tracker=Tracker(iou_min=t.iou_min, max_missed_frames=t.track_max_missed_frames, tie_iou_margin=t.tie_iou_margin,
                         appearance_max_distance=t.appearance_max_distance, confirm_iou_below=t.confirm_iou_below,
-                        max_gap_s=t.track_max_gap_s, max_unconfirmed_frames=t.track_max_unconfirmed_frames),
+                        max_gap_s=t.track_max_gap_s, max_unconfirmed_frames=t.track_max_unconfirmed_frames,
+                        ids=track_ids),
         gate=QualityGate(min_face_px=q.min_face_px, blur_min_var=q.blur_min_var, max_yaw_deg=q.max_yaw_deg,
                          max_roll_deg=q.max_roll_deg, min_score=q.min_score),
         scene_cut=SceneCutDetector(t.scene_cut_min_diff) if t.scene_cut_min_diff > 0 else None,

@@ -68,6 +68,8 @@ class MjpegServer:
         self.mode = mode
         self.counter = 0
         self.connections = 0
+        self.paused = threading.Event()
+        """Set: no new frame is sent, the streams stay open (a camera whose picture froze)."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -91,6 +93,10 @@ class MjpegServer:
         period = 1.0 / self.fps
         next_t = time.monotonic()
         while not self._stop.is_set():
+            if self.paused.is_set():
+                self._stop.wait(period)
+                next_t = time.monotonic()
+                continue
             with self._lock:
                 number = self.counter
                 self.counter += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -26,15 +26,23 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         key = f"{prefix}{name}"
         nested = [t for t in (field.annotation, *get_args(field.annotation))
                   if isinstance(t, type) and issubclass(t, BaseModel)]
+        items = [t for arg in get_args(field.annotation) for t in get_args(arg) or (arg,)
+                 if get_origin(field.annotation) is list and isinstance(t, type) and issubclass(t, BaseModel)]
+        if items:  # a list of sections (cameras:), each item's keys under key[]
+            description = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{key}` | `[]` | | list; each item: the `{key}[].` keys below. {description} |")
+            rows += _rows(items[0], key + "[].")
+            continue
         if nested:
             optional = " (optional section; absent by default)" if field.get_default() is None else ""
             rows.append(f"| `{key}` | | | section{optional} |")
             rows += _rows(nested[0], key + ".")
             continue
         default = field.get_default(call_default_factory=True)
+        shown = "required" if field.is_required() else f"`{default!r}`"
         bounds = [f"{op} {getattr(m, op)}" for m in field.metadata for op in ("ge", "gt", "le", "lt") if hasattr(m, op)]
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{key}` | `{default!r}` | {', '.join(bounds)} | {description} |")
+        rows.append(f"| `{key}` | {shown} | {', '.join(bounds)} | {description} |")
     return rows
 
 

@@ -104,24 +104,37 @@ class _StopOnSignals:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edgeface.service.app import build_station, open_gallery, sink_kind
+    from edgeface.service.cameras import camera_specs
     from edgeface.service.systemd import Notifier, WatchdogFeeder
 
     config = _config(args)
-    spec = args.source or os.environ.get(SOURCE_ENV, "")
-    if not spec:  # a usage error, like a missing required option
+    given = args.source or ([os.environ[SOURCE_ENV]] if os.environ.get(SOURCE_ENV) else [])
+    if not given and not config.cameras:  # a usage error, like a missing required option
         print(f"edgeface run: error: the following arguments are required: --source (or set ${SOURCE_ENV}, which "
-              "keeps a camera password out of the process list)", file=sys.stderr)
+              "keeps a camera password out of the process list, or list `cameras:` in the config)", file=sys.stderr)
         return 2
+    specs = camera_specs(config, given)
+    if len(specs) > 1:
+        from edgeface.service.cameras import return_frames_to_the_system
+
+        return_frames_to_the_system()
     mqtt_url = getattr(args, "mqtt_url", None)
     kind = sink_kind(config, args.sink, mqtt_url)
-    source = _open_source(spec, args.every_frame, config)  # a bad source fails before anything is created
+
+    def open_camera(spec: Any) -> Any:
+        return _open_source(spec.source, args.every_frame, spec.config)
+
+    sources: dict[str, Any] = {}
     stop = threading.Event()
-    stopper = _StopOnSignals(stop, source)
+    closer = _Sources(sources)
+    stopper = _StopOnSignals(stop, closer)
     running = None
     notifier = Notifier()  # systemd Type=notify; every call is a no-op outside systemd
     listen = getattr(args, "web", None) or config.web.listen
     page = None
     try:
+        for spec in specs:  # a bad source fails before anything is created
+            sources[spec.name] = open_camera(spec)
         password = None
         if listen:
             from edgeface.service.web import parse_listen, resolve_password
@@ -129,28 +142,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
             parse_listen(listen)
             password = resolve_password(config.web)  # no page without a password: fail before loading models
         gallery = open_gallery(config, args.gallery, create_default=True)
-        running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url, source=source,
-                                commands=bool(listen), fleet=True)
+        running = build_station(config, gallery=gallery, sink=kind, stdout=sys.stdout, mqtt_url=mqtt_url,
+                                commands=bool(listen), fleet=True, cameras=specs, sources=sources,
+                                open_source=open_camera)
+        cameras = closer.cameras = running.cameras
+        assert cameras is not None
         if listen and password is not None:
             from edgeface.service.web import StationPage
 
             page = StationPage(running, listen, password).start()
-        # The watchdog is fed per processed frame only: a hung camera or model makes systemd restart us.
+        # The watchdog is fed while every camera processes frames (or retries within its limits): a hung
+        # camera or model makes systemd restart us.
         feeder = WatchdogFeeder(notifier)
-        notifier.ready(f"models loaded, reading {getattr(source, 'description', 'the source')}")
+        described = ", ".join(getattr(source, "description", name) for name, source in sources.items())
+        notifier.ready(f"models loaded, reading {described}")
         feeder.start()
         with stopper:
-            stats = running.pipeline.run(_frames_for(source, page), stop,
-                                         on_frame=_on_frame(feeder, page))
+            cameras.run(stop, feeder, on_frame=_on_frame(page))
+            stats = cameras.stats
             log.info("%d frames, %d faces, %d tracks, events %s, quality rejections %s", stats.frames, stats.faces,
                      stats.tracks_started, dict(stats.events), dict(stats.quality_rejections))
+            for runner in cameras.runners:
+                log.info("%s", runner.summary())
             if page is not None and not stop.is_set():
-                log.info("the source ended; the station page stays up on %s until Ctrl-C or SIGTERM", page.url)
+                ended = "the source ended" if len(cameras.runners) == 1 else "every camera's source ended"
+                log.info("%s; the station page stays up on %s until Ctrl-C or SIGTERM", ended, page.url)
                 while not stop.wait(0.5):
                     pass
     finally:
         notifier.stopping("closing tracks and flushing events")
-        source.close()
+        for source in sources.values():
+            source.close()
+        if running is not None and running.cameras is not None:
+            running.cameras.close_sources()
         if page is not None:
             page.close()
         if running is not None:
@@ -159,27 +183,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if stopper.signal is signal.SIGINT else EXIT_OK
 
 
-def _frames_for(source: Any, page: Any) -> Any:
-    """The source's frames; with the station page, each frame's image is kept for its live view."""
+class _Sources:
+    """Every camera's source, as one thing the signal handler closes (so that waiting sources wake up)."""
+
+    def __init__(self, sources: dict[str, Any]) -> None:
+        self.sources = sources
+        self.cameras: Any = None
+        """Once built: the cameras, whose sources may have been opened again since."""
+
+    def close(self) -> None:
+        for source in list(self.sources.values()):
+            source.close()
+        if self.cameras is not None:
+            self.cameras.close_sources()
+
+
+def _on_frame(page: Any) -> Any:
+    """With the station page, each camera's latest frame and result go to its live view."""
     if page is None:
-        return source
+        return None
 
-    def frames() -> Iterator[Any]:
-        for frame in source:
-            page.live.pending = frame.image
-            yield frame
-
-    return frames()
-
-
-def _on_frame(feeder: Any, page: Any) -> Any:
-    if page is None:
-        return lambda _result: feeder.frame_processed()
-    live = page.live
-
-    def on_frame(result: Any) -> None:
-        feeder.frame_processed()
-        live.offer(live.pending, result)
+    def on_frame(runner: Any, image: Any, result: Any) -> None:
+        page.lives[runner.name].offer(image, result)
 
     return on_frame
 
@@ -388,10 +413,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "cleanly: tracks ended, events flushed); 1 a problem the message explains (config, gallery, no such camera, "
         "source lost after its retries, broker); 2 wrong usage",
     )
-    run.add_argument("--source", metavar="SRC",
+    run.add_argument("--source", metavar="[NAME=]SRC", action="append",
                      help="camera index or /dev/videoN, rtsp:// or http:// URL, GStreamer pipeline, video file, image "
-                     "folder (default: $EDGEFACE_SOURCE; use that for a URL with a password, so that it does not "
-                     "show in the process list)")
+                     "folder (default: $EDGEFACE_SOURCE, else the config's cameras:; use $EDGEFACE_SOURCE for a URL "
+                     "with a password, so that it does not show in the process list). Several cameras: repeat "
+                     "--source NAME=SRC (NAME in events; a cameras: entry of that name gives its settings)")
     run.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")
     run.add_argument("--gallery", type=Path, help="gallery file (default: $EDGEFACE_GALLERY, else ./gallery.db, created empty if absent: unknown faces are clustered there)")
     run.add_argument("--sink", choices=("jsonl", "mqtt"), default=None,

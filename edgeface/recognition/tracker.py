@@ -36,7 +36,8 @@ The tracker never mutates its inputs; its own state changes only through `update
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -129,6 +130,7 @@ class Tracker:
         max_gap_s: float | None = _CONFIG.track_max_gap_s,
         max_unconfirmed_frames: int | None = DEFAULT_MAX_UNCONFIRMED_FRAMES,
         first_id: int = 1,
+        ids: Iterator[int] | None = None,
     ) -> None:
         if not 0.0 < iou_min <= 1.0:
             raise ValueError(f"iou_min must be in (0, 1], got {iou_min}")
@@ -153,7 +155,8 @@ class Tracker:
         self.confirm_iou_below = confirm_iou_below
         self.max_gap_s = max_gap_s
         self.max_unconfirmed_frames = max_unconfirmed_frames
-        self._next_id = first_id
+        self._ids = ids if ids is not None else itertools.count(first_id)
+        """New track ids; the cameras of one process share one counter, so a track id names one track."""
         self._tracks: dict[int, Track] = {}
 
     @property
@@ -276,8 +279,7 @@ class Tracker:
                                              tuple(box), velocity, old.hits + 1, 0, old.embedding)  # type: ignore[arg-type]
                 track_ids.append(old.id)
             else:
-                track_id = self._next_id
-                self._next_id += 1
+                track_id = next(self._ids)
                 self._tracks[track_id] = Track(track_id, ts, ts, frame_index, frame_index, tuple(box))  # type: ignore[arg-type]
                 track_ids.append(track_id)
                 new.add(track_id)

@@ -21,11 +21,12 @@ from edgeface.errors import ConfigError
 from edgeface.events import utc_now
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from edgeface.config import Config
     from edgeface.pipeline import Pipeline
+    from edgeface.service.cameras import Cameras, CameraSpec
     from edgeface.service.fleet import Fleet
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.service.mqtt.commands import CommandRouter
@@ -85,6 +86,8 @@ class RunningStation:
     clusters: ClusterStage | None
     station: Station | None
     publisher: MqttPublisher | None
+    cameras: Cameras | None = None
+    """With `build_station(cameras=...)`: every camera (`pipeline` is then the first camera's)."""
     fleet: Fleet | None = None
     _closed: bool = False
 
@@ -146,11 +149,16 @@ def build_station(
     source: Any = None,
     clock: Callable[[], datetime] = utc_now,
     commands: bool = False,
+    cameras: Sequence[CameraSpec] | None = None,
+    sources: dict[str, Any] | None = None,
+    open_source: Callable[[CameraSpec], Any] | None = None,
     fleet: bool = False,
 ) -> RunningStation:
     """Everything `edgeface run` runs, wired: the bus with JSONL on `stdout` or MQTT, unknown tracks
     clustered in the gallery's file (without a gallery they stay plain unknowns), the pipeline and, with
     MQTT or `commands` (the station page), the station that answers commands on that pipeline and source.
+    `cameras` (with their open `sources` by name, and `open_source` to open one again after it failed):
+    a pipeline per camera on one set of models (service/cameras.py) instead of the one pipeline.
     `fleet`: join the fleet when `fleet.enabled` (refused, before anything starts, without the key)."""
     from edgeface.pipeline import build_pipeline
     from edgeface.service.sinks import JsonlSink
@@ -177,11 +185,21 @@ def build_station(
             station = Station(config, gallery=gallery)
             station.bus = bus  # no publisher, no Home Assistant: the page's commands and their events only
     clusters = None
+    group = None
     try:
         if gallery is not None:
             store = ClusterStore(gallery.path, config.clusters, station=config.station_id, gallery=gallery)
             clusters = ClusterStage(store)
-        pipeline = build_pipeline(config, bus=bus, matcher=gallery, clusters=clusters, clock=clock)
+        if cameras:
+            from edgeface.service.cameras import build_cameras
+
+            if sources is None or open_source is None:
+                raise ValueError("cameras need their sources and open_source")
+            group = build_cameras(cameras, sources, bus=bus, gallery=gallery, clusters=clusters,
+                                  open_source=open_source, clock=clock)
+            pipeline = group.pipelines[0]
+        else:
+            pipeline = build_pipeline(config, bus=bus, matcher=gallery, clusters=clusters, clock=clock)
     except BaseException:
         try:
             bus.close()
@@ -190,8 +208,8 @@ def build_station(
                 clusters.store.close()
         raise
     if station is not None:
-        station.attach_pipeline(pipeline, source, clusters)
-    running = RunningStation(config, bus, pipeline, gallery, clusters, station, publisher)
+        station.attach_pipeline(group or pipeline, None if group is not None else source, clusters)
+    running = RunningStation(config, bus, pipeline, gallery, clusters, station, publisher, group)
     if fleet_key is not None and gallery is not None:
         running.fleet = _join_fleet(running, gallery, fleet_key, mqtt_url)
     return running
@@ -207,7 +225,7 @@ def _join_fleet(running: RunningStation, gallery: Gallery, key: bytes, mqtt_url:
         if running.station is not None:
             running.station.erased(name)
         else:
-            running.pipeline.decider.forget_name(name)
+            (running.cameras or running.pipeline).decider.forget_name(name)
         return cleared
 
     fleet = Fleet(running.config, gallery, key=key, mqtt_url=mqtt_url, on_forgotten=erase,

@@ -10,6 +10,7 @@ measured. A check that crashes reports ``fail`` with the error instead of stoppi
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -469,6 +470,14 @@ class DoctorOptions:
     broker_timeout_s: float = BROKER_TIMEOUT_S
 
 
+def _camera_named(camera: Any, options: DoctorOptions) -> Check:
+    """check_camera on one camera of `cameras:` (its source_env read from the environment)."""
+    from edgeface.service.cameras import source_of
+
+    check = check_camera(source_of(camera), options.camera_timeout_s)
+    return replace(check, name=f"camera {camera.name}")
+
+
 def doctor_gallery_path() -> Path:
     """$EDGEFACE_GALLERY, else ./gallery.db (as the gallery commands), else under $STATE_DIRECTORY."""
     from edgeface.storage.paths import DEFAULT_GALLERY, GALLERY_ENV
@@ -515,7 +524,11 @@ def run_checks(options: DoctorOptions) -> Iterable[Check]:
     yield from _guarded("detector", lambda: check_detector(config.recognition.detector.model))
     yield from _guarded("embedder", check_embedder)
     yield from _guarded("sface", lambda: check_second_opinion(config.recognition.second_opinion))
-    yield from _guarded("camera", lambda: check_camera(options.source, options.camera_timeout_s))
+    if options.source is None and config.cameras:  # each camera of `cameras:` reads a frame
+        for camera in config.cameras:
+            yield from _guarded(f"camera {camera.name}", functools.partial(_camera_named, camera, options))
+    else:
+        yield from _guarded("camera", lambda: check_camera(options.source, options.camera_timeout_s))
     yield from _guarded("broker", lambda: check_broker(options.mqtt_url, mqtt_config, options.broker_timeout_s))
     yield from _guarded("gallery", lambda: check_gallery(gallery))
     disk_paths = [gallery.resolve().parent]

@@ -63,6 +63,7 @@ from edgeface.service.unknown_face import UnknownFace
 
 if TYPE_CHECKING:
     from edgeface.pipeline import Pipeline
+    from edgeface.service.cameras import Cameras
     from edgeface.service.fleet import Fleet
     from edgeface.service.mqtt.client import MqttPublisher
     from edgeface.storage.cluster_store import ClusterStage
@@ -157,7 +158,7 @@ class Station:
         self._clock = clock
         self._started_at = clock()
         self.publisher: MqttPublisher | None = None
-        self.pipeline: Pipeline | None = None
+        self.pipeline: Pipeline | Cameras | None = None
         self.source: Any = None
         self.ha: HaTopics | None = None
         self._presence = PresenceTracker(self.mqtt.present_timeout_s)
@@ -204,9 +205,11 @@ class Station:
         if self.mqtt.homeassistant:
             self.ha = HaTopics(self.config.station_id, publisher.topics.prefix, self.mqtt.discovery_prefix)
 
-    def attach_pipeline(self, pipeline: Pipeline, source: Any = None, clusters: ClusterStage | None = None) -> None:
-        """The running pipeline (for reject, status, stats, and its models for enrollment), its source
-        (queue depth) and its cluster stage, whose store the cluster commands then use."""
+    def attach_pipeline(self, pipeline: Pipeline | Cameras, source: Any = None,
+                        clusters: ClusterStage | None = None) -> None:
+        """The running pipeline (for reject, status, stats, and its models for enrollment), or every camera
+        of a station with several, its source (queue depth) and its cluster stage, whose store the cluster
+        commands then use."""
         self.pipeline = pipeline
         self.source = source
         with self._command_lock:
@@ -454,7 +457,13 @@ class Station:
             quality_rejections=dict(stats.quality_rejections) if stats is not None else {},
             dropped_events=self._pub.status().dropped,
             outbox_write_failures=int(getattr(self.publisher, "write_failures", 0)),
+            cameras=self._camera_stats(advance),
         )
+
+    def _camera_stats(self, advance: bool) -> dict[str, Any]:
+        """Each camera's numbers (a station with cameras; the single pipeline's loop has none)."""
+        camera_stats = getattr(self.pipeline, "camera_stats", None)
+        return camera_stats(advance) if callable(camera_stats) else {}
 
     def publish_stats(self) -> None:
         self._pub.publish_stats(self.stats())
@@ -679,6 +688,7 @@ class Station:
             "identities": len(self.gallery.snapshot()) if self.gallery is not None else 0,
             "gallery": str(self.gallery.path) if self.gallery is not None else None,
             "recent_tracks": len(pipeline.decider.recent_track_ids()) if pipeline is not None else 0,
+            "cameras": {name: camera.model_dump() for name, camera in self._camera_stats(advance=False).items()},
             "homeassistant": self.ha is not None,
             "fleet": self.fleet.status() if self.fleet is not None else None,
             "mqtt": None if publisher is None else {

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from edgeface.vision.align import Aligner
     from edgeface.vision.embed import Embedder
     from edgeface.vision.sface import SecondEmbedder
+    from edgeface.vision.shared import SharedModels
 
 
 class Detector(Protocol):
@@ -67,30 +68,35 @@ def second_embedder(config: RecognitionConfig, refiner: Any, detector_model: str
 
 
 def camera_models(config: Config, *, wrap_runner: Callable[[Any], Any] | None = None,
-                  threads: int | None = None) -> CameraModels:
+                  threads: int | None = None, shared: SharedModels | None = None) -> CameraModels:
     """The models of the camera loop from a config. `wrap_runner` wraps every detector model runner (the
     detector's and the keypoint refiner's; e.g. in a TimedRunner); `threads` overrides the embedder's
-    (and detectors') thread count."""
+    (and detectors') thread count; `shared`: the model runners and the embedder several cameras share
+    (each camera still gets detector objects of its own: they keep per-frame state)."""
     from edgeface.vision.align import Aligner
-    from edgeface.vision.blazeface import make_detector, make_refiner
+    from edgeface.vision.blazeface import litert_runner, make_detector, make_refiner
     from edgeface.vision.embed import Embedder
     from edgeface.vision.tiling import TiledDetector
 
     recognition, p = config.recognition, config.pipeline
     n_threads = threads or recognition.embedder.threads
+    runner_for = shared.runner if shared is not None else litert_runner
     # Video frames are shrunk for the detector the fast way (bilinear, as MediaPipe does; see edgeface.vision.blazeface).
     detector: Any = make_detector(recognition.detector.model, min_score=recognition.detector.min_score,
-                                  threads=n_threads, resize="fast", wrap_runner=wrap_runner)
+                                  threads=n_threads, resize="fast", wrap_runner=wrap_runner, runner_for=runner_for)
     template_model = detector.model
     if p.detect_tiles_x * p.detect_tiles_y > 1:
         detector = TiledDetector(detector, p.detect_tiles_x, p.detect_tiles_y, p.detect_tile_overlap_frac,
                                  min_side_px_for_tiles=p.detect_tiles_min_side_px,
                                  work_long_side_px=p.detect_work_long_side_px)
-    refiner = make_refiner(p.refine_face_max_frac, threads=n_threads, wrap_runner=wrap_runner)
+    refiner = make_refiner(p.refine_face_max_frac, threads=n_threads, wrap_runner=wrap_runner, runner_for=runner_for)
+    embedder: Any = shared.embedder(recognition.embedder, n_threads) if shared is not None else \
+        Embedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip)
     return CameraModels(
         detector,
         Aligner(method=recognition.alignment.method, detector_model=template_model, refiner=refiner),
-        Embedder(precision=recognition.embedder.precision, threads=n_threads, flip=recognition.embedder.flip),
+        embedder,
+        shared.second_embedder(recognition, refiner, template_model, n_threads) if shared is not None else
         second_embedder(recognition, refiner, template_model, n_threads),
     )
 

@@ -601,12 +601,14 @@ class AutoRangeDetector:
 
 def make_detector(choice: DetectorChoice, *, min_score: float | None = None, threads: int = 1,
                   resize: ResizeMode = "area", wrap_runner: Callable[[Runner], Runner] | None = None,
+                  runner_for: Callable[[ModelName, int], Runner] = litert_runner,
                   ) -> BlazeFaceDetector | AutoRangeDetector:
     """The detector a config names, on the shipped models. `min_score` applies to each model
-    (None: each model's own default); `wrap_runner` wraps each model runner (e.g. to time it)."""
+    (None: each model's own default); `wrap_runner` wraps each model runner (e.g. to time it);
+    `runner_for(model, threads)` makes the runners (several cameras share theirs: vision/shared.py)."""
 
     def blazeface(model: ModelName) -> BlazeFaceDetector:
-        runner = litert_runner(model, threads)
+        runner = runner_for(model, threads)
         return BlazeFaceDetector(model=model, score_threshold=min_score, resize=resize,
                                  runner=wrap_runner(runner) if wrap_runner else runner)
 
@@ -616,10 +618,11 @@ def make_detector(choice: DetectorChoice, *, min_score: float | None = None, thr
 
 
 def make_refiner(max_face_frac: float, *, threads: int = 1,
-                 wrap_runner: Callable[[Runner], Runner] | None = None) -> KeypointRefiner | None:
+                 wrap_runner: Callable[[Runner], Runner] | None = None,
+                 runner_for: Callable[[ModelName, int], Runner] = litert_runner) -> KeypointRefiner | None:
     """The keypoint refiner on the shipped short-range model; None when max_face_frac is 0 (off)."""
     if max_face_frac <= 0:
         return None
-    runner = litert_runner("short", threads)
+    runner = runner_for("short", threads)
     return KeypointRefiner(BlazeFaceDetector(model="short", runner=wrap_runner(runner) if wrap_runner else runner),
                            max_face_frac=max_face_frac)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,21 @@ def _interpreter_class() -> Any:
 
 _RUNTIME_CHATTER = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
 
+_STDERR_SWAP = threading.Lock()
+"""One swap of fd 2 at a time: two interleaved swaps (cameras' threads making interpreters at once) would
+leave fd 2 on a temporary file, and every later log line would vanish."""
+
 
 @contextlib.contextmanager
 def _without_runtime_chatter() -> Iterator[None]:
     """LiteRT's C++ side prints `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` straight to file
     descriptor 2 on every interpreter it creates, which no log level turns off. While the interpreter
     is built, fd 2 goes to a temporary file; afterwards everything in it but that line is written back."""
+    with _STDERR_SWAP:
+        yield from _swapped_stderr()
+
+
+def _swapped_stderr() -> Iterator[None]:
     try:
         sys.stderr.flush()
         saved = os.dup(2)

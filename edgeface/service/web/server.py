@@ -21,7 +21,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from pydantic import ValidationError
 
@@ -97,7 +97,10 @@ class StationPage:
         self.throttle = LoginThrottle()
         crops_on = running.config.clusters.store_face_crops
         self.event_crops = EventCrops() if crops_on else None
-        self.live = LiveView(self.event_crops)
+        names = [r.name for r in running.cameras.runners] if running.cameras is not None else [running.config.pipeline.camera]
+        self.lives = {name: LiveView(self.event_crops) for name in names}
+        """One live view per camera (`/live.jpg?camera=NAME`); `live` is the first camera's."""
+        self.live = self.lives[names[0]]
         self.events: deque[Any] = deque(maxlen=EVENTS_KEPT)
         self.started_at = clock()
         self.https = self.web.cert_file is not None
@@ -232,7 +235,8 @@ SCRIPT = """
   var img=document.getElementById('live');
   if(!img){return;}
   var period=parseFloat(img.getAttribute('data-period-ms'))||200;
-  function next(){setTimeout(function(){img.src='/live.jpg?t='+Date.now();},period);}
+  var src=img.getAttribute('data-src')||'/live.jpg';
+  function next(){setTimeout(function(){img.src=src+(src.indexOf('?')<0?'?':'&')+'t='+Date.now();},period);}
   img.addEventListener('load',next);img.addEventListener('error',function(){setTimeout(next,1000);});
   if(img.complete){next();}  // the first frame may have loaded before this script ran
 })();
@@ -335,7 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/", ""):
             return self._redirect("/live")
         if path == "/live.jpg":
-            jpeg = self.page.live.jpeg()
+            jpeg = self._live_view().jpeg()
             if jpeg is None:
                 return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet", "text/plain; charset=utf-8")
             return self._send(HTTPStatus.OK, jpeg, "image/jpeg")
@@ -371,10 +375,21 @@ class _Handler(BaseHTTPRequestHandler):
                 "<button>Log in</button></form>")
         return self._layout("", "Log in", body, None)
 
+    def _live_view(self) -> LiveView:
+        """The camera the query names (?camera=NAME), else the first."""
+        name = parse_qs(urlsplit(self.path).query).get("camera", [""])[0]
+        return self.page.lives.get(name, self.page.live)
+
     def _live(self, session: Session) -> tuple[str, str]:
         period_ms = int(1000 / self.page.web.live_max_fps)
-        body = (f'<img id=live class=live src="/live.jpg" alt="the camera, with boxes and names" '
-                f'data-period-ms="{period_ms}">'
+        view = self._live_view()
+        name = next(n for n, v in self.page.lives.items() if v is view)
+        src = f"/live.jpg?camera={quote(name)}"
+        picker = "" if len(self.page.lives) == 1 else "<p>" + " ".join(
+            f'<a href="/live?camera={quote(n)}">{"<b>" + _h(n) + "</b>" if n == name else _h(n)}</a>'
+            for n in self.page.lives) + "</p>"
+        body = (f'{picker}<img id=live class=live src="{_h(src)}" data-src="{_h(src)}" '
+                f'alt="the camera {_h(name)}, with boxes and names" data-period-ms="{period_ms}">'
                 "<p class=note>Boxes: green a known person, orange an unknown one (its cluster id), grey still "
                 "undecided. When the source has ended the last frame stays.</p>")
         return "Live", body
@@ -531,7 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _status(self, session: Session) -> tuple[str, str]:
         running = self.page.running
-        stats = running.pipeline.stats
+        stats = running.cameras.stats if running.cameras is not None else running.pipeline.stats
         uptime = max(self.page._clock() - self.page.started_at, 1e-9)
         items = [
             ("station", running.config.station_id),
@@ -544,6 +559,9 @@ class _Handler(BaseHTTPRequestHandler):
             ("quality rejections", ", ".join(f"{k} {v}" for k, v in sorted(stats.quality_rejections.items())) or "none"),
             ("gallery", running.gallery.path if running.gallery is not None else "none"),
         ]
+        if running.cameras is not None and len(running.cameras.runners) > 1:
+            items += [(f"camera {r.name}", f"{r.camera_state()}, {r.frames} frames, {r.failures} failures")
+                      for r in running.cameras.runners]
         if running.publisher is not None:
             status = running.publisher.status()
             items += [("broker", "connected" if status.connected else "not connected"),
