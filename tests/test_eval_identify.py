@@ -116,3 +116,36 @@ def test_gallery_size_figures_decide_as_the_station_does(tmp_path: Path) -> None
     alone = default_figures(dlib, owner, probes[mated], who[mated], probes[non_mated], threshold, "mean")
     assert fused == pytest.approx(station_rates())
     assert fused != pytest.approx(alone)
+
+
+def test_people_split_halves_people_never_images(tmp_path: Path) -> None:
+    """The people split the impostor tool fits on ("fit") and the evaluation measures on ("eval"):
+    disjoint halves of the people, the same every time, every image of a person on one side."""
+    from edgeface.eval.data import people_part
+
+    people = {f"p{i:03d}": [Path(f"p{i:03d}/{k}.jpg") for k in range(3)] for i in range(101)}
+    fit, held_out = people_part(people, "fit"), people_part(people, "eval")
+    assert not set(fit) & set(held_out) and set(fit) | set(held_out) == set(people)
+    assert len(fit) == 50 and fit == people_part(people, "fit") and all(len(v) == 3 for v in fit.values())
+    assert sorted(fit) != sorted(people)[:50]  # drawn, not the first names
+
+
+@pytest.mark.skipif(not (DATA / "bbt").is_dir(), reason="../shared/data is absent")
+def test_eval_identify_measures_on_one_half_of_the_people(tmp_path: Path) -> None:
+    from edgeface.config import Config
+    from edgeface.eval.data import people_part
+    from edgeface.vision.analyzer import FaceAnalyzer
+
+    for person in (DATA / "bbt").iterdir():
+        if not person.name.startswith("_"):
+            (tmp_path / person.name).symlink_to(person)
+    cache = tmp_path / "cache.npz"
+    everyone = run_identify_evaluation(tmp_path, lambda: FaceAnalyzer.from_config(Config().recognition),
+                                       progress=False, seeds=1, cache=cache)
+    halves = {part: run_identify_evaluation(tmp_path, None, progress=False, seeds=1, cache=cache, people_split=part)
+              for part in ("fit", "eval")}
+    from edgeface.eval.identify import dataset_people
+
+    for part, report in halves.items():
+        assert report.images == sum(len(v) for v in people_part(dataset_people(tmp_path), part).values())
+    assert halves["fit"].images + halves["eval"].images == everyone.images

@@ -14,13 +14,20 @@ View 2 (pairs.txt) or the CelebA set the evaluations report on. Measured:
 - the same tail and exponent for the fused score (FUSED_KIND: dlib's distance and SFace's cosine
   fused on dlib's distance scale, edgeface.recognition.fusion), which decides answers near the
   threshold whenever the second opinion is on (the default);
+- with --wild SET=CACHE (e.g. celeba): the fused score's figures on that set of wild photos too (its
+  people per --wild-people: "fit", the half `edgeface eval identify --people-split eval` never sees,
+  for a cross-validated check; "all" for the shipped table), and the fused table becomes the envelope:
+  at each per-comparison rate the stricter (lower) of the LFW and the wild score, and the larger chance
+  exponent. Below the wild set's measured range its score is LFW's at the rate divided by the wild/LFW
+  rate ratio measured at the wild set's lowest point (the excess carried down, never dropped);
 - template_tightening (dlib only): the same tail for a mean of k = 1, 2, 3 images (all LFW images of the
   training list's people; the last image of each person is the probe), the difference to k = 1 at
   1e-5 ... 1e-3 (for the record: the gallery's MEAN_THRESHOLD_TIGHTENING constants apply).
 
 Usage:
 
-    python tools/measure_impostor_scores.py [--data ../shared/data/lfw] [--cache faces.npz] [--write]
+    python tools/measure_impostor_scores.py [--data ../shared/data/lfw] [--cache faces.npz] \
+        [--wild celeba=celeba_faces.npz --wild-people all|fit] [--write]
 
 Without --write it prints the document; with it, writes models/impostor_scores.json and its manifest
 entry.
@@ -33,17 +40,19 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeface.config import Config
-from edgeface.eval.data import dataset_faces, dataset_people
+from edgeface.eval.data import PeoplePart, dataset_faces, dataset_people, default_face_rule, images_root, people_part
 from edgeface.eval.verification import read_lfw_pairs
 from edgeface.recognition.false_alarm import (
     DEFAULT_KIND,
     FUSED_KIND,
     IMPOSTOR_FORMAT,
     IMPOSTOR_SCORES_FILE,
+    ImpostorTable,
     parse_tables,
 )
 from edgeface.recognition.fusion import rescore
@@ -64,7 +73,7 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(2.0 - 2.0 * (a @ b.T), 0.0, 4.0))
 
 
-def _kind_figures(distances: np.ndarray, owner: np.ndarray) -> dict[str, object]:
+def _kind_figures(distances: np.ndarray, owner: np.ndarray, sizes: tuple[int, ...] = GALLERY_SIZES) -> dict[str, object]:
     """tail, comparisons and chance exponent of one score kind from all-pairs distances among images
     owned by `owner`."""
     upper = np.triu_indices(len(owner), 1)
@@ -80,7 +89,7 @@ def _kind_figures(distances: np.ndarray, owner: np.ndarray) -> dict[str, object]
     first = {name: int(np.flatnonzero(owner == name)[0]) for name in names}
     rng = np.random.default_rng(0)
     points = []
-    for size in GALLERY_SIZES:
+    for size in sizes:
         nearest = []
         for _ in range(20 if size < 300 else 6):
             chosen = rng.choice(len(names), size, replace=False)
@@ -100,7 +109,60 @@ def _kind_figures(distances: np.ndarray, owner: np.ndarray) -> dict[str, object]
             "chance_exponent": round(exponent, 4), "chance_points": points}
 
 
-def measure(data: Path, cache: Path | None) -> dict[str, object]:
+def _fused(distances: np.ndarray, second: np.ndarray) -> np.ndarray:
+    cosines = np.nan_to_num(second) @ np.nan_to_num(second).T
+    cosines[np.isnan(second).any(axis=1)] = np.nan  # no SFace face: dlib's distance (fusion.rescore)
+    cosines[:, np.isnan(second).any(axis=1)] = np.nan
+    return rescore(distances, cosines)
+
+
+def _wild_figures(data: Path, cache: Path | None, part: PeoplePart | None, make_analyzer: object, key: str) -> dict[str, object]:
+    """The fused score's figures on a folder-per-person set of wild photos (its largest face)."""
+    people = dataset_people(images_root(data))
+    if part is not None:
+        people = people_part(people, part)
+    files = [f"{name}/{path.name}" for name, paths in people.items() for path in paths]
+    table = dataset_faces(data, files, faces_file=None, make_analyzer=make_analyzer,  # type: ignore[arg-type]
+                          key=key, cache=cache, progress=True, second=True)
+    rule = default_face_rule(data)
+    vectors, second = table.pick(rule, files), table.pick(rule, files, second=True)
+    found = ~np.isnan(vectors).any(axis=1)
+    vectors, second, owner = vectors[found], second[found], np.array([f.split("/")[0] for f in files])[found]
+    sizes = tuple(n for n in (5, 10, 25, 50) if n <= len(people) // 2)
+    return _kind_figures(_fused(_distances(vectors, vectors), second), owner, sizes)
+
+
+WILD_MIN_COMPARISONS = 300
+"""The wild set's tail is used down to the rate resting on this many impostor comparisons: a wild set of
+100 people has a few lookalike (or mislabelled) person pairs whose few dozen image pairs make its lowest
+points fall steeply (CelebA: 0.254 at 3.7e-5 against 0.317 at 1.4e-4); below it the measured excess is
+carried down on LFW's shape."""
+
+
+def envelope(home: dict[str, Any], wild: dict[str, Any]) -> tuple[list[list[float]], float]:
+    """At each of home's rates the stricter (lower) distance of the two tails, and the larger chance
+    exponent. Below wild's lowest trusted rate (WILD_MIN_COMPARISONS), wild's score is home's at the
+    rate divided by the wild/home rate ratio at that point (when wild's impostors run closer, they stay
+    closer by the same factor)."""
+    home_rates, home_scores = np.array([r for r, _ in home["tail"]]), np.array([s for _, s in home["tail"]])
+    kept = [(r, s) for r, s in wild["tail"] if r * int(wild["comparisons"]) >= WILD_MIN_COMPARISONS]
+    wild_rates, wild_scores = np.array([r for r, _ in kept]), np.array([s for _, s in kept])
+    home_table = ImpostorTable("home", "lower", home_rates, home_scores, 1.0)
+    excess = max(float(wild_rates[0]) / home_table.stranger_rate(float(wild_scores[0]), 1), 1.0)
+    scores = []
+    for rate, score in zip(home_rates, home_scores):
+        if rate >= wild_rates[0]:
+            wild_score = float(np.interp(math.log(rate), np.log(wild_rates), wild_scores))
+        else:
+            wild_score = home_table.score_at_rate(rate / excess)
+        scores.append(min(float(score), wild_score))
+    for i in range(len(scores) - 2, -1, -1):  # strictly increasing where the two tails cross
+        scores[i] = min(scores[i], scores[i + 1] - 1e-5)
+    tail = [[float(rate), round(score, 5)] for rate, score in zip(home_rates, scores)]
+    return tail, max(float(home["chance_exponent"]), float(wild["chance_exponent"]))
+
+
+def measure(data: Path, cache: Path | None, wild: tuple[Path, Path | None, PeoplePart | None] | None = None) -> dict[str, object]:
     recognition = Config().recognition
     settings = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
                 "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
@@ -120,10 +182,20 @@ def measure(data: Path, cache: Path | None) -> dict[str, object]:
     vectors, second, owner = vectors[found], second[found], np.array([f.split("/")[0] for f in listed])[found]
     distances = _distances(vectors, vectors)
     dlib = _kind_figures(distances, owner)
-    cosines = np.nan_to_num(second) @ np.nan_to_num(second).T
-    cosines[np.isnan(second).any(axis=1)] = np.nan  # no SFace face: dlib's distance (fusion.rescore)
-    cosines[:, np.isnan(second).any(axis=1)] = np.nan
-    fused = _kind_figures(rescore(distances, cosines), owner)
+    fused = _kind_figures(_fused(distances, second), owner)
+    fused_fitted_on = fitted_on = "LFW View 1 pairsDevTrain.txt images (never View 2 or CelebA), the face nearest the centre"
+    if wild is not None:
+        wild_data, wild_cache, part = wild
+        wild_fused = _wild_figures(wild_data, wild_cache, part, lambda: FaceAnalyzer.from_config(recognition), key)
+        tail, exponent = envelope(fused, wild_fused)
+        which = ("all its people: in-sample for it, its honest figures are the cross-validated ones (README)"
+                 if part is None else f"its people-split part {part!r}")
+        fused_fitted_on = ("the envelope (at each rate the stricter score, the larger chance exponent) of LFW View 1 "
+                           f"pairsDevTrain.txt images (never View 2), the face nearest the centre, and the wild photos of "
+                           f"{wild_data.name} ({which}), the largest face")
+        fused = {**fused, "tail": tail, "chance_exponent": round(exponent, 4),
+                 "parts": {"lfw_view1": {"match_when": "lower", **fused},
+                           f"{wild_data.name}": {"match_when": "lower", **wild_fused}}}
 
     all_vectors = table.pick("central", every_image)
     all_owner = np.array([f.split("/")[0] for f in every_image])
@@ -139,8 +211,12 @@ def measure(data: Path, cache: Path | None) -> dict[str, object]:
         by_count[k] = np.sort(d[other])
     tightening = {f"{r:g}": [round(float(by_count[1][int(r * len(by_count[1]))] - by_count[k][int(r * len(by_count[k]))]), 4)
                              for k in (1, 2, 3)] for r in (1e-5, 1e-4, 1e-3)}
-    fitted_on = "LFW View 1 pairsDevTrain.txt images (never View 2 or CelebA), the face nearest the centre"
     command = "python tools/measure_impostor_scores.py --write"
+    if wild is not None:
+        command_fused = (f"python tools/measure_impostor_scores.py --wild {wild[0].name}=FACES.npz"
+                         f"{'' if wild[2] is None else ' --wild-people ' + wild[2]} --write")
+    else:
+        command_fused = command
     return {
         "format": IMPOSTOR_FORMAT,
         "format_version": 1,
@@ -153,8 +229,8 @@ def measure(data: Path, cache: Path | None) -> dict[str, object]:
             FUSED_KIND: {
                 "score": ("dlib_resnet_v1 distance and sface_2021dec cosine fused on dlib's distance scale "
                           "(edgeface.recognition.fusion.fused_distance; dlib's distance where SFace found no face)"),
-                "match_when": "lower", "pipeline": {**settings, "second": SFACE_MODEL_ID}, "fitted_on": fitted_on,
-                **fused, "command": command,
+                "match_when": "lower", "pipeline": {**settings, "second": SFACE_MODEL_ID}, "fitted_on": fused_fitted_on,
+                **fused, "command": command_fused,
             },
         },
     }
@@ -165,8 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "lfw")
     parser.add_argument("--cache", type=Path, help="faces .npz (edgeface eval identify --cache), reused when the settings match")
     parser.add_argument("--write", action="store_true", help=f"write models/{IMPOSTOR_SCORES_FILE} and its manifest entry")
+    parser.add_argument("--wild", metavar="SET=FACES", help="also the fused figures on this set of wild photos under "
+                        "the --data folder's parent (e.g. celeba=celeba.npz, an eval identify cache): the envelope")
+    parser.add_argument("--wild-people", choices=["all", "fit"], default="all",
+                        help="the wild set's people: all (the shipped table) or the fit half (cross-validation)")
     args = parser.parse_args(argv)
-    document = measure(args.data, args.cache)
+    wild = None
+    if args.wild:
+        name, _, faces = args.wild.partition("=")
+        wild = (args.data.parent / name, Path(faces) if faces else None, None if args.wild_people == "all" else "fit")
+    document = measure(args.data, args.cache, wild)
     parse_tables(document, "the measured document")  # what the station will read
     text = json.dumps(document, indent=1) + "\n"
     if not args.write:
@@ -176,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 
     path = REPO / "models" / IMPOSTOR_SCORES_FILE
     path.write_text(text, encoding="utf-8")
-    record_model_file(REPO / "models", IMPOSTOR_SCORES_FILE, source="measured on LFW View 1 pairsDevTrain.txt (numbers only, no images)",
+    record_model_file(REPO / "models", IMPOSTOR_SCORES_FILE, source=("measured on LFW View 1 pairsDevTrain.txt" + (f"; fused: envelope with {args.wild.partition('=')[0]} "
+                              f"({args.wild_people} people)" if args.wild else "") + " (numbers only, no images)"),
                       license="derived figures (no image data)", made_by="python tools/measure_impostor_scores.py --write")
     for name in (DEFAULT_KIND, FUSED_KIND):
         kind = document["kinds"][name]  # type: ignore[index]

@@ -50,6 +50,20 @@ def dataset_people(root: Path) -> dict[str, list[Path]]:
     return people
 
 
+PeoplePart = Literal["fit", "eval"]
+PEOPLE_SPLIT_SEED = 14
+"""The fixed seed of the people split: tools/measure_impostor_scores.py fits on one part, `edgeface eval
+identify --people-split eval` measures on the other, so a figure is checked on people the fit never saw."""
+
+
+def people_part(people: dict[str, list[Path]], part: PeoplePart) -> dict[str, list[Path]]:
+    """Half of a dataset's people (people, never images, are split), drawn with PEOPLE_SPLIT_SEED: "fit"
+    the first half of a fixed random order, "eval" the rest."""
+    order = np.random.default_rng(PEOPLE_SPLIT_SEED).permutation(sorted(people))
+    chosen = set(order[: len(order) // 2].tolist()) if part == "fit" else set(order[len(order) // 2:].tolist())
+    return {name: images for name, images in people.items() if name in chosen}
+
+
 def images_root(data: Path) -> Path:
     """A dataset folder given either as its root (with images/) or as the images folder itself."""
     return data / "images" if (data / "images").is_dir() else data

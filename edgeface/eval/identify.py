@@ -43,7 +43,7 @@ import numpy as np
 
 from edgeface.config import Config
 from edgeface.errors import EdgefaceError
-from edgeface.eval.data import FaceRule, dataset_faces, default_face_rule, images_root
+from edgeface.eval.data import FaceRule, PeoplePart, dataset_faces, default_face_rule, images_root, people_part
 from edgeface.eval.data import dataset_people as _folder_people
 from edgeface.eval.report import print_figures
 from edgeface.recognition.false_alarm import MatchThreshold, score_kind
@@ -328,15 +328,20 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
                             cache: Path | None = None, cache_key: str = "", *, face_rule: FaceRule | None = None,
                             faces_file: Path | None = None, second: bool = False,
                             scoring: Scoring = Scoring(), gallery_size: int | None = None,
-                            threshold: MatchThreshold | None = None) -> IdentifyReport:
+                            threshold: MatchThreshold | None = None,
+                            people_split: PeoplePart | None = None) -> IdentifyReport:
     """cache: an .npz of every face (edgeface.eval.data), reused and extended when made with the same
     cache_key (the pipeline settings), so gallery variants can be compared without analysing again.
-    gallery_size: also measure N random people at `threshold` (default: the default config's)."""
+    gallery_size: also measure N random people at `threshold` (default: the default config's).
+    people_split: only that half of the people (edgeface.eval.data.people_part), e.g. "eval" to measure
+    on the people a tool did not fit on."""
     if templates < 1:
         raise EdgefaceError("--templates must be at least 1")
     if seeds < 1:
         raise EdgefaceError("--seeds must be at least 1")
     people = dataset_people(data)
+    if people_split is not None:
+        people = people_part(people, people_split)
     root = images_root(data)
     relative = {f: f.relative_to(root).as_posix() for images in people.values() for f in images}
     table = dataset_faces(data, list(relative.values()), faces_file=faces_file, make_analyzer=make_analyzer,
@@ -452,7 +457,8 @@ def _run(args: argparse.Namespace) -> int:
                                      strategy=args.strategy, progress=not args.json, cache=args.cache,
                                      cache_key=json.dumps(settings, sort_keys=True), seeds=args.seeds,
                                      face_rule=args.face, faces_file=args.faces, second="second" in settings,
-                                     scoring=scoring, gallery_size=args.gallery_size, threshold=threshold)
+                                     scoring=scoring, gallery_size=args.gallery_size, threshold=threshold,
+                                     people_split=args.people_split)
     report.settings.update({"faces": str(args.faces)} if args.faces else settings)
     return print_figures(report.lines(), report.as_dict(), args.json)
 
@@ -474,6 +480,9 @@ def register_eval(eval_kinds: argparse._SubParsersAction) -> None:
                         help="also enroll N random people (one draw per seed) and measure false alarms and DIR at the "
                         "threshold the station would use for N people (JSON: false_alarm_target, "
                         "false_alarm_rate_at_default, dir_at_default)")
+    parser.add_argument("--people-split", choices=["fit", "eval"],
+                        help="only one half of the people (a fixed-seed split of people, never images): tools/"
+                        "measure_impostor_scores.py --wild-people fit fits on 'fit'; measure on 'eval'")
     parser.add_argument("--false-alarm-rate", type=float, metavar="F",
                         help="target false alarms per stranger for --gallery-size (default: the config's gallery.false_alarm_rate)")
     parser.add_argument("--embedder", choices=EMBEDDINGS,

@@ -43,6 +43,11 @@ and SFace's similarities fused and put on dlib's distance scale (edgeface.recogn
 lands on the same side), so the threshold comes from the fused score's own impostor figures."""
 
 
+MAX_CHANCE_EXPONENT = 1.5
+"""A measured exponent may exceed 1 (CelebA's strangers, 100 people: 1.03, more alarms than independent
+chances would give, within sampling noise); above this a table is malformed."""
+
+
 def score_kind(second_opinion: str) -> str:
     """The impostor table the match threshold is derived from: the fused score's unless the second
     opinion is off."""
@@ -117,7 +122,7 @@ def parse_tables(raw: object, where: str) -> dict[str, ImpostorTable]:
         ordered = scores if match_when == "lower" else -scores
         if (match_when not in ("lower", "higher") or len(rates) < 2 or not np.all(np.diff(rates) > 0)
                 or not np.all(np.diff(ordered) > 0) or rates[0] <= 0 or rates[-1] >= 1
-                or not 0 < table.chance_exponent <= 1):
+                or not 0 < table.chance_exponent <= MAX_CHANCE_EXPONENT):
             raise ModelFileError(f"{where}: kind {kind!r} has no increasing tail table or a bad exponent; reinstall edgeface")
         tables[kind] = table
     return tables
