@@ -279,7 +279,8 @@ class GalleryConfig(StrictModel):
         description="Target share of strangers' faces given a name (per face, before the per-track vote). The "
         "match threshold is derived from it, the gallery's current size and the measured impostor scores of the "
         "score that decides (models/impostor_scores.json: the fused score's unless recognition.second_opinion is "
-        "off), so it follows the gallery size: enrolling people tightens it",
+        "off; the fused table is the stricter of LFW's and CelebA's wild photos'), so it follows the gallery size: "
+        "enrolling people tightens it",
     )
     match_max_distance: float | None = Field(
         None, gt=0.0, le=2.0,
