@@ -19,6 +19,13 @@ and one vector of spreads answer both questions with one matrix-vector product e
    what makes the result nearly independent of arrival order. A merge keeps the older (smaller) id
    and reports both.
 
+With `clusters.fused` (the default), each cluster also keeps the sum of its members' SFace unit
+embeddings, and the linkage between a track (or cluster) and a cluster that both have SFace is the
+fused score of edgeface.recognition.fusion: dlib's linkage above taken as a cosine and SFace's mean
+cosine to the members, combined as z-scores and put back on dlib's cosine scale, so the one threshold
+applies (`_fuse`). Either side without SFace: dlib's linkage. Measured with `edgeface eval cluster
+--embedder dlib|fused` (3 seeds): LFW online BCubed F 0.942 -> 0.974, CelebA 0.922 -> 0.951.
+
 Cannot-links: two tracks that were on one frame together are two people. The camera loop passes,
 with each unknown track, the keys of the tracks seen with it (`apart_from`) and the names those were
 recognised as (`not_names`). The track never joins the clusters of those tracks, the clusters are
