@@ -328,39 +328,57 @@ class Speed:
     persisted_ms_p95: float
 
 
-def _seeded_states(vectors: np.ndarray, count: int, rng: np.random.Generator) -> list[ClusterState]:
-    """`count` plausible clusters: real embeddings, jittered, 1-5 members each, all confirmed."""
-    picks = vectors[rng.integers(0, len(vectors), count)]
+def _seeded_states(vectors: np.ndarray, count: int, rng: np.random.Generator,
+                   second: np.ndarray | None = None) -> list[ClusterState]:
+    """`count` plausible clusters: real embeddings, jittered, 1-5 members each, all confirmed (with the
+    same faces' SFace embeddings, jittered, when `second` is given)."""
+    chosen = rng.integers(0, len(vectors), count)
+    picks = vectors[chosen]
     means = picks + rng.normal(0, 0.03, picks.shape).astype(np.float32)
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     states = []
     for k in range(count):
         members = int(rng.integers(1, 6))
         states.append(ClusterState(k + 1, 0.0, 0.0, members, 1, ["a", "b"], members >= 3, [], means[k].astype(np.float64) * members))
+    if second is not None:
+        # jittered as much on SFace's scale as the dlib means are on dlib's (0.03 there): copies of one face
+        # stay as far apart by the fused distance as by dlib's, instead of merging into each other
+        jitter = 0.03 * fusion.SFACE_IMPOSTOR_SD / fusion.DLIB_IMPOSTOR_SD
+        jittered = second[chosen] + np.random.default_rng(1).normal(0, jitter, picks.shape).astype(np.float32)
+        jittered /= np.linalg.norm(jittered, axis=1, keepdims=True)
+        for state, row in zip(states, jittered):
+            state.second_sum, state.second_count = row.astype(np.float64) * state.observations, state.observations
     return states
 
 
 def measure_speed(vectors: np.ndarray, settings: ClusterSettings, clusters: int = BENCH_CLUSTERS,
-                  updates: int = 300, persisted_updates: int = 100) -> Speed:
+                  updates: int = 300, persisted_updates: int = 100, second: np.ndarray | None = None) -> Speed:
     """Per-update time with `clusters` live clusters built from real embeddings; the probes are the
-    real embeddings themselves (so most join a cluster, the costlier path)."""
+    real embeddings themselves (so most join a cluster, the costlier path); with `second` (the same
+    faces' SFace rows) and clusters.fused, clusters and probes carry SFace and the fused distance is timed."""
     rng = np.random.default_rng(0)
     settings = settings.model_copy(update={"tentative_max_age_s": 1e12, "max_clusters": 4 * clusters})
+    second = second if settings.fused else None
     memory = OnlineClusters(settings)
-    for state in _seeded_states(vectors, clusters, rng):
+    for state in _seeded_states(vectors, clusters, rng, second):
         memory.insert(state)
-    probes = vectors[rng.integers(0, len(vectors), updates)]
+    chosen = rng.integers(0, len(vectors), updates)
+    probes = vectors[chosen]
+
+    def sface(i: int) -> SecondExemplar | None:
+        return None if second is None else SecondExemplar("sface", "eval", second[chosen[i]])
+
     times = []
     for k, x in enumerate(probes):
         started = time.perf_counter()
-        memory.observe(x, ts=1.0 + k, track_key=f"bench{k}")
+        memory.observe(x, ts=1.0 + k, track_key=f"bench{k}", second=sface(k))
         times.append(time.perf_counter() - started)
     persisted = []
     with tempfile.TemporaryDirectory() as folder, ClusterStore(Path(folder) / "bench.db", settings) as store:
-        store._seed_for_benchmark(_seeded_states(vectors, clusters, np.random.default_rng(0)))
+        store._seed_for_benchmark(_seeded_states(vectors, clusters, np.random.default_rng(0), second))
         for k, x in enumerate(probes[:persisted_updates]):
             started = time.perf_counter()
-            store.observe(x, ts=1.0 + k, track_key=f"bench{k}")
+            store.observe(x, ts=1.0 + k, track_key=f"bench{k}", second=sface(k))
             persisted.append(time.perf_counter() - started)
     ms, pms = 1000 * np.array(times), 1000 * np.array(persisted)
     return Speed(clusters, float(np.median(ms)), float(np.percentile(ms, 95)), float(np.median(pms)),
@@ -508,7 +526,7 @@ def evaluate(vectors: np.ndarray, labels: np.ndarray, returning: set, settings: 
                          sum(1 for k, v in counts.items() if k not in returning), without_face, online,
                          offline_best(fused_vectors(vectors, second) if settings.fused and second is not None else vectors,
                                       labels), tentative,
-                         measure_speed(vectors, settings) if speed else None)
+                         measure_speed(vectors, settings, second=second) if speed else None)
 
 
 def run_cluster_evaluation(data: Path, make_analyzer: Callable[[], Any], settings: ClusterSettings, *, seeds: int = DEFAULT_SEEDS,

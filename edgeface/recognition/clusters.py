@@ -509,9 +509,9 @@ class OnlineClusters:
         if self._half_discount:
             score += self._half_discount * (self._spread[:self._top] + spread)
         if self.settings.fused and second_mean is not None:
-            known = np.flatnonzero(self._has_second[:self._top])
-            if len(known):
-                score[known] = _fuse(score[known], _matvec(self._second_means[known], second_mean))
+            known = self._has_second[:self._top]
+            if known.any():  # whole rows, no gather: a copy of 10,000 rows costs more than the product
+                score = np.where(known, _fuse(score, _matvec(self._second_means[:self._top], second_mean)), score)
         return score
 
     def _merge_around(self, number: int, changed: set[int], removed: set[int], dropped: list[int]) -> list[tuple[int, int]]:
