@@ -532,9 +532,12 @@ def evaluate(vectors: np.ndarray, labels: np.ndarray, returning: set, settings: 
 def run_cluster_evaluation(data: Path, make_analyzer: Callable[[], Any], settings: ClusterSettings, *, seeds: int = DEFAULT_SEEDS,
                            distractors: int | None = None, cache: Path | None = None, cache_key: str = "",
                            faces_file: Path | None = None, face_rule: FaceRule | None = None,
-                           progress: bool = True, speed: bool = True, second: bool = False) -> ClusterReport:
+                           progress: bool = True, speed: bool = True, second: bool = False,
+                           fused_required: bool = False) -> ClusterReport:
     """The whole evaluation of one dataset: selection, faces (analysed and cached, or read from
-    `faces_file`), the labelled face of each image (`face_rule`, default by dataset), scores."""
+    `faces_file`), the labelled face of each image (`face_rule`, default by dataset), scores. With
+    clusters.fused and faces without SFace embeddings (e.g. another system's --faces): dlib's distance,
+    as the station clusters such tracks, unless `fused_required` (--embedder fused): then an error."""
     root = images_root(data)
     files, labels, returning = select(dataset_people(root), distractors=distractors)
     names = [f.relative_to(root).as_posix() for f in files]
@@ -544,6 +547,8 @@ def run_cluster_evaluation(data: Path, make_analyzer: Callable[[], Any], setting
     vectors = table.pick(rule, names)
     found = ~np.isnan(vectors).any(axis=1)
     second_vectors = None
+    if settings.fused and table.second_vectors is None and not fused_required:
+        settings = settings.model_copy(update={"fused": False})
     if settings.fused:
         if table.second_vectors is None:
             raise EdgefaceError("--embedder fused needs SFace embeddings: recognition.second_opinion must not be off "
@@ -577,15 +582,16 @@ def _run(args: argparse.Namespace) -> int:
         pipeline["second"] = SFACE_MODEL_ID
     if args.embedder is not None:
         settings = settings.model_copy(update={"fused": args.embedder == "fused"})
-    if settings.fused and (recognition.second_opinion == "off" or args.faces):
-        raise EdgefaceError("--embedder fused needs SFace embeddings: recognition.second_opinion must not be off "
-                            "(and --faces files have none)")
+    elif recognition.second_opinion == "off":  # the station has no SFace then: dlib's distance
+        settings = settings.model_copy(update={"fused": False})
+    if args.embedder == "fused" and recognition.second_opinion == "off" and not args.faces:
+        raise EdgefaceError("--embedder fused needs SFace embeddings: recognition.second_opinion must not be off")
     report = run_cluster_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), settings, seeds=args.seeds,
                                     distractors=args.distractors, cache=args.cache,
                                     cache_key=json.dumps(pipeline, sort_keys=True), faces_file=args.faces,
                                     face_rule=args.face, progress=not args.json, speed=not args.no_speed,
-                                    second="second" in pipeline)
-    report.extra["embedder"] = "fused" if settings.fused else "dlib"
+                                    second="second" in pipeline, fused_required=args.embedder == "fused")
+    report.extra["embedder"] = "fused" if report.settings.fused else "dlib"
     if args.faces is None:
         report.extra.update(pipeline)
     return print_figures(report.lines(), report.as_dict(), args.json)
