@@ -277,8 +277,9 @@ class GalleryConfig(StrictModel):
     false_alarm_rate: float = Field(
         0.01, gt=0.0, lt=1.0,
         description="Target share of strangers' faces given a name (per face, before the per-track vote). The "
-        "match threshold is derived from it, the gallery's current size and the embedder's measured impostor "
-        "scores (models/impostor_scores.json), so it holds at any gallery size: enrolling people tightens it",
+        "match threshold is derived from it, the gallery's current size and the measured impostor scores of the "
+        "score that decides (models/impostor_scores.json: the fused score's unless recognition.second_opinion is "
+        "off), so it follows the gallery size: enrolling people tightens it",
     )
     match_max_distance: float | None = Field(
         None, gt=0.0, le=2.0,

@@ -71,3 +71,48 @@ def test_real_faces_cast_plus_strangers(tmp_path: Path) -> None:
     assert report.full.dir_at_far[0.01] is not None and report.full.dir_at_far[0.01] >= 0.8
     again = run_identify_evaluation(tmp_path, None, templates=2, progress=False, seeds=1, cache=tmp_path / "cache.npz")
     assert again.as_dict()["rank1"] == report.as_dict()["rank1"]  # from the cache: no analyser needed
+
+
+def _near(rows: np.ndarray, cosines: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors with the given cosine to each row (rows unit)."""
+    noise = rng.normal(size=rows.shape).astype(np.float32)
+    noise -= np.sum(noise * rows, axis=1, keepdims=True) * rows
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    return (cosines[:, None] * rows + np.sqrt(1 - cosines[:, None] ** 2) * noise).astype(np.float32)
+
+
+def test_gallery_size_figures_decide_as_the_station_does(tmp_path: Path) -> None:
+    """`--gallery-size` figures with fused scoring are the station's own decision (Gallery with SFace
+    templates, match_with_second_opinion, the auto band around the threshold): same people named, on
+    probes whose dlib and SFace answers disagree around the threshold; dlib's search alone names others."""
+    from edgeface.eval.identify import Scoring, default_figures
+    from edgeface.storage.gallery import Gallery, SecondTemplate
+    from edgeface.storage.second_opinion import match_with_second_opinion
+    from edgeface.vision.sface import SFACE_MODEL_ID
+
+    rng = np.random.default_rng(7)
+    people, threshold = 30, 0.36
+    dlib = _near(np.eye(128, dtype=np.float32)[:people], np.zeros(people), rng)
+    sface = _near(np.eye(128, dtype=np.float32)[-people:], np.zeros(people), rng)
+    owner = np.arange(people)
+    who = rng.integers(0, people, 400)
+    dlib_distance = rng.uniform(0.25, 0.5, 400)
+    probes = _near(dlib[who], 1 - dlib_distance ** 2 / 2, rng)
+    second = _near(sface[who], rng.uniform(-0.1, 0.7, 400), rng)
+    mated, non_mated = slice(0, 200), slice(200, 400)  # the second half plays strangers near someone
+
+    def station_rates() -> tuple[float, float]:
+        with Gallery(tmp_path / "g.db") as gallery:
+            for i in range(people):
+                gallery.add_templates(f"{i:09d}", dlib[i][None], second=[SecondTemplate(SFACE_MODEL_ID, "int8", sface[i])])
+            matches, asked = match_with_second_opinion(gallery, probes, threshold, "auto", SFACE_MODEL_ID,
+                                                       lambda rows: second[rows])
+        assert 0 < asked.sum() < len(probes)
+        named = np.array([-1 if m.name is None else int(m.name) for m in matches])
+        return float(np.mean(named[non_mated] >= 0)), float(np.mean(named[mated] == who[mated]))
+
+    fused = default_figures(dlib, owner, probes[mated], who[mated], probes[non_mated], threshold, "mean",
+                            (sface, second[mated], second[non_mated]), Scoring("fused", "auto", threshold))
+    alone = default_figures(dlib, owner, probes[mated], who[mated], probes[non_mated], threshold, "mean")
+    assert fused == pytest.approx(station_rates())
+    assert fused != pytest.approx(alone)

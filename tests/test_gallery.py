@@ -407,6 +407,18 @@ def _as_tuple(match: object) -> tuple:
             match.runner_up, match.runner_up_distance)  # type: ignore[attr-defined]
 
 
+def _by_name(snapshot: GallerySnapshot) -> dict[str, tuple]:
+    """Each identity's arrays (template ids, templates, mean, negatives, tightening) as bytes, by name."""
+    out = {}
+    for k, name in enumerate(snapshot.names):
+        start, end = int(snapshot.starts[k]), int(snapshot.ends[k])
+        out[name] = (snapshot.template_ids[start:end].tobytes(), snapshot.templates[start:end].tobytes(),
+                     snapshot.means[k].tobytes(), snapshot.negatives[snapshot.negative_owner == k].tobytes(),
+                     float(snapshot.mean_tightening[k]))
+    assert len(out) == len(snapshot.names)
+    return out
+
+
 @pytest.mark.parametrize("strategy", ["min", "mean"])
 def test_vectorised_search_gives_the_loops_answers(tmp_path: Path, faces: dict[str, np.ndarray], strategy: str) -> None:
     """Every real face as a probe against every person with 1 to 5 templates and some negatives, at
@@ -427,15 +439,18 @@ def test_vectorised_search_gives_the_loops_answers(tmp_path: Path, faces: dict[s
         updated = gallery.snapshot()
         with Gallery(tmp_path / "g.db", strategy=strategy) as fresh:
             loaded = fresh.snapshot()
-        assert updated.names == loaded.names
-        for field in ("starts", "ends", "templates", "template_ids", "means", "negatives", "negative_owner", "mean_tightening"):
-            assert np.array_equal(getattr(updated, field), getattr(loaded, field)), field
+        assert _by_name(updated) == _by_name(loaded)  # names are in no particular order after own writes
         probes = np.stack(list(faces.values()))
         unit = probes / np.linalg.norm(probes, axis=1, keepdims=True)
         at_a_distance = [float(d) for d in loaded.distances(unit[:4], strategy).min(axis=1)]  # the boundary itself
         for threshold in (0.3, DEFAULT_MATCH_MAX_DISTANCE, 0.5, 2.0, *at_a_distance):
             expected = _reference_match(loaded, unit, threshold, strategy)
             assert [_as_tuple(m) for m in loaded.match(probes, threshold, strategy)] == expected
+        for threshold in (0.3, DEFAULT_MATCH_MAX_DISTANCE, 0.5, 2.0):  # the updated arrays hold the rows elsewhere:
+            expected = _reference_match(loaded, unit, threshold, strategy)  # float32 sums may differ in the last bit
+            answers = [_as_tuple(m) for m in updated.match(probes, threshold, strategy)]
+            assert [a[:1] + a[2:5] + a[5:6] for a in answers] == [e[:1] + e[2:5] + e[5:6] for e in expected]
+            assert np.allclose([a[1] for a in answers], [e[1] for e in expected], atol=1e-6)
         assert sum(m.vetoed_by_negative for m in loaded.match(probes, 2.0, strategy)) >= 2
 
 
@@ -466,3 +481,22 @@ def test_bench_gallery_reports_its_figures() -> None:
     assert 0 < figures["match_ms"] < 100 and 0 < figures["snapshot_load_ms"] < 5000
     assert 512 < figures["bytes_per_identity"] < 4000  # two 128-float rows per identity, at least
     assert "snapshot load" in done.stderr
+
+
+def test_a_new_identity_is_appended_in_place_and_older_snapshots_keep_theirs() -> None:
+    """The station's own enrollment at scale: a new person's rows go into spare rows of the template
+    buffer (no copy of the matrix); every older snapshot still sees exactly its own identities, and an
+    append from an older snapshot (not the newest) copies instead of overwriting the newer one's row."""
+    rows = _vectors(6)
+    base = GallerySnapshot.build([(f"p{i}", i, rows[i]) for i in range(3)], [])
+    first = base.replaced(None, "zed", np.array([10]), rows[3][None], rows[:0])  # copies into a buffer with spare rows
+    second = first.replaced(None, "amy", np.array([11]), rows[4][None], rows[:0])
+    assert np.shares_memory(first.templates, second.templates)  # in place
+    assert second.names == ("p0", "p1", "p2", "zed", "amy") and first.names == ("p0", "p1", "p2", "zed")
+    assert second.match(rows[4][None], 0.1)[0].name == "amy" and first.match(rows[4][None], 0.1)[0].name is None
+    stale = first.replaced(None, "bob", np.array([12]), rows[5][None], rows[:0])  # first is not the newest: a copy
+    assert not np.shares_memory(stale.templates, second.templates)
+    assert np.array_equal(second.templates[4], rows[4]) and np.array_equal(stale.templates[4], rows[5])
+    assert second.identity_rows("bob")[0].size == 0 and stale.identity_rows("amy")[0].size == 0
+    assert stale.identity_rows("bob")[0].tolist() == [12] and second.identity_rows("amy")[0].tolist() == [11]
+    assert second.means is second.templates  # one template each: still one matrix

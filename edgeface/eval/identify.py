@@ -21,7 +21,9 @@ other images; non-mated probes = every image of people never enrolled. Matching 
 - at the default (`--gallery-size N`): N random people with >= 2 images (one draw per seed) are
   enrolled, every image of everyone else is a stranger, and matching runs at the threshold the station
   would use for N people (`MatchThreshold.from_config`: derived from `gallery.false_alarm_rate`, or
-  `--false-alarm-rate`, unless a fixed `match_max_distance` is configured). false_alarm_rate_at_default
+  `--false-alarm-rate`, unless a fixed `match_max_distance` is configured; derived from the fused
+  score's figures when scoring is fused) and decided as the station decides (dlib's search, the second
+  opinion fused in where recognition.second_opinion asks, its band around that threshold). false_alarm_rate_at_default
   = share of stranger images given a name; dir_at_default = share of mated probes given the right one.
 
 `--faces FILE` scores another system's faces (face_recognition's, tools/face_recognition_faces.py)
@@ -33,7 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +46,7 @@ from edgeface.errors import EdgefaceError
 from edgeface.eval.data import FaceRule, dataset_faces, default_face_rule, images_root
 from edgeface.eval.data import dataset_people as _folder_people
 from edgeface.eval.report import print_figures
-from edgeface.recognition.false_alarm import MatchThreshold
+from edgeface.recognition.false_alarm import MatchThreshold, score_kind
 from edgeface.recognition.fusion import Band, SecondOpinion, rank_with_second_opinion
 from edgeface.recognition.vectors import EMBEDDING_DIM
 from edgeface.storage.gallery import DEFAULT_MATCH_MAX_DISTANCE, GallerySnapshot, MatchStrategy
@@ -184,21 +186,47 @@ class DefaultFigures:
 
 
 def default_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated: np.ndarray, mated_owner: np.ndarray,
-                    non_mated: np.ndarray, threshold: float, strategy: MatchStrategy) -> tuple[float, float]:
-    """(false-alarm rate, DIR) of the gallery's own search at this threshold; a probe without a face
-    (NaN row) is a miss when mated and never a false alarm."""
+                    non_mated: np.ndarray, threshold: float, strategy: MatchStrategy,
+                    second: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                    scoring: Scoring = Scoring()) -> tuple[float, float]:
+    """(false-alarm rate, DIR) of the station's decision at this threshold: the gallery's own search
+    (dlib), with the second opinion fused in as the station does it (`scoring.mode`, the band around
+    this threshold) when scoring is fused; a probe without a face (NaN row) is a miss when mated and
+    never a false alarm."""
     snapshot = GallerySnapshot.build([(f"{o:09d}", i, v) for i, (o, v) in enumerate(zip(gallery_owner, gallery))], [])
+    fused = scoring.embedding == "fused"
+    if fused and second is None:
+        raise EdgefaceError("fused scoring needs the faces' SFace embeddings")
+    if scoring.embedding == "sface":
+        raise EdgefaceError("--gallery-size measures the station's decision: dlib alone or fused, not SFace alone")
+    second_snapshot = None if second is None or not fused else GallerySnapshot.build(
+        [(f"{o:09d}", i, np.nan_to_num(v)) for i, (o, v) in enumerate(zip(gallery_owner, second[0]))], [])
+    limits = snapshot.limits(threshold, strategy)
+    band = Band(threshold)
 
-    def named(probes: np.ndarray) -> np.ndarray:
+    def named(probes: np.ndarray, second_probes: np.ndarray | None) -> np.ndarray:
         found = np.flatnonzero(~np.isnan(probes).any(axis=1))
         who = np.full(len(probes), -1)
         for start in range(0, len(found), 4096):
             rows = found[start:start + 4096]
-            who[rows] = [-1 if m.name is None else int(m.name) for m in snapshot.match(probes[rows], threshold, strategy)]
+            if second_snapshot is None or second_probes is None:
+                who[rows] = [-1 if m.name is None else int(m.name) for m in snapshot.match(probes[rows], threshold, strategy)]
+                continue
+            chunk = second_probes[rows]
+
+            def cosines(r: np.ndarray, candidates: np.ndarray, chunk: np.ndarray = chunk) -> np.ndarray:
+                c = 1.0 - np.square(second_snapshot.distances(np.nan_to_num(chunk[r]), strategy)) / 2.0
+                c[np.isnan(chunk[r]).any(axis=1)] = np.nan  # no SFace face: dlib's distance
+                return np.take_along_axis(c, candidates, axis=1)
+
+            ranked = rank_with_second_opinion(snapshot.distances(probes[rows], strategy), cosines, scoring.mode, band)
+            accepted = ranked.distance < limits[ranked.nearest]
+            who[rows] = np.where(accepted, [int(snapshot.names[k]) for k in ranked.nearest], -1)
         return who
 
-    alarms = float(np.mean(named(non_mated) >= 0)) if len(non_mated) else 0.0
-    return alarms, float(np.mean(named(mated) == mated_owner)) if len(mated) else 0.0
+    second_mated, second_non_mated = (second[1], second[2]) if second is not None else (None, None)
+    alarms = float(np.mean(named(non_mated, second_non_mated) >= 0)) if len(non_mated) else 0.0
+    return alarms, float(np.mean(named(mated, second_mated) == mated_owner)) if len(mated) else 0.0
 
 
 @dataclass
@@ -361,6 +389,9 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
                                 f"images and {len(people)} in all; at most {min(len(several), len(people) - 1)} "
                                 "(someone must be left as a stranger)")
         station_threshold = threshold or MatchThreshold.from_config(Config())
+        if station_threshold.fixed is None:  # the figures of the score that decides
+            station_threshold = replace(station_threshold,
+                                        kind=score_kind("off" if scoring.embedding == "dlib" else scoring.mode))
         limit = station_threshold.at(gallery_size)
         alarms, identified = [], []
         strangers = 0
@@ -368,10 +399,18 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
             chosen = sorted(np.random.default_rng(seed).choice(several, size=gallery_size, replace=False))
             chosen_set = set(chosen)
             gallery_pairs = [(n, f) for n in chosen for f in people[n][:split[n]]]
-            gallery, owner = stack([(n, f) for n, f in gallery_pairs if not np.isnan(vectors[f]).any()])
-            mated, mated_owner = stack([(n, f) for n in chosen for f in people[n][split[n]:]])
-            non_mated, _ = stack([(n, f) for n in people if n not in chosen_set for f in people[n]])
-            alarm, identified_share = default_figures(gallery, owner, mated, mated_owner, non_mated, limit, strategy)
+            kept = [(n, f) for n, f in gallery_pairs if not np.isnan(vectors[f]).any()]
+            mated_pairs = [(n, f) for n in chosen for f in people[n][split[n]:]]
+            non_mated_pairs = [(n, f) for n in people if n not in chosen_set for f in people[n]]
+            mated, mated_owner = stack(mated_pairs)
+            non_mated, _ = stack(non_mated_pairs)
+            gallery, owner = stack(kept)
+            second_rows = None
+            if second_vectors:
+                second_rows = (stack(kept, second_vectors)[0], stack(mated_pairs, second_vectors)[0],
+                               stack(non_mated_pairs, second_vectors)[0])
+            alarm, identified_share = default_figures(gallery, owner, mated, mated_owner, non_mated, limit, strategy,
+                                                      second_rows, scoring)
             alarms.append(alarm)
             identified.append(identified_share)
             strangers = len(non_mated)
@@ -405,8 +444,8 @@ def _run(args: argparse.Namespace) -> int:
         raise EdgefaceError(f"--embedder {embedding} needs SFace embeddings: recognition.second_opinion must not be off "
                             "(and --faces files have none)")
     mode: SecondOpinion = "always" if recognition.second_opinion == "off" else recognition.second_opinion
-    # the second opinion's band sits around the fixed threshold (or the one-comparison 0.1% distance when the
-    # threshold is derived from gallery.false_alarm_rate; --gallery-size figures are dlib's own search)
+    # the full/station figures' band sits around the fixed threshold (or the one-comparison 0.1% distance when
+    # the threshold is derived from gallery.false_alarm_rate); --gallery-size puts it around the station's threshold
     fixed = config.match_max_distance
     scoring = Scoring(embedding, mode, DEFAULT_MATCH_MAX_DISTANCE if fixed is None else fixed)
     report = run_identify_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), templates=args.templates,

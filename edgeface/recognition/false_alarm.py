@@ -35,7 +35,18 @@ from edgeface.errors import ConfigError, ModelFileError
 IMPOSTOR_SCORES_FILE = "impostor_scores.json"
 IMPOSTOR_FORMAT = "edgeface-impostor-scores"
 DEFAULT_KIND = "dlib_resnet_v1"
-"""The score kind of the default embedder: euclidean distance between dlib ResNet unit embeddings."""
+"""The score kind of dlib alone: euclidean distance between dlib ResNet unit embeddings."""
+FUSED_KIND = "dlib_resnet_v1+sface_2021dec"
+"""The score kind of the second opinion (recognition.second_opinion auto or always, the default): dlib's
+and SFace's similarities fused and put on dlib's distance scale (edgeface.recognition.fusion). With
+`auto` the fused distance decides every answer near the threshold (outside the band dlib's distance
+lands on the same side), so the threshold comes from the fused score's own impostor figures."""
+
+
+def score_kind(second_opinion: str) -> str:
+    """The impostor table the match threshold is derived from: the fused score's unless the second
+    opinion is off."""
+    return DEFAULT_KIND if second_opinion == "off" else FUSED_KIND
 
 
 @dataclass(frozen=True)
@@ -162,10 +173,11 @@ class MatchThreshold:
     @classmethod
     def from_config(cls, config: Config) -> MatchThreshold:
         """`gallery.match_max_distance` (or `pipeline.decision.match_max_distance`) when given, else
-        the threshold derived from `gallery.false_alarm_rate`."""
+        the threshold derived from `gallery.false_alarm_rate` on the figures of the score that decides
+        (`score_kind`: fused unless recognition.second_opinion is off)."""
         if config.match_max_distance is not None:
             return cls(fixed=config.match_max_distance)
-        return cls(false_alarm_rate=config.gallery.false_alarm_rate)
+        return cls(false_alarm_rate=config.gallery.false_alarm_rate, kind=score_kind(config.recognition.second_opinion))
 
     def at(self, gallery_size: int) -> float:
         if self.fixed is not None:
@@ -176,4 +188,4 @@ class MatchThreshold:
     def describe(self) -> str:
         if self.fixed is not None:
             return f"fixed at {self.fixed:g}"
-        return f"derived from a false-alarm target of {self.false_alarm_rate:g} per stranger"
+        return f"derived from a false-alarm target of {self.false_alarm_rate:g} per stranger ({self.kind} figures)"

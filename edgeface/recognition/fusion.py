@@ -57,8 +57,9 @@ IMPOSTOR_DISTANCE_AT_FAR: dict[float, tuple[float, float]] = {
     1e-5: (0.2930, 0.2746),
 }
 """Per-comparison false-accept rate -> (dlib distance, fused distance) below which that share of the
-fitting impostor pairs falls: the figures a threshold for a target false-alarm rate and gallery size
-is derived from (the two agree by construction at 1e-3 and 1e-4; 1e-5 rests on ~70 pairs)."""
+fitting impostor pairs falls (the two agree by construction at 1e-3 and 1e-4; 1e-5 rests on ~70 pairs).
+For the record: the threshold for a false-alarm target is derived from the fused kind of
+models/impostor_scores.json (LFW View 1 pairsDevTrain only, edgeface.recognition.false_alarm.FUSED_KIND)."""
 
 SECOND_OPINION_CANDIDATES = 5
 """The nearest identities by dlib distance whose SFace templates the fused score is computed for."""

@@ -25,7 +25,6 @@ from the number of identities searched at every match (edgeface.recognition.fals
 from __future__ import annotations
 
 import base64
-import bisect
 import dataclasses
 import json
 import logging
@@ -419,10 +418,19 @@ class SecondMeans:
 # -- in-memory search ------------------------------------------------------------------------
 
 
+@dataclass
+class _RowBuffer:
+    """Template rows with spare capacity at the end: rows[:used] are claimed by the newest snapshot."""
+
+    rows: np.ndarray
+    used: int
+
+
 @dataclass(frozen=True)
 class GallerySnapshot:
-    """Everything matching needs, as arrays. Identity k (names sorted; each with at least one
-    template) owns template rows starts[k]:ends[k]; negatives are sorted by owner and negatives[j]
+    """Everything matching needs, as arrays. Identity k (names sorted when read from the file; this
+    process's new identities are appended after them; each with at least one template) owns template
+    rows starts[k]:ends[k]; negatives are sorted by owner and negatives[j]
     belongs to identity negative_owner[j]. mean_tightening[k] is what the "mean" strategy subtracts
     from the threshold for identity k (MEAN_THRESHOLD_TIGHTENING by its template count)."""
 
@@ -438,6 +446,11 @@ class GallerySnapshot:
     _limit_cache: dict[tuple[float, str], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
     _scan: list[Int8Scan] = field(default_factory=list, compare=False, repr=False)
     """The int8 copy of `means` for galleries of SCAN_MIN_ROWS or more identities, made at the first search."""
+    _positions: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """name -> identity index, filled at the first look-up; shared with the snapshots that only append
+    to this one (an entry at or past a snapshot's length is not its own)."""
+    _buffer: _RowBuffer | None = field(default=None, compare=False, repr=False)
+    """Spare rows after `templates` (a view of the buffer) that the next appended identity fills in place."""
 
     @staticmethod
     def build(rows: Sequence[tuple[str, int, np.ndarray]], negative_rows: Sequence[tuple[str, np.ndarray]]) -> GallerySnapshot:
@@ -597,19 +610,64 @@ class GallerySnapshot:
         return self.template_ids[start:end], self.templates[start:end], self.negatives[mine]
 
     def _index(self, name: str) -> int | None:
-        k = bisect.bisect_left(self.names, name)
-        return k if k < len(self.names) and self.names[k] == name else None
+        positions = self._positions
+        if len(positions) < len(self.names):
+            positions.update(zip(self.names, range(len(self.names))))
+        k = positions.get(name)
+        return k if k is not None and k < len(self.names) and self.names[k] == name else None
+
+    def _appended_rows(self, rows: np.ndarray) -> tuple[np.ndarray, _RowBuffer, bool]:
+        """(`templates` with rows after it, its buffer, whether in place): written into the spare rows
+        when this snapshot is the buffer's newest user (older snapshots see only their own view), else
+        copied into a new buffer with 1/8 spare."""
+        n, count = len(self.templates), len(rows)
+        buffer = self._buffer
+        in_place = buffer is not None and buffer.used == n and n + count <= len(buffer.rows)
+        if buffer is None or not in_place:
+            capacity = n + count + max((n + count) // 8, 64)
+            buffer = _RowBuffer(np.empty((capacity, EMBEDDING_DIM), np.float32), n)
+            buffer.rows[:n] = self.templates
+        buffer.rows[n:n + count] = rows
+        buffer.used = n + count
+        return buffer.rows[:n + count], buffer, in_place
+
+    def _append(self, name: str, template_ids: np.ndarray, templates: np.ndarray, negatives: np.ndarray) -> GallerySnapshot:
+        """This snapshot with a new identity after the others: its template rows go into spare rows in
+        place (no copy of the matrix; names are in no particular order, looked up by `_positions`)."""
+        j, at, count = len(self.names), len(self.templates), len(templates)
+        rows, buffer, in_place = self._appended_rows(templates.astype(np.float32))
+        shared = self.means is self.templates
+        mean_row = (templates[:1].astype(np.float32) if count == 1
+                    else unit_rows(np.add.reduceat(templates.astype(np.float32), [0], axis=0)))
+        means = rows if shared and count == 1 else (
+            _mean_templates(rows, np.append(self.starts, at), np.append(self.ends, at + count)) if shared
+            else np.vstack([self.means, mean_row]))
+        # the newest snapshot of its line shares the look-ups; a copy gets its own (entries are checked
+        # against the names at look-up, so one from another line never answers for a wrong identity)
+        positions = self._positions if in_place else dict(self._positions)
+        if positions:
+            positions[name] = j
+        ends = np.append(self.ends, at + count).astype(np.int64)
+        return GallerySnapshot(
+            (*self.names, name), np.append(self.starts, at).astype(np.int64), ends, rows,
+            np.concatenate([self.template_ids, template_ids.astype(np.int64)]), means,
+            np.vstack([self.negatives, negatives.astype(np.float32)]),
+            np.concatenate([self.negative_owner, np.full(len(negatives), j, np.int64)]),
+            np.append(self.mean_tightening, _tightening(np.array([count]))),
+            _scan=[s.with_row(j, mean_row[0]) for s in self._scan], _positions=positions, _buffer=buffer)
 
     def replaced(self, old_name: str | None, new_name: str | None, template_ids: np.ndarray, templates: np.ndarray,
                  negatives: np.ndarray) -> GallerySnapshot:
         """This snapshot without identity old_name and with new_name holding these rows (template ids
         ascending; an identity without templates is not searched). Costs copying the arrays, not
         reading the file."""
+        k = None if old_name is None else self._index(old_name)
+        if k is None and new_name is not None and len(templates) and self._index(new_name) is None:
+            return self._append(new_name, template_ids, templates, negatives)
         names = list(self.names)
         starts, ends = self.starts, self.ends
         rows_templates, rows_ids = self.templates, self.template_ids
         negative_rows, negative_owner = self.negatives, self.negative_owner
-        k = None if old_name is None else self._index(old_name)
         if k is not None:
             start, end, count = int(starts[k]), int(ends[k]), int(ends[k] - starts[k])
             del names[k]
@@ -626,7 +684,7 @@ class GallerySnapshot:
         means = self.means if k is None or shared else np.delete(self.means, k, axis=0)
         scan = [s if k is None else s.without(k) for s in self._scan]  # kept up to date, not rebuilt
         if new_name is not None and len(templates):
-            j = bisect.bisect_left(names, new_name)
+            j = len(names) if k is None else k  # an identity keeps its place (names are in no particular order)
             at = int(starts[j]) if j < len(names) else len(rows_templates)
             count = len(templates)
             names.insert(j, new_name)
@@ -647,8 +705,10 @@ class GallerySnapshot:
             scan = [s.with_row(j, mean_row[0]) for s in scan]
         if shared or len(names) == len(rows_templates):
             means = _mean_templates(rows_templates, starts, ends)
+        same_places = new_name is not None and new_name == old_name and k is not None and len(names) == len(self.names)
         return GallerySnapshot(tuple(names), starts, ends, rows_templates, rows_ids, means, negative_rows,
-                               negative_owner, _tightening(ends - starts), _scan=scan)
+                               negative_owner, _tightening(ends - starts), _scan=scan,
+                               _positions=self._positions if same_places else {})
 
 
 def _mean_templates(templates: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
