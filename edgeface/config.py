@@ -365,6 +365,10 @@ class ClusterSettings(StrictModel):
         0.5, ge=0.0, le=1.0,
         description="Share of the clusters' own spread (mean squared distance of their members to their mean) "
         "taken off the squared linkage: 0 is plain average linkage, 1 centroid linkage; see edgeface/recognition/clusters.py")
+    fused: bool = Field(
+        True, description="Score a track against a cluster by the fused dlib+SFace distance (on dlib's "
+        "scale, edgeface/recognition/fusion.py) when both have SFace embeddings; dlib's distance otherwise "
+        "(`edgeface eval cluster --embedder dlib|fused` measures both)")
     name_max_distance: float = Field(
         0.45, gt=0.0, le=2.0,
         description="Naming a cluster after a person already in the gallery is refused (unless forced) when its "

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _mjpeg import MjpegServer
+from test_run_cli import enrolled_gallery
 
 from edgeface.config import Config, load_config
 from edgeface.errors import ConfigError
@@ -249,19 +250,7 @@ def test_interpreters_made_on_several_threads_at_once_leave_stderr_alone() -> No
 
 @pytest.fixture(scope="module")
 def gallery_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not PEOPLE.is_dir():
-        pytest.skip("../shared/data is absent")
-    from edgeface.storage.enroll import Enroller, image_files, person_folders
-    from edgeface.storage.gallery import Gallery
-    from edgeface.vision.analyzer import FaceAnalyzer
-
-    path = tmp_path_factory.mktemp("gallery") / "gallery.db"
-    gallery = Gallery(path)
-    enroller = Enroller(FaceAnalyzer.from_config(Config().recognition), gallery)
-    for name, folder in person_folders(PEOPLE)[0]:
-        enroller.enroll(name, image_files(folder))
-    gallery.close()
-    return path
+    return enrolled_gallery(tmp_path_factory.mktemp("gallery") / "gallery.db")
 
 
 def _run(tmp_path: Path, *args: str, gallery: Path) -> tuple[list, str]:

@@ -71,6 +71,8 @@ def test_a_gallery_from_the_previous_schema_gets_the_ignore_list(tmp_path: Path)
     with sqlite3.connect(path) as db:  # back to schema 2, as the previous edgeface left it
         for column in ("second_model_id", "second_model_version", "second_embedding"):
             db.execute(f"ALTER TABLE cluster_exemplars DROP COLUMN {column}")
+        for column in ("second_sum", "second_count"):  # schema 5
+            db.execute(f"ALTER TABLE cluster_clusters DROP COLUMN {column}")
         db.execute("ALTER TABLE cluster_clusters DROP COLUMN ignored")
         db.execute("DROP TABLE template_crops")
         db.execute("DROP TRIGGER template_crops_gone")
@@ -94,6 +96,8 @@ def test_a_schema_3_store_gets_sface_exemplars_and_names_its_old_ones_dlib_only(
     with sqlite3.connect(path) as db:  # back to schema 3, as issue 16's edgeface left it
         for column in ("second_model_id", "second_model_version", "second_embedding"):
             db.execute(f"ALTER TABLE cluster_exemplars DROP COLUMN {column}")
+        for column in ("second_sum", "second_count"):  # schema 5
+            db.execute(f"ALTER TABLE cluster_clusters DROP COLUMN {column}")
         db.execute("UPDATE cluster_schema_version SET version = 3")
     with ClusterStore(path) as store:
         new = store.observe(_unit(2), ts=time.time(), track_key="t2",

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -172,15 +173,47 @@ def _wait(predicate, timeout_s: float = 15.0) -> bool:  # type: ignore[no-untype
     return False
 
 
+@dataclass
+class _Site:
+    """A private broker and a gallery per station; the test adds the fleets (and any cluster stores)."""
+
+    broker: PrivateBroker
+    galleries: list[Gallery]
+    fleets: list = field(default_factory=list)
+    stores: list = field(default_factory=list)
+
+    @classmethod
+    def open(cls, tmp_path: Path, stations: str = "ab") -> _Site:
+        broker = PrivateBroker(tmp_path)
+        broker.start()
+        return cls(broker, [Gallery(tmp_path / f"{s}.db") for s in stations])
+
+    def start_fleets(self, stations: str = "ab") -> list:
+        from edgeface.service.fleet import Fleet
+
+        self.fleets.extend(Fleet(_config(f"st-{s}", self.broker.port), g, key=KEY).start()
+                           for s, g in zip(stations, self.galleries))
+        return self.fleets
+
+    def close(self) -> None:
+        """The fleets first, then the stores, the galleries and the broker."""
+        for fleet in self.fleets:
+            fleet.close()
+        for store in self.stores:
+            store.close()
+        for gallery in self.galleries:
+            gallery.close()
+        self.broker.close()
+
+
 @needs_mosquitto
 def test_two_stations_converge_and_forget_everywhere(tmp_path: Path) -> None:
     from edgeface.service.fleet import Fleet
 
-    broker = PrivateBroker(tmp_path)
-    broker.start()
-    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
+    site = _Site.open(tmp_path)
+    broker, galleries = site.broker, site.galleries
     galleries[0].add_templates("existing", _unit(7)[None])  # enrolled before the fleet: published on join
-    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY).start() for s, g in zip("ab", galleries)]
+    fleets = site.start_fleets()
     audit = Collector(broker.port, "edgeface/fleet/test/erased/#")
     try:
         assert _wait(lambda: _contents(galleries[1]) == {"existing": (1, 0)})
@@ -233,22 +266,17 @@ def test_two_stations_converge_and_forget_everywhere(tmp_path: Path) -> None:
         assert _wait(lambda: _contents(galleries[0]).get("zoey") == (1, 0) and _contents(late).get("zoey") == (1, 0))
     finally:
         audit.close()
-        for fleet in fleets:
-            fleet.close()
-        for gallery in galleries:
-            gallery.close()
-        broker.close()
+        site.close()
 
 
 @needs_mosquitto
 def test_two_people_given_one_name_apart_are_told_apart_the_same_way_everywhere(tmp_path: Path) -> None:
     from edgeface.service.fleet import Fleet
 
-    broker = PrivateBroker(tmp_path)
-    broker.start()
-    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
+    site = _Site.open(tmp_path)
+    broker, galleries = site.broker, site.galleries
     galleries[0].add_templates("samuel", _unit(41)[None])
-    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY).start() for s, g in zip("ab", galleries)]
+    fleets = site.start_fleets()
     try:
         assert _wait(lambda: _contents(galleries[1]) == {"samuel": (1, 0)})
         fleets[1].close()  # B is cut off
@@ -266,22 +294,15 @@ def test_two_people_given_one_name_apart_are_told_apart_the_same_way_everywhere(
         galleries[1].rename(names[1], "samantha")
         assert _wait(lambda: sorted(_contents(galleries[0])) == ["sam", "samantha"] == sorted(_contents(galleries[1])))
     finally:
-        for fleet in fleets:
-            fleet.close()
-        for gallery in galleries:
-            gallery.close()
-        broker.close()
+        site.close()
 
 
 @needs_mosquitto
 def test_another_models_vectors_travel_along_and_the_same_name_joins_one_person(tmp_path: Path) -> None:
-    from edgeface.service.fleet import Fleet
     from edgeface.storage.changes import person_id
 
-    broker = PrivateBroker(tmp_path)
-    broker.start()
-    gallery = Gallery(tmp_path / "b.db")
-    fleet = Fleet(_config("st-b", broker.port), gallery, key=KEY).start()
+    site = _Site.open(tmp_path, "b")
+    broker, (gallery,), (fleet,) = site.broker, site.galleries, site.start_fleets("b")
     pid = person_id(KEY, "kim", 0)
     records = Collector(broker.port, f"edgeface/fleet/test/person/{pid}")
     try:
@@ -303,20 +324,16 @@ def test_another_models_vectors_travel_along_and_the_same_name_joins_one_person(
         assert models == ["dlib_resnet_v1", "sface_v1"] and _contents(gallery) == {"kim": (1, 0)}
     finally:
         records.close()
-        fleet.close()
-        gallery.close()
-        broker.close()
+        site.close()
 
 
 @needs_mosquitto
 def test_the_second_opinions_embeddings_travel_with_their_templates_never_the_chips(tmp_path: Path) -> None:
-    from edgeface.service.fleet import Fleet
     from edgeface.storage.gallery import SecondTemplate
 
-    broker = PrivateBroker(tmp_path)
-    broker.start()
-    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
-    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY).start() for s, g in zip("ab", galleries)]
+    site = _Site.open(tmp_path)
+    galleries = site.galleries
+    site.start_fleets()
     chip = np.full((112, 112, 3), 7, np.uint8)
     try:
         galleries[0].add_templates("uma", np.stack([_unit(61), _unit(62)]),
@@ -343,11 +360,7 @@ def test_the_second_opinions_embeddings_travel_with_their_templates_never_the_ch
         galleries[0].add_second_embeddings([(missing, SecondTemplate("sface_2021dec", "int8", _unit(72)))])
         assert _wait(lambda: all(s is not None for s in seconds(galleries[1]).values()))
     finally:
-        for fleet in fleets:
-            fleet.close()
-        for gallery in galleries:
-            gallery.close()
-        broker.close()
+        site.close()
 
 
 def _sightings(store, base: np.ndarray, station: str, start: float, tracks: int = 3) -> str:  # type: ignore[no-untyped-def]
@@ -366,13 +379,14 @@ def test_one_stranger_at_two_stations_is_one_fleet_wide_unknown_named_everywhere
     from edgeface.service.fleet import Fleet
     from edgeface.storage.cluster_store import ClusterStore
 
-    broker = PrivateBroker(tmp_path)
-    broker.start()
-    galleries = [Gallery(tmp_path / f"{s}.db") for s in "ab"]
-    stores = [ClusterStore(g.path, station=f"st-{s}", gallery=g) for s, g in zip("ab", galleries)]
+    site = _Site.open(tmp_path)
+    broker, galleries = site.broker, site.galleries
+    stores = site.stores
+    stores.extend(ClusterStore(g.path, station=f"st-{s}", gallery=g) for s, g in zip("ab", galleries))
     events: list[list] = [[], []]
-    fleets = [Fleet(_config(f"st-{s}", broker.port), g, key=KEY, clusters=c, emit=e.append)
-              for s, g, c, e in zip("ab", galleries, stores, events)]
+    fleets = site.fleets
+    fleets.extend(Fleet(_config(f"st-{s}", broker.port), g, key=KEY, clusters=c, emit=e.append)
+                  for s, g, c, e in zip("ab", galleries, stores, events))
     stranger, newcomer = _unit(31), _unit(32)
     try:
         for fleet in fleets:
@@ -396,13 +410,7 @@ def test_one_stranger_at_two_stations_is_one_fleet_wide_unknown_named_everywhere
         assert _wait(lambda: "yolanda" in _contents(galleries[0]) and at_b not in [c.id for c in stores[0].list_clusters()])
         assert any(getattr(e, "type", "") == "cluster_named" and e.name == "yolanda" for e in events[0])
     finally:
-        for fleet in fleets:
-            fleet.close()
-        for store in stores:
-            store.close()
-        for gallery in galleries:
-            gallery.close()
-        broker.close()
+        site.close()
 
 
 def test_fleet_without_key_refuses_to_join(tmp_path: Path) -> None:
@@ -490,6 +498,12 @@ def _online(status: Collector, names: list[str]) -> bool:
     return set(names) <= seen
 
 
+def _shut_down(*things) -> None:  # type: ignore[no-untyped-def]
+    """Ends each in the order given: closes what can be closed (collectors, brokers), stops the rest."""
+    for thing in things:
+        thing.close() if hasattr(thing, "close") else thing.stop()
+
+
 def _blank_camera():  # type: ignore[no-untyped-def]
     from _mjpeg import MjpegServer
 
@@ -549,14 +563,7 @@ def test_three_stations_one_broker_enroll_reaches_the_camera_forget_reaches_ever
         for station in stations:
             assert station.process.poll() is None
     finally:
-        for station in stations:
-            station.stop()
-        for collector in (status, acks, events, forgotten):
-            collector.close()
-        clip.stop()
-        for blank in blanks:
-            blank.stop()
-        broker.close()
+        _shut_down(*stations, status, acks, events, forgotten, clip, *blanks, broker)
 
 
 @needs_mosquitto
@@ -610,15 +617,7 @@ def test_two_sites_bridged_partition_and_heal_converge_by_the_rule(tmp_path: Pat
         assert names == {"alex_lacamoire", "barack_obama", "joseph biden"}, names
         assert _wait(lambda: {json.loads(p)["origin"] for p in acks.payloads()} >= {"site1-a", "site2-b", "site2-c"}, 15)
     finally:
-        for station in (a, b, c):
-            station.stop()
-        for collector in (status, acks, events):
-            collector.close()
-        for blank in blanks:
-            blank.stop()
-        clip.stop()
-        site2.close()
-        site1.close()
+        _shut_down(a, b, c, status, acks, events, *blanks, clip, site2, site1)
 
 
 @needs_mosquitto
@@ -653,12 +652,7 @@ def test_two_stations_watching_one_stranger_give_one_unknown_id_and_name_it_toge
         for station in (a, b):
             assert station.process.poll() is None
     finally:
-        for station in (a, b):
-            station.stop()
-        unknowns.close()
-        named.close()
-        clip.stop()
-        broker.close()
+        _shut_down(a, b, unknowns, named, clip, broker)
 
 
 def test_doctor_says_whether_the_fleet_key_is_there(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ def edgeface(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module")
-def gallery_file(tmp_path_factory) -> Path:
+def enrolled_gallery(path: Path) -> Path:
+    """A gallery at `path` with everyone in ../shared/data/people enrolled; skips the test when that is absent."""
     if not PEOPLE.is_dir():
         pytest.skip("../shared/data is absent")
     from edgeface.config import Config
@@ -39,12 +39,16 @@ def gallery_file(tmp_path_factory) -> Path:
     from edgeface.storage.gallery import Gallery
     from edgeface.vision.analyzer import FaceAnalyzer
 
-    path = tmp_path_factory.mktemp("gallery") / "gallery.db"
-    gallery = Gallery(path)
-    enroller = Enroller(FaceAnalyzer.from_config(Config().recognition), gallery)
-    for name, folder in person_folders(PEOPLE)[0]:
-        enroller.enroll(name, image_files(folder))
+    with Gallery(path) as gallery:
+        enroller = Enroller(FaceAnalyzer.from_config(Config().recognition), gallery)
+        for name, folder in person_folders(PEOPLE)[0]:
+            enroller.enroll(name, image_files(folder))
     return path
+
+
+@pytest.fixture(scope="module")
+def gallery_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return enrolled_gallery(tmp_path_factory.mktemp("gallery") / "gallery.db")
 
 
 def events_of(stdout: str) -> list:

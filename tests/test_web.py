@@ -30,6 +30,9 @@ PASSWORD = "correct horse battery"
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
+needs_clip = pytest.mark.skipif(not HAMILTON.is_file(), reason="../shared/data/video/hamilton_clip.mp4 is absent")
+needs_browser = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                                   reason="chromium and chromium-driver are not installed (.ci/run installs them where root)")
 
 
 def test_listen_addresses() -> None:
@@ -67,14 +70,15 @@ def test_run_refuses_a_page_without_password(tmp_path: Path) -> None:
 
 
 class _Station:
-    """`edgeface run --source hamilton --web 127.0.0.1:0` in `folder`; stderr read on a thread."""
+    """`edgeface run --source <source> --web 127.0.0.1:0` in `folder` (the hamilton clip unless told);
+    stderr read on a thread."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, source: str = str(HAMILTON)) -> None:
         env = {**os.environ, "EDGEFACE_WEB_PASSWORD": PASSWORD}
         env.pop("EDGEFACE_GALLERY", None)
         self.stdout = (folder / "events.jsonl").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgeface.cli", "run", "--source", str(HAMILTON), "--web", "127.0.0.1:0"],
+            [sys.executable, "-m", "edgeface.cli", "run", "--source", source, "--web", "127.0.0.1:0"],
             cwd=folder, env=env, stdout=self.stdout, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.url = ""
@@ -158,6 +162,14 @@ def _wait(condition, timeout_s: float = 30, what: str = "") -> None:  # type: ig
         time.sleep(0.2)
 
 
+def _submit_password(browser, password: str) -> None:  # type: ignore[no-untyped-def]
+    """On the login page: type `password` and send the form."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.NAME, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "form button").click()
+
+
 def _cookie(browser) -> str:  # type: ignore[no-untyped-def]
     return "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
 
@@ -176,9 +188,8 @@ def _faces_loaded(browser, selector: str) -> bool:  # type: ignore[no-untyped-de
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAMILTON.is_file(), reason="../shared/data/video/hamilton_clip.mp4 is absent")
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="chromium and chromium-driver are not installed (.ci/run installs them where root)")
+@needs_clip
+@needs_browser
 def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
     pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
     from selenium.webdriver.common.by import By
@@ -201,12 +212,10 @@ def test_name_an_unknown_person_in_a_browser(tmp_path: Path) -> None:
         browser = _browser(412, 915)  # a phone's screen
         browser.get(f"{base}/unknown")
         _wait(lambda: browser.title.startswith("Log in"), what="the login page")
-        browser.find_element(By.NAME, "password").send_keys("wrong")
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        _submit_password(browser, "wrong")
         _wait(lambda: "Wrong password." in browser.page_source, what="the refusal of a wrong password")
 
-        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        _submit_password(browser, PASSWORD)
         _wait(lambda: browser.title.startswith("Live"), what="the live page")
         live = browser.find_element(By.ID, "live")
         _wait(lambda: browser.execute_script("return arguments[0].naturalWidth", live) == 640, what="the live frame")

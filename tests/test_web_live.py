@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _mjpeg import MjpegServer
 from test_run_sources import hamilton_frames
-from test_web import CHROMEDRIVER, CHROMIUM, HAMILTON, PASSWORD, _browser, _wait
+from test_web import PASSWORD, _browser, _Station, _submit_password, _wait, needs_browser, needs_clip
 
 
 def test_event_faces_are_cropped_bounded_relabelled_and_forgotten() -> None:
@@ -32,44 +32,9 @@ def test_event_faces_are_cropped_bounded_relabelled_and_forgotten() -> None:
     assert crops.has("e2") and crops.jpeg("e1") is None
 
 
-class _LiveStation:
-    """`edgeface run --source <mjpeg url> --web 127.0.0.1:0` in `folder`."""
-
-    def __init__(self, folder: Path, url: str) -> None:
-        import os
-        import subprocess
-        import sys
-        import threading
-
-        env = {**os.environ, "EDGEFACE_WEB_PASSWORD": PASSWORD}
-        env.pop("EDGEFACE_GALLERY", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "edgeface.cli", "run", "--source", url,
-                                         "--web", "127.0.0.1:0"], cwd=folder, env=env,
-                                        stdout=(folder / "events.jsonl").open("w"), stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.url = ""
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            found = re.search(r"station page on (http://127\.0\.0\.1:\d+)/", line)
-            if found:
-                self.url = found.group(1)
-
-    def stop(self) -> int:
-        import signal
-
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not HAMILTON.is_file(), reason="../shared/data/video/hamilton_clip.mp4 is absent")
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="chromium and chromium-driver are not installed (.ci/run installs them where root)")
+@needs_clip
+@needs_browser
 def test_live_view_changes_and_a_wrong_recognition_is_rejected(tmp_path: Path) -> None:
     pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
     from selenium.webdriver.common.by import By
@@ -77,14 +42,13 @@ def test_live_view_changes_and_a_wrong_recognition_is_rejected(tmp_path: Path) -
     visit = hamilton_frames(90, 200)  # Miranda's close shot ...
     empty = [np.zeros_like(visit[0])] * 45  # ... then an empty doorway: each loop is a new visit
     camera = MjpegServer(fps=30, frames=visit + empty).start()
-    station = _LiveStation(tmp_path, camera.url)
+    station = _Station(tmp_path, camera.url)
     browser = None
     try:
         _wait(lambda: station.url, 120, "the station page")
         browser = _browser(412, 915)
         browser.get(f"{station.url}/login")
-        browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
+        _submit_password(browser, PASSWORD)
         _wait(lambda: browser.title.startswith("Live"), what="the live page")
 
         # The live view changes while watched: what the browser shows differs from one moment to the next.

@@ -1,9 +1,8 @@
 """Would fusing SFace help the clustering of unknowns? The offline upper bound (average linkage cut at the
 best BCubed F, edgeface.eval.cluster.offline_best) with dlib's embeddings, SFace's, and both fused.
 
-Fused vectors: each face's dlib and SFace unit embeddings concatenated with weights sqrt(w / sd_dlib) and
-sqrt((1 - w) / sd_sface) and normalised, so that the cosine of two fused vectors is a linear function of
-the fused score of edgeface.recognition.fusion (w = WEIGHT_DLIB, the impostor standard deviations).
+Fused vectors: edgeface.eval.cluster.fused_vectors (the offline bound `edgeface eval cluster --embedder
+fused` reports; the online clusterer's own fused distance is measured there).
 
 Faces from `edgeface eval identify --cache FILE` (default config: both embeddings). CelebA: all 100
 people; LFW: the people with >= 4 images, the first `--per-person` of each (no distractors, to keep the
@@ -22,16 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from edgeface.eval.cluster import offline_best
+from edgeface.eval.cluster import fused_vectors, offline_best
 from edgeface.eval.data import FaceTable
-from edgeface.recognition import fusion
-
-
-def fused_vectors(dlib: np.ndarray, sface: np.ndarray) -> np.ndarray:
-    a = np.sqrt(fusion.WEIGHT_DLIB / fusion.DLIB_IMPOSTOR_SD)
-    b = np.sqrt((1 - fusion.WEIGHT_DLIB) / fusion.SFACE_IMPOSTOR_SD)
-    joined = np.concatenate([a * dlib, b * sface], axis=1)
-    return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
 
 
 def chosen(table: FaceTable, rule: str, min_images: int, per_person: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -41,7 +41,8 @@ from edgeface.config import ClusterSettings
 from edgeface.errors import EdgefaceError
 from edgeface.eval.data import FaceRule, dataset_faces, dataset_people, default_face_rule, images_root
 from edgeface.eval.report import print_figures
-from edgeface.recognition.clusters import ClusterState, OnlineClusters
+from edgeface.recognition import fusion
+from edgeface.recognition.clusters import ClusterState, OnlineClusters, SecondExemplar
 from edgeface.storage.cluster_store import ClusterStore
 
 DEFAULT_SEEDS = 3
@@ -220,6 +221,16 @@ class OfflineResult:
     seconds: float
 
 
+def fused_vectors(dlib: np.ndarray, sface: np.ndarray) -> np.ndarray:
+    """Each face's dlib and SFace unit rows concatenated with weights sqrt(w / sd_dlib) and
+    sqrt((1 - w) / sd_sface), normalised: the cosine of two such rows is a linear function of the fused
+    score of edgeface.recognition.fusion, so average linkage on them is the fused offline bound."""
+    a = np.sqrt(fusion.WEIGHT_DLIB / fusion.DLIB_IMPOSTOR_SD)
+    b = np.sqrt((1 - fusion.WEIGHT_DLIB) / fusion.SFACE_IMPOSTOR_SD)
+    joined = np.concatenate([a * dlib, b * sface], axis=1)
+    return (joined / np.linalg.norm(joined, axis=1, keepdims=True)).astype(np.float32)
+
+
 def offline_best(vectors: np.ndarray, truth: np.ndarray) -> OfflineResult:
     started = time.perf_counter()
     merges = average_linkage(vectors)
@@ -251,7 +262,8 @@ class OnlineRun:
     merges: int
 
 
-def run_online(vectors: np.ndarray, truth: np.ndarray, settings: ClusterSettings, seed: int) -> OnlineRun:
+def run_online(vectors: np.ndarray, truth: np.ndarray, settings: ClusterSettings, seed: int,
+               second: np.ndarray | None = None) -> OnlineRun:
     """Stream the selection in a seeded random order, one observation (track) a minute. Ageing and
     the max_clusters cap are switched off: the stream is about grouping, not forgetting."""
     order = np.random.default_rng(seed).permutation(len(vectors))
@@ -262,7 +274,8 @@ def run_online(vectors: np.ndarray, truth: np.ndarray, settings: ClusterSettings
     merges = 0
     started = time.perf_counter()
     for k, i in enumerate(order):
-        update = clusters.observe(vectors[i], ts=60.0 * k, track_key=f"t{k}")
+        update = clusters.observe(vectors[i], ts=60.0 * k, track_key=f"t{k}",
+                                  second=None if second is None else SecondExemplar("sface", "eval", second[i]))
         assigned[i] = int(update.cluster.id.split("-")[1])
         for kept, gone in update.merged:
             redirect[int(gone.split("-")[1])] = int(kept.split("-")[1])
@@ -315,39 +328,57 @@ class Speed:
     persisted_ms_p95: float
 
 
-def _seeded_states(vectors: np.ndarray, count: int, rng: np.random.Generator) -> list[ClusterState]:
-    """`count` plausible clusters: real embeddings, jittered, 1-5 members each, all confirmed."""
-    picks = vectors[rng.integers(0, len(vectors), count)]
+def _seeded_states(vectors: np.ndarray, count: int, rng: np.random.Generator,
+                   second: np.ndarray | None = None) -> list[ClusterState]:
+    """`count` plausible clusters: real embeddings, jittered, 1-5 members each, all confirmed (with the
+    same faces' SFace embeddings, jittered, when `second` is given)."""
+    chosen = rng.integers(0, len(vectors), count)
+    picks = vectors[chosen]
     means = picks + rng.normal(0, 0.03, picks.shape).astype(np.float32)
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     states = []
     for k in range(count):
         members = int(rng.integers(1, 6))
         states.append(ClusterState(k + 1, 0.0, 0.0, members, 1, ["a", "b"], members >= 3, [], means[k].astype(np.float64) * members))
+    if second is not None:
+        # jittered as much on SFace's scale as the dlib means are on dlib's (0.03 there): copies of one face
+        # stay as far apart by the fused distance as by dlib's, instead of merging into each other
+        jitter = 0.03 * fusion.SFACE_IMPOSTOR_SD / fusion.DLIB_IMPOSTOR_SD
+        jittered = second[chosen] + np.random.default_rng(1).normal(0, jitter, picks.shape).astype(np.float32)
+        jittered /= np.linalg.norm(jittered, axis=1, keepdims=True)
+        for state, row in zip(states, jittered):
+            state.second_sum, state.second_count = row.astype(np.float64) * state.observations, state.observations
     return states
 
 
 def measure_speed(vectors: np.ndarray, settings: ClusterSettings, clusters: int = BENCH_CLUSTERS,
-                  updates: int = 300, persisted_updates: int = 100) -> Speed:
+                  updates: int = 300, persisted_updates: int = 100, second: np.ndarray | None = None) -> Speed:
     """Per-update time with `clusters` live clusters built from real embeddings; the probes are the
-    real embeddings themselves (so most join a cluster, the costlier path)."""
+    real embeddings themselves (so most join a cluster, the costlier path); with `second` (the same
+    faces' SFace rows) and clusters.fused, clusters and probes carry SFace and the fused distance is timed."""
     rng = np.random.default_rng(0)
     settings = settings.model_copy(update={"tentative_max_age_s": 1e12, "max_clusters": 4 * clusters})
+    second = second if settings.fused else None
     memory = OnlineClusters(settings)
-    for state in _seeded_states(vectors, clusters, rng):
+    for state in _seeded_states(vectors, clusters, rng, second):
         memory.insert(state)
-    probes = vectors[rng.integers(0, len(vectors), updates)]
+    chosen = rng.integers(0, len(vectors), updates)
+    probes = vectors[chosen]
+
+    def sface(i: int) -> SecondExemplar | None:
+        return None if second is None else SecondExemplar("sface", "eval", second[chosen[i]])
+
     times = []
     for k, x in enumerate(probes):
         started = time.perf_counter()
-        memory.observe(x, ts=1.0 + k, track_key=f"bench{k}")
+        memory.observe(x, ts=1.0 + k, track_key=f"bench{k}", second=sface(k))
         times.append(time.perf_counter() - started)
     persisted = []
     with tempfile.TemporaryDirectory() as folder, ClusterStore(Path(folder) / "bench.db", settings) as store:
-        store._seed_for_benchmark(_seeded_states(vectors, clusters, np.random.default_rng(0)))
+        store._seed_for_benchmark(_seeded_states(vectors, clusters, np.random.default_rng(0), second))
         for k, x in enumerate(probes[:persisted_updates]):
             started = time.perf_counter()
-            store.observe(x, ts=1.0 + k, track_key=f"bench{k}")
+            store.observe(x, ts=1.0 + k, track_key=f"bench{k}", second=sface(k))
             persisted.append(time.perf_counter() - started)
     ms, pms = 1000 * np.array(times), 1000 * np.array(persisted)
     return Speed(clusters, float(np.median(ms)), float(np.percentile(ms, 95)), float(np.median(pms)),
@@ -477,40 +508,55 @@ class ClusterReport:
 
 
 def evaluate(vectors: np.ndarray, labels: np.ndarray, returning: set, settings: ClusterSettings,
-             seeds: int = DEFAULT_SEEDS, speed: bool = True, without_face: int = 0) -> ClusterReport:
-    """Everything but the image analysis: vectors (n, 128) unit rows with their true labels."""
+             seeds: int = DEFAULT_SEEDS, speed: bool = True, without_face: int = 0,
+             second: np.ndarray | None = None) -> ClusterReport:
+    """Everything but the image analysis: vectors (n, 128) unit rows with their true labels; `second`:
+    the same faces' SFace rows (fed to the clusterer; with clusters.fused the offline bound clusters
+    the fused vectors, fused_vectors)."""
     if seeds < 1:
         raise EdgefaceError("--seeds must be at least 1")
     if len(vectors) < 2:
         raise EdgefaceError("fewer than two faces to cluster")
-    online = [run_online(vectors, labels, settings, seed) for seed in range(seeds)]
+    online = [run_online(vectors, labels, settings, seed, second) for seed in range(seeds)]
     rules = [tentative_rule(run.final, labels, returning) for run in online]
     tentative = [TentativeRule(r[0].n, float(np.mean([x.confirmed for x in r])), float(np.mean([x.spurious for x in r])),
                                float(np.mean([x.returning_people_confirmed for x in r]))) for r in zip(*rules)]
     counts = Counter(labels.tolist())
     return ClusterReport(settings, len(vectors), len(counts), sum(1 for k in counts if k in returning),
                          sum(1 for k, v in counts.items() if k not in returning), without_face, online,
-                         offline_best(vectors, labels), tentative,
-                         measure_speed(vectors, settings) if speed else None)
+                         offline_best(fused_vectors(vectors, second) if settings.fused and second is not None else vectors,
+                                      labels), tentative,
+                         measure_speed(vectors, settings, second=second) if speed else None)
 
 
 def run_cluster_evaluation(data: Path, make_analyzer: Callable[[], Any], settings: ClusterSettings, *, seeds: int = DEFAULT_SEEDS,
                            distractors: int | None = None, cache: Path | None = None, cache_key: str = "",
                            faces_file: Path | None = None, face_rule: FaceRule | None = None,
-                           progress: bool = True, speed: bool = True) -> ClusterReport:
+                           progress: bool = True, speed: bool = True, second: bool = False,
+                           fused_required: bool = False) -> ClusterReport:
     """The whole evaluation of one dataset: selection, faces (analysed and cached, or read from
-    `faces_file`), the labelled face of each image (`face_rule`, default by dataset), scores."""
+    `faces_file`), the labelled face of each image (`face_rule`, default by dataset), scores. With
+    clusters.fused and faces without SFace embeddings (e.g. another system's --faces): dlib's distance,
+    as the station clusters such tracks, unless `fused_required` (--embedder fused): then an error."""
     root = images_root(data)
     files, labels, returning = select(dataset_people(root), distractors=distractors)
     names = [f.relative_to(root).as_posix() for f in files]
     table = dataset_faces(data, names, faces_file=faces_file, make_analyzer=make_analyzer, key=cache_key, cache=cache,
-                          progress=progress)
+                          progress=progress, second=second and faces_file is None)
     rule = face_rule or default_face_rule(data)
     vectors = table.pick(rule, names)
     found = ~np.isnan(vectors).any(axis=1)
+    second_vectors = None
+    if settings.fused and table.second_vectors is None and not fused_required:
+        settings = settings.model_copy(update={"fused": False})
+    if settings.fused:
+        if table.second_vectors is None:
+            raise EdgefaceError("--embedder fused needs SFace embeddings: recognition.second_opinion must not be off "
+                                "(and --faces files have none)")
+        second_vectors = table.pick(rule, names, second=True)[found]
     labels_array = np.array(labels)[found]
     report = evaluate(vectors[found], labels_array, returning & set(labels_array.tolist()), settings, seeds=seeds,
-                      speed=speed, without_face=int((~found).sum()))
+                      speed=speed, without_face=int((~found).sum()), second=second_vectors)
     report.extra.update({"dataset": root.parent.name if root.name == "images" else root.name, "face": rule,
                          "faces": table.key if faces_file is not None else "edgeface"})
     return report
@@ -519,6 +565,7 @@ def run_cluster_evaluation(data: Path, make_analyzer: Callable[[], Any], setting
 def _run(args: argparse.Namespace) -> int:
     from edgeface.config import load_config
     from edgeface.vision.analyzer import FaceAnalyzer
+    from edgeface.vision.sface import SFACE_MODEL_ID
 
     config = load_config(args.config)
     recognition = config.recognition
@@ -529,12 +576,22 @@ def _run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"assign_max_distance": args.threshold})
     if args.distractors is not None and args.distractors < 0:
         raise EdgefaceError("--distractors must be 0 or more")
-    pipeline = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
-                "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
+    pipeline: dict[str, object] = {"detector": recognition.detector.model, "alignment": recognition.alignment.method,
+                                   "precision": recognition.embedder.precision, "flip": recognition.embedder.flip}
+    if recognition.second_opinion != "off":
+        pipeline["second"] = SFACE_MODEL_ID
+    if args.embedder is not None:
+        settings = settings.model_copy(update={"fused": args.embedder == "fused"})
+    elif recognition.second_opinion == "off":  # the station has no SFace then: dlib's distance
+        settings = settings.model_copy(update={"fused": False})
+    if args.embedder == "fused" and recognition.second_opinion == "off" and not args.faces:
+        raise EdgefaceError("--embedder fused needs SFace embeddings: recognition.second_opinion must not be off")
     report = run_cluster_evaluation(args.data, lambda: FaceAnalyzer.from_config(recognition), settings, seeds=args.seeds,
                                     distractors=args.distractors, cache=args.cache,
                                     cache_key=json.dumps(pipeline, sort_keys=True), faces_file=args.faces,
-                                    face_rule=args.face, progress=not args.json, speed=not args.no_speed)
+                                    face_rule=args.face, progress=not args.json, speed=not args.no_speed,
+                                    second="second" in pipeline, fused_required=args.embedder == "fused")
+    report.extra["embedder"] = "fused" if report.settings.fused else "dlib"
     if args.faces is None:
         report.extra.update(pipeline)
     return print_figures(report.lines(), report.as_dict(), args.json)
@@ -550,6 +607,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score these precomputed faces (.npz, e.g. face_recognition's) instead of analysing")
     parser.add_argument("--face", choices=["largest", "central"],
                         help="which face of an image is the labelled person (default: central on LFW, else largest)")
+    parser.add_argument("--embedder", choices=["dlib", "fused"],
+                        help="track-to-cluster distance: dlib's, or fused with SFace (default: clusters.fused)")
     parser.add_argument("--no-speed", action="store_true", help="skip the 10,000-cluster timing")
     parser.add_argument("--json", action="store_true", help="last line: one JSON object with the figures")
     parser.add_argument("--config", type=Path, help="YAML or JSON config file (defaults apply without it)")

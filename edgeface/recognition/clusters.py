@@ -19,6 +19,13 @@ and one vector of spreads answer both questions with one matrix-vector product e
    what makes the result nearly independent of arrival order. A merge keeps the older (smaller) id
    and reports both.
 
+With `clusters.fused` (the default), each cluster also keeps the sum of its members' SFace unit
+embeddings, and the linkage between a track (or cluster) and a cluster that both have SFace is the
+fused score of edgeface.recognition.fusion: dlib's linkage above taken as a cosine and SFace's mean
+cosine to the members, combined as z-scores and put back on dlib's cosine scale, so the one threshold
+applies (`_fuse`). Either side without SFace: dlib's linkage. Measured with `edgeface eval cluster
+--embedder dlib|fused` (3 seeds): LFW online BCubed F 0.942 -> 0.974, CelebA 0.922 -> 0.951.
+
 Cannot-links: two tracks that were on one frame together are two people. The camera loop passes,
 with each unknown track, the keys of the tracks seen with it (`apart_from`) and the names those were
 recognised as (`not_names`). The track never joins the clusters of those tracks, the clusters are
@@ -60,6 +67,7 @@ from edgeface.events import (
     Event,
     UnknownEvent,
 )
+from edgeface.recognition import fusion
 from edgeface.recognition.vectors import EMBEDDING_DIM, unit_rows
 
 if TYPE_CHECKING:
@@ -183,6 +191,9 @@ class ClusterState:
     ignored: bool = False
     """Marked "not a face / ignore": faces still join it (so the same face is not offered again as a new
     cluster), but it is not shown for naming and its faces get no cluster in events."""
+    second_sum: np.ndarray = field(default_factory=lambda: np.zeros(EMBEDDING_DIM, np.float64))
+    """Sum of the members' SFace unit embeddings (those that had one: `second_count`)."""
+    second_count: int = 0
 
     @property
     def id(self) -> str:
@@ -254,6 +265,8 @@ class OnlineClusters:
         self._last_seen = np.full(capacity, np.inf)
         self._confirmed = np.zeros(capacity, bool)
         self._spread = np.zeros(capacity)
+        self._second_means = np.zeros((capacity, EMBEDDING_DIM), np.float32)
+        self._has_second = np.zeros(capacity, bool)
         self._states: list[ClusterState | None] = [None] * capacity
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         self._slot: dict[int, int] = {}
@@ -291,6 +304,8 @@ class OnlineClusters:
         self._last_seen = np.concatenate([self._last_seen, np.full(old, np.inf)])
         self._confirmed = np.concatenate([self._confirmed, np.zeros(old, bool)])
         self._spread = np.concatenate([self._spread, np.zeros(old)])
+        self._second_means = np.vstack([self._second_means, np.zeros((old, EMBEDDING_DIM), np.float32)])
+        self._has_second = np.concatenate([self._has_second, np.zeros(old, bool)])
         self._states.extend([None] * old)
         self._free.extend(range(new - 1, old - 1, -1))
 
@@ -301,6 +316,8 @@ class OnlineClusters:
         self._last_seen[slot] = state.last_seen
         self._confirmed[slot] = state.confirmed
         self._spread[slot] = min(max(0.0, 1.0 - float(self._means[slot] @ self._means[slot])), SPREAD_CAP)
+        self._has_second[slot] = state.second_count > 0
+        self._second_means[slot] = (state.second_sum / max(state.second_count, 1)).astype(np.float32)
 
     def insert(self, state: ClusterState) -> int:
         """Add a cluster as it is (loading from disk)."""
@@ -339,6 +356,8 @@ class OnlineClusters:
         self._last_seen[slot] = np.inf
         self._confirmed[slot] = False
         self._spread[slot] = 0.0
+        self._second_means[slot] = 0.0
+        self._has_second[slot] = False
         self._free.append(slot)
         return state
 
@@ -412,6 +431,7 @@ class OnlineClusters:
         joined nor merged with this one); not_names: people seen at the same time (this cluster is
         never named after them without force)."""
         vector = _one_unit_vector(embedding)
+        second_vector = None if second is None else _one_unit_vector(second.embedding)
         if not 0.0 <= quality <= 1.0 or not math.isfinite(quality):
             raise ClusterError(f"quality must be in [0, 1], got {quality}")
         expired = self.expire(ts) if ts - self._last_expiry >= EXPIRY_CHECK_S or ts < self._last_expiry else []
@@ -423,7 +443,7 @@ class OnlineClusters:
         forbidden, names = self._forbidden(apart_from)
         names.update(not_names)
         if self._slot:
-            score = self._scores(vector, 0.0)
+            score = self._scores(vector, 0.0, second_vector)
             for number in forbidden:
                 score[self._slot[number]] = -np.inf
             slot = int(np.argmax(score))
@@ -446,6 +466,9 @@ class OnlineClusters:
         state = self._states[slot]
         assert state is not None
         state.sum = state.sum + vector
+        if second_vector is not None:
+            state.second_sum = state.second_sum + second_vector
+            state.second_count += 1
         state.observations += 1
         if created or ts - state.last_seen >= self.settings.visit_gap_s:
             state.visits += 1
@@ -477,12 +500,18 @@ class OnlineClusters:
         return Update(cluster_info(final), created, [(format_cluster_id(k), format_cluster_id(m)) for k, m in merged],
                       expired, changed - removed, removed, dropped)
 
-    def _scores(self, mean: np.ndarray, spread: float) -> np.ndarray:
+    def _scores(self, mean: np.ndarray, spread: float, second_mean: np.ndarray | None = None) -> np.ndarray:
         """Per slot, 1 - linkage / 2 against a cluster (or a face: spread 0) with this mean (S/n) and
-        spread; a slot joins or merges when its score is above _min_similarity (linkage below t^2)."""
+        spread; a slot joins or merges when its score is above _min_similarity (linkage below t^2).
+        With `second_mean` (the SFace mean of the face or cluster) and clusters.fused on, the slots that
+        have SFace members score the fused linkage instead (see _fuse)."""
         score = _matvec(self._means[:self._top], mean)
         if self._half_discount:
             score += self._half_discount * (self._spread[:self._top] + spread)
+        if self.settings.fused and second_mean is not None:
+            known = self._has_second[:self._top]
+            if known.any():  # whole rows, no gather: a copy of 10,000 rows costs more than the product
+                score = np.where(known, _fuse(score, _matvec(self._second_means[:self._top], second_mean)), score)
         return score
 
     def _merge_around(self, number: int, changed: set[int], removed: set[int], dropped: list[int]) -> list[tuple[int, int]]:
@@ -492,7 +521,8 @@ class OnlineClusters:
         while len(self._slot) > 1:
             slot = self._slot[number]
             apart = [self._slot[a] for a in self._states[slot].apart if a in self._slot]  # type: ignore[union-attr]
-            score = self._scores(self._means[slot], self._spread[slot])
+            score = self._scores(self._means[slot], self._spread[slot],
+                                 self._second_means[slot] if self._has_second[slot] else None)
             score[slot] = -np.inf
             score[apart] = -np.inf
             other = int(np.argmax(score))
@@ -530,6 +560,8 @@ class OnlineClusters:
             if value == gone:
                 self.recent_tracks[key] = kept
         a.sum = a.sum + b.sum
+        a.second_sum = a.second_sum + b.second_sum
+        a.second_count += b.second_count
         a.observations += b.observations
         a.visits += b.visits
         a.first_seen = min(a.first_seen, b.first_seen)
@@ -564,6 +596,17 @@ class OnlineClusters:
                 self.remove(state.number)
                 gone.append(state.id)
         return gone
+
+
+def _fuse(dlib_cosine: np.ndarray, sface_cosine: np.ndarray) -> np.ndarray:
+    """The fused score (edgeface.recognition.fusion) of a dlib linkage score (1 - linkage / 2, a cosine)
+    and an SFace mean cosine, back on dlib's cosine scale so that the one threshold applies. Linear
+    (fusion.equivalent_distance bends only above cosine 0.98, far from any cluster threshold), so it
+    is computed on whole score vectors."""
+    raw = (fusion.WEIGHT_DLIB * (dlib_cosine - fusion.DLIB_IMPOSTOR_MEAN) / fusion.DLIB_IMPOSTOR_SD
+           + (1 - fusion.WEIGHT_DLIB) * fusion.sface_z(sface_cosine))
+    z = fusion.FUSED_SCALE * raw + fusion.FUSED_OFFSET
+    return fusion.DLIB_IMPOSTOR_MEAN + z * fusion.DLIB_IMPOSTOR_SD
 
 
 def _matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:

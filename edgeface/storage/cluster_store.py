@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_TAG = "edgeface-cluster-exemplar"
 
-CLUSTER_SCHEMA_VERSION = 4
+CLUSTER_SCHEMA_VERSION = 5
 
 
 # -- persistence -------------------------------------------------------------------------------
@@ -104,10 +104,17 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE cluster_exemplars ADD COLUMN second_embedding BLOB")
 
 
+def _migrate_4_to_5(db: sqlite3.Connection) -> None:
+    """Each cluster's running sum and count of its members' SFace embeddings (clusters.fused scores a
+    track against it by the fused distance); 0 for clusters made before: dlib's distance for them."""
+    db.execute("ALTER TABLE cluster_clusters ADD COLUMN second_sum BLOB")
+    db.execute("ALTER TABLE cluster_clusters ADD COLUMN second_count INTEGER NOT NULL DEFAULT 0")
+
+
 CROP_ERASE_INTERVAL_S = 3600.0
 """How often (in observed time) the camera loop erases crops past their retention."""
 
-CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4)
+CLUSTER_MIGRATIONS = (_migrate_0_to_1, _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5)
 
 
 @dataclass(frozen=True)
@@ -234,15 +241,19 @@ class ClusterStore:
         for eid, number, blob, quality, ts in db.execute(
                 "SELECT id, number, embedding, quality, ts FROM cluster_exemplars ORDER BY id"):
             exemplars.setdefault(number, []).append(Exemplar(eid, _vector(blob), quality, ts))
-        for number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names, ignored in db.execute(
+        for (number, first, last, observations, visits, tracks, confirmed, blob, apart, not_names, ignored, second_blob,
+             second_count) in db.execute(
                 "SELECT number, first_seen, last_seen, observations, visits, tracks, confirmed, sum, apart, not_names,"
-                " ignored FROM cluster_clusters"):
-            total = np.frombuffer(blob, "<f8").astype(np.float64)
-            if total.shape != (EMBEDDING_DIM,):
+                " ignored, second_sum, second_count FROM cluster_clusters"):
+            size = 8 * EMBEDDING_DIM
+            if len(blob) != size or (second_blob is not None and len(second_blob) != size) or second_count < 0:
                 raise ClusterError(f"{self.path}: cluster {format_cluster_id(number)} is damaged")
+            total = np.frombuffer(blob, "<f8").astype(np.float64)
+            second_total = (np.zeros(EMBEDDING_DIM) if second_blob is None
+                            else np.frombuffer(second_blob, "<f8").astype(np.float64))
             clusters.insert(ClusterState(number, first, last, observations, visits, json.loads(tracks), bool(confirmed),
                                          exemplars.get(number, []), total, set(json.loads(apart)),
-                                         set(json.loads(not_names)), bool(ignored)))
+                                         set(json.loads(not_names)), bool(ignored), second_total, int(second_count)))
         clusters.recent_tracks = self._resolve_tracks(db, clusters)
         self.clusters = clusters
 
@@ -271,10 +282,13 @@ class ClusterStore:
             if state is None:
                 continue
             db.execute("INSERT OR REPLACE INTO cluster_clusters (number, first_seen, last_seen, observations, visits,"
-                       " tracks, confirmed, sum, apart, not_names, ignored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " tracks, confirmed, sum, apart, not_names, ignored, second_sum, second_count)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (number, state.first_seen, state.last_seen, state.observations, state.visits,
                         json.dumps(state.tracks), int(state.confirmed), np.asarray(state.sum, "<f8").tobytes(),
-                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names)), int(state.ignored)))
+                        json.dumps(sorted(state.apart)), json.dumps(sorted(state.not_names)), int(state.ignored),
+                        np.asarray(state.second_sum, "<f8").tobytes() if state.second_count else None,
+                        state.second_count))
             for e in state.exemplars:
                 if state.ignored:
                     e.crop = None  # an ignored face is not kept
