@@ -59,7 +59,7 @@ IMPOSTOR_DISTANCE_AT_FAR: dict[float, tuple[float, float]] = {
 """Per-comparison false-accept rate -> (dlib distance, fused distance) below which that share of the
 fitting impostor pairs falls (the two agree by construction at 1e-3 and 1e-4; 1e-5 rests on ~70 pairs).
 For the record: the threshold for a false-alarm target is derived from the fused kind of
-models/impostor_scores.json (LFW View 1 pairsDevTrain only, edgeface.recognition.false_alarm.FUSED_KIND)."""
+models/impostor_scores.json (edgeface.recognition.false_alarm.FUSED_KIND: the stricter of its LFW View 1 and CelebA parts)."""
 
 SECOND_OPINION_CANDIDATES = 5
 """The nearest identities by dlib distance whose SFace templates the fused score is computed for."""
