@@ -37,7 +37,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -93,6 +93,18 @@ class Scoring:
     embedding: Embedding = "dlib"
     mode: SecondOpinion = "auto"
     threshold: float = 0.3776
+
+
+class ProtocolRows(NamedTuple):
+    """One open-set draw: the enrolled rows with their owners, the enrolled people's other photos with
+    their owners, the strangers' photos; the SFace rows of the same three sets when scored fused."""
+
+    gallery: np.ndarray
+    owner: np.ndarray
+    mated: np.ndarray
+    mated_owner: np.ndarray
+    non_mated: np.ndarray
+    second: tuple[np.ndarray, np.ndarray, np.ndarray] | None
 
 
 def identification_figures(gallery: np.ndarray, gallery_owner: np.ndarray, mated: np.ndarray, mated_owner: np.ndarray,
@@ -365,20 +377,21 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
             return np.zeros((0, EMBEDDING_DIM), np.float32), np.zeros(0, int)
         return np.stack([rows[f] for _, f in pairs]), np.array([ids[n] for n, _ in pairs])
 
-    def figures(chosen: list[str], strangers: list[str]) -> Figures:
+    def protocol_rows(chosen: list[str], strangers: list[str]) -> ProtocolRows:
         gallery_pairs = [(n, f) for n in chosen for f in people[n][:split[n]]]
         kept = [(n, v) for n, v in gallery_pairs if not np.isnan(vectors[v]).any()]
-        gallery, owner = stack(kept)
         mated_pairs = [(n, f) for n in chosen for f in people[n][split[n]:]]
         non_mated_pairs = [(n, f) for n in strangers for f in people[n]]
-        mated, mated_owner = stack(mated_pairs)
-        non_mated, _ = stack(non_mated_pairs)
         second = None
         if second_vectors:
             second = (stack(kept, second_vectors)[0], stack(mated_pairs, second_vectors)[0],
                       stack(non_mated_pairs, second_vectors)[0])
-        return identification_figures(gallery, owner, mated, mated_owner, non_mated, strategy=strategy,
-                                      second=second, scoring=scoring)
+        return ProtocolRows(*stack(kept), *stack(mated_pairs), stack(non_mated_pairs)[0], second)
+
+    def figures(chosen: list[str], strangers: list[str]) -> Figures:
+        r = protocol_rows(chosen, strangers)
+        return identification_figures(r.gallery, r.owner, r.mated, r.mated_owner, r.non_mated, strategy=strategy,
+                                      second=r.second, scoring=scoring)
 
     singles = [n for n, images in people.items() if len(images) == 1]
     full = figures(several, singles) if singles else None
@@ -403,22 +416,12 @@ def run_identify_evaluation(data: Path, make_analyzer: Callable[[], Any], templa
         for seed in range(seeds):
             chosen = sorted(np.random.default_rng(seed).choice(several, size=gallery_size, replace=False))
             chosen_set = set(chosen)
-            gallery_pairs = [(n, f) for n in chosen for f in people[n][:split[n]]]
-            kept = [(n, f) for n, f in gallery_pairs if not np.isnan(vectors[f]).any()]
-            mated_pairs = [(n, f) for n in chosen for f in people[n][split[n]:]]
-            non_mated_pairs = [(n, f) for n in people if n not in chosen_set for f in people[n]]
-            mated, mated_owner = stack(mated_pairs)
-            non_mated, _ = stack(non_mated_pairs)
-            gallery, owner = stack(kept)
-            second_rows = None
-            if second_vectors:
-                second_rows = (stack(kept, second_vectors)[0], stack(mated_pairs, second_vectors)[0],
-                               stack(non_mated_pairs, second_vectors)[0])
-            alarm, identified_share = default_figures(gallery, owner, mated, mated_owner, non_mated, limit, strategy,
-                                                      second_rows, scoring)
+            r = protocol_rows(chosen, [n for n in people if n not in chosen_set])
+            alarm, identified_share = default_figures(r.gallery, r.owner, r.mated, r.mated_owner, r.non_mated, limit,
+                                                      strategy, r.second, scoring)
             alarms.append(alarm)
             identified.append(identified_share)
-            strangers = len(non_mated)
+            strangers = len(r.non_mated)
         at_default = DefaultFigures(gallery_size, station_threshold.false_alarm_rate, limit, alarms, identified, strangers)
     missing = int(np.isnan(picked).any(axis=1).sum())
     return IdentifyReport(full, station, "station" if singles else "half split", len(relative), missing,
