@@ -34,7 +34,8 @@ import numpy as np
 
 from edgeface.convert.quantize import calibration_reader
 from edgeface.errors import EdgefaceError, ModelFileError
-from edgeface.vision.sface import SFACE_FILES, SFACE_SELFCHECK_FILE, chips_to_input
+from edgeface.vision.embed import chips_to_input
+from edgeface.vision.sface import SFACE_FILES, SFACE_SELFCHECK_FILE
 
 if TYPE_CHECKING:
     import onnx

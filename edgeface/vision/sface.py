@@ -27,6 +27,7 @@ from edgeface.io.models import models_dir, read_manifest, verified_model_path
 from edgeface.io.runtime.onnx import OnnxRunner
 from edgeface.vision.align import BLAZEFACE_POINTS, BLAZEFACE_TEMPLATES, blazeface_landmarks, similarity_transform
 from edgeface.vision.detections import FaceDetections
+from edgeface.vision.embed import chips_to_input, normalise
 
 if TYPE_CHECKING:
     from edgeface.vision.blazeface import KeypointRefiner
@@ -128,16 +129,6 @@ class SFaceAligner:
         return self.align_points(image, points, templates)
 
 
-def chips_to_input(chips_bgr: np.ndarray) -> np.ndarray:
-    """(n, 112, 112, 3) uint8 BGR chips -> the graph's float32 (n, 3, 112, 112) RGB input."""
-    return np.ascontiguousarray(chips_bgr[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 class SFaceSelfCheckFailed(ModelFileError):
     pass
 
@@ -150,7 +141,7 @@ def sface_self_check(runner: OnnxRunner, directory: Path | None = None) -> float
         chips, expected = data["chips"], data["fp32_features"]
     try:
         got = np.concatenate([runner.run(chips_to_input(chips[i : i + 1]))[0] for i in range(len(chips))])
-        cosine = float((_normalise(got) * _normalise(expected)).sum(axis=1).min())
+        cosine = float((normalise(got) * normalise(expected)).sum(axis=1).min())
     except Exception as error:  # an operator this onnxruntime build lacks, a wrong output shape, ...
         raise SFaceSelfCheckFailed(f"INT8 SFace failed to run on this CPU ({type(error).__name__})") from error
     if not np.isfinite(cosine) or cosine < SFACE_SELFCHECK_MIN_COSINE:
@@ -202,7 +193,7 @@ class SFaceEmbedder:
         return np.concatenate([self._runner.run(chips_to_input(chips_bgr[i : i + 1]))[0] for i in range(len(chips_bgr))])
 
     def embed(self, chips_bgr: np.ndarray) -> np.ndarray:
-        return _normalise(self.raw_features(chips_bgr))
+        return normalise(self.raw_features(chips_bgr))
 
 
 class SecondEmbedder:
