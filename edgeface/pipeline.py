@@ -42,6 +42,7 @@ from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
 from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
 from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.tracker import Tracker
+from edgeface.vision.align import as_bgr
 from edgeface.vision.analyzer import CameraModels, FaceAnalyzer, align_faces, camera_models
 from edgeface.vision.detections import FaceDetections
 from edgeface.vision.quality import (
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from edgeface.recognition.fusion import SecondOpinion
     from edgeface.storage.gallery import Match
     from edgeface.vision.sface import SecondEmbedder
+    from edgeface.vision.track_keypoints import TrackKeypoints
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,8 @@ class Detector(Protocol):
 
 
 class Aligner(Protocol):
-    def align(self, image: np.ndarray, detections: FaceDetections) -> np.ndarray: ...
+    def align(self, image: np.ndarray, detections: FaceDetections,
+              refined: tuple[FaceDetections, np.ndarray] | None = None) -> np.ndarray: ...
 
 
 class Embedder(Protocol):
@@ -242,8 +245,11 @@ class Pipeline:
         clusters: ClusterStage | None = None,
         clock: Callable[[], datetime] = utc_now,
         second: SecondEmbedder | None = None,
+        keypoints: TrackKeypoints | None = None,
     ) -> None:
         self.detector = detector
+        self.keypoints = keypoints
+        """The keypoint refiner once per track (None: the aligner's refiner on every face it aligns)."""
         self.second = second
         """SFace, the second opinion; None: dlib alone."""
         self._asked_tracks: set[int] = set()
@@ -300,14 +306,24 @@ class Pipeline:
             cut = self.scene_cut(image if thumbnail is None else thumbnail)
         return FrameFaces(index, ts, detections, cut)
 
-    def _align(self, image: np.ndarray, faces: FrameFaces, indices: Sequence[int]) -> FrameFaces:
+    def _align(self, image: np.ndarray, faces: FrameFaces, indices: Sequence[int],
+               likely_tracks: Mapping[int, int] | None = None) -> FrameFaces:
+        """Chips of these faces. Their tracks (to follow each track's keypoint refinement) are the frame's
+        track ids, or before those are known (the tracker asking) `likely_tracks`: face -> the track it
+        is about to join (faces without one are refined afresh)."""
         wanted = [i for i in indices if i not in faces.chips]
         if not wanted:
             return faces
         a = time.perf_counter()
         chips = dict(faces.chips)
         second_chips = dict(faces.second_chips)
-        made, made_second = align_faces(self.aligner, self.second, image, faces.detections[np.array(wanted)])  # type: ignore[arg-type]
+        detections = faces.detections[np.array(wanted)]
+        refined = None
+        if self.keypoints is not None:
+            owners = [faces.track_ids[i] for i in wanted] if faces.track_ids else \
+                [(likely_tracks or {}).get(i) for i in wanted]
+            refined = self.keypoints.refine(as_bgr(image), detections, owners, faces.index)
+        made, made_second = align_faces(self.aligner, self.second, image, detections, refined)  # type: ignore[arg-type]
         chips.update(zip(wanted, made))
         if made_second is not None:
             second_chips.update(zip(wanted, made_second))
@@ -334,25 +350,36 @@ class Pipeline:
             self.stats.scene_cuts += 1
         current = faces
         nested_s = 0.0  # align and embed for the tracker count there, not in "track" as well
+        likely: dict[int, int] = {}  # face -> the track it is about to join, when the tracker embeds it for free
 
         def embed_for_tracker(indices: Sequence[int]) -> np.ndarray:
             nonlocal current, nested_s
             began = time.perf_counter()
-            current = self._embed(self._align(image, current, indices), indices)
+            current = self._embed(self._align(image, current, indices, likely), indices)
             nested_s += time.perf_counter() - began
             return np.stack([current.embeddings[i] for i in indices])
 
         def will_embed(track_id: int, i: int) -> bool:  # the same tests as the schedule and gate below, before the chip
-            return self.decider.wants_embedding(track_id, faces.index) and \
+            wanted = self.decider.wants_embedding(track_id, faces.index) and \
                 self.gate.judge(measures_before_blur(faces.detections, [i])[0]).reason is None
+            if wanted:
+                likely[i] = track_id
+            return wanted
 
         t = time.perf_counter()
         update = self.tracker.update(faces.detections, source_ts, faces.index, embed=embed_for_tracker,
                                      will_embed=will_embed)
         self.stats.stage_s["track"] += time.perf_counter() - t - nested_s
         self.stats.ambiguous += update.ambiguous
-        return dataclasses.replace(current, track_ids=tuple(update.track_ids.tolist())), ended + list(update.ended), \
-            len(update.new)
+        track_ids = tuple(update.track_ids.tolist())
+        if self.keypoints is not None:  # a face aligned by another track's keypoints than it joined: align it again
+            moved = [i for i, track_id in likely.items() if track_ids[i] != track_id and i in current.chips]
+            if moved:
+                current = dataclasses.replace(
+                    current, chips={i: c for i, c in current.chips.items() if i not in moved},
+                    second_chips={i: c for i, c in current.second_chips.items() if i not in moved},
+                    embeddings={i: e for i, e in current.embeddings.items() if i not in moved})
+        return dataclasses.replace(current, track_ids=track_ids), ended + list(update.ended), len(update.new)
 
     def _schedule(self, faces: FrameFaces, ended: Sequence[Any], started: int) -> tuple[FrameFaces, list[Event]]:
         """End the tracks that ended, note the ones on screen, and pick the faces to embed now."""
@@ -361,6 +388,8 @@ class Pipeline:
         for track in ended:  # noticed now; the event says when the face was last seen (`ended`)
             events += self.decider.end_track(track.id, now=faces.ts)
             self._asked_tracks.discard(track.id)
+        if self.keypoints is not None and ended:
+            self.keypoints.forget([track.id for track in ended])
         self.stats.tracks_ended += len(ended)
         self.stats.tracks_started += started
         for track_id in faces.track_ids:
@@ -572,6 +601,8 @@ class Pipeline:
                 self.stats.tracks_ended += 1
             for track_id in self.decider.open_tracks():  # tracks the tracker no longer knows (never expected)
                 events += self.decider.end_track(track_id, now=self._last_ts)
+            if self.keypoints is not None:
+                self.keypoints.clear()
             return self._publish(self._cluster(events))
 
 def use_opencv_threads(threads: int) -> None:
@@ -664,4 +695,15 @@ def build_pipeline(
         clusters=clusters,
         clock=clock,
         second=models.second,
+        keypoints=track_keypoints(config, models.aligner),
     )
+
+
+def track_keypoints(config: Config, aligner: Any) -> TrackKeypoints | None:
+    """The keypoint refiner once per track (`pipeline.refine_once_per_track`), on the aligner's refiner."""
+    refiner = getattr(aligner, "refiner", None)
+    if not config.pipeline.refine_once_per_track or refiner is None:
+        return None
+    from edgeface.vision.track_keypoints import TrackKeypoints
+
+    return TrackKeypoints(refiner)

@@ -9,6 +9,7 @@ no clustering). Reported: mean ms per frame over the last 2/3 of the frames (re-
 private memory (RssAnon) at the end, faces found and embedded per frame.
 
     python tools/bench_faces.py [--data ../shared/data] [--faces 1 10 20] [--frames 150] [--repeats 3] [--lifetime 30]
+                                [--set pipeline.refine_once_per_track=false]
 
 With --lifetime FRAMES the crowd is not static: every face leaves after FRAMES frames (staggered over the
 K faces) and a new LFW person enters a cell left empty for a while (36 cells of 128 px), so K faces
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TILE = 176
@@ -43,12 +45,32 @@ def private_mb() -> float:
     return float("nan")
 
 
-def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None) -> dict[str, float]:
+def config_with(settings: list[str]) -> Any:
+    """The default Config with KEY=VALUE settings (dotted keys, JSON values: pipeline.refine_once_per_track=false)."""
+    from edgeface.config import Config
+
+    tree: dict[str, Any] = {}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        if not key or not _:
+            raise SystemExit(f"--set needs KEY=VALUE, got {setting!r}")
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        try:
+            node[leaf] = json.loads(value)
+        except json.JSONDecodeError:
+            node[leaf] = value
+    return Config.model_validate(tree)
+
+
+def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, settings: list[str] | None = None
+            ) -> dict[str, float]:
     import cv2
     import numpy as np
 
     from edgeface.bus import EventBus
-    from edgeface.config import Config
     from edgeface.io.sources import Frame
     from edgeface.pipeline import build_pipeline
 
@@ -63,7 +85,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None) ->
         def close(self) -> None:
             pass
 
-    pipeline = build_pipeline(Config(), bus=EventBus(Discard()), threads=1)
+    pipeline = build_pipeline(config_with(settings or []), bus=EventBus(Discard()), threads=1)
     rng = np.random.default_rng(0)
     size, columns = (TILE, 7) if lifetime is None else (NEW_TILE, NEW_COLUMNS)
     if lifetime is not None:
@@ -91,9 +113,12 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None) ->
         pipeline.process(Frame(image, index, index / 25.0))
         seconds.append(time.perf_counter() - began)
     stats = pipeline.stats
+    keypoints = getattr(pipeline, "keypoints", None)
     return {"ms_per_frame": 1000 * statistics.fmean(seconds[frames // 3:]), "private_mb": private_mb(),
             "faces_per_frame": stats.faces / max(stats.frames, 1), "embedded_per_frame": stats.embedded / max(stats.frames, 1),
-            "people_seen": arrived}
+            "people_seen": arrived, "tracks_started": stats.tracks_started,
+            "refined_per_frame": (keypoints.refined / max(stats.frames, 1)) if keypoints is not None else float("nan"),
+            "followed_per_frame": (keypoints.followed / max(stats.frames, 1)) if keypoints is not None else 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lifetime", type=int, metavar="FRAMES",
                         help="new faces: each face leaves after FRAMES frames (staggered) and a new LFW person enters an "
                         "empty cell, so K faces bring K new people every FRAMES frames that must be embedded")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config setting for the pipeline (dotted key, JSON value), e.g. pipeline.refine_once_per_track=false")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(one_run(args.data, args.one, args.frames, args.lifetime)))
+        print(json.dumps(one_run(args.data, args.one, args.frames, args.lifetime, args.set)))
         return 0
     runs: dict[int, list[dict[str, float]]] = {k: [] for k in args.faces}
     for _ in range(args.repeats):
         for k in args.faces:  # alternated, so load changes hit every K alike
             extra = [] if args.lifetime is None else ["--lifetime", str(args.lifetime)]
+            extra += [f"--set={setting}" for setting in args.set]
             done = subprocess.run([sys.executable, __file__, "--data", str(args.data), "--frames", str(args.frames),
                                    "--one", str(k), *extra], capture_output=True, text=True, check=True,
                                   env={"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
@@ -127,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                        "private_mb": round(statistics.median(mb), 1),
                        "faces_per_frame": round(values[0]["faces_per_frame"], 2),
                        "embedded_per_frame": round(values[0]["embedded_per_frame"], 2),
-                       "people_seen": values[0]["people_seen"]}
+                       "people_seen": values[0]["people_seen"], "tracks_started": values[0].get("tracks_started"),
+                       "refined_per_frame": round(values[0].get("refined_per_frame", float("nan")), 2),
+                       "followed_per_frame": round(values[0].get("followed_per_frame", 0.0), 2)}
         if k != base:
             extra = [(a["ms_per_frame"] - b["ms_per_frame"]) / (k - base) for a, b in zip(values, runs[base])]
             out[str(k)]["ms_per_extra_face"] = round(statistics.median(extra), 3)  # type: ignore[index]

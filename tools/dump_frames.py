@@ -64,8 +64,8 @@ def enroll_people(gallery: Gallery, people: Path, config: Config) -> None:
         enroller.enroll(name, image_files(folder))
 
 
-def dump(video: Path, people: Path | None) -> dict[str, Any]:
-    config = Config()
+def dump(video: Path, people: Path | None, config: Config | None = None) -> dict[str, Any]:
+    config = config or Config()
     with tempfile.TemporaryDirectory(prefix="edgeface-dump-") as scratch:
         gallery = Gallery(Path(scratch) / "gallery.db", create=True)
         try:

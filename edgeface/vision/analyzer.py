@@ -152,16 +152,16 @@ class FaceAnalyzer:
                              self.second.embed(second_chips))
 
 
-def align_faces(aligner: Aligner, second: SecondEmbedder | None, image: np.ndarray,
-                detections: FaceDetections) -> tuple[np.ndarray, np.ndarray | None]:
+def align_faces(aligner: Aligner, second: SecondEmbedder | None, image: np.ndarray, detections: FaceDetections,
+                refined: tuple[FaceDetections, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """dlib chips, and SFace chips from the same landmarks (one landmark pass, one keypoint refinement
-    per face) when there is a second embedder."""
+    per face) when there is a second embedder. `refined`: the refiner's keypoints already at hand."""
     if second is None:
-        return aligner.align(image, detections), None
+        return aligner.align(image, detections, refined), None
     from edgeface.vision.align import as_bgr
 
     image = as_bgr(image)  # as Aligner.align places and warps
     if len(detections) == 0:
         return aligner.align(image, detections), np.zeros((0, 112, 112, 3), np.uint8)
-    points, templates = aligner.landmarks(image, detections)
+    points, templates = aligner.landmarks(image, detections, refined)
     return aligner.align_landmarks(image, points, templates), second.chips(image, detections, points, templates)
