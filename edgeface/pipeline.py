@@ -44,6 +44,7 @@ from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.tracker import Tracker
 from edgeface.vision.align import as_bgr
 from edgeface.vision.analyzer import CameraModels, FaceAnalyzer, align_faces, camera_models
+from edgeface.vision.boxes import box_iou
 from edgeface.vision.detections import FaceDetections
 from edgeface.vision.quality import (
     QualityGate,
@@ -307,10 +308,10 @@ class Pipeline:
         return FrameFaces(index, ts, detections, cut)
 
     def _align(self, image: np.ndarray, faces: FrameFaces, indices: Sequence[int],
-               likely_tracks: Mapping[int, int] | None = None) -> FrameFaces:
+               likely_track: Callable[[int], int | None] | None = None) -> FrameFaces:
         """Chips of these faces. Their tracks (to follow each track's keypoint refinement) are the frame's
-        track ids, or before those are known (the tracker asking) `likely_tracks`: face -> the track it
-        is about to join (faces without one are refined afresh)."""
+        track ids, or before those are known (the tracker asking) `likely_track(face)`: the track it is
+        about to join (None: refined afresh)."""
         wanted = [i for i in indices if i not in faces.chips]
         if not wanted:
             return faces
@@ -321,7 +322,7 @@ class Pipeline:
         refined = None
         if self.keypoints is not None:
             owners = [faces.track_ids[i] for i in wanted] if faces.track_ids else \
-                [(likely_tracks or {}).get(i) for i in wanted]
+                [likely_track(i) if likely_track else None for i in wanted]
             refined = self.keypoints.refine(as_bgr(image), detections, owners, faces.index)
         made, made_second = align_faces(self.aligner, self.second, image, detections, refined)  # type: ignore[arg-type]
         chips.update(zip(wanted, made))
@@ -350,12 +351,24 @@ class Pipeline:
             self.stats.scene_cuts += 1
         current = faces
         nested_s = 0.0  # align and embed for the tracker count there, not in "track" as well
-        likely: dict[int, int] = {}  # face -> the track it is about to join, when the tracker embeds it for free
+        likely: dict[int, int] = {}  # face -> the track it is about to join, as far as the tracker has told
+
+        def likely_track(i: int) -> int | None:
+            """The track face i is about to join: the one the tracker asked about, else the one it overlaps
+            most (before the update; checked after it)."""
+            if i not in likely:
+                open_tracks = list(self.tracker.tracks.values())
+                if open_tracks:
+                    overlap = box_iou(faces.detections.xyxy[i], np.array([t.box for t in open_tracks], np.float32))
+                    best = int(np.argmax(overlap))
+                    if overlap[best] > 0:
+                        likely[i] = open_tracks[best].id
+            return likely.get(i)
 
         def embed_for_tracker(indices: Sequence[int]) -> np.ndarray:
             nonlocal current, nested_s
             began = time.perf_counter()
-            current = self._embed(self._align(image, current, indices, likely), indices)
+            current = self._embed(self._align(image, current, indices, likely_track), indices)
             nested_s += time.perf_counter() - began
             return np.stack([current.embeddings[i] for i in indices])
 

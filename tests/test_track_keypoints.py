@@ -92,3 +92,36 @@ def test_bad_arguments_are_refused(refiner: KeypointRefiner) -> None:
         TrackKeypoints(refiner, max_scale_change=0.5)
     with pytest.raises(ValueError, match="track ids"):
         TrackKeypoints(refiner).refine(np.zeros((64, 64, 3), np.uint8), FaceDetections(), [1], 0)
+
+
+def test_the_camera_loop_refines_once_per_track_and_forgets_ended_tracks(frames: dict[int, np.ndarray]) -> None:
+    """The default pipeline on the crowd video: most embedded faces follow their track's refinement, and
+    nothing is kept for a track once it ended; with the switch off (or no refiner) every face is refined."""
+    import cv2
+
+    from edgeface.bus import EventBus
+    from edgeface.config import Config
+    from edgeface.io.sources import Frame
+    from edgeface.pipeline import build_pipeline
+
+    class Discard:
+        def publish(self, event: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    for off in ({"refine_once_per_track": False}, {"refine_face_max_frac": 0.0}):
+        assert build_pipeline(Config.model_validate({"pipeline": off}), bus=EventBus(Discard()), threads=1).keypoints is None
+    pipeline = build_pipeline(Config(), bus=EventBus(Discard()), threads=1)
+    keypoints = pipeline.keypoints
+    assert keypoints is not None
+    capture = cv2.VideoCapture(str(CROWD))
+    for index in range(105):
+        ok, image = capture.read()
+        assert ok
+        pipeline.process(Frame(image, index, index / 25.0))
+        assert len(keypoints) <= len(pipeline.tracker)
+    assert keypoints.refined >= 5 and keypoints.followed > keypoints.refined
+    pipeline.flush()
+    assert len(keypoints) == 0

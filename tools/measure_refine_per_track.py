@@ -122,16 +122,20 @@ def variant_vectors(image: np.ndarray, det: Any, first: Carried, aligner: Any, e
             points = np.concatenate([points, second[list(BLAZEFACE_POINTS), :][None]], axis=1)
             templates = np.concatenate([templates, refined_template[None]], axis=1)
         chips.append(aligner.align_landmarks(image, points, templates))
+    from edgeface.vision.quality import laplacian_variance
+
+    blur = {name: laplacian_variance(chip[0]) for name, chip in zip(seconds, chips)}
     vectors = embedder.embed(np.concatenate(chips))
     side = float(np.sqrt(size[0] * size[1]))
     kp_error = {name: (float(np.linalg.norm((s if s is not None else kps)[:4] - now.refined[:4], axis=1).mean()) / side
                        if now.ok else float("nan")) for name, s in seconds.items()}
     return dict(zip(VARIANTS, vectors)), {"ok": now.ok, "first_ok": first.ok, "side": side,
-                                          "side_ratio": side / float(np.sqrt(size0[0] * size0[1])), "kp_error": kp_error}
+                                          "side_ratio": side / float(np.sqrt(size0[0] * size0[1])), "kp_error": kp_error,
+                                          "blur": blur}
 
 
 def measure(video: Path, people: Path) -> dict[str, Any]:
-    config = Config()
+    config = Config.model_validate({"pipeline": {"refine_once_per_track": False}})  # the loop refines every face
     records: list[dict[str, Any]] = []
     labels: dict[int, str | None] = {}
     with tempfile.TemporaryDirectory(prefix="edgeface-refine-") as scratch:
@@ -188,6 +192,9 @@ def summarise(records: list[dict[str, Any]], labels: dict[int, str | None], snap
         row["kp_error_later_p90"] = round(float(np.percentile(errors, 90)), 4) if errors else None
         moved = [float(np.linalg.norm(r["vectors"][variant] - r["vectors"]["fresh"])) for r in later]
         row["dist_to_fresh_later_mean"] = round(statistics.fmean(moved), 4) if moved else None
+        ratios = [np.log(r["blur"][variant] / r["blur"]["fresh"]) for r in later if r["blur"]["fresh"] > 0 and r["blur"][variant] > 0]
+        row["blur_var_ratio_to_fresh_later"] = round(float(np.exp(np.mean(ratios))), 3) if ratios else None
+        row["blur_var_median"] = round(float(np.median([r["blur"][variant] for r in records])), 1)
         named = [r for r in records if labels.get(r["track"]) in names]
         if named:
             d = snapshot.distances(np.stack([r["vectors"][variant] for r in named]))
