@@ -6,7 +6,9 @@ Each run is its own process (so memory is that of one station): a 1280x720 frame
 grey background, a little jitter per frame so tracks move), `--frames` frames through the default pipeline (`build_pipeline`, one
 thread, every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
 no clustering). Reported: mean ms per frame over the last 2/3 of the frames (re-check frames included), and the process's
-private memory (RssAnon) at the end, faces found and embedded per frame.
+private memory (RssAnon) at the end, faces found and embedded per frame, and the time of the per-face stages
+(gate, keypoint refiner and alignment, embedder, match, decide) per track started: with --lifetime nearly
+all of it goes to new people, so it is the cost of a new person.
 
     python tools/bench_faces.py [--data ../shared/data] [--faces 1 10 20] [--frames 150] [--repeats 3] [--lifetime 30]
                                 [--set pipeline.refine_once_per_track=false]
@@ -35,6 +37,10 @@ TILE = 176
 """Each face: the central 150 px of an LFW image (the face fills it), scaled to TILE px; 7 a row."""
 NEW_TILE, NEW_COLUMNS, NEW_ROWS = 128, 9, 4
 """With --lifetime: 36 cells of 128 px, so a face enters a cell left empty for a while (no old track there)."""
+
+
+FACE_STAGES = ("quality", "align", "embed", "match", "second_opinion", "decide")
+"""The stages that work per embedded face (gate, keypoint refiner and alignment, embedder, gallery, votes)."""
 
 
 def private_mb() -> float:
@@ -117,6 +123,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
     return {"ms_per_frame": 1000 * statistics.fmean(seconds[frames // 3:]), "private_mb": private_mb(),
             "faces_per_frame": stats.faces / max(stats.frames, 1), "embedded_per_frame": stats.embedded / max(stats.frames, 1),
             "people_seen": arrived, "tracks_started": stats.tracks_started,
+            "face_work_ms_per_track": 1000 * sum(stats.stage_s[k] for k in FACE_STAGES) / max(stats.tracks_started, 1),
             "refined_per_frame": (keypoints.refined / max(stats.frames, 1)) if keypoints is not None else float("nan"),
             "followed_per_frame": (keypoints.followed / max(stats.frames, 1)) if keypoints is not None else 0.0}
 
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                        "faces_per_frame": round(values[0]["faces_per_frame"], 2),
                        "embedded_per_frame": round(values[0]["embedded_per_frame"], 2),
                        "people_seen": values[0]["people_seen"], "tracks_started": values[0].get("tracks_started"),
+                       "face_work_ms_per_track": round(statistics.median(v["face_work_ms_per_track"] for v in values), 2),
                        "refined_per_frame": round(values[0].get("refined_per_frame", float("nan")), 2),
                        "followed_per_frame": round(values[0].get("followed_per_frame", 0.0), 2)}
         if k != base:
