@@ -17,8 +17,10 @@ With --lifetime FRAMES the crowd is not static: every face leaves after FRAMES f
 K faces) and a new LFW person enters a cell left empty for a while (36 cells of 128 px), so K faces
 bring K new people to embed every FRAMES frames.
 
-The last line is JSON: per K the median and range over the repeats, and ms per extra face against K=1
-measured in the same alternation.
+The last line is JSON: per K the [median, min, max] over the repeats of wall and CPU (process) ms per
+frame, and per extra face against K=1 measured in the same alternation. With --ab KEY=VALUE each run also
+sends the same frames through a second pipeline with that setting, alternated frame by frame in the same
+process (its figures under "b"): an A/B under the same load.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def config_with(settings: list[str]) -> Any:
     return Config.model_validate(tree)
 
 
-def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, settings: list[str] | None = None
-            ) -> dict[str, float]:
+def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, settings: list[str] | None = None,
+            ab: list[str] | None = None) -> dict[str, Any]:
     import cv2
     import numpy as np
 
@@ -91,7 +93,11 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
         def close(self) -> None:
             pass
 
-    pipeline = build_pipeline(config_with(settings or []), bus=EventBus(Discard()), threads=1)
+    pipelines = {"a": build_pipeline(config_with(settings or []), bus=EventBus(Discard()), threads=1)}
+    if ab:  # the same frames through a second pipeline, alternated frame by frame (each goes first every other frame)
+        pipelines["b"] = build_pipeline(config_with([*(settings or []), *ab]), bus=EventBus(Discard()), threads=1)
+    seconds: dict[str, list[float]] = {name: [] for name in pipelines}
+    cpu_seconds: dict[str, list[float]] = {name: [] for name in pipelines}
     rng = np.random.default_rng(0)
     size, columns = (TILE, 7) if lifetime is None else (NEW_TILE, NEW_COLUMNS)
     if lifetime is not None:
@@ -100,7 +106,6 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
     shown = {cell: cell for cell in range(faces)}  # cell -> chip index (people enter in chip order)
     free = list(range(faces, cells))  # emptied cells, longest-empty first
     arrived = faces
-    seconds = []
     for index in range(frames):
         if lifetime is not None:  # each face leaves after `lifetime` frames (staggered) and a new person enters
             for slot in range(faces):
@@ -115,17 +120,51 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
             x = 8 + (cell % columns) * (size + 4) + int(rng.integers(0, 4))
             y = 8 + (cell // columns) * (size + (40 if lifetime is None else 24)) + int(rng.integers(0, 4))
             image[y:y + size, x:x + size] = chips[chip_index]
-        began = time.perf_counter()
-        pipeline.process(Frame(image, index, index / 25.0))
-        seconds.append(time.perf_counter() - began)
-    stats = pipeline.stats
-    keypoints = getattr(pipeline, "keypoints", None)
-    return {"ms_per_frame": 1000 * statistics.fmean(seconds[frames // 3:]), "private_mb": private_mb(),
+        order = list(pipelines) if index % 2 == 0 else list(pipelines)[::-1]
+        for name in order:
+            began, began_cpu = time.perf_counter(), time.process_time()
+            pipelines[name].process(Frame(image, index, index / 25.0))
+            seconds[name].append(time.perf_counter() - began)
+            cpu_seconds[name].append(time.process_time() - began_cpu)
+    out: dict[str, Any] = {}
+    for name, pipeline in pipelines.items():
+        stats = pipeline.stats
+        keypoints = getattr(pipeline, "keypoints", None)
+        figures = {
+            "ms_per_frame": 1000 * statistics.fmean(seconds[name][frames // 3:]),
+            "cpu_ms_per_frame": 1000 * statistics.fmean(cpu_seconds[name][frames // 3:]),
             "faces_per_frame": stats.faces / max(stats.frames, 1), "embedded_per_frame": stats.embedded / max(stats.frames, 1),
             "people_seen": arrived, "tracks_started": stats.tracks_started,
             "face_work_ms_per_track": 1000 * sum(stats.stage_s[k] for k in FACE_STAGES) / max(stats.tracks_started, 1),
             "refined_per_frame": (keypoints.refined / max(stats.frames, 1)) if keypoints is not None else float("nan"),
             "followed_per_frame": (keypoints.followed / max(stats.frames, 1)) if keypoints is not None else 0.0}
+        if name == "a":
+            out.update(figures)
+        else:
+            out[name] = figures
+    out["private_mb"] = private_mb()  # of both pipelines with --ab
+    return out
+
+
+def _median_range(values: list[float], digits: int) -> list[float]:
+    return [round(statistics.median(values), digits), round(min(values), digits), round(max(values), digits)]
+
+
+def summary(values: list[dict[str, Any]], base: list[dict[str, Any]], extra_faces: int) -> dict[str, Any]:
+    """Median and range over the repeats; per extra face against the base K of the same repeat."""
+    first = values[0]
+    out: dict[str, Any] = {
+        "ms_per_frame": _median_range([v["ms_per_frame"] for v in values], 2),
+        "cpu_ms_per_frame": _median_range([v["cpu_ms_per_frame"] for v in values], 2),
+        "faces_per_frame": round(first["faces_per_frame"], 2), "embedded_per_frame": round(first["embedded_per_frame"], 2),
+        "people_seen": first["people_seen"], "tracks_started": first["tracks_started"],
+        "face_work_ms_per_track": _median_range([v["face_work_ms_per_track"] for v in values], 2),
+        "refined_per_frame": round(first["refined_per_frame"], 2), "followed_per_frame": round(first["followed_per_frame"], 2)}
+    if extra_faces:
+        for key in ("ms_per_frame", "cpu_ms_per_frame"):
+            extra = [(a[key] - b[key]) / extra_faces for a, b in zip(values, base)]
+            out[key.replace("per_frame", "per_extra_face")] = _median_range(extra, 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,16 +178,19 @@ def main(argv: list[str] | None = None) -> int:
                         "empty cell, so K faces bring K new people every FRAMES frames that must be embedded")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config setting for the pipeline (dotted key, JSON value), e.g. pipeline.refine_once_per_track=false")
+    parser.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE",
+                        help="also run a second pipeline with this setting on the same frames in the same process, "
+                        "alternated frame by frame (an A/B under the same load; private memory is then of both)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(one_run(args.data, args.one, args.frames, args.lifetime, args.set)))
+        print(json.dumps(one_run(args.data, args.one, args.frames, args.lifetime, args.set, args.ab)))
         return 0
     runs: dict[int, list[dict[str, float]]] = {k: [] for k in args.faces}
     for _ in range(args.repeats):
         for k in args.faces:  # alternated, so load changes hit every K alike
             extra = [] if args.lifetime is None else ["--lifetime", str(args.lifetime)]
-            extra += [f"--set={setting}" for setting in args.set]
+            extra += [f"--set={setting}" for setting in args.set] + [f"--ab={setting}" for setting in args.ab]
             done = subprocess.run([sys.executable, __file__, "--data", str(args.data), "--frames", str(args.frames),
                                    "--one", str(k), *extra], capture_output=True, text=True, check=True,
                                   env={"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
@@ -156,20 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, object] = {}
     base = min(args.faces)
     for k, values in runs.items():
-        ms = [v["ms_per_frame"] for v in values]
-        mb = [v["private_mb"] for v in values]
-        out[str(k)] = {"ms_per_frame": round(statistics.median(ms), 2), "ms_range": [round(min(ms), 2), round(max(ms), 2)],
-                       "private_mb": round(statistics.median(mb), 1),
-                       "faces_per_frame": round(values[0]["faces_per_frame"], 2),
-                       "embedded_per_frame": round(values[0]["embedded_per_frame"], 2),
-                       "people_seen": values[0]["people_seen"], "tracks_started": values[0].get("tracks_started"),
-                       "face_work_ms_per_track": round(statistics.median(v["face_work_ms_per_track"] for v in values), 2),
-                       "refined_per_frame": round(values[0].get("refined_per_frame", float("nan")), 2),
-                       "followed_per_frame": round(values[0].get("followed_per_frame", 0.0), 2)}
-        if k != base:
-            extra = [(a["ms_per_frame"] - b["ms_per_frame"]) / (k - base) for a, b in zip(values, runs[base])]
-            out[str(k)]["ms_per_extra_face"] = round(statistics.median(extra), 3)  # type: ignore[index]
-        print(f"{k:3d} faces: {out[str(k)]}", file=sys.stderr)
+        row: dict[str, Any] = {"private_mb": round(statistics.median(v["private_mb"] for v in values), 1)}
+        for side in ("a", "b") if args.ab else ("a",):
+            mine = [v if side == "a" else v["b"] for v in values]
+            theirs = [v if side == "a" else v["b"] for v in runs[base]]
+            figures = summary(mine, theirs, k - base)
+            if side == "a":
+                row.update(figures)
+            else:
+                row["b"] = figures
+        out[str(k)] = row
+        print(f"{k:3d} faces: {row}", file=sys.stderr)
     print(json.dumps(out))
     return 0
 
