@@ -4,7 +4,7 @@ per extra face at 10 faces, private memory <= 100 MB at 20 faces).
 Each run is its own process (so memory is that of one station): a 1280x720 frame holding K LFW faces
 (the central 150 px of the first image of the first K people with 2+ images, 176 px, 7 a row, on a
 grey background, a little jitter per frame so tracks move), `--frames` frames through the default pipeline (`build_pipeline`, one
-thread, every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
+thread, OpenCV on one thread as `edgeface run` sets it, every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
 no clustering). Reported: mean ms per frame over the last 2/3 of the frames (re-check frames included), and the process's
 private memory (RssAnon) at the end, faces found and embedded per frame, and the time of the per-face stages
 (gate, keypoint refiner and alignment, embedder, match, decide) per track started: with --lifetime nearly
@@ -80,7 +80,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
 
     from edgeface.bus import EventBus
     from edgeface.io.sources import Frame
-    from edgeface.pipeline import build_pipeline
+    from edgeface.pipeline import build_pipeline, use_opencv_threads
 
     people = sorted(p for p in (data / "lfw" / "images").iterdir() if len(list(p.iterdir())) >= 2)
     needed = faces if lifetime is None else faces + faces * frames // lifetime + 1
@@ -93,6 +93,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
         def close(self) -> None:
             pass
 
+    use_opencv_threads(1)  # as `edgeface run` does with its one thread
     pipelines = {"a": build_pipeline(config_with(settings or []), bus=EventBus(Discard()), threads=1)}
     if ab:  # the same frames through a second pipeline, alternated frame by frame (each goes first every other frame)
         pipelines["b"] = build_pipeline(config_with([*(settings or []), *ab]), bus=EventBus(Discard()), threads=1)
