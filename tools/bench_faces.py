@@ -4,14 +4,14 @@ per extra face at 10 faces, private memory <= 100 MB at 20 faces).
 Each run is its own process (so memory is that of one station): a 1280x720 frame holding K LFW faces
 (the central 150 px of the first image of the first K people with 2+ images, 176 px, 7 a row, on a
 grey background, a little jitter per frame so tracks move), `--frames` frames through the default pipeline (`build_pipeline`, one
-thread, OpenCV on one thread as `edgeface run` sets it, every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
+thread, OpenCV on one thread as `edgeface bench pipeline` sets it (--opencv-threads), every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
 no clustering). Reported: mean ms per frame over the last 2/3 of the frames (re-check frames included), and the process's
 private memory (RssAnon) at the end, faces found and embedded per frame, and the time of the per-face stages
 (gate, keypoint refiner and alignment, embedder, match, decide) per track started: with --lifetime nearly
 all of it goes to new people, so it is the cost of a new person.
 
     python tools/bench_faces.py [--data ../shared/data] [--faces 1 10 20] [--frames 150] [--repeats 3] [--lifetime 30]
-                                [--set pipeline.refine_once_per_track=false]
+                                [--set KEY=VALUE] [--ab KEY=VALUE] [--opencv-threads N]
 
 With --lifetime FRAMES the crowd is not static: every face leaves after FRAMES frames (staggered over the
 K faces) and a new LFW person enters a cell left empty for a while (36 cells of 128 px), so K faces
@@ -74,7 +74,7 @@ def config_with(settings: list[str]) -> Any:
 
 
 def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, settings: list[str] | None = None,
-            ab: list[str] | None = None) -> dict[str, Any]:
+            ab: list[str] | None = None, opencv_threads: int = 1) -> dict[str, Any]:
     import cv2
     import numpy as np
 
@@ -93,7 +93,8 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
         def close(self) -> None:
             pass
 
-    use_opencv_threads(1)  # as `edgeface run` does with its one thread
+    if opencv_threads > 0:
+        use_opencv_threads(opencv_threads)
     pipelines = {"a": build_pipeline(config_with(settings or []), bus=EventBus(Discard()), threads=1)}
     if ab:  # the same frames through a second pipeline, alternated frame by frame (each goes first every other frame)
         pipelines["b"] = build_pipeline(config_with([*(settings or []), *ab]), bus=EventBus(Discard()), threads=1)
@@ -182,16 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ab", action="append", default=[], metavar="KEY=VALUE",
                         help="also run a second pipeline with this setting on the same frames in the same process, "
                         "alternated frame by frame (an A/B under the same load; private memory is then of both)")
+    parser.add_argument("--opencv-threads", type=int, default=1, metavar="N",
+                        help="OpenCV's thread count (default 1, as `edgeface bench pipeline` sets it; 0: OpenCV's own "
+                        "default, a worker per core, which is what the station runs with today)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(one_run(args.data, args.one, args.frames, args.lifetime, args.set, args.ab)))
+        print(json.dumps(one_run(args.data, args.one, args.frames, args.lifetime, args.set, args.ab, args.opencv_threads)))
         return 0
     runs: dict[int, list[dict[str, float]]] = {k: [] for k in args.faces}
     for _ in range(args.repeats):
         for k in args.faces:  # alternated, so load changes hit every K alike
             extra = [] if args.lifetime is None else ["--lifetime", str(args.lifetime)]
             extra += [f"--set={setting}" for setting in args.set] + [f"--ab={setting}" for setting in args.ab]
+            extra += ["--opencv-threads", str(args.opencv_threads)]
             done = subprocess.run([sys.executable, __file__, "--data", str(args.data), "--frames", str(args.frames),
                                    "--one", str(k), *extra], capture_output=True, text=True, check=True,
                                   env={"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
