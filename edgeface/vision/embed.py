@@ -53,8 +53,8 @@ def embedder_runner(path: Path, threads: int) -> OnnxRunner:
     reused call after call. Without an arena they are malloc'd and freed on every call, between the
     frame's other blocks, and glibc's heap kept the holes; onnxruntime's own arena (doubling) held
     more than it saved on few faces. Measured (README, issue 14): peak private memory at 20 faces a
-    frame with new people coming 91.5 MB (was 97 without an arena, 90 with the doubling one), peak
-    RSS on hamilton_clip 184 MB (187, 192); calls as fast (0.98-0.99 of the time at 1-8 chips). The
+    frame with new people coming 92 MB (97 without an arena, 90 with the doubling one), peak RSS on
+    hamilton_clip 184 MB (188, 192); calls as fast (0.98-1.01 of the time at 1-8 chips). The
     memory pattern stays off: a second copy of the activations next to the arena's."""
     return OnnxRunner(path, threads=threads, memory_pattern=False, process_arena=True)
 

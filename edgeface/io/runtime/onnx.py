@@ -55,8 +55,8 @@ class OnnxRunner:
         options.log_severity_level = 3
         # The arena keeps its high-water mark for good; without it every run's activations are malloc'd
         # and freed, which for the embedder fragmented glibc's heap more than the arena holds
-        # (`process_arena`, edgeface.vision.embed.embedder_runner). For SFace (`memory_arena`): without the arena its ~11 MB of activations per call are malloc'd
-        # and freed each time and the camera loop's private memory drifted to 94-172 MB (peak RSS
+        # (`process_arena`, edgeface.vision.embed.embedder_runner). For SFace (`memory_arena`): without
+        # the arena its ~11 MB of activations per call are malloc'd and freed each time and the camera loop's private memory drifted to 94-172 MB (peak RSS
         # 202-259 MB on hamilton_clip); with it, 89-90 MB and 200 MB, run after run.
         options.enable_cpu_mem_arena = memory_arena or process_arena
         if process_arena:  # `register_process_arena`; see edgeface.vision.embed.embedder_runner
