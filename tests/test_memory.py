@@ -17,7 +17,7 @@ def private_mb() -> float:
 
 @pytest.mark.skipif(memory._TRIM is None or ctypes.util.find_library("c") is None, reason="needs glibc")
 def test_the_free_heap_below_a_live_block_goes_back_to_the_system_at_most_once_per_interval() -> None:
-    blocks = [bytes(64 * 1024) for _ in range(400)]  # 25 MB of heap blocks (under the mmap threshold)
+    blocks = [b"\x01" * (64 * 1024) for _ in range(400)]  # 25 MB written into heap blocks (under the mmap threshold)
     pin = bytes(64 * 1024)  # a live block above them: no free() can shrink the heap past it
     del blocks
     before = private_mb()
