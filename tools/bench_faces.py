@@ -6,9 +6,9 @@ Each run is its own process (so memory is that of one station): a 1280x720 frame
 grey background, a little jitter per frame so tracks move), `--frames` frames through the default pipeline (`build_pipeline`, one
 thread, OpenCV on one thread as `edgeface bench pipeline` sets it (--opencv-threads), every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
 no clustering). Reported: mean ms per frame over the last 2/3 of the frames (re-check frames included), and the process's
-private memory (RssAnon) at the end, faces found and embedded per frame, and the time of the per-face stages
-(gate, keypoint refiner and alignment, embedder, match, decide) per track started: with --lifetime nearly
-all of it goes to new people, so it is the cost of a new person.
+private memory (RssAnon) at the end and its peak after each of those frames, faces found and embedded per
+frame, and the time of the per-face stages (gate, keypoint refiner and alignment, embedder, match, decide)
+per track started: with --lifetime nearly all of it goes to new people, so it is the cost of a new person.
 
     python tools/bench_faces.py [--data ../shared/data] [--faces 1 10 20] [--frames 150] [--repeats 3] [--lifetime 30]
                                 [--set KEY=VALUE] [--ab KEY=VALUE] [--opencv-threads N]
@@ -108,6 +108,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
     shown = {cell: cell for cell in range(faces)}  # cell -> chip index (people enter in chip order)
     free = list(range(faces, cells))  # emptied cells, longest-empty first
     arrived = faces
+    peak_mb = 0.0
     for index in range(frames):
         if lifetime is not None:  # each face leaves after `lifetime` frames (staggered) and a new person enters
             for slot in range(faces):
@@ -128,6 +129,8 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
             pipelines[name].process(Frame(image, index, index / 25.0))
             seconds[name].append(time.perf_counter() - began)
             cpu_seconds[name].append(time.process_time() - began_cpu)
+        if index >= frames // 3:
+            peak_mb = max(peak_mb, private_mb())
     out: dict[str, Any] = {}
     for name, pipeline in pipelines.items():
         stats = pipeline.stats
@@ -145,6 +148,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None, se
         else:
             out[name] = figures
     out["private_mb"] = private_mb()  # of both pipelines with --ab
+    out["private_peak_mb"] = peak_mb
     return out
 
 
@@ -204,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, object] = {}
     base = min(args.faces)
     for k, values in runs.items():
-        row: dict[str, Any] = {"private_mb": round(statistics.median(v["private_mb"] for v in values), 1)}
+        mb = [v["private_mb"] for v in values]
+        row: dict[str, Any] = {"private_mb": round(statistics.median(mb), 1), "private_mb_range": [round(min(mb), 1), round(max(mb), 1)],
+                               "private_peak_mb": round(statistics.median(v["private_peak_mb"] for v in values), 1)}
         for side in ("a", "b") if args.ab else ("a",):
             mine = [v if side == "a" else v["b"] for v in values]
             theirs = [v if side == "a" else v["b"] for v in runs[base]]
