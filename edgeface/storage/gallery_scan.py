@@ -79,6 +79,13 @@ class Int8Scan:
         return Int8Scan(np.insert(self.codes_t, j, one.codes_t[:, 0], axis=1), np.insert(self.scales, j, one.scales),
                         np.insert(self.errors, j, one.errors))
 
+    def with_column(self, k: int, row: np.ndarray) -> Int8Scan:
+        """This scan with row k replaced by `row` (an identity whose mean template changed)."""
+        one = Int8Scan.build(row[None])
+        codes_t, scales, errors = self.codes_t.copy(), self.scales.copy(), self.errors.copy()
+        codes_t[:, k], scales[k], errors[k] = one.codes_t[:, 0], one.scales[0], one.errors[0]
+        return Int8Scan(codes_t, scales, errors)
+
     @property
     def nbytes(self) -> int:
         return self.codes_t.nbytes + self.scales.nbytes + self.errors.nbytes
