@@ -1021,6 +1021,8 @@ class Gallery:
         self._behind = False
         """The snapshot may lack this process's own changes: the change log brings it up to date."""
         self._logged_seq = 0
+        self.full_reads = 0
+        """How often the whole file was read into a snapshot (the change log could not cover a change)."""
         self._remote = False
         self.read_only = read_only
         self._db = self._open_read_only() if read_only else self._open(create)
@@ -1498,6 +1500,7 @@ class Gallery:
     def _read_snapshot(self, db: sqlite3.Connection) -> tuple[GallerySnapshot, int]:
         """The search arrays from the file and the last change-log row they reflect (call inside a read
         transaction)."""
+        self.full_reads += 1
         # SQLite's BINARY order of UTF-8 text is Python's order of str: rows come sorted as the snapshot needs
         templates = db.execute("SELECT i.name, t.id, t.embedding, t.identity_id FROM templates t JOIN identities i"
                                " ON i.id = t.identity_id WHERE t.model_id = ? ORDER BY i.name, t.id",
