@@ -111,7 +111,7 @@ def _others_changes(path: Path, enrolled: np.ndarray, rng: np.random.Generator
         enrollments = []
         for k, vector in enumerate(newcomers[:CHANGES]):
             other.add_templates(f"zz other {k}", vector[None])
-            enrollments.append(_until(station, vector[None], lambda name, k=k: name == f"zz other {k}"))  # type: ignore[misc]
+            enrollments.append(_until(station, vector[None], f"zz other {k}".__eq__))
         other.remove("zz other 0")
         _, removal = _until(station, newcomers[0][None], lambda name: name != "zz other 0")
         other.add_templates("zz pruned", newcomers[CHANGES][None])

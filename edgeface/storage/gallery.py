@@ -561,7 +561,7 @@ class GallerySnapshot:
     def nbytes(self) -> int:
         """Bytes held by the arrays and the names."""
         arrays = (self.starts, self.ends, self.templates, self.template_ids, self.negatives,
-                  self.negative_owner, self.mean_tightening) + (() if self.means is self.templates else (self.means,))
+                  self.negative_owner, self.mean_tightening, self.identity_ids) + (() if self.means is self.templates else (self.means,))
         return sum(a.nbytes for a in arrays) + sys.getsizeof(self.names) + sum(sys.getsizeof(n) for n in self.names)
 
     def distances(self, probes: np.ndarray, strategy: MatchStrategy = "min") -> np.ndarray:
