@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,39 @@ def test_changes_by_edgeface_processes_reach_the_station_never_half_applied(
         assert seen <= {0, 5} and 5 in seen, f"the five imported people seen {sorted(seen)} at a time"
         assert station.full_reads == reads
         assert station.second_means(SECOND).identities_with >= 1  # `edgeface enroll` stored SFace embeddings
+
+
+def test_a_change_that_copies_the_arrays_of_a_large_gallery_is_applied_on_a_thread(
+        tmp_path: Path, faces: dict[str, np.ndarray]) -> None:
+    """From BACKGROUND_COPY_MIN_ROWS rows, another process's removal (a copy of every array) is applied
+    from the change log on a thread: the station answers from the old snapshot meanwhile, then from
+    one equal to a fresh read, int8 scan included, without reading the whole file."""
+    from edgeface.storage.gallery import BACKGROUND_COPY_MIN_ROWS
+
+    everyone = np.stack(list(faces.values()))
+    rng = np.random.default_rng(0)
+    crowd = everyone[rng.integers(len(everyone), size=BACKGROUND_COPY_MIN_ROWS)] + \
+        rng.uniform(0.01, 0.03, size=(BACKGROUND_COPY_MIN_ROWS, 1)) * rng.normal(size=(BACKGROUND_COPY_MIN_ROWS, 128))
+    path = tmp_path / "g.db"
+    with Gallery(path) as setup:
+        setup.add_identities([(f"alike {k:05d}", crowd[k][None]) for k in range(len(crowd))])
+        setup.add_templates("raj", _photos(faces, "raj")[:2])
+        setup.add_templates("penny", _photos(faces, "penny")[:1])
+    with Gallery(path, create=False, background_reload=True) as station, Gallery(path, create=False) as other:
+        station.match(everyone[:1])  # the first search builds the int8 copy
+        before = station.snapshot()
+        assert before._scan  # a scanned gallery: its int8 copy is kept up to date too
+        station.second_means(SECOND)
+        reads = station.full_reads
+        other.remove("raj")
+        other.add_templates("penny", _photos(faces, "penny")[1:3])
+        assert station.snapshot() is before  # the old snapshot answers while the thread copies
+        deadline = time.monotonic() + 60
+        while station.snapshot() is before:
+            assert time.monotonic() < deadline, "the change never reached the station's snapshot"
+            time.sleep(0.01)
+        assert "raj" not in station.snapshot().names
+        _same_as_a_fresh_read(station)
+        other.add_templates("sheldon", _photos(faces, "sheldon")[:1])  # an append: in place, right away
+        assert "sheldon" in station.snapshot().names
+        assert station.full_reads == reads

@@ -96,6 +96,9 @@ MATCH_STRATEGIES: tuple[str, ...] = ("min", "mean")
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 RELOAD_RETRY_S = 5.0
 """After a failed background reload, the old snapshot keeps answering this long before the next try."""
+BACKGROUND_COPY_MIN_ROWS = 20_000
+"""From this many template rows, a change-log change that copies whole arrays (a removal: 51 MB and more
+at 100,000 rows, fresh memory) is applied on a thread when the gallery has `background_reload`."""
 CATCH_UP_MAX_CHANGES = 64
 """Another process's changes are applied to the snapshot from the change log when at most this many log
 rows are new (each changed identity is re-read by its id); more (a bulk enrollment or import) read the
@@ -817,6 +820,40 @@ class GallerySnapshot:
                                    _positions=positions)
 
 
+_SecondEdit = tuple[str, int, "np.ndarray | None"]
+"""A row edit of SecondMeans: ("set", k, row), ("del", k, None) or ("add", k, row)."""
+
+
+def _applies_without_copy(snapshot: GallerySnapshot, person: _ChangedPerson) -> bool:
+    """Whether applying this change to the snapshot copies no whole array: a new identity (appended in
+    spare rows), a rename, an identity that is not searched here and stays so."""
+    k = snapshot.position_of(person.identity_id)
+    if k is None:
+        return True
+    start, end = int(snapshot.starts[k]), int(snapshot.ends[k])
+    return person.name is not None and np.array_equal(person.template_ids, snapshot.template_ids[start:end]) \
+        and np.array_equal(person.negatives, snapshot.negatives[snapshot.negative_owner == k])
+
+
+def _applied(snapshot: GallerySnapshot, people: Sequence[_ChangedPerson]) -> tuple[GallerySnapshot, list[_SecondEdit]]:
+    """The snapshot with each changed identity as the file holds it now, and the matching SecondMeans
+    row edits. The identities searched here already come first (they keep their places), then the new
+    ones: a name is then never held by two identities of the result."""
+    edits: list[_SecondEdit] = []
+    for person in sorted(people, key=lambda p: snapshot.position_of(p.identity_id) is None):
+        k = snapshot.position_of(person.identity_id)
+        searched = person.name is not None and len(person.templates) > 0
+        if k is None and not searched:
+            continue
+        snapshot = snapshot.replaced_at(k, person.name, person.template_ids, person.templates, person.negatives,
+                                        person.identity_id)
+        if k is None:
+            edits.append(("add", len(snapshot) - 1, person.second_mean))
+        else:
+            edits.append(("set", k, person.second_mean) if searched else ("del", k, None))
+    return snapshot, edits
+
+
 def _second_means_of(vectors: np.ndarray, owners: np.ndarray, identities: int) -> np.ndarray:
     """(identities, 128) float16 unit means of the second-model embeddings by owner; NaN rows for none.
     float16: half the memory (51 -> 26 MB at 100,000 people); cosines move by < 1e-3."""
@@ -1524,11 +1561,13 @@ class Gallery:
     def _catch_up(self, version: int) -> bool:
         """Apply the change-log rows after the snapshot's last one to it in place, each changed identity
         re-read by its id (call under self._lock). False when the log cannot cover the change: rows
-        pruned before this process read them, a schema change, an unknown kind, too many rows."""
-        snapshot = self._snapshot
-        assert snapshot is not None
+        pruned before this process read them, a schema change, an unknown kind, too many rows. A change
+        that copies whole arrays (a removal, new templates of someone searched already) in a large
+        gallery with `background_reload` is applied on a thread instead, the old snapshot answering."""
+        start = self._snapshot
+        assert start is not None
         cached = self._second_means
-        second_model = None if cached is None or cached.snapshot is not snapshot else cached.base.model_id \
+        second_model = None if cached is None or cached.snapshot is not start else cached.base.model_id \
             if isinstance(cached, _PendingSecondMeans) else cached.model_id
         try:
             with self._transaction(write=False) as db:
@@ -1539,33 +1578,52 @@ class Gallery:
         if read is None:
             return False
         top, people = read
-        # the identities searched here already first (they keep their places), then the new ones: a
-        # name is then never held by two identities of the result
-        placed = [(person, snapshot.position_of(person.identity_id)) for person in people]
-        edits: list[tuple[str, int, np.ndarray | None]] = []
-        for person, _ in sorted(placed, key=lambda pair: pair[1] is None):
-            k = snapshot.position_of(person.identity_id)
-            searched = person.name is not None and len(person.templates) > 0
-            if k is None and not searched:
-                continue
-            snapshot = snapshot.replaced_at(k, person.name, person.template_ids, person.templates, person.negatives,
-                                            person.identity_id)
-            if k is None:
-                edits.append(("add", len(snapshot) - 1, person.second_mean))
-            else:
-                edits.append(("set", k, person.second_mean) if searched else ("del", k, None))
-        if second_model is not None and cached is not None:
+        if self.background_reload and len(start.templates) >= BACKGROUND_COPY_MIN_ROWS and \
+                not all(_applies_without_copy(start, person) for person in people):
+            self._start_apply(start, people, top, version, second_model)
+            return True
+        snapshot, edits = _applied(start, people)
+        self._caught_up(start, snapshot, edits, top, version, second_model)
+        return True
+
+    def _caught_up(self, start: GallerySnapshot, snapshot: GallerySnapshot, edits: Sequence[_SecondEdit], top: int,
+                   version: int, second_model: str | None) -> None:
+        """Make `snapshot` (start with the log rows through `top` applied) the current one (under self._lock)."""
+        cached = self._second_means
+        if second_model is not None and cached is not None and cached.snapshot is start:
             self._second_means = _PendingSecondMeans(
                 cached.base if isinstance(cached, _PendingSecondMeans) else cached, snapshot,
                 (cached.edits if isinstance(cached, _PendingSecondMeans) else ()) + tuple(edits))
-        if snapshot is not self._snapshot:
+        if snapshot is not start:
             self._generation += 1
             if len(snapshot) >= SCAN_MIN_ROWS and self.strategy == "mean" and not snapshot._scan:
                 snapshot.mean_scan()
         self._snapshot, self._seq, self._data_version, self._behind = snapshot, top, version, False
-        if people:
-            log.debug("gallery %s: %d changed identities applied from the change log", self.path, len(people))
-        return True
+        log.debug("gallery %s: change log applied through row %d", self.path, top)
+
+    def _start_apply(self, start: GallerySnapshot, people: list[_ChangedPerson], top: int, version: int,
+                     second_model: str | None) -> None:
+        """_applied on a thread (call under self._lock); dropped like a reload when the station wrote meanwhile."""
+        generation = self._generation
+
+        def apply() -> None:
+            result = None
+            try:
+                # appends then copy into a buffer of their own, never into the spare rows the current snapshot shares
+                result = _applied(dataclasses.replace(start, _buffer=None), people)
+                if len(result[0]) >= SCAN_MIN_ROWS and self.strategy == "mean":
+                    result[0].mean_scan()
+            except GalleryError as error:
+                log.warning("gallery %s: cannot apply its change log (%s); reading the whole file", self.path, error)
+            with self._lock:
+                self._reloader = None
+                if result is None:
+                    self._start_reload(version)
+                elif generation == self._generation and not self._closed:
+                    self._caught_up(start, *result, top, version, second_model)
+
+        self._reloader = threading.Thread(target=apply, name="gallery-apply", daemon=True)
+        self._reloader.start()
 
     def _read_changes(self, db: sqlite3.Connection, second_model: str | None) -> tuple[int, list[_ChangedPerson]] | None:
         """(the last log row, every identity named by the rows after self._seq as stored now), or None
