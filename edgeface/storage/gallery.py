@@ -1609,8 +1609,9 @@ class Gallery:
         def apply() -> None:
             result = None
             try:
-                # appends then copy into a buffer of their own, never into the spare rows the current snapshot shares
-                result = _applied(dataclasses.replace(start, _buffer=None), people)
+                # appends then copy into buffers of their own, never into spare rows the current snapshot shares
+                result = _applied(dataclasses.replace(start, _buffer=None, _scan=[s.detached() for s in start._scan]),
+                                  people)
                 if len(result[0]) >= SCAN_MIN_ROWS and self.strategy == "mean":
                     result[0].mean_scan()
             except GalleryError as error:
