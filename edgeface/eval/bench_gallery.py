@@ -13,6 +13,8 @@ vectors are), written to a temporary file that is deleted afterwards. Figures:
   gallery (background_reload, as `edgeface run` opens it) keeps matching: the time until its match
   names the new person, and the longest single match call meanwhile (what the camera loop waits; the
   change is applied from the change log inside one match call);
+- other_catch_up_ms: median time of `Gallery.snapshot()` alone applying another process's enrollment
+  from the change log (CHANGES more enrollments; the stall above less the match);
 - other_remove_stall_ms: the same for another process's removal of one person;
 - reload_ms, reload_stall_ms: the fallback when the change log cannot cover a change (here: its rows
   were pruned): the whole file is read on a background thread; the time until the new person is
@@ -55,6 +57,7 @@ class GalleryBench:
     other_change_ms: float
     other_change_stall_ms: float
     other_change_stall_ms_max: float
+    other_catch_up_ms: float
     other_remove_stall_ms: float
     reload_ms: float
     reload_stall_ms: float
@@ -70,8 +73,8 @@ class GalleryBench:
             f"  snapshot load               {self.snapshot_load_ms:8.1f} ms",
             f"  own change (enroll one)     {self.change_ms:8.3f} ms",
             f"  another process's change    {self.other_change_ms:8.3f} ms until matched (change log), longest match "
-            f"meanwhile {self.other_change_stall_ms:.3f} ms median, {self.other_change_stall_ms_max:.3f} ms max; "
-            f"a removal {self.other_remove_stall_ms:.3f} ms",
+            f"meanwhile {self.other_change_stall_ms:.3f} ms median, {self.other_change_stall_ms_max:.3f} ms max "
+            f"(applying it {self.other_catch_up_ms:.3f} ms); a removal {self.other_remove_stall_ms:.3f} ms",
             f"  the same, log pruned        {self.reload_ms:8.1f} ms to reload in the background, "
             f"longest match meanwhile {self.reload_stall_ms:.3f} ms",
             f"  memory per identity         {self.bytes_per_identity:8.0f} bytes",
@@ -101,23 +104,30 @@ def _until(station: Gallery, probe: np.ndarray, done: Callable[[str | None], boo
 
 
 def _others_changes(path: Path, enrolled: np.ndarray, rng: np.random.Generator
-                    ) -> tuple[list[tuple[float, float]], float, tuple[float, float]]:
+                    ) -> tuple[list[tuple[float, float]], list[float], float, tuple[float, float]]:
     """Another connection writes while the station (background_reload) matches: per enrollment (seconds
-    until named, longest match), the longest match while one person is removed, and (seconds, longest
-    match) for an enrollment whose log rows were pruned (the whole file read in the background)."""
-    newcomers = _unit(rng, CHANGES + 1)
+    until named, longest match), per enrollment the seconds `snapshot()` takes to apply it, the longest
+    match while one person is removed, and (seconds, longest match) for an enrollment whose log rows
+    were pruned (the whole file read in the background)."""
+    newcomers = _unit(rng, 2 * CHANGES + 1)
     with Gallery(path, create=False, background_reload=True) as station, Gallery(path, create=False) as other:
         station.match(enrolled[:1])
         enrollments = []
         for k, vector in enumerate(newcomers[:CHANGES]):
             other.add_templates(f"zz other {k}", vector[None])
             enrollments.append(_until(station, vector[None], f"zz other {k}".__eq__))
+        catch_ups = []
+        for k, vector in enumerate(newcomers[CHANGES:2 * CHANGES]):
+            other.add_templates(f"zz applied {k}", vector[None])
+            began = time.perf_counter()
+            station.snapshot()
+            catch_ups.append(time.perf_counter() - began)
         other.remove("zz other 0")
         _, removal = _until(station, newcomers[0][None], lambda name: name != "zz other 0")
-        other.add_templates("zz pruned", newcomers[CHANGES][None])
+        other.add_templates("zz pruned", newcomers[-1][None])
         other.prune_changes(other.last_change())  # the log no longer holds the row: the fallback
-        reload = _until(station, newcomers[CHANGES][None], lambda name: name == "zz pruned")
-    return enrollments, removal, reload
+        reload = _until(station, newcomers[-1][None], lambda name: name == "zz pruned")
+    return enrollments, catch_ups, removal, reload
 
 
 def bench_gallery(size: int, probes: int = 200, loads: int = 3, seed: int = 0) -> GalleryBench:
@@ -159,7 +169,7 @@ def bench_gallery(size: int, probes: int = 200, loads: int = 3, seed: int = 0) -
                 gallery.add_templates(f"new {len(change_seconds)}", extra[None])
                 gallery.match(extra[None])
                 change_seconds.append(time.perf_counter() - began)
-        enrollments, removal, (reload_s, reload_stall_s) = _others_changes(path, enrolled, rng)
+        enrollments, catch_ups, removal, (reload_s, reload_stall_s) = _others_changes(path, enrolled, rng)
     return GalleryBench(
         size=size, probes=probes, strategy=strategy, match_ms=round(_median_ms(match_seconds), 4),
         match_ms_p90=round(1000 * float(np.percentile(match_seconds, 90)), 4),
@@ -167,6 +177,7 @@ def bench_gallery(size: int, probes: int = 200, loads: int = 3, seed: int = 0) -
         other_change_ms=round(_median_ms([seen for seen, _ in enrollments]), 3),
         other_change_stall_ms=round(_median_ms([stall for _, stall in enrollments]), 3),
         other_change_stall_ms_max=round(1000 * max(stall for _, stall in enrollments), 3),
+        other_catch_up_ms=round(_median_ms(catch_ups), 3),
         other_remove_stall_ms=round(1000 * removal, 3),
         reload_ms=round(1000 * reload_s, 1), reload_stall_ms=round(1000 * reload_stall_s, 3),
         bytes_per_identity=round(held / size, 1),
