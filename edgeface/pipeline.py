@@ -39,6 +39,7 @@ import numpy as np
 
 from edgeface.bus import EventBus
 from edgeface.events import Event, TrackEndedEvent, UnknownEvent, utc_now
+from edgeface.io.memory import trim_free_heap
 from edgeface.recognition.decider import UNKNOWN, ClusterAssignment, Decider, DecisionPolicy, UnknownTrack, Vote
 from edgeface.recognition.false_alarm import MatchThreshold
 from edgeface.recognition.tracker import Tracker
@@ -509,7 +510,9 @@ class Pipeline:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the pipeline is closed")
-            return self._process(frame)
+            result = self._process(frame)
+        trim_free_heap()  # what a burst of faces left behind (edgeface.io.memory)
+        return result
 
     def _process(self, frame: FrameLike) -> FrameResult:
         started = time.perf_counter()

@@ -142,6 +142,47 @@ def test_an_unknown_track_carries_the_sface_chips_of_the_faces_it_averages_and_n
     np.testing.assert_allclose(track.embedding, expected / np.linalg.norm(expected), atol=1e-6)
 
 
+def chip_vote(name: str | None, weight: float, frame: int, rows: int = 4) -> Vote:
+    """A vote whose chips are rows of stacked arrays, as the pipeline's are (the frame's chips in one array)."""
+    chips, seconds = np.full((rows, 150, 150, 3), frame, np.uint8), np.full((rows, 112, 112, 3), frame, np.uint8)
+    return Vote(unit(frame), weight, name, 0.3 if name else 0.5, frame, chips[1], second_chip=seconds[1])
+
+
+def chips_held(decider: Decider, track_id: int) -> int:
+    state = decider._tracks[track_id]
+    return sum(x.base.nbytes if x.base is not None else x.nbytes for v in state.votes + state.rechecks
+               for x in (v.chip, v.second_chip) if x is not None)
+
+
+def test_chips_are_kept_as_own_copies_only_until_a_decision_needs_them() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=3, recheck_window=2, unknown_best_faces=2),
+                      clustering=True)
+    feed(decider, 5, [chip_vote("ada", 0.5 + f / 100, f) for f in (0, 3)])
+    assert chips_held(decider, 5) == 150 * 150 * 3 + 2 * 112 * 112 * 3  # one crop, two SFace chips, not their stacks
+    assert [e.name for e in feed(decider, 5, [chip_vote("ada", 0.6, 6)])] == ["ada"]
+    assert chips_held(decider, 5) == 0  # decided: the votes' chips are of no further use
+    assert feed(decider, 5, [chip_vote(None, 0.7, 36), chip_vote(None, 0.9, 39)])[0].type == "unknown"
+    [track] = decider.take_unknown_tracks()  # the switch to unknown used the re-checks' chips
+    assert track.chip is not None and int(track.chip[0, 0, 0]) == 39
+    assert track.second_chips is not None and [int(c[0, 0, 0]) for c in track.second_chips] == [39, 36]
+    assert chips_held(decider, 5) == 0  # an unknown track cannot switch to unknown again
+    assert feed(decider, 5, [chip_vote(None, 0.7, 69)]) == [] and chips_held(decider, 5) == 0
+
+
+def test_without_clustering_no_chip_is_kept() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=3))
+    feed(decider, 5, [chip_vote("ada", 0.5, f) for f in (0, 3)])
+    assert chips_held(decider, 5) == 0
+
+
+def test_a_long_track_drops_its_weakest_vote_beyond_max_votes_kept() -> None:
+    decider = Decider("hall", "door", DecisionPolicy(min_good_faces=3, max_votes_kept=32))
+    feed(decider, 5, [v("ada", weight=1.0 - (f % 7) / 10, frame=f, seed=f) for f in range(40)])
+    kept = decider._tracks[5].votes
+    assert len(kept) == 32 and min(x.weight for x in kept) == pytest.approx(0.5)  # the five 0.4s and three 0.5s went
+    assert decider.decision(5) == "ada"
+
+
 def test_without_clustering_an_unknown_event_has_no_cluster() -> None:
     decider = Decider("hall", "door", DecisionPolicy(min_good_faces=1, min_good_faces_unknown=2, max_faces_undecided=2))
     events = feed(decider, 1, [v(None), v(None)])

@@ -6,7 +6,7 @@ Each run is its own process (so memory is that of one station): a 1280x720 frame
 grey background, a little jitter per frame so tracks move), `--frames` frames through the default pipeline (`build_pipeline`, one
 thread, every frame, an empty gallery so every track stays unknown and is re-embedded on schedule;
 no clustering). Reported: mean ms per frame over the last 2/3 of the frames (re-check frames included), and the process's
-private memory (RssAnon) at the end, faces found and embedded per frame.
+private memory (RssAnon) at the end and its peak after each of those frames, faces found and embedded per frame.
 
     python tools/bench_faces.py [--data ../shared/data] [--faces 1 10 20] [--frames 150] [--repeats 3] [--lifetime 30]
 
@@ -73,6 +73,7 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None) ->
     free = list(range(faces, cells))  # emptied cells, longest-empty first
     arrived = faces
     seconds = []
+    peak_mb = 0.0
     for index in range(frames):
         if lifetime is not None:  # each face leaves after `lifetime` frames (staggered) and a new person enters
             for slot in range(faces):
@@ -90,8 +91,10 @@ def one_run(data: Path, faces: int, frames: int, lifetime: int | None = None) ->
         began = time.perf_counter()
         pipeline.process(Frame(image, index, index / 25.0))
         seconds.append(time.perf_counter() - began)
+        if index >= frames // 3:
+            peak_mb = max(peak_mb, private_mb())
     stats = pipeline.stats
-    return {"ms_per_frame": 1000 * statistics.fmean(seconds[frames // 3:]), "private_mb": private_mb(),
+    return {"ms_per_frame": 1000 * statistics.fmean(seconds[frames // 3:]), "private_mb": private_mb(), "private_peak_mb": peak_mb,
             "faces_per_frame": stats.faces / max(stats.frames, 1), "embedded_per_frame": stats.embedded / max(stats.frames, 1),
             "people_seen": arrived}
 
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         ms = [v["ms_per_frame"] for v in values]
         mb = [v["private_mb"] for v in values]
         out[str(k)] = {"ms_per_frame": round(statistics.median(ms), 2), "ms_range": [round(min(ms), 2), round(max(ms), 2)],
-                       "private_mb": round(statistics.median(mb), 1),
+                       "private_mb": round(statistics.median(mb), 1), "private_mb_range": [round(min(mb), 1), round(max(mb), 1)],
+                       "private_peak_mb": round(statistics.median(v["private_peak_mb"] for v in values), 1),
                        "faces_per_frame": round(values[0]["faces_per_frame"], 2),
                        "embedded_per_frame": round(values[0]["embedded_per_frame"], 2),
                        "people_seen": values[0]["people_seen"]}

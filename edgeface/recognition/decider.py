@@ -236,17 +236,28 @@ def best_votes(votes: Sequence[Vote], best: int) -> list[Vote]:
 def drop_unused_chips(votes: list[Vote], best: int) -> list[Vote]:
     """The votes with only the chips a decision can use: the best face's chip (the unknown track's
     crop) and the `best` faces' SFace chips (its exemplar); up to max_votes_kept chips of 67 + 38 KB
-    per track otherwise stay in memory until it ends."""
+    per track otherwise stay in memory until it ends. A kept chip is a copy of its own: the frame's
+    chips come as rows of one stacked array, which a row kept as a view would keep whole."""
     chosen = best_votes(votes, best)
     first = chosen[0] if chosen else None
     seconds = {id(v) for v in chosen}
     out = []
     for v in votes:
-        chip = v.chip if v is first else None
-        second_chip = v.second_chip if id(v) in seconds else None
+        chip = own_copy(v.chip) if v is first else None
+        second_chip = own_copy(v.second_chip) if id(v) in seconds else None
         out.append(v if chip is v.chip and second_chip is v.second_chip
                    else dataclasses.replace(v, chip=chip, second_chip=second_chip))
     return out
+
+
+def own_copy(chip: np.ndarray | None) -> np.ndarray | None:
+    """The chip, copied when it is a view into a larger array."""
+    return chip if chip is None or chip.base is None else chip.copy()
+
+
+def without_chips(vote_: Vote) -> Vote:
+    return vote_ if vote_.chip is None and vote_.second_chip is None else \
+        dataclasses.replace(vote_, chip=None, second_chip=None)
 
 
 def aggregate_embedding(votes: Sequence[Vote], best: int) -> tuple[np.ndarray, float, int]:
@@ -435,16 +446,21 @@ class Decider:
         """Record one good, embedded and matched face of a track; returns the events it causes."""
         state = self._state(track_id, ts)
         state.last_embedded_frame = vote_.frame_index
-        state.votes.append(vote_)
+        if not self.clustering:  # chips are for the cluster stage only
+            vote_ = without_chips(vote_)
+        # A decided track's votes need no chips: a switch votes on its re-checks.
+        state.votes.append(vote_ if state.decision is None else without_chips(vote_))
         if len(state.votes) > self.policy.max_votes_kept:  # keep the best faces, drop the weakest
-            state.votes.remove(min(state.votes, key=lambda v: v.weight))
-        state.votes = drop_unused_chips(state.votes, self.policy.unknown_best_faces)
+            del state.votes[min(range(len(state.votes)), key=lambda i: state.votes[i].weight)]
         if state.decision is None:
+            state.votes = drop_unused_chips(state.votes, self.policy.unknown_best_faces)
             outcome = vote(state.votes, self.policy)
             return self._decide(state, outcome, ts) if outcome.decision is not None else []
-        # Re-check of a decided track.
+        # Re-check of a decided track. Only a switch to unknown uses the re-checks' chips.
         state.rechecks.append(vote_)
         state.rechecks = state.rechecks[-self.policy.recheck_window:]
+        state.rechecks = drop_unused_chips(state.rechecks, self.policy.unknown_best_faces) \
+            if state.decision != UNKNOWN else [without_chips(v) for v in state.rechecks]
         agrees = (vote_.name or UNKNOWN) == state.decision
         state.suspicious = not agrees
         if agrees:
@@ -464,6 +480,12 @@ class Decider:
         return []
 
     def _decide(self, state: _TrackState, outcome: Outcome, ts: datetime) -> list[RecognizedEvent | UnknownEvent]:
+        events = self._decision_events(state, outcome, ts)
+        if state.decision is not None:
+            state.votes = [without_chips(v) for v in state.votes]
+        return events
+
+    def _decision_events(self, state: _TrackState, outcome: Outcome, ts: datetime) -> list[RecognizedEvent | UnknownEvent]:
         state.decision = outcome.decision
         state.decided_frame = state.last_embedded_frame
         state.rechecks = []
