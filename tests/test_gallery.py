@@ -480,6 +480,8 @@ def test_bench_gallery_reports_its_figures() -> None:
     assert figures["size"] == 300 and figures["probes"] == 20
     assert 0 < figures["match_ms"] < 100 and 0 < figures["snapshot_load_ms"] < 5000
     assert 512 < figures["bytes_per_identity"] < 4000  # two 128-float rows per identity, at least
+    assert figures["other_catch_up_ms"] > 0 and 0 < figures["other_change_stall_ms"] <= figures["other_change_stall_ms_max"]
+    assert figures["other_remove_stall_ms"] > 0 and figures["reload_ms"] > 0 and figures["reload_stall_ms"] > 0
     assert "snapshot load" in done.stderr
 
 
