@@ -160,10 +160,11 @@ def build_station(
     `cameras` (with their open `sources` by name, and `open_source` to open one again after it failed):
     a pipeline per camera on one set of models (service/cameras.py) instead of the one pipeline.
     `fleet`: join the fleet when `fleet.enabled` (refused, before anything starts, without the key)."""
-    from edgeface.pipeline import build_pipeline
+    from edgeface.pipeline import build_pipeline, use_opencv_threads
     from edgeface.service.sinks import JsonlSink
     from edgeface.storage.cluster_store import ClusterStage, ClusterStore
 
+    use_opencv_threads(config.recognition.embedder.threads)  # as `bench pipeline` measures the loop
     fleet_key = None
     if fleet and config.fleet.enabled:
         from edgeface.service.fleet import resolve_fleet_key
