@@ -153,13 +153,13 @@ def test_threshold_follows_the_gallery_as_it_grows_and_shrinks(tmp_path: Path) -
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "celeba" / "images").is_dir(), reason="../shared/data is absent")
 def test_the_target_holds_on_real_strangers(tmp_path: Path) -> None:
-    """CelebA (never used to fit the figures): 10 draws of 25 and of 50 enrolled people, everyone else's
+    """CelebA (never used to fit dlib's figures): 10 draws of 25 and of 50 enrolled people, everyone else's
     photos as strangers, decided by dlib's search at the threshold the station derives from dlib's
     figures (recognition.second_opinion off): within 1.5x of 1%. The default decision (fused, threshold
-    from the fused figures) holds the target on LFW but not on CelebA (2.8-6.3x, README): SFace's
-    impostor similarities run higher on CelebA than on the LFW images the figures come from; the run
-    here asserts only that it is decided as the station decides. Through the command (its own process:
-    the models stay out of the test runner's memory)."""
+    from the fused figures, the envelope of LFW View 1 and CelebA because SFace's impostor similarities
+    run higher on CelebA) is decided as the station decides and stays under 1.5x of the target here
+    (0.93% measured; in-sample for the fused table's CelebA part, whose held-out check is README's).
+    Through the command (its own process: the models stay out of the test runner's memory)."""
     import subprocess
     import sys
 
@@ -183,3 +183,4 @@ def test_the_target_holds_on_real_strangers(tmp_path: Path) -> None:
     assert fused["second_opinion"] == "auto"
     assert fused["threshold_at_default"] == pytest.approx(operating_threshold(FUSED_KIND, 0.01, 25), abs=1e-4)
     assert fused["dir_at_default"] > 0.85  # the second opinion names more people right than dlib alone (0.80)
+    assert fused["false_alarm_rate_at_default"] <= 0.01 * 1.5, fused
