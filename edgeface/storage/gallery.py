@@ -1516,10 +1516,7 @@ class Gallery:
         the change log when it covers the change, else by reading the whole file (on a thread with
         `background_reload`, the old snapshot answering meanwhile)."""
         with self._lock:
-            try:
-                version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
-            except sqlite3.Error as error:
-                raise GalleryError(f"gallery {self.path}: {error}") from None
+            version = self._data_version_now()
             stale = self._snapshot is not None and (version != self._data_version or self._behind)
             if stale and self._reloader is None and self._catch_up(version):
                 return self._snapshot  # type: ignore[return-value]
@@ -1596,8 +1593,7 @@ class Gallery:
                 (cached.edits if isinstance(cached, _PendingSecondMeans) else ()) + tuple(edits))
         if snapshot is not start:
             self._generation += 1
-            if len(snapshot) >= SCAN_MIN_ROWS and self.strategy == "mean" and not snapshot._scan:
-                snapshot.mean_scan()
+            self._build_scan(snapshot)
         self._snapshot, self._seq, self._data_version, self._behind = snapshot, top, version, False
         log.debug("gallery %s: change log applied through row %d", self.path, top)
 
@@ -1612,8 +1608,7 @@ class Gallery:
                 # appends then copy into buffers of their own, never into spare rows the current snapshot shares
                 result = _applied(dataclasses.replace(start, _buffer=None, _scan=[s.detached() for s in start._scan]),
                                   people)
-                if len(result[0]) >= SCAN_MIN_ROWS and self.strategy == "mean":
-                    result[0].mean_scan()
+                self._build_scan(result[0])
             except GalleryError as error:
                 log.warning("gallery %s: cannot apply its change log (%s); reading the whole file", self.path, error)
             with self._lock:
@@ -1658,6 +1653,12 @@ class Gallery:
                               np.array([t[0] for t in templates], np.int64), _stack([t[1] for t in templates], "a template"),
                               _stack([n[0] for n in negatives], "a negative"), second_mean)
 
+    def _build_scan(self, snapshot: GallerySnapshot) -> None:
+        """The int8 scan of a snapshot this gallery's search will scan, built now rather than on the
+        camera loop's first search."""
+        if len(snapshot) >= SCAN_MIN_ROWS and self.strategy == "mean":
+            snapshot.mean_scan()
+
     def _start_reload(self, version: int) -> None:
         """Read the file again on a thread with its own connection (call under self._lock); at most one."""
         if self._reloader is not None or self._closed or time.monotonic() < self._reload_retry_at:
@@ -1675,8 +1676,7 @@ class Gallery:
                         fresh, seq = self._read_snapshot(db)
                 finally:
                     db.close()
-                if len(fresh) >= SCAN_MIN_ROWS and self.strategy == "mean":
-                    fresh.mean_scan()  # built here, not on the camera loop's first search
+                self._build_scan(fresh)
             except (sqlite3.Error, GalleryError) as error:
                 log.warning("gallery %s: background reload failed (%s); retrying in %g s", self.path, error,
                             RELOAD_RETRY_S)
